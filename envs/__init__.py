@@ -1,0 +1,1 @@
+"""Everything that makes observations: the procgen maze (state editing, batched env)."""

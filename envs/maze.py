@@ -1,0 +1,165 @@
+"""Batched, seeded procgen ``maze`` returning torch tensors, with the cheese confined to the
+top-right r×r region at every episode start (the goal-misgeneralization training setup)."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from envs import maze_state
+
+with warnings.catch_warnings():  # procgen imports the unmaintained gym, which warns loudly
+    warnings.simplefilter("ignore")
+    from procgen import ProcgenGym3Env
+    from procgen.env import MAX_STATE_SIZE
+
+DISTRIBUTION_MODES = ("easy", "hard")
+RANK_SEED_STRIDE = 1_000_003  # distinct env seeds per DDP rank
+
+
+@dataclass
+class MazeEnvConfig:
+    """Procgen maze settings; ``rand_region`` r puts the cheese in the top-right r×r (null: anywhere)."""
+
+    num_envs: int = 64
+    distribution_mode: str = "hard"
+    start_level: int = 0
+    num_levels: int = 0  # 0 = unlimited levels
+    rand_region: Optional[int] = 5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Episode:
+    """Statistics of one finished episode."""
+
+    ret: float
+    length: int
+    reached_cheese: bool
+    reached_corner: bool  # visited the inner top-right corner square
+    maze_dim: int
+
+
+def region_squares(inner: np.ndarray, region: int) -> list[tuple[int, int]]:
+    """Open squares (x, y) of the top-right ``region``×``region`` (0 → the corner), never the start."""
+    d = inner.shape[0]
+    low = d - min(max(region, 1), d)
+    ys, xs = np.nonzero(inner[low:, low:] != maze_state.WALL)
+    return [(int(x) + low, int(y) + low) for x, y in zip(xs, ys) if (x + low, y + low) != (0, 0)]
+
+
+class MazeEnv:
+    """``num_envs`` procgen mazes stepped together; observations are uint8 (N, 64, 64, 3) tensors."""
+
+    def __init__(self, cfg: MazeEnvConfig, rank: int = 0):
+        if cfg.distribution_mode not in DISTRIBUTION_MODES:
+            raise ValueError(f"env.distribution_mode must be one of {DISTRIBUTION_MODES}, "
+                             f"got {cfg.distribution_mode!r}")
+        if cfg.rand_region is not None and cfg.rand_region < 0:
+            raise ValueError(f"env.rand_region must be >= 0 or null, got {cfg.rand_region}")
+        self.cfg = cfg
+        self.num_envs = cfg.num_envs
+        seed = cfg.seed + RANK_SEED_STRIDE * rank
+        self._env = ProcgenGym3Env(num=cfg.num_envs, env_name="maze", start_level=cfg.start_level,
+                                   num_levels=cfg.num_levels,
+                                   distribution_mode=cfg.distribution_mode, rand_seed=seed)
+        self._rng = np.random.default_rng(seed)
+        self._buf = self._env._ffi.new(f"char[{MAX_STATE_SIZE}]")
+        n = cfg.num_envs
+        self._return = np.zeros(n, np.float64)
+        self._length = np.zeros(n, np.int64)
+        self._corner = np.zeros(n, bool)
+        self._cheese: list[Optional[tuple[int, int]]] = [None] * n
+        self._maze_dim = np.zeros(n, np.int64)
+        self._obs: Optional[torch.Tensor] = None
+
+    # -- procgen state access, one env at a time -------------------------------------------
+    def get_state(self, index: int) -> bytes:
+        """The procgen state bytes of env ``index``."""
+        size = self._env.call_c_func("get_state", index, self._buf, MAX_STATE_SIZE)
+        return bytes(self._env._ffi.buffer(self._buf, size))
+
+    def set_state(self, index: int, state: bytes) -> None:
+        """Replace env ``index``'s game state (the next observation shows it)."""
+        self._env.call_c_func("set_state", index, state, len(state))
+
+    def rng_state(self) -> dict:
+        """The cheese-placement RNG state, for checkpoints."""
+        return self._rng.bit_generator.state
+
+    def set_rng_state(self, state: dict) -> None:
+        """Restore the cheese-placement RNG."""
+        self._rng.bit_generator.state = state
+
+    # -- stepping ---------------------------------------------------------------------------
+    def reset(self) -> torch.Tensor:
+        """Observations of the first episodes (procgen starts every env in a fresh level)."""
+        self._start_episodes(np.arange(self.num_envs))
+        _, obs, _ = self._env.observe()
+        self._obs = torch.from_numpy(np.array(obs["rgb"]))
+        return self._obs
+
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Episode]]:
+        """Act in every env; returns (obs, reward, done, finished episodes). Done envs auto-reset."""
+        self._env.act(np.asarray(actions.detach().cpu(), dtype=np.int32))
+        reward, obs, first = self._env.observe()
+        self._return += reward
+        self._length += 1
+        finished: list[Episode] = []
+        done_idx = np.flatnonzero(first)
+        for i in done_idx:
+            reached = bool(reward[i] > 0)
+            corner = (self._maze_dim[i] - 1,) * 2
+            finished.append(Episode(float(self._return[i]), int(self._length[i]), reached,
+                                    bool(self._corner[i] or (reached and self._cheese[i] == corner)),
+                                    int(self._maze_dim[i])))
+        for i in np.flatnonzero(~first):
+            square = maze_state.mouse_square(self.get_state(i))
+            if square == (self._maze_dim[i] - 1,) * 2:
+                self._corner[i] = True
+        if len(done_idx):
+            self._start_episodes(done_idx)
+            if self.cfg.rand_region is not None:  # re-render the moved cheese
+                _, obs, _ = self._env.observe()
+        self._obs = torch.from_numpy(np.array(obs["rgb"]))
+        return self._obs, torch.from_numpy(reward.astype(np.float32)), torch.from_numpy(first.copy()), finished
+
+    def _start_episodes(self, indices: np.ndarray) -> None:
+        for i in indices:
+            state = self.get_state(i)
+            where = maze_state.layout(state)
+            if self.cfg.rand_region is not None:
+                squares = region_squares(maze_state.inner_grid(state, where), self.cfg.rand_region)
+                square = squares[self._rng.integers(len(squares))]
+                state = maze_state.with_cheese_at(state, square, where)
+                self.set_state(i, state)
+                self._cheese[i] = square
+            else:
+                self._cheese[i] = maze_state.cheese_square(state, where)
+            self._maze_dim[i] = where.maze_dim
+        self._return[indices] = 0.0
+        self._length[indices] = 0
+        self._corner[indices] = False
+
+    @property
+    def cheese_squares(self) -> list[Optional[tuple[int, int]]]:
+        """Current cheese square (x, y) of every env, in inner-maze coordinates."""
+        return list(self._cheese)
+
+    @property
+    def maze_dims(self) -> np.ndarray:
+        """Current inner maze size of every env."""
+        return self._maze_dim.copy()
+
+    def close(self) -> None:
+        """Release procgen's resources."""
+        self._env.close()
+
+
+def make(cfg: MazeEnvConfig, rank: int = 0) -> MazeEnv:
+    """Build the batched maze env for DDP rank ``rank`` (each rank gets distinct seeds)."""
+    return MazeEnv(cfg, rank)

@@ -1,0 +1,112 @@
+"""Reading and editing procgen maze states (the bytes of ``get_state``/``set_state``).
+
+This is the only module that knows procgen's byte layout (``Game::serialize`` and
+``BasicAbstractGame::serialize`` in openai/procgen): a fixed header with two variable-length RNG
+strings, the entity list (the mouse is entity 0, at column + 0.5, row + 0.5), then the grid as
+``w, h, w·h, w·h ints``, then ``maze_dim, world_dim`` and a 0xCAFECAFE trailer. Grid rows count
+from the **bottom** (y = 0 is the bottom row), and so do all squares here: a square is
+``(x, y)`` in inner-maze coordinates, x the column from the left, y the row from the bottom.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+EMPTY, WALL, CHEESE = 100, 51, 2
+_TRAILER = 0xCAFECAFE
+_INT = struct.Struct("<i")
+# fields between the second RNG string and the entity list: 15 Game fields, grid_size, entity count
+_AFTER_RNG = 15 * 4 + 4 + 4
+_OPTION_INTS = 12 + 5  # options.* and grid_step .. game_n
+
+
+class StateError(ValueError):
+    """State bytes that are not a procgen maze state of the expected layout."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things sit in one state's bytes."""
+
+    world_dim: int
+    maze_dim: int
+    grid_offset: int
+    mouse_offset: int
+
+    @property
+    def margin(self) -> int:
+        """Wall padding on each side of the inner maze, in tiles."""
+        return (self.world_dim - self.maze_dim) // 2
+
+
+def layout(state: bytes) -> Layout:
+    """Locate the grid and the mouse in ``state``, checking it is a maze state of this build."""
+    if len(state) < 64:
+        raise StateError(f"state of {len(state)} bytes is too short to be a procgen maze state")
+    (name_len,) = _INT.unpack_from(state, 4)
+    if state[8:8 + name_len] != b"maze":
+        raise StateError(f"state is from game {state[8:8 + min(name_len, 32)]!r}, not 'maze'")
+    maze_dim, world_dim, trailer = struct.unpack_from("<iiI", state, len(state) - 12)
+    if trailer != _TRAILER:
+        raise StateError("state does not end with procgen's 0xCAFECAFE trailer; "
+                         "it comes from another procgen build")
+    cells = world_dim * world_dim
+    grid_offset = len(state) - 12 - 4 * cells
+    w, h, n = struct.unpack_from("<iii", state, grid_offset - 12)
+    if (w, h, n) != (world_dim, world_dim, cells) or not 3 <= maze_dim <= world_dim:
+        raise StateError(f"state grid header {(w, h, n)} does not match world_dim {world_dim}; "
+                         "it comes from another procgen build")
+    offset = 8 + name_len + 4 * _OPTION_INTS
+    for _ in range(2):  # level_seed_rand_gen, rand_gen: is_seeded, then the RNG as a string
+        (length,) = _INT.unpack_from(state, offset + 4)
+        offset += 8 + length
+    return Layout(world_dim, maze_dim, grid_offset, offset + _AFTER_RNG)
+
+
+def grid(state: bytes, where: Layout | None = None) -> np.ndarray:
+    """The world grid as a (world_dim, world_dim) int array indexed [y, x], y = 0 at the bottom."""
+    where = where or layout(state)
+    cells = where.world_dim * where.world_dim
+    flat = np.frombuffer(state, dtype="<i4", count=cells, offset=where.grid_offset)
+    return flat.reshape(where.world_dim, where.world_dim)
+
+
+def inner_grid(state: bytes, where: Layout | None = None) -> np.ndarray:
+    """The inner maze (maze_dim × maze_dim) indexed [y, x], y = 0 at the bottom."""
+    where = where or layout(state)
+    m, d = where.margin, where.maze_dim
+    return grid(state, where)[m:m + d, m:m + d]
+
+
+def mouse_square(state: bytes, where: Layout | None = None) -> tuple[int, int]:
+    """The mouse's square (x, y) in inner-maze coordinates."""
+    where = where or layout(state)
+    x, y = struct.unpack_from("<ff", state, where.mouse_offset)
+    return int(x) - where.margin, int(y) - where.margin
+
+
+def cheese_square(state: bytes, where: Layout | None = None) -> tuple[int, int] | None:
+    """The cheese's square (x, y) in inner-maze coordinates, or None if there is no cheese."""
+    ys, xs = np.nonzero(inner_grid(state, where) == CHEESE)
+    return (int(xs[0]), int(ys[0])) if len(xs) else None
+
+
+def with_cheese_at(state: bytes, square: tuple[int, int], where: Layout | None = None) -> bytes:
+    """A copy of ``state`` with the cheese moved to the open inner square ``square`` = (x, y)."""
+    where = where or layout(state)
+    x, y = square
+    d = where.maze_dim
+    if not (0 <= x < d and 0 <= y < d):
+        raise StateError(f"square {square} is outside the {d}×{d} maze")
+    world = grid(state, where).copy()
+    m = where.margin
+    if world[m + y, m + x] == WALL:
+        raise StateError(f"square {square} is a wall; pick an open square")
+    world[world == CHEESE] = EMPTY
+    world[m + y, m + x] = CHEESE
+    out = bytearray(state)
+    out[where.grid_offset:where.grid_offset + world.nbytes] = world.astype("<i4").tobytes()
+    return bytes(out)

@@ -1,0 +1,1 @@
+"""The eval suite (registry, runner, results schema); evals land with issue #4."""

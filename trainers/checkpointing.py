@@ -1,0 +1,114 @@
+"""Crash-safe checkpoints: atomic writes, periodic saving at iteration boundaries, safe loading."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import Callback
+
+LAST = "last.ckpt"
+_STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt or not a shardlab checkpoint."""
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or damaged file is a CheckpointError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncation and foreign files raise many different types
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); resume from an "
+                              "older step-*.ckpt in the same folder") from None
+    if not isinstance(checkpoint, dict) or "shardlab" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path} is not a shardlab checkpoint (no 'shardlab' block)")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that never leaves a half-written file and loads weights_only."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str, storage_options: Any = None) -> None:
+        """Write atomically (temp file + rename)."""
+        atomic_torch_save(checkpoint, os.fspath(path))
+
+    def load_checkpoint(self, path: str, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        """Load safely, naming the file if it is damaged."""
+        return load_checkpoint(path)
+
+
+def step_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(env_steps, path) of the step-*.ckpt files in ``folder``, oldest first."""
+    if not os.path.isdir(folder):
+        return []
+    found = [(int(m.group(1)), os.path.join(folder, name))
+             for name in os.listdir(folder) if (m := _STEP_FILE.match(name))]
+    return sorted(found)
+
+
+class PeriodicCheckpoint(Callback):
+    """Save ``step-N.ckpt`` and ``last.ckpt`` every K iterations and at the end of training.
+
+    Saving happens only at iteration boundaries, where no rollout is in flight, so a resumed run
+    starts with a fresh rollout and loses nothing but the iterations after the last save.
+    """
+
+    def __init__(self, folder: str, keep: int = 3):
+        self.folder, self.keep = folder, keep
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
+        """Checkpoint when an iteration has just finished and it is due."""
+        schedule = module.schedule
+        step = trainer.global_step
+        if step % schedule.updates_per_iteration:
+            return
+        iteration = schedule.iteration(step)
+        if iteration % schedule.checkpoint_every == 0 or step >= trainer.max_steps:
+            self.save(trainer, schedule.env_steps(step))
+
+    def save(self, trainer: pl.Trainer, env_steps: int) -> None:
+        """Write step-N.ckpt, point last.ckpt at it (atomically) and prune old step files."""
+        path = os.path.join(self.folder, f"step-{env_steps:012d}.ckpt")
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            last, tmp = os.path.join(self.folder, LAST), os.path.join(self.folder, f"{LAST}.tmp-{os.getpid()}")
+            os.link(path, tmp)  # a hard link costs nothing and is renamed into place atomically
+            os.replace(tmp, last)
+            _fsync_dir(self.folder)
+            for _, old in step_checkpoints(self.folder)[:-self.keep or None]:
+                os.remove(old)

@@ -1,0 +1,202 @@
+"""Structured training configs: one dataclass per component, merged with a YAML recipe and
+``dotted.key=value`` overrides by omegaconf, then checked. Every problem is a :class:`ConfigError`
+with a one-line message naming the key and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from envs.maze import DISTRIBUTION_MODES, MazeEnvConfig
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and what to do."""
+
+
+@dataclass
+class ModelConfig:
+    """Policy network: IMPALA with channel widths 16·scale, 32·scale, 32·scale."""
+
+    kind: str = "impala"
+    scale: int = 1
+    channels_last: bool = True  # faster convolutions on CPUs and on GPUs with tensor cores
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters, named as in the published training code."""
+
+    lr: float = 5e-4
+    lr_schedule: str = "linear"  # linear decay to 0 over the run, or constant
+    adam_eps: float = 1e-5
+    num_steps: int = 256  # rollout length per env
+    epochs: int = 3
+    minibatch_size: int = 2048  # per rank; must divide num_envs × num_steps
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2  # policy ratio clip, also the value clip when clip_value
+    clip_value: bool = True
+    value_coef: float = 0.5  # weight of 0.5·(V − R)², as in the published code
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    normalize_advantage: bool = True
+    normalize_reward: bool = True  # divide rewards by the running std of discounted returns
+    reward_clip: float = 10.0
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning trainer, run length and checkpointing; step counts are env steps over all ranks."""
+
+    total_steps: int = 25_000_000
+    accelerator: str = "auto"  # cpu, gpu, auto
+    devices: int = 1  # per node; > 1 runs DDP, each rank with its own envs
+    num_nodes: int = 1
+    precision: str = "32-true"
+    checkpoint_every: int = 1_000_000  # env steps between checkpoints
+    keep_checkpoints: int = 3  # step-*.ckpt files kept besides last.ckpt
+    seed: int = 0
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """A PPO maze run."""
+
+    name: str = "maze_ppo"
+    algo: str = "ppo"
+    env: MazeEnvConfig = field(default_factory=MazeEnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _schema() -> DictConfig:
+    return OmegaConf.structured(TrainConfig)
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, DictConfig):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _unknown_key_message(full_key: str, source: str) -> str:
+    valid = _all_keys(_schema())
+    close = difflib.get_close_matches(full_key, valid, n=3, cutoff=0.6)
+    if not close:  # a right leaf under a wrong parent, e.g. ppo.num_envs
+        leaf = full_key.rsplit(".", 1)[-1]
+        close = [k for k in valid if k.rsplit(".", 1)[-1] == leaf][:3]
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see the dataclasses in trainers/config.py"
+    return f"unknown config key '{full_key}' in {source}{hint}"
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as exc:
+        raise ConfigError(_unknown_key_message(str(exc.full_key), source)) from None
+    except ValidationError as exc:
+        expected = _expected_type(str(exc.full_key))
+        raise ConfigError(f"config key '{exc.full_key}' in {source} expects {expected}, "
+                          f"got {exc.value!r}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
+
+
+def _expected_type(full_key: str) -> str:
+    node: Any = TrainConfig()
+    for part in full_key.split("."):
+        node = getattr(node, part, None)
+    return type(node).__name__ if node is not None else "a valid value"
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML recipe into a dict, with one-line errors for missing or malformed files."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path} not found; pass a YAML recipe such as "
+                          "configs/train/maze_ppo_cpu.yaml")
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where} is not valid YAML: "
+                          f"{getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``['ppo.lr=3e-4', 'env.rand_region=null']`` → nested dict, values parsed as YAML scalars."""
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' must look like dotted.key=value, e.g. ppo.lr=3e-4")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from None
+
+
+def build_config(recipe: dict, overrides: list[str] = (), source: str = "config") -> DictConfig:
+    """Defaults ← recipe ← overrides, type-checked and validated; returns a read-only config."""
+    cfg = _merge(_schema(), recipe, source)
+    cfg = _merge(cfg, parse_overrides(list(overrides)), "overrides")
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> DictConfig:
+    """Load a YAML recipe with overrides into a validated :class:`TrainConfig`."""
+    return build_config(read_yaml(path), overrides, source=str(path))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that types alone cannot express; raises ConfigError naming the key."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    env, ppo, trainer = cfg.env, cfg.ppo, cfg.trainer
+    need(cfg.algo == "ppo", f"algo must be 'ppo', got {cfg.algo!r}")
+    need(cfg.model.kind == "impala", f"model.kind must be 'impala', got {cfg.model.kind!r}")
+    need(cfg.model.scale >= 1, f"model.scale must be >= 1, got {cfg.model.scale}")
+    need(env.num_envs >= 1, f"env.num_envs must be >= 1, got {env.num_envs}")
+    need(env.distribution_mode in DISTRIBUTION_MODES,
+         f"env.distribution_mode must be one of {', '.join(DISTRIBUTION_MODES)}, got {env.distribution_mode!r}")
+    need(env.rand_region is None or env.rand_region >= 0,
+         f"env.rand_region must be >= 0 (0 = the top-right corner) or null, got {env.rand_region}")
+    need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
+    need(ppo.lr > 0, f"ppo.lr must be > 0, got {ppo.lr}")
+    need(ppo.lr_schedule in ("linear", "constant"),
+         f"ppo.lr_schedule must be linear or constant, got {ppo.lr_schedule!r}")
+    need(ppo.num_steps >= 1 and ppo.epochs >= 1, "ppo.num_steps and ppo.epochs must be >= 1")
+    batch = env.num_envs * ppo.num_steps
+    need(ppo.minibatch_size >= 1 and batch % ppo.minibatch_size == 0,
+         f"ppo.minibatch_size {ppo.minibatch_size} must divide env.num_envs × ppo.num_steps = {batch}")
+    need(0 < ppo.gamma <= 1 and 0 <= ppo.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
+    need(trainer.total_steps >= 1, f"trainer.total_steps must be >= 1, got {trainer.total_steps}")
+    need(trainer.devices >= 1 and trainer.num_nodes >= 1, "trainer.devices and trainer.num_nodes must be >= 1")
+    need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 env step")
+    need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python containers (what checkpoints store)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,287 @@
+"""PPO on the procgen maze as a LightningModule.
+
+One ``training_step`` is one PPO minibatch update. The first minibatch of every iteration
+collects a rollout of ``num_envs × num_steps`` (inference mode), computes GAE with torchrl,
+and shuffles; the rest of the iteration's ``epochs × minibatches`` steps read from that buffer.
+Lightning does the backward pass, DDP all-reduce, grad-norm clipping, Adam step and LR schedule,
+so every rank runs the same number of optimizer steps by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch.distributions import Categorical
+from torch.utils.data import DataLoader, IterableDataset
+from torchrl.modules import ProbabilisticActor, ValueOperator
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
+
+from envs.maze import Episode, MazeEnv, MazeEnvConfig
+from models.impala import ImpalaPolicy, preprocess
+from trainers.config import TrainConfig, build_config
+from trainers.reward_norm import RewardNormalizer
+
+CHECKPOINT_FORMAT = 1
+LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
+              "clip_fraction", "value_clip_fraction", "explained_variance")
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of dummy items: the data comes from the envs, the length from max_steps."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+class Schedule:
+    """How env steps, iterations and optimizer steps relate for one config and world size."""
+
+    def __init__(self, cfg: DictConfig, world_size: int):
+        self.world_size = world_size
+        self.batch = cfg.env.num_envs * cfg.ppo.num_steps  # per rank
+        self.minibatches = self.batch // cfg.ppo.minibatch_size
+        self.updates_per_iteration = cfg.ppo.epochs * self.minibatches
+        self.steps_per_iteration = self.batch * world_size  # env steps over all ranks
+        self.iterations = max(1, math.ceil(cfg.trainer.total_steps / self.steps_per_iteration))
+        self.max_optimizer_steps = self.iterations * self.updates_per_iteration
+        self.checkpoint_every = max(1, cfg.trainer.checkpoint_every // self.steps_per_iteration)
+
+    def iteration(self, optimizer_step: int) -> int:
+        """Iterations completed after ``optimizer_step`` optimizer steps."""
+        return optimizer_step // self.updates_per_iteration
+
+    def env_steps(self, optimizer_step: int) -> int:
+        """Env steps over all ranks completed after ``optimizer_step`` optimizer steps."""
+        return self.iteration(optimizer_step) * self.steps_per_iteration
+
+
+def build_policy(cfg: DictConfig) -> ImpalaPolicy:
+    """The policy network a config describes."""
+    policy = ImpalaPolicy(in_channels=3, scale=cfg.model.scale, image_size=64)
+    if cfg.model.channels_last:
+        policy = policy.to(memory_format=torch.channels_last)
+    return policy
+
+
+class PPOModule(pl.LightningModule):
+    """PPO with torchrl's GAE and ClipPPOLoss on an IMPALA policy."""
+
+    def __init__(self, config: dict, world_size: int = 1):
+        super().__init__()
+        self.save_hyperparameters({"config": config, "world_size": world_size})
+        self.cfg = build_config(config, source="checkpoint config")
+        self.schedule = Schedule(self.cfg, world_size)
+        self.policy = build_policy(self.cfg)
+        ppo = self.cfg.ppo
+        actor = ProbabilisticActor(
+            TensorDictModule(self.policy.fc_policy, in_keys=["hidden"], out_keys=["logits"]),
+            in_keys=["logits"], distribution_class=Categorical, return_log_prob=True)
+        critic = ValueOperator(self.policy.fc_value, in_keys=["hidden"])
+        # torchrl's l2 is (V − R)²; the published loss is value_coef · 0.5 · (V − R)²
+        self.loss = ClipPPOLoss(actor, critic, clip_epsilon=ppo.clip_eps, entropy_coeff=ppo.entropy_coef,
+                                critic_coeff=0.5 * ppo.value_coef, loss_critic_type="l2",
+                                normalize_advantage=ppo.normalize_advantage,
+                                clip_value=ppo.clip_eps if ppo.clip_value else None, functional=False)
+        self.log_prob_key = self.loss.tensor_keys.sample_log_prob
+        self.env: MazeEnv | None = None
+        self.reward_norm = RewardNormalizer(self.cfg.env.num_envs, ppo.gamma, ppo.reward_clip)
+        self._restored: dict[str, Any] | None = None
+        self._buffer: dict[str, torch.Tensor] = {}
+        self._perms: list[torch.Tensor] = []
+        self._episodes: list[Episode] = []
+        self._stats: dict[str, list[float]] = {}
+        self._iteration_start = 0.0
+        self._rollout_seconds = 0.0
+        self.metrics_path: str | None = None
+
+    # -- data -------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        """Dummy items; the rollout buffer is the data (num_workers=0: workers would go stale)."""
+        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+
+    def on_train_start(self) -> None:
+        """Build this rank's envs (seeds differ per rank and per resume point) and restore RNGs."""
+        start_iteration = self.schedule.iteration(self.global_step)
+        env_cfg = MazeEnvConfig(**OmegaConf.to_container(self.cfg.env))
+        env_cfg.seed = env_cfg.seed + 7919 * start_iteration
+        self.env = MazeEnv(env_cfg, rank=self.global_rank)
+        if self._restored is not None:
+            self._restore_rngs(self._restored)
+            self._restored = None
+        self._obs = self.env.reset()
+
+    def on_train_end(self) -> None:
+        """Close the envs."""
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+
+    # -- rollout ----------------------------------------------------------------------------
+    def _collect(self) -> None:
+        cfg, device = self.cfg, self.device
+        T, N = cfg.ppo.num_steps, cfg.env.num_envs
+        start = time.perf_counter()
+        if not self._buffer:
+            self._buffer = {
+                "obs": torch.empty((T, N, 64, 64, 3), dtype=torch.uint8, device=device),
+                "action": torch.empty((T, N), dtype=torch.long, device=device),
+                "log_prob": torch.empty((T, N), device=device),
+                "value": torch.empty((T + 1, N), device=device),
+                "reward": torch.empty((T, N), device=device),
+                "done": torch.empty((T, N), dtype=torch.bool, device=device),
+            }
+        buf = self._buffer
+        was_training = self.policy.training
+        self.policy.eval()
+        with torch.inference_mode():
+            for t in range(T):
+                obs = self._obs.to(device, non_blocking=True)
+                buf["obs"][t] = obs
+                logits, value = self.policy(preprocess(obs, cfg.model.channels_last))
+                dist = Categorical(logits=logits)
+                action = dist.sample()
+                buf["action"][t], buf["log_prob"][t], buf["value"][t] = action, dist.log_prob(action), value
+                self._obs, reward, done, finished = self.env.step(action)
+                self._episodes.extend(finished)
+                if cfg.ppo.normalize_reward:
+                    reward = self.reward_norm(reward, done)
+                buf["reward"][t], buf["done"][t] = reward.to(device), done.to(device)
+            buf["value"][T] = self.policy(preprocess(self._obs.to(device), cfg.model.channels_last))[1]
+        self.policy.train(was_training)
+        # torchrl's GAE wants (batch, time, 1); procgen has no separate truncation flag
+        as_btf = lambda x: x.transpose(0, 1).unsqueeze(-1)
+        done = as_btf(buf["done"])
+        advantage, value_target = vec_generalized_advantage_estimate(
+            cfg.ppo.gamma, cfg.ppo.gae_lambda, as_btf(buf["value"][:-1]), as_btf(buf["value"][1:]),
+            as_btf(buf["reward"]), done, done)
+        buf["advantage"] = advantage.squeeze(-1).transpose(0, 1).reshape(-1).clone()
+        buf["value_target"] = value_target.squeeze(-1).transpose(0, 1).reshape(-1).clone()
+        generator = torch.Generator().manual_seed(cfg.trainer.seed * 100_003 + self.global_step + self.global_rank)
+        self._perms = [torch.randperm(T * N, generator=generator).to(device) for _ in range(cfg.ppo.epochs)]
+        self._rollout_seconds = time.perf_counter() - start
+
+    def _minibatch(self, update: int) -> TensorDict:
+        mb, buf = self.cfg.ppo.minibatch_size, self._buffer
+        epoch, index = divmod(update, self.schedule.minibatches)
+        idx = self._perms[epoch][index * mb:(index + 1) * mb]
+        flat = lambda x: x.reshape(-1, *x.shape[2:])[idx]
+        obs = preprocess(flat(buf["obs"]), self.cfg.model.channels_last)
+        return TensorDict({
+            "obs": obs, "action": flat(buf["action"]), self.log_prob_key: flat(buf["log_prob"]),
+            "state_value": flat(buf["value"][:-1]).unsqueeze(-1),
+            "advantage": buf["advantage"][idx].unsqueeze(-1),
+            "value_target": buf["value_target"][idx].unsqueeze(-1)}, batch_size=[len(idx)])
+
+    # -- optimisation -----------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One minibatch update; the first of each iteration also collects the rollout."""
+        update = self.global_step % self.schedule.updates_per_iteration
+        if update == 0:
+            self._iteration_start = time.perf_counter()
+            self._collect()
+        td = self._minibatch(update)
+        # the trunk runs once; torchrl's loss only applies the two heads to its output
+        td["hidden"] = self.policy.embedder(td["obs"])
+        losses = self.loss(td)
+        for key in LOSS_STATS:
+            if key in losses:
+                self._stats.setdefault(key, []).append(float(losses[key].detach().mean()))
+        if update == self.schedule.updates_per_iteration - 1:
+            self._end_iteration()
+        return losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+
+    def configure_optimizers(self) -> dict:
+        """Adam with linear (or constant) LR decay per iteration."""
+        optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.cfg.ppo.lr, eps=self.cfg.ppo.adam_eps)
+        iterations, per_iteration = self.schedule.iterations, self.schedule.updates_per_iteration
+        if self.cfg.ppo.lr_schedule == "linear":
+            factor = lambda step: max(0.0, 1.0 - (step // per_iteration) / iterations)
+        else:
+            factor = lambda step: 1.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- logging ----------------------------------------------------------------------------
+    def _end_iteration(self) -> None:
+        elapsed = time.perf_counter() - self._iteration_start
+        episodes = self._episode_totals()
+        env_steps = self.schedule.env_steps(self.global_step + 1)
+        row: dict[str, float] = {"env_steps": env_steps, "iteration": self.schedule.iteration(self.global_step + 1)}
+        if episodes[4] > 0:
+            count = episodes[4]
+            row.update({"episode/return": episodes[0] / count, "episode/length": episodes[1] / count,
+                        "episode/cheese_rate": episodes[2] / count, "episode/corner_rate": episodes[3] / count,
+                        "episode/count": count})
+        row.update({f"train/{k}": sum(v) / len(v) for k, v in self._stats.items()})
+        row["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        row["perf/env_steps_per_sec"] = self.schedule.steps_per_iteration / elapsed
+        row["perf/rollout_fraction"] = self._rollout_seconds / elapsed
+        self._stats.clear()
+        self.last_metrics = row
+        if self.global_rank == 0:
+            if self.logger is not None:
+                for key, value in row.items():
+                    if "/" in key:
+                        self.logger.experiment.add_scalar(key, value, env_steps)
+            if self.metrics_path:
+                with open(self.metrics_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+
+    def _episode_totals(self) -> list[float]:
+        """[return sum, length sum, cheese count, corner count, episodes] over all ranks."""
+        eps, self._episodes = self._episodes, []
+        totals = torch.tensor([sum(e.ret for e in eps), sum(e.length for e in eps),
+                               sum(e.reached_cheese for e in eps), sum(e.reached_corner for e in eps),
+                               len(eps)], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        return totals.tolist()
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Add counters, reward-normaliser statistics and RNG states (all weights_only-safe)."""
+        from trainers import __version__
+        checkpoint["shardlab"] = {
+            "format": CHECKPOINT_FORMAT, "version": __version__, "kind": "ppo_maze",
+            "env_steps": self.schedule.env_steps(self.global_step),
+            "iteration": self.schedule.iteration(self.global_step),
+            "reward_norm": self.reward_norm.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),
+                    "numpy": _numpy_state_json(),
+                    "placement": json.dumps(self.env.rng_state() if self.env else None)},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the normaliser now and the RNGs once the envs exist."""
+        extra = checkpoint.get("shardlab", {})
+        if "reward_norm" in extra:
+            self.reward_norm.load_state_dict(extra["reward_norm"])
+        self._restored = extra.get("rng")
+
+    def _restore_rngs(self, rng: dict) -> None:
+        torch.set_rng_state(rng["torch"])
+        state = json.loads(rng["python"])
+        random.setstate((state[0], tuple(state[1]), state[2]))
+        keys, pos, has_gauss, cached = json.loads(rng["numpy"])
+        np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        placement = json.loads(rng["placement"])
+        if placement is not None and self.global_rank == 0:
+            self.env.set_rng_state(placement)
+
+
+def _numpy_state_json() -> str:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return json.dumps([keys.tolist(), int(pos), int(has_gauss), float(cached)])

@@ -1,0 +1,96 @@
+"""Start or resume a training run in a run directory: runs/<name>/{config.yaml, checkpoints/, tb/}."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from trainers.checkpointing import LAST, AtomicCheckpointIO, PeriodicCheckpoint, load_checkpoint
+from trainers.config import ConfigError, build_config, read_yaml, to_dict
+from trainers.ppo import PPOModule
+from trainers.progress import EnvStepProgressBar
+
+CONFIG_FILE, CHECKPOINTS, TB, METRICS = "config.yaml", "checkpoints", "tb", "metrics.jsonl"
+
+
+def is_launched_worker() -> bool:
+    """True in a DDP worker that a launcher (Lightning, torchrun, SLURM) started with rank > 0."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: str) -> None:
+    """Create a new run directory holding the resolved config; refuse to reuse a used one."""
+    if is_launched_worker():
+        return
+    if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) or os.path.isdir(os.path.join(run_dir, CHECKPOINTS)):
+        raise ConfigError(f"run directory {run_dir} is already used; continue it with "
+                          f"`shardlab resume {run_dir}` or pick another --run-dir")
+    os.makedirs(os.path.join(run_dir, CHECKPOINTS), exist_ok=True)
+    tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(OmegaConf.to_yaml(cfg))
+    os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+
+
+def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
+    """The config and last checkpoint of an existing run, validated before anything runs."""
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.isdir(run_dir):
+        raise ConfigError(f"run directory {run_dir} does not exist; start it with `shardlab train`")
+    checkpoint_path = os.path.join(run_dir, CHECKPOINTS, LAST)
+    checkpoint = load_checkpoint(checkpoint_path)  # named error if missing or corrupt
+    recipe = read_yaml(config_path) if os.path.isfile(config_path) else checkpoint["hyper_parameters"]["config"]
+    cfg = build_config(recipe, overrides, source=config_path)
+    saved = build_config(checkpoint["hyper_parameters"]["config"], source=checkpoint_path)
+    for key in ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs"):
+        if OmegaConf.select(cfg, key) != OmegaConf.select(saved, key):
+            raise ConfigError(f"{key} differs between {config_path} and {checkpoint_path}; "
+                              "a resumed run must keep its model and batch shape")
+    return cfg, checkpoint_path
+
+
+def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> PPOModule:
+    """Build the Lightning trainer and train (or continue) until trainer.total_steps."""
+    t = cfg.trainer
+    world_size = t.devices * t.num_nodes
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    module = PPOModule(to_dict(cfg), world_size=world_size)
+    module.metrics_path = os.path.join(run_dir, METRICS)
+    checkpoints = os.path.join(run_dir, CHECKPOINTS)
+    callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints)]
+    if t.progress_bar:
+        callbacks.append(EnvStepProgressBar())
+    strategy = "ddp" if world_size > 1 else "auto"
+    trainer = pl.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
+        precision=t.precision, max_steps=module.schedule.max_optimizer_steps, max_epochs=-1,
+        gradient_clip_val=cfg.ppo.max_grad_norm, gradient_clip_algorithm="norm",
+        logger=TensorBoardLogger(run_dir, name=TB, version="", default_hp_metric=False),
+        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
+        default_root_dir=run_dir, use_distributed_sampler=False)
+    if ckpt_path and trainer.is_global_zero:
+        _drop_metrics_after(module.metrics_path, load_checkpoint(ckpt_path)["shardlab"]["env_steps"])
+    with warnings.catch_warnings():
+        # an endless IterableDataset and mid-"epoch" resumes are by design here
+        warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|"
+                                "resuming from a checkpoint that ended|_Ticks|max_epochs).*")
+        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+    return module
+
+
+def _drop_metrics_after(path: str, env_steps: int) -> None:
+    """Forget logged iterations newer than the checkpoint, so a resumed curve has no duplicates."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as handle:
+        rows = [line for line in handle if line.strip() and json.loads(line)["env_steps"] <= env_steps]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.writelines(rows)
+    os.replace(tmp, path)
