@@ -3,6 +3,8 @@ top-right r×r region at every episode start (the goal-misgeneralization trainin
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from dataclasses import dataclass
 from typing import Optional
@@ -12,7 +14,8 @@ import torch
 
 from envs import maze_state
 
-with warnings.catch_warnings():  # procgen imports the unmaintained gym, which warns loudly
+# procgen imports the unmaintained gym, which prints a long notice to stderr on import
+with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
     warnings.simplefilter("ignore")
     from procgen import ProcgenGym3Env
     from procgen.env import MAX_STATE_SIZE

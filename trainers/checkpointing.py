@@ -104,7 +104,7 @@ class PeriodicCheckpoint(Callback):
     def save(self, trainer: pl.Trainer, env_steps: int) -> None:
         """Write step-N.ckpt, point last.ckpt at it (atomically) and prune old step files."""
         path = os.path.join(self.folder, f"step-{env_steps:012d}.ckpt")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: optimizer, schedule, loops
         if trainer.is_global_zero:
             last, tmp = os.path.join(self.folder, LAST), os.path.join(self.folder, f"{LAST}.tmp-{os.getpid()}")
             os.link(path, tmp)  # a hard link costs nothing and is renamed into place atomically

@@ -76,6 +76,9 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> PPOModul
         default_root_dir=run_dir, use_distributed_sampler=False)
     if ckpt_path and trainer.is_global_zero:
         _drop_metrics_after(module.metrics_path, load_checkpoint(ckpt_path)["shardlab"]["env_steps"])
+        for name in os.listdir(checkpoints):  # temp files of a save that was killed half-way
+            if ".tmp-" in name:
+                os.remove(os.path.join(checkpoints, name))
     with warnings.catch_warnings():
         # an endless IterableDataset and mid-"epoch" resumes are by design here
         warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|"
