@@ -1,0 +1,73 @@
+"""Play whole episodes with a policy (or uniformly random actions) and summarise them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from tqdm import tqdm
+
+from envs.maze import Episode, MazeEnv, MazeEnvConfig
+from models.impala import ImpalaPolicy, preprocess
+
+MAX_EPISODE_STEPS = 500  # procgen maze's own time limit
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean statistics of a set of episodes, with the standard error of the mean return."""
+
+    episodes: int
+    mean_return: float
+    return_stderr: float
+    cheese_rate: float
+    corner_rate: float
+    mean_length: float
+
+
+def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greedy: bool = False,
+                   channels_last: bool = True, progress: bool = False) -> list[Episode]:
+    """The first episode of each of ``env_cfg.num_envs`` seeded envs; ``policy=None`` acts randomly.
+
+    Two calls with the same ``env_cfg`` play the same mazes with the same cheese squares, so
+    policies can be compared episode for episode.
+    """
+    env = MazeEnv(env_cfg)
+    generator = torch.Generator().manual_seed(env_cfg.seed)
+    done = torch.zeros(env.num_envs, dtype=torch.bool)
+    episodes: list[Optional[Episode]] = [None] * env.num_envs
+    obs = env.reset()
+    bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress)
+    try:
+        with torch.inference_mode():
+            for _ in range(MAX_EPISODE_STEPS + 1):
+                if policy is None:
+                    action = torch.randint(0, 15, (env.num_envs,), generator=generator)
+                else:
+                    device = next(policy.parameters()).device
+                    logits, _ = policy(preprocess(obs.to(device), channels_last))
+                    action = logits.argmax(-1) if greedy else torch.distributions.Categorical(
+                        logits=logits).sample()
+                obs, _, step_done, finished = env.step(action.cpu())
+                for index, episode in zip(torch.nonzero(step_done).flatten().tolist(), finished):
+                    if not done[index]:
+                        episodes[index], done[index] = episode, True
+                        bar.update(1)
+                if done.all():
+                    break
+    finally:
+        bar.close()
+        env.close()
+    return [e for e in episodes if e is not None]
+
+
+def summarise(episodes: list[Episode]) -> Summary:
+    """Means over episodes (rates are fractions in [0, 1])."""
+    n = len(episodes)
+    returns = torch.tensor([e.ret for e in episodes], dtype=torch.float64)
+    stderr = float(returns.std() / math.sqrt(n)) if n > 1 else float("nan")
+    mean = lambda values: sum(values) / n
+    return Summary(n, float(returns.mean()), stderr, mean([e.reached_cheese for e in episodes]),
+                   mean([e.reached_corner for e in episodes]), mean([e.length for e in episodes]))
