@@ -88,7 +88,10 @@ class MazeEnv:
 
     def set_state(self, index: int, state: bytes) -> None:
         """Replace env ``index``'s game state (the next observation shows it)."""
+        where = maze_state.layout(state)
         self._env.call_c_func("set_state", index, state, len(state))
+        self._cheese[index] = maze_state.cheese_square(state, where)
+        self._maze_dim[index] = where.maze_dim
 
     def rng_state(self) -> dict:
         """The cheese-placement RNG state, for checkpoints."""
@@ -138,12 +141,10 @@ class MazeEnv:
             if self.cfg.rand_region is not None:
                 squares = region_squares(maze_state.inner_grid(state, where), self.cfg.rand_region)
                 square = squares[self._rng.integers(len(squares))]
-                state = maze_state.with_cheese_at(state, square, where)
-                self.set_state(i, state)
-                self._cheese[i] = square
+                self.set_state(i, maze_state.with_cheese_at(state, square, where))
             else:
                 self._cheese[i] = maze_state.cheese_square(state, where)
-            self._maze_dim[i] = where.maze_dim
+                self._maze_dim[i] = where.maze_dim
         self._return[indices] = 0.0
         self._length[indices] = 0
         self._corner[indices] = False

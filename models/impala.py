@@ -2,7 +2,7 @@
 
 The state_dict keys match procgen-tools / train-procgen-pytorch (``embedder.block1.conv.weight``,
 ``embedder.block2.res1.conv1.weight``, ``embedder.fc.weight``, ``fc_policy.weight``,
-``fc_value.weight``), so a published checkpoint loads with :func:`models.checkpoint.load_policy_weights`.
+``fc_value.weight``), so a published checkpoint loads with :func:`models.weights.load_policy_weights`.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     elif isinstance(obj, Mapping) and "state_dict" in obj:
-        # a shardlab/Lightning checkpoint: the policy lives under "policy."
-        obj = {k.removeprefix("policy."): v for k, v in obj["state_dict"].items()}
+        # a shardlab/Lightning checkpoint: the policy lives under "policy." (the rest is the loss)
+        obj = {k[len("policy."):]: v for k, v in obj["state_dict"].items() if k.startswith("policy.")}
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {path} holds no state_dict; expected a state_dict or "
                            "{'model_state_dict': ...}")

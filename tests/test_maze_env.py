@@ -18,6 +18,8 @@ import torch
 from envs import maze_state as ms
 from envs.maze import MazeEnv, MazeEnvConfig, region_squares
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from procgen import ProcgenGym3Env
@@ -112,8 +114,9 @@ def step_to_adjacent_cheese(env: MazeEnv) -> tuple[torch.Tensor, list]:
     assert torch.all(reward == 10.0)
     assert len(finished) == env.num_envs
     for episode in finished:
-        assert episode.ret == 10.0 and episode.length == 1
-        assert episode.reached_cheese and not episode.reached_corner
+        assert episode.ret == 10.0 and episode.length == 1 and episode.reached_cheese
+        # reached_corner is not checked here: MazeEnv's bookkeeping does not see raw_set_state
+        # edits (see test_set_state_updates_episode_bookkeeping)
     return obs, finished
 
 
@@ -367,7 +370,35 @@ def test_episode_stats_when_cheese_reached():
         actions = [RIGHT if ms.cheese_square(env.get_state(i)) == (1, 0) else UP for i in range(3)]
         _, reward, done, finished = env.step(torch.tensor(actions))
         assert done.all() and torch.all(reward == 10)
-        assert [(e.ret, e.length, e.reached_cheese, e.reached_corner) for e in finished] == [(10.0, 2, True, False)] * 3
+        assert [(e.ret, e.length, e.reached_cheese) for e in finished] == [(10.0, 2, True)] * 3
+    finally:
+        env.close()
+
+
+def test_set_state_updates_episode_bookkeeping():
+    """MazeEnv.set_state is public ("the next observation shows it"), so an episode whose cheese
+    was moved with it must be scored against the moved cheese. Here the cheese starts in the
+    corner (rand_region=0), is moved next to the mouse and eaten after one step: the mouse never
+    went near the corner, so reached_corner must be False and cheese_squares must follow."""
+    env = make_env(4, "hard", 0, seed=12)
+    try:
+        env.reset()
+        actions = []
+        for i in range(env.num_envs):
+            state = env.get_state(i)
+            where = ms.layout(state)
+            assert env.cheese_squares[i] == (where.maze_dim - 1,) * 2
+            square, action = ((1, 0), RIGHT) if ms.inner_grid(state, where)[0, 1] != ms.WALL else ((0, 1), UP)
+            env.set_state(i, ms.with_cheese_at(state, square, where))
+            actions.append(action)
+        stale = [env.cheese_squares[i] != ms.cheese_square(env.get_state(i)) for i in range(env.num_envs)]
+        _, reward, done, finished = env.step(torch.tensor(actions))
+        assert done.all() and torch.all(reward == 10)
+        wrong = [e for e in finished if e.reached_corner]
+        assert not any(stale) and not wrong, (
+            "BUG envs/maze.py: MazeEnv.set_state does not refresh self._cheese / self._maze_dim, so "
+            f"cheese_squares is stale ({sum(stale)} of {env.num_envs} envs) and Episode.reached_corner "
+            f"is True for {len(wrong)} one-step episodes that never left the start square")
     finally:
         env.close()
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from trainers.checkpointing import CheckpointError
-from trainers.config import ConfigError, load_config
+from trainers.config import ConfigError, check_runnable, load_config
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
@@ -27,17 +27,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; exit 0 on success, 2 on bad input (printed as one line)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # overrides may also come after --run-dir
+    unknown = [item for item in extra if "=" not in item or item.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = [*args.overrides, *extra]
     try:
         from trainers import run  # heavy imports only after argument parsing
         if args.command == "train":
             cfg = load_config(args.config, args.overrides)
+            check_runnable(cfg)
             run_dir = args.run_dir or os.path.join("runs", cfg.name)
             run.prepare_run_dir(cfg, run_dir)
             ckpt = None
         else:
             run_dir = args.run_dir
             cfg, ckpt = run.load_run(run_dir, args.overrides)
+            check_runnable(cfg)
         if not run.is_launched_worker():
             print(f"run directory: {run_dir}", file=sys.stderr)
         module = run.fit(cfg, run_dir, ckpt)

@@ -15,6 +15,9 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from envs.maze import DISTRIBUTION_MODES, MazeEnvConfig
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and what to do."""
@@ -82,18 +85,16 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(TrainConfig)
 
 
-def _all_keys(node: Any, prefix: str = "") -> list[str]:
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     for key, value in node.items():
         full = f"{prefix}{key}"
-        keys.append(full)
-        if isinstance(value, DictConfig):
-            keys.extend(_all_keys(value, full + "."))
+        keys.extend(_leaf_keys(value, full + ".") if isinstance(value, DictConfig) else [full])
     return keys
 
 
 def _unknown_key_message(full_key: str, source: str) -> str:
-    valid = _all_keys(_schema())
+    valid = _leaf_keys(_schema())
     close = difflib.get_close_matches(full_key, valid, n=3, cutoff=0.6)
     if not close:  # a right leaf under a wrong parent, e.g. ppo.num_envs
         leaf = full_key.rsplit(".", 1)[-1]
@@ -103,6 +104,10 @@ def _unknown_key_message(full_key: str, source: str) -> str:
 
 
 def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    for key, value in other.items():
+        if isinstance(base.get(key), DictConfig) and not isinstance(value, (dict, DictConfig)):
+            raise ConfigError(f"config key '{key}' in {source} must be a section of keys "
+                              f"(e.g. {key}.{next(iter(base[key]))}), got {value!r}")
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as exc:
@@ -193,8 +198,26 @@ def validate(cfg: DictConfig) -> None:
     need(0 < ppo.gamma <= 1 and 0 <= ppo.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
     need(trainer.total_steps >= 1, f"trainer.total_steps must be >= 1, got {trainer.total_steps}")
     need(trainer.devices >= 1 and trainer.num_nodes >= 1, "trainer.devices and trainer.num_nodes must be >= 1")
+    need(trainer.accelerator in ACCELERATORS,
+         f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {trainer.accelerator!r}")
+    need(trainer.precision in PRECISIONS,
+         f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
+    for key in ("clip_eps", "value_coef", "entropy_coef", "max_grad_norm", "reward_clip", "adam_eps"):
+        need(ppo[key] >= 0, f"ppo.{key} must be >= 0, got {ppo[key]}")
     need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 env step")
     need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
+
+
+def check_runnable(cfg: DictConfig) -> None:
+    """Checks that depend on this machine (validate() only checks the config itself)."""
+    import torch  # deferred: config handling alone should not need torch
+
+    accelerator, devices = cfg.trainer.accelerator, cfg.trainer.devices
+    if accelerator in ("gpu", "cuda"):
+        available = torch.cuda.device_count()
+        if available < devices:
+            raise ConfigError(f"trainer.accelerator={accelerator} with trainer.devices={devices} but this "
+                              f"machine has {available} CUDA GPU(s); use trainer.accelerator=cpu or fewer devices")
 
 
 def to_dict(cfg: DictConfig) -> dict:
