@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from envs import maze_state
+from envs import maze_geometry, maze_state
 
 # procgen imports the unmaintained gym, which prints a long notice to stderr on import
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -21,6 +21,9 @@ with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
     from procgen.env import MAX_STATE_SIZE
 
 DISTRIBUTION_MODES = ("easy", "hard")
+# the move of each of the 15 actions; maze drops the vertical part of diagonal moves
+ACTION_DX = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+ACTION_DY = np.array([0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 RANK_SEED_STRIDE = 1_000_003  # distinct env seeds per DDP rank
 
 
@@ -47,12 +50,9 @@ class Episode:
     maze_dim: int
 
 
-def region_squares(inner: np.ndarray, region: int) -> list[tuple[int, int]]:
-    """Open squares (x, y) of the top-right ``region``×``region`` (0 → the corner), never the start."""
-    d = inner.shape[0]
-    low = d - min(max(region, 1), d)
-    ys, xs = np.nonzero(inner[low:, low:] != maze_state.WALL)
-    return [(int(x) + low, int(y) + low) for x, y in zip(xs, ys) if (x + low, y + low) != (0, 0)]
+def cheese_candidates(inner: np.ndarray, region: int) -> list[tuple[int, int]]:
+    """Where ``rand_region`` may put the cheese: open squares of the top-right region, not the start."""
+    return [s for s in maze_geometry.region_squares(inner, region) if s != maze_geometry.START]
 
 
 class MazeEnv:
@@ -78,6 +78,11 @@ class MazeEnv:
         self._corner = np.zeros(n, bool)
         self._cheese: list[Optional[tuple[int, int]]] = [None] * n
         self._maze_dim = np.zeros(n, np.int64)
+        # the mouse is tracked by replaying its moves against the walls (checked against procgen's
+        # state in tests), because reading every env's state at every step costs more than the game
+        self._walls = np.ones((n, 1, 1), bool)
+        self._mouse = np.zeros((n, 2), np.int64)  # world (x, y)
+        self._margin = np.zeros(n, np.int64)
         self._obs: Optional[torch.Tensor] = None
 
     # -- procgen state access, one env at a time -------------------------------------------
@@ -90,8 +95,18 @@ class MazeEnv:
         """Replace env ``index``'s game state (the next observation shows it)."""
         where = maze_state.layout(state)
         self._env.call_c_func("set_state", index, state, len(state))
+        self._track(index, state, where)
+
+    def _track(self, index: int, state: bytes, where: maze_state.Layout) -> None:
+        """Record the cheese, maze size, walls and mouse of env ``index`` from its state."""
+        world = maze_state.grid(state, where)
+        if self._walls.shape[1] != world.shape[0]:
+            self._walls = np.ones((self.num_envs, *world.shape), bool)
+        self._walls[index] = world == maze_state.WALL
         self._cheese[index] = maze_state.cheese_square(state, where)
         self._maze_dim[index] = where.maze_dim
+        self._margin[index] = where.margin
+        self._mouse[index] = np.add(maze_state.mouse_square(state, where), where.margin)
 
     def rng_state(self) -> dict:
         """The cheese-placement RNG state, for checkpoints."""
@@ -111,8 +126,10 @@ class MazeEnv:
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Episode]]:
         """Act in every env; returns (obs, reward, done, finished episodes). Done envs auto-reset."""
-        self._env.act(np.asarray(actions.detach().cpu(), dtype=np.int32))
+        action = np.asarray(actions.detach().cpu(), dtype=np.int64)
+        self._env.act(action.astype(np.int32))
         reward, obs, first = self._env.observe()
+        self._move_mice(action)
         self._return += reward
         self._length += 1
         finished: list[Episode] = []
@@ -123,10 +140,8 @@ class MazeEnv:
             finished.append(Episode(float(self._return[i]), int(self._length[i]), reached,
                                     bool(self._corner[i] or (reached and self._cheese[i] == corner)),
                                     int(self._maze_dim[i])))
-        for i in np.flatnonzero(~first):
-            square = maze_state.mouse_square(self.get_state(i))
-            if square == (self._maze_dim[i] - 1,) * 2:
-                self._corner[i] = True
+        square = self._mouse - self._margin[:, None]
+        self._corner |= ~first & (square == (self._maze_dim - 1)[:, None]).all(1)
         if len(done_idx):
             self._start_episodes(done_idx)
             if self.cfg.rand_region is not None:  # re-render the moved cheese
@@ -134,17 +149,24 @@ class MazeEnv:
         self._obs = torch.from_numpy(np.array(obs["rgb"]))
         return self._obs, torch.from_numpy(reward.astype(np.float32)), torch.from_numpy(first.copy()), finished
 
+    def _move_mice(self, action: np.ndarray) -> None:
+        target = self._mouse + np.stack([ACTION_DX[action], ACTION_DY[action]], 1)
+        size = self._walls.shape[1]
+        inside = ((target >= 0) & (target < size)).all(1)
+        clipped = target.clip(0, size - 1)
+        free = inside & ~self._walls[np.arange(self.num_envs), clipped[:, 1], clipped[:, 0]]
+        self._mouse[free] = target[free]
+
     def _start_episodes(self, indices: np.ndarray) -> None:
         for i in indices:
             state = self.get_state(i)
             where = maze_state.layout(state)
             if self.cfg.rand_region is not None:
-                squares = region_squares(maze_state.inner_grid(state, where), self.cfg.rand_region)
+                squares = cheese_candidates(maze_state.inner_grid(state, where), self.cfg.rand_region)
                 square = squares[self._rng.integers(len(squares))]
                 self.set_state(i, maze_state.with_cheese_at(state, square, where))
             else:
-                self._cheese[i] = maze_state.cheese_square(state, where)
-                self._maze_dim[i] = where.maze_dim
+                self._track(i, state, where)
         self._return[indices] = 0.0
         self._length[indices] = 0
         self._corner[indices] = False
@@ -153,6 +175,11 @@ class MazeEnv:
     def cheese_squares(self) -> list[Optional[tuple[int, int]]]:
         """Current cheese square (x, y) of every env, in inner-maze coordinates."""
         return list(self._cheese)
+
+    @property
+    def mouse_squares(self) -> list[tuple[int, int]]:
+        """Current mouse square (x, y) of every env, in inner-maze coordinates."""
+        return [tuple(int(v) for v in row) for row in self._mouse - self._margin[:, None]]
 
     @property
     def maze_dims(self) -> np.ndarray:

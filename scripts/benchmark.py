@@ -32,6 +32,16 @@ competing process or thermal throttling, does not always hit the same one), and 
 is the median over repeats. The "cores" column is process CPU time / wall time: well below the
 thread count means serial Python, env stepping, or another process competing for the CPU.
 Threads are torch's default; the benchmark never changes them.
+
+Reading the numbers. On a shared 2-core VM one run of each measurement varies by about ±5-10%
+from run to run, more than the 5% the ratio targets allow, so judge the targets with
+``--repeats 2`` or more and look at the per-repeat rates. A competing process wrecks the numbers
+(OpenMP threads wait on a descheduled sibling); the load average is printed for that reason. CPU
+results also depend on the allocator: glibc returns big tensors to the kernel and page-faults
+them back on every minibatch, so ``MALLOC_*``/``OMP_*``-style variables that are set are
+recorded in the header and the JSON. The trainer's own ``perf/env_steps_per_sec`` is shown for
+comparison; its clock spans one iteration boundary to the next. All measurements run with
+``trainers.allocator.keep_freed_memory()`` applied, as `shardlab train` does.
 """
 
 from __future__ import annotations
@@ -304,7 +314,7 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
                 if len(clock.wall) - 1 > warmup:
                     # private attributes, read only to show where the trainer's time goes
                     rollout.append(getattr(pl_module, "_rollout_seconds", float("nan")))
-                    self_reported.append(getattr(pl_module, "last_metrics", {}).get(
+                    self_reported.append(pl_module.iteration_metrics().get(
                         "perf/env_steps_per_sec", float("nan")))
 
     with tempfile.TemporaryDirectory(prefix="shardlab-bench-") as root:
@@ -475,6 +485,9 @@ def _config_summary(cfg: "DictConfig", device: "torch.device") -> dict[str, Any]
         "device": str(device), "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "pytorch_lightning": pl.__version__,
+        # allocator and threading knobs change CPU results a lot, so record any that are set
+        "environment": {k: v for k, v in sorted(os.environ.items())
+                        if k.startswith(("MALLOC_", "GLIBC_TUNABLES", "OMP_", "MKL_", "KMP_", "LD_PRELOAD"))},
     }
 
 
@@ -501,7 +514,8 @@ def format_table(summary: dict[str, Any], runs: list[Measurement], config: dict[
         f"scale {c['scale']}, {'channels_last' if c['channels_last'] else 'channels_first'}, "
         f"{c['precision']}, {c['distribution_mode']} mazes",
         f"  {c['device']}, torch threads {c['threads']} (interop {c['interop_threads']}, "
-        f"{c['cpu_count']} CPUs), torch {c['torch']}, lightning {c['pytorch_lightning']}",
+        f"{c['cpu_count']} CPUs), torch {c['torch']}, lightning {c['pytorch_lightning']}"
+        + "".join(f", {k}={v}" for k, v in c["environment"].items()),
         f"  {args.iterations} timed iteration(s) after {args.warmup} warm-up, {args.repeats} repeat(s)"
         + (", median over repeats" if args.repeats > 1 else "")
         + f"; load average {loadavg[0]:.2f} before, {loadavg[1]:.2f} after",
@@ -646,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"{args.command} takes no overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    from trainers.allocator import keep_freed_memory
+    # the trainer does this at start-up; doing it here gives all measurements the same allocator
+    keep_freed_memory()
     try:
         return SUBCOMMANDS[args.command].run(args)
     except Exception as exc:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from envs import maze_state as ms
-from envs.maze import MazeEnv, MazeEnvConfig, region_squares
+from envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,7 +55,7 @@ def in_region(square, maze_dim: int, region: int) -> bool:
 
 
 def open_region_cells(inner: np.ndarray, region: int) -> set[tuple[int, int]]:
-    """Independent reference for region_squares: loop over every square."""
+    """Independent reference for cheese_candidates: loop over every square."""
     d = inner.shape[0]
     return {(x, y) for y in range(d) for x in range(d)
             if in_region((x, y), d, region) and inner[y, x] != ms.WALL and (x, y) != (0, 0)}
@@ -154,18 +154,18 @@ def test_cheese_always_in_top_right_region(mode, region):
         env.close()
 
 
-def test_region_squares_on_synthetic_grids():
+def test_cheese_candidates_on_synthetic_grids():
     open_grid = np.full((3, 3), ms.EMPTY)
-    assert region_squares(open_grid, 0) == [(2, 2)]
-    assert region_squares(open_grid, 1) == [(2, 2)]
-    assert set(region_squares(open_grid, 2)) == {(1, 1), (2, 1), (1, 2), (2, 2)}
+    assert cheese_candidates(open_grid, 0) == [(2, 2)]
+    assert cheese_candidates(open_grid, 1) == [(2, 2)]
+    assert set(cheese_candidates(open_grid, 2)) == {(1, 1), (2, 1), (1, 2), (2, 2)}
     # a region bigger than the maze covers it all, but never the start square (0, 0)
-    assert set(region_squares(open_grid, 5)) == {(x, y) for x in range(3) for y in range(3)} - {(0, 0)}
+    assert set(cheese_candidates(open_grid, 5)) == {(x, y) for x in range(3) for y in range(3)} - {(0, 0)}
     walled = open_grid.copy()
     walled[1, 2] = ms.WALL  # (x=2, y=1)
     walled[2, 1] = ms.WALL  # (x=1, y=2)
-    assert set(region_squares(walled, 2)) == {(1, 1), (2, 2)}
-    assert all(isinstance(c, int) for sq in region_squares(walled, 2) for c in sq)
+    assert set(cheese_candidates(walled, 2)) == {(1, 1), (2, 2)}
+    assert all(isinstance(c, int) for sq in cheese_candidates(walled, 2) for c in sq)
 
 
 @pytest.mark.parametrize("mode,region", [("hard", 5), ("easy", 3), ("hard", 25)])
@@ -176,7 +176,7 @@ def test_placement_hits_every_open_region_cell(mode, region):
         original = env.get_state(0)
         where = ms.layout(original)
         expected = open_region_cells(ms.inner_grid(original, where), region)
-        assert set(region_squares(ms.inner_grid(original, where), region)) == expected
+        assert set(cheese_candidates(ms.inner_grid(original, where), region)) == expected
         assert len(expected) >= 1
         env.cfg.rand_region = region  # same env, now placing; reset() runs the placement code path
         counts: dict[tuple[int, int], int] = {}
@@ -541,7 +541,7 @@ def test_state_round_trip_is_byte_exact(maze_states):
         for i in range(6):
             env.set_state(i, mine[i])
             assert env.get_state(i) == mine[i]
-            square = region_squares(ms.inner_grid(mine[i]), 5)[0]
+            square = cheese_candidates(ms.inner_grid(mine[i]), 5)[0]
             edited = ms.with_cheese_at(mine[i], square)
             env.set_state(i, edited)
             assert env.get_state(i) == edited
@@ -565,3 +565,18 @@ def test_mouse_and_grid_readers(maze_states):
         assert inner[0, 0] != ms.WALL
         assert set(np.unique(inner)) <= {ms.EMPTY, ms.WALL, ms.CHEESE}
 
+
+
+@pytest.mark.parametrize("mode", ["easy", "hard"])
+def test_tracked_mouse_matches_procgen_state(mode):
+    """The env replays moves against the walls instead of reading states; it must agree exactly."""
+    env = MazeEnv(MazeEnvConfig(num_envs=16, distribution_mode=mode, rand_region=5, seed=11))
+    try:
+        env.reset()
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(600):
+            env.step(torch.randint(0, 15, (16,), generator=generator))
+            actual = [ms.mouse_square(env.get_state(i)) for i in range(16)]
+            assert env.mouse_squares == actual
+    finally:
+        env.close()

@@ -102,8 +102,11 @@ class PPOModule(pl.LightningModule):
         self._buffer: dict[str, torch.Tensor] = {}
         self._perms: list[torch.Tensor] = []
         self._episodes: list[Episode] = []
-        self._stats: dict[str, list[float]] = {}
+        self._stats: list[torch.Tensor] = []
         self._iteration_start = 0.0
+        self._iteration_lr = 0.0
+        self._logged_step = -1
+        self.last_metrics: dict[str, float] = {}
         self._rollout_seconds = 0.0
         self.metrics_path: str | None = None
 
@@ -191,17 +194,21 @@ class PPOModule(pl.LightningModule):
         update = self.global_step % self.schedule.updates_per_iteration
         if update == 0:
             self._iteration_start = time.perf_counter()
+            self._iteration_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self._collect()
         td = self._minibatch(update)
         # the trunk runs once; torchrl's loss only applies the two heads to its output
         td["hidden"] = self.policy.embedder(td["obs"])
         losses = self.loss(td)
-        for key in LOSS_STATS:
-            if key in losses:
-                self._stats.setdefault(key, []).append(float(losses[key].detach().mean()))
-        if update == self.schedule.updates_per_iteration - 1:
-            self._end_iteration()
+        # kept on the device and read once per iteration: a .item() per step would sync a GPU
+        nan = torch.tensor(float("nan"), device=self.device)
+        self._stats.append(torch.stack([losses[k].detach().float().mean() if k in losses.keys() else nan
+                                        for k in LOSS_STATS]))
         return losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After an iteration's last optimizer step: log it (the clock includes that step)."""
+        self.iteration_metrics()
 
     def configure_optimizers(self) -> dict:
         """Adam with linear (or constant) LR decay per iteration."""
@@ -215,18 +222,26 @@ class PPOModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- logging ----------------------------------------------------------------------------
+    def iteration_metrics(self) -> dict[str, float]:
+        """The metrics of the iteration that just ended, logged once; callbacks may ask first."""
+        if self.global_step % self.schedule.updates_per_iteration == 0 and self._logged_step != self.global_step:
+            self._logged_step = self.global_step
+            self._end_iteration()
+        return self.last_metrics
+
     def _end_iteration(self) -> None:
         elapsed = time.perf_counter() - self._iteration_start
         episodes = self._episode_totals()
-        env_steps = self.schedule.env_steps(self.global_step + 1)
-        row: dict[str, float] = {"env_steps": env_steps, "iteration": self.schedule.iteration(self.global_step + 1)}
+        env_steps = self.schedule.env_steps(self.global_step)
+        row: dict[str, float] = {"env_steps": env_steps, "iteration": self.schedule.iteration(self.global_step)}
         if episodes[4] > 0:
             count = episodes[4]
             row.update({"episode/return": episodes[0] / count, "episode/length": episodes[1] / count,
                         "episode/cheese_rate": episodes[2] / count, "episode/corner_rate": episodes[3] / count,
                         "episode/count": count})
-        row.update({f"train/{k}": sum(v) / len(v) for k, v in self._stats.items()})
-        row["train/lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        means = torch.stack(self._stats).mean(0).tolist()
+        row.update({f"train/{k}": v for k, v in zip(LOSS_STATS, means) if not math.isnan(v)})
+        row["train/lr"] = self._iteration_lr
         row["perf/env_steps_per_sec"] = self.schedule.steps_per_iteration / elapsed
         row["perf/rollout_fraction"] = self._rollout_seconds / elapsed
         self._stats.clear()

@@ -30,7 +30,7 @@ class EnvStepProgressBar(Callback):
         schedule = module.schedule
         if self.bar is None or trainer.global_step % schedule.updates_per_iteration:
             return
-        row = getattr(module, "last_metrics", {})
+        row = module.iteration_metrics()
         postfix = {}
         if "episode/return" in row:
             postfix = {"return": f"{row['episode/return']:.2f}", "cheese": f"{row['episode/cheese_rate']:.0%}"}

@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from trainers.allocator import keep_freed_memory
 from trainers.checkpointing import LAST, AtomicCheckpointIO, PeriodicCheckpoint, load_checkpoint
 from trainers.config import ConfigError, build_config, read_yaml, to_dict
 from trainers.ppo import PPOModule
@@ -56,6 +57,7 @@ def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
 
 def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> PPOModule:
     """Build the Lightning trainer and train (or continue) until trainer.total_steps."""
+    keep_freed_memory()
     t = cfg.trainer
     world_size = t.devices * t.num_nodes
     pl.seed_everything(t.seed, workers=True, verbose=False)
