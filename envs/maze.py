@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from envs import maze_geometry, maze_state
+from envs import maze_build, maze_generate, maze_geometry, maze_state
 
 # procgen imports the unmaintained gym, which prints a long notice to stderr on import
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -21,6 +21,8 @@ with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
     from procgen.env import MAX_STATE_SIZE
 
 DISTRIBUTION_MODES = ("easy", "hard")
+OBSERVATIONS = ("rgb", "grid")
+WORLD_DIM = {"easy": 15, "hard": 25}
 # the move of each of the 15 actions; maze drops the vertical part of diagonal moves
 ACTION_DX = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 ACTION_DY = np.array([0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
@@ -37,6 +39,8 @@ class MazeEnvConfig:
     num_levels: int = 0  # 0 = unlimited levels
     rand_region: Optional[int] = 5
     seed: int = 0
+    obs: str = "rgb"  # rgb: procgen's 64×64 image; grid: wall/mouse/cheese channels on the world grid
+    max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,12 @@ class Episode:
     reached_cheese: bool
     reached_corner: bool  # visited the inner top-right corner square
     maze_dim: int
+
+
+def observation_shape(cfg: MazeEnvConfig) -> tuple[int, int, int]:
+    """(H, W, C) of one observation."""
+    side = 64 if cfg.obs == "rgb" else WORLD_DIM[cfg.distribution_mode]
+    return side, side, 3
 
 
 def cheese_candidates(inner: np.ndarray, region: int) -> list[tuple[int, int]]:
@@ -64,6 +74,10 @@ class MazeEnv:
                              f"got {cfg.distribution_mode!r}")
         if cfg.rand_region is not None and cfg.rand_region < 0:
             raise ValueError(f"env.rand_region must be >= 0 or null, got {cfg.rand_region}")
+        if cfg.obs not in OBSERVATIONS:
+            raise ValueError(f"env.obs must be one of {OBSERVATIONS}, got {cfg.obs!r}")
+        if cfg.max_maze_size is not None and (cfg.max_maze_size < 3 or cfg.max_maze_size % 2 == 0):
+            raise ValueError(f"env.max_maze_size must be odd and >= 3, got {cfg.max_maze_size}")
         self.cfg = cfg
         self.num_envs = cfg.num_envs
         seed = cfg.seed + RANK_SEED_STRIDE * rank
@@ -121,7 +135,7 @@ class MazeEnv:
         """Observations of the first episodes (procgen starts every env in a fresh level)."""
         self._start_episodes(np.arange(self.num_envs))
         _, obs, _ = self._env.observe()
-        self._obs = torch.from_numpy(np.array(obs["rgb"]))
+        self._obs = self._observation(obs)
         return self._obs
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Episode]]:
@@ -144,10 +158,22 @@ class MazeEnv:
         self._corner |= ~first & (square == (self._maze_dim - 1)[:, None]).all(1)
         if len(done_idx):
             self._start_episodes(done_idx)
-            if self.cfg.rand_region is not None:  # re-render the moved cheese
+            if self._edits_states and self.cfg.obs == "rgb":  # re-render the edited states
                 _, obs, _ = self._env.observe()
-        self._obs = torch.from_numpy(np.array(obs["rgb"]))
+        self._obs = self._observation(obs)
         return self._obs, torch.from_numpy(reward.astype(np.float32)), torch.from_numpy(first.copy()), finished
+
+    @property
+    def _edits_states(self) -> bool:
+        return self.cfg.rand_region is not None or self.cfg.max_maze_size is not None
+
+    def _observation(self, procgen_obs: dict) -> torch.Tensor:
+        if self.cfg.obs == "rgb":
+            return torch.from_numpy(np.array(procgen_obs["rgb"]))
+        from envs import maze_views  # imports this module for procgen
+        cheese = np.array([c if c is not None else (-1, -1) for c in self._cheese])
+        cheese = np.where(cheese >= 0, cheese + self._margin[:, None], -1)
+        return torch.from_numpy(maze_views.grid_view(self._walls, self._mouse, cheese))
 
     def _move_mice(self, action: np.ndarray) -> None:
         target = self._mouse + np.stack([ACTION_DX[action], ACTION_DY[action]], 1)
@@ -161,6 +187,11 @@ class MazeEnv:
         for i in indices:
             state = self.get_state(i)
             where = maze_state.layout(state)
+            if self.cfg.max_maze_size is not None and where.maze_dim > self.cfg.max_maze_size:
+                state, where = self._smaller_maze(state)
+                if self.cfg.rand_region is None:
+                    self.set_state(i, state)
+                    continue
             if self.cfg.rand_region is not None:
                 squares = cheese_candidates(maze_state.inner_grid(state, where), self.cfg.rand_region)
                 square = squares[self._rng.integers(len(squares))]
@@ -170,6 +201,16 @@ class MazeEnv:
         self._return[indices] = 0.0
         self._length[indices] = 0
         self._corner[indices] = False
+
+    def _smaller_maze(self, state: bytes) -> tuple[bytes, maze_state.Layout]:
+        """Replace the maze by a random one of odd size <= max_maze_size, cheese anywhere."""
+        size = int(self._rng.choice(np.arange(3, self.cfg.max_maze_size + 1, 2)))
+        inner = maze_generate.random_maze(size, self._rng)
+        ys, xs = np.nonzero(inner != maze_state.WALL)
+        choices = [(int(x), int(y)) for x, y in zip(xs, ys) if (x, y) != (0, 0)]
+        state = maze_build.with_maze(state, inner)
+        state = maze_state.with_cheese_at(state, choices[self._rng.integers(len(choices))])
+        return state, maze_state.layout(state)
 
     @property
     def cheese_squares(self) -> list[Optional[tuple[int, int]]]:

@@ -110,3 +110,100 @@ def with_cheese_at(state: bytes, square: tuple[int, int], where: Layout | None =
     out = bytearray(state)
     out[where.grid_offset:where.grid_offset + world.nbytes] = world.astype("<i4").tobytes()
     return bytes(out)
+
+
+def with_mouse_at(state: bytes, square: tuple[int, int], where: Layout | None = None) -> bytes:
+    """A copy of ``state`` with the mouse moved to the open inner square ``square`` = (x, y)."""
+    where = where or layout(state)
+    x, y = square
+    d = where.maze_dim
+    if not (0 <= x < d and 0 <= y < d):
+        raise StateError(f"square {square} is outside the {d}×{d} maze")
+    if inner_grid(state, where)[y, x] == WALL:
+        raise StateError(f"square {square} is a wall; pick an open square")
+    out = bytearray(state)
+    struct.pack_into("<ff", out, where.mouse_offset, where.margin + x + 0.5, where.margin + y + 0.5)
+    return bytes(out)
+
+
+def without_cheese(state: bytes, where: Layout | None = None) -> bytes:
+    """A copy of ``state`` with no cheese in the maze."""
+    where = where or layout(state)
+    world = grid(state, where).copy()
+    world[world == CHEESE] = EMPTY
+    out = bytearray(state)
+    out[where.grid_offset:where.grid_offset + world.nbytes] = world.astype("<i4").tobytes()
+    return bytes(out)
+
+
+@dataclass(frozen=True)
+class MazeState:
+    """A typed view of one procgen maze state; edits return new states, ``to_bytes`` serialises.
+
+    The object keeps the state's bytes and writes each edited field at its offset, so an unedited
+    state serialises back byte-for-byte and an edited one differs only in the edited fields.
+    """
+
+    raw: bytes
+
+    @classmethod
+    def from_bytes(cls, state: bytes) -> "MazeState":
+        """Parse (and check) state bytes from ``get_state``."""
+        layout(state)
+        return cls(bytes(state))
+
+    @property
+    def layout(self) -> Layout:
+        """Offsets and sizes."""
+        return layout(self.raw)
+
+    @property
+    def maze_dim(self) -> int:
+        """Side of the inner maze (odd, 3–25)."""
+        return self.layout.maze_dim
+
+    @property
+    def world_dim(self) -> int:
+        """Side of the world grid (15 in easy mode, 25 in hard mode)."""
+        return self.layout.world_dim
+
+    @property
+    def padding(self) -> int:
+        """Wall tiles on each side of the inner maze."""
+        return self.layout.margin
+
+    @property
+    def grid(self) -> np.ndarray:
+        """World grid [y, x] (y = 0 at the bottom), a copy."""
+        return grid(self.raw).copy()
+
+    @property
+    def inner(self) -> np.ndarray:
+        """Inner maze [y, x] (y = 0 at the bottom), a copy."""
+        return inner_grid(self.raw).copy()
+
+    @property
+    def mouse(self) -> tuple[int, int]:
+        """Mouse square (x, y)."""
+        return mouse_square(self.raw)
+
+    @property
+    def cheese(self) -> tuple[int, int] | None:
+        """Cheese square (x, y), or None."""
+        return cheese_square(self.raw)
+
+    def with_cheese(self, square: tuple[int, int]) -> "MazeState":
+        """The cheese moved to ``square``."""
+        return MazeState(with_cheese_at(self.raw, square))
+
+    def with_mouse(self, square: tuple[int, int]) -> "MazeState":
+        """The mouse moved to ``square``."""
+        return MazeState(with_mouse_at(self.raw, square))
+
+    def without_cheese(self) -> "MazeState":
+        """The cheese removed."""
+        return MazeState(without_cheese(self.raw))
+
+    def to_bytes(self) -> bytes:
+        """State bytes for ``set_state``."""
+        return self.raw

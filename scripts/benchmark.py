@@ -638,6 +638,63 @@ def run_ppo(args: argparse.Namespace) -> int:
 
 
 # -- entry point --------------------------------------------------------------------------------
+def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``learn``."""
+    parser.add_argument("--config", default=DEFAULT_PPO_CONFIG, help="training recipe")
+    parser.add_argument("--run-dir", default="runs/bench-learn", help="run directory (resumed if it exists)")
+    parser.add_argument("--steps", type=int, default=300_000, help="env steps to train")
+    parser.add_argument("--checkpoint-every", type=int, default=50_000, help="env steps between evaluated checkpoints")
+    parser.add_argument("--episodes", type=int, default=200, help="held-out episodes per policy and checkpoint")
+    parser.add_argument("--json", help="write the curve as JSON here")
+    parser.add_argument("overrides", nargs="*", help="config overrides")
+
+
+@subcommand("learn", help="does the recipe learn? train, then evaluate each checkpoint against a random policy",
+            add_arguments=add_learn_arguments)
+def run_learn(args: argparse.Namespace) -> int:
+    """Train the recipe, evaluate every step-N checkpoint and a random policy on the same held-out mazes."""
+    from omegaconf import OmegaConf
+
+    from envs.maze import MazeEnvConfig
+    from models.weights import load_policy_weights
+    from trainers import cli
+    from trainers.checkpointing import step_checkpoints
+    from trainers.config import load_config
+    from trainers.episodes import first_episodes, summarise
+    from trainers.ppo import build_policy
+
+    start = time.perf_counter()
+    length = [f"trainer.total_steps={args.steps}", f"trainer.checkpoint_every={args.checkpoint_every}",
+              "trainer.keep_checkpoints=1000"]
+    if os.path.isfile(os.path.join(args.run_dir, "config.yaml")):
+        code = cli.main(["resume", args.run_dir, *length])
+    else:
+        code = cli.main(["train", args.config, *args.overrides, *length, "--run-dir", args.run_dir])
+    if code:
+        return code
+    train_seconds = time.perf_counter() - start
+    cfg = load_config(os.path.join(args.run_dir, "config.yaml"), length)
+    held_out = MazeEnvConfig(**{**OmegaConf.to_container(cfg.env), "num_envs": args.episodes, "seed": 987_654})
+    rows = [{"env_steps": 0, "policy": "random", **asdict(summarise(first_episodes(None, held_out)))}]
+    for steps, path in step_checkpoints(os.path.join(args.run_dir, "checkpoints")):
+        policy = load_policy_weights(build_policy(cfg), path).eval()
+        for greedy in (False, True):
+            summary = summarise(first_episodes(policy, held_out, greedy=greedy))
+            rows.append({"env_steps": steps, "policy": "greedy" if greedy else "sampled", **asdict(summary)})
+    print(f"\nlearning curve: {args.config}, {args.episodes} held-out mazes per row "
+          f"(first episode of each seeded env, cheese region {cfg.env.rand_region}), "
+          f"training took {train_seconds / 60:.1f} min")
+    print(f"  {'env steps':>10}  {'policy':<8} {'mean return':>14} {'cheese':>7} {'corner':>7} {'length':>7}")
+    for row in rows:
+        print(f"  {row['env_steps']:>10,}  {row['policy']:<8} {row['mean_return']:>7.2f} ± {row['return_stderr']:<4.2f} "
+              f"{row['cheese_rate']:>7.1%} {row['corner_rate']:>7.1%} {row['mean_length']:>7.0f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"benchmark": "learn", "config": args.config, "train_seconds": train_seconds,
+                       "rows": rows}, handle, indent=2)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered subcommand."""
     parser = argparse.ArgumentParser(prog="benchmark.py", description="Throughput benchmarks for shardlab.")

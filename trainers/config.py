@@ -13,7 +13,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from envs.maze import DISTRIBUTION_MODES, MazeEnvConfig
+from envs.maze import DISTRIBUTION_MODES, OBSERVATIONS, MazeEnvConfig
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -187,6 +187,9 @@ def validate(cfg: DictConfig) -> None:
          f"env.distribution_mode must be one of {', '.join(DISTRIBUTION_MODES)}, got {env.distribution_mode!r}")
     need(env.rand_region is None or env.rand_region >= 0,
          f"env.rand_region must be >= 0 (0 = the top-right corner) or null, got {env.rand_region}")
+    need(env.obs in OBSERVATIONS, f"env.obs must be one of {', '.join(OBSERVATIONS)}, got {env.obs!r}")
+    need(env.max_maze_size is None or (env.max_maze_size >= 3 and env.max_maze_size % 2 == 1),
+         f"env.max_maze_size must be odd and >= 3 (or null), got {env.max_maze_size}")
     need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
     need(ppo.lr > 0, f"ppo.lr must be > 0, got {ppo.lr}")
     need(ppo.lr_schedule in ("linear", "constant"),

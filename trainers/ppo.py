@@ -28,7 +28,7 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
-from envs.maze import Episode, MazeEnv, MazeEnvConfig
+from envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from models.impala import ImpalaPolicy, preprocess
 from trainers.config import TrainConfig, build_config
 from trainers.reward_norm import RewardNormalizer
@@ -70,7 +70,7 @@ class Schedule:
 
 def build_policy(cfg: DictConfig) -> ImpalaPolicy:
     """The policy network a config describes."""
-    policy = ImpalaPolicy(in_channels=3, scale=cfg.model.scale, image_size=64)
+    policy = ImpalaPolicy(in_channels=3, scale=cfg.model.scale, image_size=observation_shape(cfg.env)[0])
     if cfg.model.channels_last:
         policy = policy.to(memory_format=torch.channels_last)
     return policy
@@ -139,7 +139,7 @@ class PPOModule(pl.LightningModule):
         start = time.perf_counter()
         if not self._buffer:
             self._buffer = {
-                "obs": torch.empty((T, N, 64, 64, 3), dtype=torch.uint8, device=device),
+                "obs": torch.empty((T, N, *observation_shape(cfg.env)), dtype=torch.uint8, device=device),
                 "action": torch.empty((T, N), dtype=torch.long, device=device),
                 "log_prob": torch.empty((T, N), device=device),
                 "value": torch.empty((T + 1, N), device=device),
