@@ -69,7 +69,8 @@ if TYPE_CHECKING:  # heavy imports happen inside the subcommands, after argument
     from omegaconf import DictConfig
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
-DEFAULT_PPO_CONFIG = os.path.join("configs", "train", "maze_ppo_cpu.yaml")
+DEFAULT_PPO_CONFIG = os.path.join("configs", "train", "maze_ppo_cpu_rgb.yaml")
+DEFAULT_LEARN_CONFIG = os.path.join("configs", "train", "maze_ppo_cpu.yaml")
 PPO_MEASUREMENTS = ("trainer", "plain", "ceiling")
 TARGET_TRAINER_OVER_PLAIN, TARGET_TRAINER_OVER_CEILING = 1.0, 0.95
 
@@ -344,7 +345,7 @@ def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torc
     import torch
     from omegaconf import OmegaConf
 
-    from envs.maze import MazeEnv, MazeEnvConfig
+    from envs.maze import MazeEnv, MazeEnvConfig, observation_shape
     from models.impala import preprocess
     from trainers.ppo import Schedule, build_policy
     from trainers.reward_norm import RewardNormalizer
@@ -358,7 +359,7 @@ def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torc
     env = MazeEnv(MazeEnvConfig(**OmegaConf.to_container(cfg.env)), rank=0)
     reward_norm = RewardNormalizer(N, ppo.gamma, ppo.reward_clip)
     # preallocated rollout storage, written in place each iteration
-    obs_buf = torch.empty((T, N, 64, 64, 3), dtype=torch.uint8, device=device)
+    obs_buf = torch.empty((T, N, *observation_shape(cfg.env)), dtype=torch.uint8, device=device)
     actions = torch.empty((T, N), dtype=torch.long, device=device)
     log_probs = torch.empty((T, N), device=device)
     values = torch.empty((T + 1, N), device=device)
@@ -401,7 +402,7 @@ def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torc
                 advantages[t] = last
             value_targets = advantages + values[:-1]
         with timer("update"):
-            flat_obs = obs_buf.view(T * N, 64, 64, 3)
+            flat_obs = obs_buf.view(T * N, *observation_shape(cfg.env))
             flat = [x.reshape(T * N) for x in (actions, log_probs, values[:-1], advantages, value_targets)]
             mb = ppo.minibatch_size
             for _ in range(ppo.epochs):
@@ -423,6 +424,7 @@ def measure_ceiling(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     """Env-step-equivalents/s of the same forward/backward/Adam work on random data (no env)."""
     import torch
 
+    from envs.maze import observation_shape
     from models.impala import NUM_ACTIONS, preprocess
     from trainers.ppo import Schedule, build_policy
 
@@ -433,8 +435,8 @@ def measure_ceiling(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     policy = build_policy(cfg).to(device)
     optimizer, scheduler = _optimizer(cfg, policy, schedule.updates_per_iteration, schedule.iterations)
     # one fixed buffer the size of a rollout, so minibatches are gathered exactly like real ones
-    obs_buf = torch.randint(0, 256, (T, N, 64, 64, 3), dtype=torch.uint8, device=device)
-    flat_obs = obs_buf.view(T * N, 64, 64, 3)
+    obs_buf = torch.randint(0, 256, (T, N, *observation_shape(cfg.env)), dtype=torch.uint8, device=device)
+    flat_obs = obs_buf.view(T * N, *observation_shape(cfg.env))
     targets = [torch.randint(0, NUM_ACTIONS, (T * N,), device=device),  # action
                -torch.rand(T * N, device=device) - 2.0,  # old log-prob, near log(1/15)
                torch.randn(T * N, device=device), torch.randn(T * N, device=device),  # old value, advantage
@@ -640,7 +642,7 @@ def run_ppo(args: argparse.Namespace) -> int:
 # -- entry point --------------------------------------------------------------------------------
 def add_learn_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``learn``."""
-    parser.add_argument("--config", default=DEFAULT_PPO_CONFIG, help="training recipe")
+    parser.add_argument("--config", default=DEFAULT_LEARN_CONFIG, help="training recipe")
     parser.add_argument("--run-dir", default="runs/bench-learn", help="run directory (resumed if it exists)")
     parser.add_argument("--steps", type=int, default=300_000, help="env steps to train")
     parser.add_argument("--checkpoint-every", type=int, default=50_000, help="env steps between evaluated checkpoints")

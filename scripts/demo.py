@@ -44,7 +44,7 @@ def main() -> int:
     """Train (or resume), evaluate, report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", default="runs/demo")
-    parser.add_argument("--steps", type=int, default=40960, help="env steps to train")
+    parser.add_argument("--steps", type=int, default=600_000, help="env steps to train (~4 min on 2 cores)")
     parser.add_argument("--episodes", type=int, default=128, help="held-out episodes per policy")
     args = parser.parse_args()
     start = time.time()
