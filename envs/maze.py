@@ -7,7 +7,7 @@ import contextlib
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -108,8 +108,28 @@ class MazeEnv:
     def set_state(self, index: int, state: bytes) -> None:
         """Replace env ``index``'s game state (the next observation shows it)."""
         where = maze_state.layout(state)
+        world = WORLD_DIM[self.cfg.distribution_mode]
+        if where.world_dim != world:  # procgen would take it, and _track would drop every env's walls
+            raise maze_state.StateError(
+                f"state has a {where.world_dim}×{where.world_dim} world but this env is "
+                f"{self.cfg.distribution_mode!r} ({world}×{world}); use a state of the same mode")
         self._env.call_c_func("set_state", index, state, len(state))
         self._track(index, state, where)
+
+    def load_states(self, states: Sequence[bytes]) -> torch.Tensor:
+        """Start a new episode in every env from ``states`` (one per env) and return the
+        observations; unlike ``reset()`` nothing is re-placed (no rand_region, no max_maze_size)."""
+        if len(states) != self.num_envs:
+            raise ValueError(f"load_states needs one state per env ({self.num_envs}), got {len(states)}")
+        for index, state in enumerate(states):
+            self.set_state(index, state)
+        # procgen's step count (its 500-step timeout) comes from the state; our counters restart
+        self._return[:] = 0.0
+        self._length[:] = 0
+        self._corner[:] = False
+        _, obs, _ = self._env.observe()
+        self._obs = self._observation(obs)
+        return self._obs
 
     def _track(self, index: int, state: bytes, where: maze_state.Layout) -> None:
         """Record the cheese, maze size, walls and mouse of env ``index`` from its state."""
@@ -132,7 +152,13 @@ class MazeEnv:
 
     # -- stepping ---------------------------------------------------------------------------
     def reset(self) -> torch.Tensor:
-        """Observations of the first episodes (procgen starts every env in a fresh level)."""
+        """Begin tracking and return the first observations; call once, before the first step.
+
+        Procgen starts every env in a fresh level and resets finished episodes by itself, so this
+        does not start new episodes: it places the cheese (``rand_region``), shrinks the maze
+        (``max_maze_size``) and reads the states. To restart envs in given mazes use
+        :meth:`load_states`.
+        """
         self._start_episodes(np.arange(self.num_envs))
         _, obs, _ = self._env.observe()
         self._obs = self._observation(obs)

@@ -6,7 +6,10 @@ the maze is square with an odd side from 3 to 25. Squares are (x, y) with y = 0 
 
 from __future__ import annotations
 
+import os
 import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +18,9 @@ from envs.maze_state import CHEESE, EMPTY, WALL, StateError
 
 Square = tuple[int, int]
 _CODES = {"#": WALL, ".": EMPTY, "M": EMPTY, "C": CHEESE}
+
+if TYPE_CHECKING:
+    from envs.maze import MazeEnv
 
 
 def parse_ascii(text: str) -> tuple[np.ndarray, Square]:
@@ -51,3 +57,80 @@ def with_maze(template: bytes, inner: np.ndarray, mouse: Square = (0, 0)) -> byt
     struct.pack_into("<i", out, len(out) - 12, size)  # maze_dim
     struct.pack_into("<ff", out, where.mouse_offset, margin + mouse[0] + 0.5, margin + mouse[1] + 0.5)
     return bytes(out)
+
+
+# -- hand-made mazes in files and envs ----------------------------------------------------------
+_FILE_KEYS = {"maze", "mode"}
+
+
+@dataclass(frozen=True)
+class MazeFile:
+    """A maze read from a YAML file: the inner grid [y, x] (y = 0 at the bottom), mouse and mode."""
+
+    path: str
+    inner: np.ndarray
+    mouse: Square
+    mode: str  # procgen distribution mode: "hard" (25×25 world) or "easy" (15×15)
+
+    @property
+    def cheese(self) -> Square | None:
+        """The cheese square (x, y), or None if the maze has no C."""
+        ys, xs = np.nonzero(self.inner == CHEESE)
+        return (int(xs[0]), int(ys[0])) if len(xs) else None
+
+
+def load_maze_file(path: str | os.PathLike) -> MazeFile:
+    """Read a YAML file with ``maze: |`` (ASCII art, see :func:`parse_ascii`) and optional
+    ``mode: hard|easy`` (default hard); StateError naming the file and the problem if it is bad."""
+    import yaml  # only needed here; keeps the module import light
+    from envs.maze import WORLD_DIM  # envs.maze imports this module, so import at call time
+
+    path = os.fspath(path)
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise StateError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "maze" not in data:
+        raise StateError(f"{path}: expected a YAML mapping with a 'maze: |' block of ASCII art")
+    unknown = sorted(set(map(str, data)) - _FILE_KEYS)
+    if unknown:
+        raise StateError(f"{path}: unknown keys {unknown}; a maze file holds 'maze' and optional 'mode'")
+    mode = data.get("mode", "hard")
+    if mode not in WORLD_DIM:
+        raise StateError(f"{path}: mode must be one of {sorted(WORLD_DIM)}, got {mode!r}")
+    if not isinstance(data["maze"], str):
+        raise StateError(f"{path}: 'maze' must be a block of ASCII art (write 'maze: |'), "
+                         f"got {type(data['maze']).__name__}")
+    try:
+        inner, mouse = parse_ascii(data["maze"])
+    except StateError as exc:
+        raise StateError(f"{path}: {exc}") from None
+    if inner.shape[0] > WORLD_DIM[mode]:
+        raise StateError(f"{path}: a {inner.shape[0]}×{inner.shape[0]} maze does not fit the "
+                         f"{WORLD_DIM[mode]}×{WORLD_DIM[mode]} world of mode {mode!r}")
+    return MazeFile(path, inner, mouse, mode)
+
+
+def make_env_from_maze(inner: np.ndarray, mouse: Square = (0, 0), cheese: Square | None = None,
+                       mode: str = "hard", obs: str = "rgb") -> "MazeEnv":
+    """A one-env MazeEnv whose current episode is played in ``inner`` (cheese moved to ``cheese``
+    if given, else where ``inner`` has it).
+
+    The env places nothing itself (``rand_region=None``, no ``max_maze_size``), so ``reset()``
+    re-reads the loaded state and keeps the maze; once the episode ends procgen moves on to its
+    own levels. ``env.load_states([state])`` restarts it in the same maze.
+    """
+    from envs.maze import MazeEnv, MazeEnvConfig  # envs.maze imports this module
+
+    env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode=mode, rand_region=None, obs=obs))
+    try:
+        state = with_maze(env.get_state(0), np.asarray(inner, dtype=np.int32), mouse)
+        if cheese is not None:
+            state = maze_state.with_cheese_at(state, cheese)
+        env.load_states([state])
+    except BaseException:
+        env.close()
+        raise
+    return env

@@ -51,18 +51,28 @@ def layout(state: bytes) -> Layout:
         raise StateError(f"state is from game {state[8:8 + min(name_len, 32)]!r}, not 'maze'")
     maze_dim, world_dim, trailer = struct.unpack_from("<iiI", state, len(state) - 12)
     if trailer != _TRAILER:
-        raise StateError("state does not end with procgen's 0xCAFECAFE trailer; "
-                         "it comes from another procgen build")
+        raise StateError("state does not end with procgen's 0xCAFECAFE trailer; it is truncated "
+                         "or comes from another procgen build")
+    truncated = StateError(f"state of {len(state)} bytes is truncated or corrupt: its fields run "
+                           "past its end")
     cells = world_dim * world_dim
     grid_offset = len(state) - 12 - 4 * cells
+    if not 0 < world_dim <= 1024 or grid_offset < 12 + 8 + name_len:  # else offsets go negative
+        raise truncated
     w, h, n = struct.unpack_from("<iii", state, grid_offset - 12)
     if (w, h, n) != (world_dim, world_dim, cells) or not 3 <= maze_dim <= world_dim:
         raise StateError(f"state grid header {(w, h, n)} does not match world_dim {world_dim}; "
-                         "it comes from another procgen build")
+                         "it is truncated or comes from another procgen build")
     offset = 8 + name_len + 4 * _OPTION_INTS
     for _ in range(2):  # level_seed_rand_gen, rand_gen: is_seeded, then the RNG as a string
+        if offset + 8 > grid_offset:
+            raise truncated
         (length,) = _INT.unpack_from(state, offset + 4)
+        if length < 0:
+            raise truncated
         offset += 8 + length
+    if offset + _AFTER_RNG + 8 > grid_offset - 12:  # the mouse's (x, y) must lie before the grid
+        raise truncated
     return Layout(world_dim, maze_dim, grid_offset, offset + _AFTER_RNG)
 
 

@@ -72,7 +72,7 @@ BAD_TRAIN = {
     "yaml-not-a-mapping": ("- 1\n- 2\n", [], ["mapping", "recipe.yaml"]),
     "override-without-equals": (None, ["ppo.lr"], ["'ppo.lr'", "dotted.key=value"]),
     "override-empty-key": (None, ["=3"], ["'=3'", "dotted.key=value"]),
-    "minibatch-does-not-divide": (None, ["ppo.minibatch_size=1000"], ["ppo.minibatch_size", "1000", "4096"]),
+    "minibatch-does-not-divide": (None, ["ppo.minibatch_size=1000"], ["ppo.minibatch_size", "1000", "8192"]),
     "rand-region-negative": (None, ["env.rand_region=-1"], ["env.rand_region", "-1"]),
     "scale-zero": (None, ["model.scale=0"], ["model.scale"]),
     "devices-zero": (None, ["trainer.devices=0"], ["trainer.devices"]),
