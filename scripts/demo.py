@@ -25,16 +25,25 @@ RECIPE = "configs/train/maze_ppo_cpu.yaml"
 
 
 def plot_curve(metrics_path: str, out: str) -> None:
-    """Episode return and cheese rate against env steps, from metrics.jsonl."""
+    """Return, cheese rate and episode length of finished training episodes against env steps."""
     with open(metrics_path) as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     rows = [r for r in rows if "episode/return" in r]
     steps = [r["env_steps"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
-    left.plot(steps, [r["episode/return"] for r in rows])
-    left.set(xlabel="env steps", ylabel="episode return (finished episodes)")
-    right.plot(steps, [r["episode/cheese_rate"] for r in rows])
-    right.set(xlabel="env steps", ylabel="cheese rate", ylim=(0, 1.05))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    panels = [("episode/return", "return"), ("episode/cheese_rate", "cheese rate"),
+              ("episode/length", "episode length")]
+    for ax, (key, label) in zip(axes, panels):
+        values = [r[key] for r in rows]
+        # iterations finish few episodes each, so a running mean shows the trend
+        window = max(1, len(values) // 15)
+        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                  for i in range(len(values))]
+        ax.plot(steps, values, alpha=0.3)
+        ax.plot(steps, smooth)
+        ax.set(xlabel="env steps", ylabel=label)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
+    fig.suptitle("training episodes (finished within each iteration)", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -91,7 +100,7 @@ def main() -> int:
     print(f"\nreport:      {os.path.join(args.run_dir, 'report.md')}\n"
           f"checkpoint:  {os.path.join(args.run_dir, 'checkpoints', 'last.ckpt')}\n"
           f"tensorboard: tensorboard --logdir {os.path.join(args.run_dir, 'tb')}\n"
-          f"continue:    shardlab resume {args.run_dir} trainer.total_steps=200000")
+          f"continue:    shardlab resume {args.run_dir} trainer.total_steps={4 * args.steps}")
     return 0
 
 
