@@ -52,11 +52,9 @@ def with_maze(template: bytes, inner: np.ndarray, mouse: Square = (0, 0)) -> byt
     margin = (where.world_dim - size) // 2
     world = np.full((where.world_dim, where.world_dim), WALL, dtype="<i4")
     world[margin:margin + size, margin:margin + size] = inner
-    out = bytearray(template)
-    out[where.grid_offset:where.grid_offset + world.nbytes] = world.tobytes()
-    struct.pack_into("<i", out, len(out) - 12, size)  # maze_dim
-    struct.pack_into("<ff", out, where.mouse_offset, margin + mouse[0] + 0.5, margin + mouse[1] + 0.5)
-    return bytes(out)
+    out = bytearray(maze_state.with_grid(template, where, world))
+    struct.pack_into("<i", out, len(out) - 12, size)  # maze_dim, which sets the margin
+    return maze_state.with_mouse_at(bytes(out), mouse)
 
 
 # -- hand-made mazes in files and envs ----------------------------------------------------------

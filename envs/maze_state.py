@@ -107,31 +107,19 @@ def cheese_square(state: bytes, where: Layout | None = None) -> tuple[int, int] 
 def with_cheese_at(state: bytes, square: tuple[int, int], where: Layout | None = None) -> bytes:
     """A copy of ``state`` with the cheese moved to the open inner square ``square`` = (x, y)."""
     where = where or layout(state)
-    x, y = square
-    d = where.maze_dim
-    if not (0 <= x < d and 0 <= y < d):
-        raise StateError(f"square {square} is outside the {d}×{d} maze")
+    _check_open(state, where, square)
     world = grid(state, where).copy()
-    m = where.margin
-    if world[m + y, m + x] == WALL:
-        raise StateError(f"square {square} is a wall; pick an open square")
     world[world == CHEESE] = EMPTY
-    world[m + y, m + x] = CHEESE
-    out = bytearray(state)
-    out[where.grid_offset:where.grid_offset + world.nbytes] = world.astype("<i4").tobytes()
-    return bytes(out)
+    world[where.margin + square[1], where.margin + square[0]] = CHEESE
+    return with_grid(state, where, world)
 
 
 def with_mouse_at(state: bytes, square: tuple[int, int], where: Layout | None = None) -> bytes:
     """A copy of ``state`` with the mouse moved to the open inner square ``square`` = (x, y)."""
     where = where or layout(state)
-    x, y = square
-    d = where.maze_dim
-    if not (0 <= x < d and 0 <= y < d):
-        raise StateError(f"square {square} is outside the {d}×{d} maze")
-    if inner_grid(state, where)[y, x] == WALL:
-        raise StateError(f"square {square} is a wall; pick an open square")
+    _check_open(state, where, square)
     out = bytearray(state)
+    x, y = square
     struct.pack_into("<ff", out, where.mouse_offset, where.margin + x + 0.5, where.margin + y + 0.5)
     return bytes(out)
 
@@ -141,8 +129,22 @@ def without_cheese(state: bytes, where: Layout | None = None) -> bytes:
     where = where or layout(state)
     world = grid(state, where).copy()
     world[world == CHEESE] = EMPTY
+    return with_grid(state, where, world)
+
+
+def _check_open(state: bytes, where: Layout, square: tuple[int, int]) -> None:
+    x, y = square
+    d = where.maze_dim
+    if not (0 <= x < d and 0 <= y < d):
+        raise StateError(f"square {square} is outside the {d}×{d} maze")
+    if inner_grid(state, where)[y, x] == WALL:
+        raise StateError(f"square {square} is a wall; pick an open square")
+
+
+def with_grid(state: bytes, where: Layout, world: np.ndarray) -> bytes:
+    """A copy of ``state`` holding the world grid ``world``."""
     out = bytearray(state)
-    out[where.grid_offset:where.grid_offset + world.nbytes] = world.astype("<i4").tobytes()
+    out[where.grid_offset:where.grid_offset + world.size * 4] = world.astype("<i4").tobytes()
     return bytes(out)
 
 

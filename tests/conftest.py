@@ -19,3 +19,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def template() -> bytes:
+    """A hard-mode procgen maze state to build hand-made mazes into."""
+    from envs.maze import MazeEnv, MazeEnvConfig
+
+    env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode="hard", rand_region=None))
+    yield env.get_state(0)
+    env.close()

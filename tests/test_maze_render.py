@@ -18,7 +18,6 @@ from matplotlib.image import imread
 
 from envs import maze_render as mr
 from envs import maze_state as ms
-from envs.maze import MazeEnv, MazeEnvConfig
 from envs.maze_build import parse_ascii, with_maze
 from envs.maze_generate import random_maze
 from envs.maze_geometry import decision_square, shortest_path
@@ -34,13 +33,6 @@ MAZE = """
 M....
 """
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def template() -> bytes:
-    env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode="hard", rand_region=None))
-    yield env.get_state(0)
-    env.close()
 
 
 @pytest.fixture(scope="module")

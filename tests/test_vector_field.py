@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from envs import maze_state as ms
-from envs.maze import MazeEnv, MazeEnvConfig
 from envs.maze_build import parse_ascii, with_maze
 from envs.maze_generate import random_maze
 from envs.maze_views import render_rgb
@@ -33,13 +32,6 @@ M....
 """
 # the procgen action sets of each move, written out independently of envs.maze's move table
 EXPECTED_GROUPS = {LEFT: {0, 1, 2}, DOWN: {3}, UP: {5}, RIGHT: {6, 7, 8}, NOOP: {4, 9, 10, 11, 12, 13, 14}}
-
-
-@pytest.fixture(scope="module")
-def template() -> bytes:
-    env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode="hard", rand_region=None))
-    yield env.get_state(0)
-    env.close()
 
 
 @pytest.fixture(scope="module")

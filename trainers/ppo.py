@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from typing import Any, Iterator
@@ -30,7 +29,7 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 
 from envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from models.impala import ImpalaPolicy, preprocess
-from trainers.config import TrainConfig, build_config
+from trainers.config import build_config
 from trainers.reward_norm import RewardNormalizer
 
 CHECKPOINT_FORMAT = 1
