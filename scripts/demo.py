@@ -97,7 +97,14 @@ def main() -> int:
     with open(os.path.join(args.run_dir, "report.md"), "w") as handle:
         handle.write(report)
     print("\n".join(table))
+    from evals.runner import run_suite
+
+    suite_code = run_suite(os.path.join(args.run_dir, "checkpoints", "last.ckpt"), "configs/evals/ci.yaml",
+                           os.path.join(args.run_dir, "evals"))
+    if suite_code == 2:
+        return suite_code
     print(f"\nreport:      {os.path.join(args.run_dir, 'report.md')}\n"
+          f"eval suite:  {os.path.join(args.run_dir, 'evals', 'results.json')}\n"
           f"checkpoint:  {os.path.join(args.run_dir, 'checkpoints', 'last.ckpt')}\n"
           f"tensorboard: tensorboard --logdir {os.path.join(args.run_dir, 'tb')}\n"
           f"continue:    shardlab resume {args.run_dir} trainer.total_steps={4 * args.steps}")

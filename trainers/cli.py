@@ -13,7 +13,8 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shardlab", description="Train and evaluate toy agents.")
+    parser = argparse.ArgumentParser(prog="shardlab", description="Train and evaluate toy agents "
+                                     "(`shardlab eval --help` for the eval suite).")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="start a run from a YAML recipe")
     train.add_argument("config", help="YAML recipe, e.g. configs/train/maze_ppo_cpu.yaml")

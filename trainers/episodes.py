@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -28,17 +28,19 @@ class Summary:
 
 
 def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greedy: bool = False,
-                   channels_last: bool = True, progress: bool = False) -> list[Episode]:
+                   channels_last: bool = True, progress: bool = False,
+                   states: Optional[Sequence[bytes]] = None) -> list[Episode]:
     """The first episode of each of ``env_cfg.num_envs`` seeded envs; ``policy=None`` acts randomly.
 
     Two calls with the same ``env_cfg`` play the same mazes with the same cheese squares, so
-    policies can be compared episode for episode.
+    policies can be compared episode for episode. With ``states`` (one per env) the episodes start
+    from those states instead.
     """
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
     done = torch.zeros(env.num_envs, dtype=torch.bool)
     episodes: list[Optional[Episode]] = [None] * env.num_envs
-    obs = env.reset()
+    obs = env.reset() if states is None else env.load_states(states)
     bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress)
     try:
         with torch.inference_mode():
@@ -48,8 +50,9 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
                 else:
                     device = next(policy.parameters()).device
                     logits, _ = policy(preprocess(obs.to(device), channels_last))
-                    action = logits.argmax(-1) if greedy else torch.distributions.Categorical(
-                        logits=logits).sample()
+                    # sampled with the seeded generator, so evaluations are reproducible
+                    action = logits.argmax(-1) if greedy else torch.multinomial(
+                        logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
                 obs, _, step_done, finished = env.step(action.cpu())
                 for index, episode in zip(torch.nonzero(step_done).flatten().tolist(), finished):
                     if not done[index]:

@@ -1,0 +1,56 @@
+"""The eval registry: ``@register("name")`` on a class with a ``Config`` dataclass and ``run(ctx)``;
+other packages add evals through the ``shardlab.evals`` entry-point group."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import metadata
+from typing import Callable, TypeVar
+
+ENTRY_POINT_GROUP = "shardlab.evals"
+_REGISTRY: dict[str, type] = {}
+_plugins_loaded = False
+T = TypeVar("T", bound=type)
+
+
+class EvalError(ValueError):
+    """Bad input to the eval suite (unknown eval, a checkpoint it does not fit, bad config)."""
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator adding an eval under ``name``; it needs a ``Config`` dataclass and ``run(ctx)``."""
+    def add(cls: T) -> T:
+        if not hasattr(cls, "Config") or not callable(getattr(cls, "run", None)):
+            raise TypeError(f"eval {name!r} needs a Config dataclass and a run(ctx) method")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"eval name {name!r} is already registered by {_REGISTRY[name].__module__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return add
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import evals.builtin  # noqa: F401  (registers the evals shipped with shardlab)
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()  # importing the module runs its @register decorators
+
+
+def available() -> list[str]:
+    """Names of all registered evals, plugins included."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> type:
+    """The eval class registered as ``name``; EvalError with close names if there is none."""
+    _load_plugins()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(sorted(_REGISTRY))}"
+        raise EvalError(f"unknown eval {name!r}{hint}")
+    return _REGISTRY[name]

@@ -1,0 +1,139 @@
+"""Run an eval suite on a checkpoint: results.json, junit.xml, a printed table, exit 0/1/2."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from evals.context import EvalContext
+from evals.registry import EvalError, get
+from evals.results import Threshold, results_document, write_json_atomic, write_junit
+from models.weights import load_policy_weights
+from trainers import __version__
+from trainers.checkpointing import CheckpointError, load_checkpoint
+from trainers.config import ConfigError, build_config, read_yaml
+from trainers.ppo import build_policy
+
+EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Threshold]]:
+    """The suite YAML: ``evals: {name: {config}}`` and ``thresholds: {eval.metric: {min, max}}``."""
+    try:
+        suite = read_yaml(path)
+    except ConfigError as exc:
+        raise EvalError(str(exc).replace("config file", "suite file")) from None
+    unknown = sorted(set(suite) - {"evals", "thresholds", "seed"})
+    if unknown:
+        raise EvalError(f"suite {path} has unknown keys {unknown}; use evals, thresholds, seed")
+    evals = suite.get("evals") or {}
+    for name in evals:
+        get(name)  # unknown names fail before anything runs
+    if only:
+        if only not in evals:
+            get(only)
+            raise EvalError(f"eval {only!r} is not in suite {path}; it has {', '.join(evals)}")
+        evals = {only: evals[only]}
+    thresholds = []
+    for key, bounds in (suite.get("thresholds") or {}).items():
+        if not isinstance(bounds, dict) or not set(bounds) <= {"min", "max"} or not bounds:
+            raise EvalError(f"threshold {key!r} in {path} must look like {{min: x}} and/or {{max: y}}")
+        thresholds.append(Threshold(key, bounds.get("min"), bounds.get("max")))
+    return {name: cfg or {} for name, cfg in evals.items()}, thresholds
+
+
+def _eval_config(cls: type, name: str, values: dict) -> Any:
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), values))
+    except OmegaConfBaseException as exc:
+        raise EvalError(f"config of eval {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str] = None,
+              limit: Optional[int] = None, seed: Optional[int] = None) -> int:
+    """Run the suite and write the outputs; returns the exit code."""
+    try:
+        state = load_checkpoint(checkpoint)
+        evals, thresholds = load_suite(suite_path, only)
+        train_config = build_config(state["hyper_parameters"]["config"], source=checkpoint)
+        policy = load_policy_weights(build_policy(train_config), checkpoint).eval()
+        configs = {name: _eval_config(get(name), name, values) for name, values in evals.items()}
+    except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
+        print(f"shardlab eval: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    suite_seed = seed if seed is not None else int(read_yaml(suite_path).get("seed", 0))
+    os.makedirs(out_dir, exist_ok=True)
+    runs = []
+    for name, config in configs.items():
+        ctx = EvalContext(policy, train_config, os.path.join(out_dir, name), seed=suite_seed, limit=limit)
+        start = time.perf_counter()
+        run: dict[str, Any] = {"eval": name, "seed": suite_seed, "config": dataclasses.asdict(config)}
+        print(f"running {name} ...", file=sys.stderr)
+        try:
+            from evals.results import Result
+            run["result"] = get(name)(config).run(ctx)
+        except Exception as exc:  # one broken eval should not hide the others' results
+            run["result"], run["error"] = Result(), f"{type(exc).__name__}: {exc}"
+        run["seconds"] = time.perf_counter() - start
+        runs.append(run)
+    values = {f"{r['eval']}.{m.name}": m.value for r in runs for m in r["result"].metrics}
+    failures: dict[str, list[str]] = {}
+    missed = []
+    for threshold in thresholds:
+        value = values.get(threshold.key)
+        if threshold.key.split(".", 1)[0] not in configs:
+            continue
+        if not threshold.holds(value):
+            missed.append((threshold, value))
+            failures.setdefault(threshold.key.split(".", 1)[0], []).append(
+                f"{threshold.key} = {value} (needs {threshold.describe()})")
+    meta = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_sha256": _sha256(checkpoint),
+            "package_version": __version__, "git_commit": _git_commit(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "suite": os.path.abspath(suite_path),
+            "limit": limit}
+    write_json_atomic(os.path.join(out_dir, "results.json"), results_document(runs, meta))
+    write_junit(os.path.join(out_dir, "junit.xml"), runs, failures)
+    _print_table(runs)
+    errors = [r for r in runs if r.get("error")]
+    for run in errors:
+        print(f"eval {run['eval']} failed: {run['error']}", file=sys.stderr)
+    if missed:
+        print("\nthresholds missed:", file=sys.stderr)
+        for threshold, value in missed:
+            shown = "missing" if value is None else f"{value:.4g}"
+            print(f"  {threshold.key:<45} {shown:>10}   needs {threshold.describe()}", file=sys.stderr)
+    print(f"\nresults: {os.path.join(out_dir, 'results.json')}  junit: {os.path.join(out_dir, 'junit.xml')}")
+    return EXIT_THRESHOLD if missed or errors else EXIT_OK
+
+
+def _print_table(runs: list[dict]) -> None:
+    print(f"\n{'eval':<24} {'metric':<36} {'value':>10} {'± stderr':>9} {'n':>6}")
+    for run in runs:
+        for m in run["result"].metrics:
+            stderr = f"{m.stderr:.3f}" if m.stderr is not None else ""
+            print(f"{run['eval']:<24} {m.name:<36} {m.value:>10.4g} {stderr:>9} {m.n or '':>6}")
