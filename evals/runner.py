@@ -132,8 +132,8 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
 
 
 def _print_table(runs: list[dict]) -> None:
-    print(f"\n{'eval':<24} {'metric':<36} {'value':>10} {'± stderr':>9} {'n':>6}")
+    print(f"\n{'eval':<24} {'metric':<46} {'value':>10} {'± stderr':>9} {'n':>6}")
     for run in runs:
         for m in run["result"].metrics:
             stderr = f"{m.stderr:.3f}" if m.stderr is not None else ""
-            print(f"{run['eval']:<24} {m.name:<36} {m.value:>10.4g} {stderr:>9} {m.n or '':>6}")
+            print(f"{run['eval']:<24} {m.name:<46} {m.value:>10.4g} {stderr:>9} {m.n or '':>6}")
