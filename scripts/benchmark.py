@@ -346,6 +346,18 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     return clock.measurement(repeat, phases, {"self_reported_env_steps_per_sec": reported})
 
 
+def _network(cfg: "DictConfig", device: "torch.device") -> tuple:
+    """What the plain loop and the ceiling share: schedule, seeded policy, Adam + LR schedule,
+    channels-last flag and autocast context."""
+    from trainers.ppo import Schedule, build_policy
+
+    schedule = Schedule(cfg, world_size=1)
+    _seed(cfg.trainer.seed)
+    policy = build_policy(cfg).to(device)
+    optimizer, scheduler = _optimizer(cfg, policy, schedule.updates_per_iteration, schedule.iterations)
+    return schedule, policy, optimizer, scheduler, cfg.model.channels_last, _autocast(cfg, device)
+
+
 def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torch.device",
                   repeat: int) -> Measurement:
     """Env steps/s of a hand-written PyTorch PPO loop on the same env, network and batch shape."""
@@ -354,15 +366,10 @@ def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torc
 
     from envs.maze import MazeEnv, MazeEnvConfig, observation_shape
     from models.impala import preprocess
-    from trainers.ppo import Schedule, build_policy
     from trainers.reward_norm import RewardNormalizer
 
     ppo, T, N = cfg.ppo, cfg.ppo.num_steps, cfg.env.num_envs
-    schedule = Schedule(cfg, world_size=1)
-    cl, autocast = cfg.model.channels_last, _autocast(cfg, device)
-    _seed(cfg.trainer.seed)
-    policy = build_policy(cfg).to(device)
-    optimizer, scheduler = _optimizer(cfg, policy, schedule.updates_per_iteration, schedule.iterations)
+    schedule, policy, optimizer, scheduler, cl, autocast = _network(cfg, device)
     env = MazeEnv(MazeEnvConfig(**OmegaConf.to_container(cfg.env)), rank=0)
     reward_norm = RewardNormalizer(N, ppo.gamma, ppo.reward_clip)
     # preallocated rollout storage, written in place each iteration
@@ -433,14 +440,9 @@ def measure_ceiling(cfg: "DictConfig", warmup: int, iterations: int, device: "to
 
     from envs.maze import observation_shape
     from models.impala import NUM_ACTIONS, preprocess
-    from trainers.ppo import Schedule, build_policy
 
     ppo, T, N = cfg.ppo, cfg.ppo.num_steps, cfg.env.num_envs
-    schedule = Schedule(cfg, world_size=1)
-    cl, autocast = cfg.model.channels_last, _autocast(cfg, device)
-    _seed(cfg.trainer.seed)
-    policy = build_policy(cfg).to(device)
-    optimizer, scheduler = _optimizer(cfg, policy, schedule.updates_per_iteration, schedule.iterations)
+    schedule, policy, optimizer, scheduler, cl, autocast = _network(cfg, device)
     # one fixed buffer the size of a rollout, so minibatches are gathered exactly like real ones
     obs_buf = torch.randint(0, 256, (T, N, *observation_shape(cfg.env)), dtype=torch.uint8, device=device)
     flat_obs = obs_buf.view(T * N, *observation_shape(cfg.env))
