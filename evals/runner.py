@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from evals.context import EvalContext
 from evals.registry import EvalError, get
-from evals.results import Threshold, results_document, write_json_atomic, write_junit
+from evals.results import Result, Threshold, results_document, write_json_atomic, write_junit
 from models.weights import load_policy_weights
 from trainers import __version__
 from trainers.checkpointing import CheckpointError, load_checkpoint
@@ -42,8 +42,8 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Threshold]]:
-    """The suite YAML: ``evals: {name: {config}}`` and ``thresholds: {eval.metric: {min, max}}``."""
+def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Threshold], int]:
+    """The suite YAML: ``evals: {name: {config}}``, ``thresholds: {eval.metric: {min, max}}``, ``seed``."""
     try:
         suite = read_yaml(path)
     except ConfigError as exc:
@@ -64,7 +64,10 @@ def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Thr
         if not isinstance(bounds, dict) or not set(bounds) <= {"min", "max"} or not bounds:
             raise EvalError(f"threshold {key!r} in {path} must look like {{min: x}} and/or {{max: y}}")
         thresholds.append(Threshold(key, bounds.get("min"), bounds.get("max")))
-    return {name: cfg or {} for name, cfg in evals.items()}, thresholds
+    seed = suite.get("seed", 0)
+    if not isinstance(seed, int):
+        raise EvalError(f"seed in suite {path} must be an integer, got {seed!r}")
+    return {name: cfg or {} for name, cfg in evals.items()}, thresholds, seed
 
 
 def _eval_config(cls: type, name: str, values: dict) -> Any:
@@ -79,14 +82,14 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
     """Run the suite and write the outputs; returns the exit code."""
     try:
         state = load_checkpoint(checkpoint)
-        evals, thresholds = load_suite(suite_path, only)
+        evals, thresholds, suite_seed = load_suite(suite_path, only)
         train_config = build_config(state["hyper_parameters"]["config"], source=checkpoint)
         policy = load_policy_weights(build_policy(train_config), checkpoint).eval()
         configs = {name: _eval_config(get(name), name, values) for name, values in evals.items()}
     except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    suite_seed = seed if seed is not None else int(read_yaml(suite_path).get("seed", 0))
+    suite_seed = seed if seed is not None else suite_seed
     os.makedirs(out_dir, exist_ok=True)
     runs = []
     for name, config in configs.items():
@@ -95,7 +98,6 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
         run: dict[str, Any] = {"eval": name, "seed": suite_seed, "config": dataclasses.asdict(config)}
         print(f"running {name} ...", file=sys.stderr)
         try:
-            from evals.results import Result
             run["result"] = get(name)(config).run(ctx)
         except Exception as exc:  # one broken eval should not hide the others' results
             run["result"], run["error"] = Result(), f"{type(exc).__name__}: {exc}"

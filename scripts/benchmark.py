@@ -358,6 +358,24 @@ def _network(cfg: "DictConfig", device: "torch.device") -> tuple:
     return schedule, policy, optimizer, scheduler, cfg.model.channels_last, _autocast(cfg, device)
 
 
+def _ppo_epochs(cfg: "DictConfig", policy: Any, optimizer: Any, scheduler: Any, flat_obs: "torch.Tensor",
+                tensors: list, generator: Any, autocast: Callable, device: "torch.device") -> None:
+    """The epochs × minibatches update the plain loop and the ceiling share, so both do the same work."""
+    import torch
+
+    from models.impala import preprocess
+
+    total, mb = flat_obs.shape[0], cfg.ppo.minibatch_size
+    for _ in range(cfg.ppo.epochs):
+        perm = torch.randperm(total, generator=generator).to(device)
+        for start in range(0, total, mb):
+            idx = perm[start:start + mb]
+            with autocast():
+                loss = ppo_loss(policy, preprocess(flat_obs[idx], cfg.model.channels_last),
+                                *(x[idx] for x in tensors), cfg)
+            _update_step(policy, optimizer, scheduler, loss, cfg.ppo.max_grad_norm)
+
+
 def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torch.device",
                   repeat: int) -> Measurement:
     """Env steps/s of a hand-written PyTorch PPO loop on the same env, network and batch shape."""
@@ -418,14 +436,7 @@ def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torc
         with timer("update"):
             flat_obs = obs_buf.view(T * N, *observation_shape(cfg.env))
             flat = [x.reshape(T * N) for x in (actions, log_probs, values[:-1], advantages, value_targets)]
-            mb = ppo.minibatch_size
-            for _ in range(ppo.epochs):
-                perm = torch.randperm(T * N, generator=generator).to(device)
-                for start in range(0, T * N, mb):
-                    idx = perm[start:start + mb]
-                    with autocast():
-                        loss = ppo_loss(policy, preprocess(flat_obs[idx], cl), *(x[idx] for x in flat), cfg)
-                    _update_step(policy, optimizer, scheduler, loss, ppo.max_grad_norm)
+            _ppo_epochs(cfg, policy, optimizer, scheduler, flat_obs, flat, generator, autocast, device)
         clock.end_iteration()
     env.close()
     phases = dict(timer.totals)
@@ -441,7 +452,7 @@ def measure_ceiling(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     from envs.maze import observation_shape
     from models.impala import NUM_ACTIONS, preprocess
 
-    ppo, T, N = cfg.ppo, cfg.ppo.num_steps, cfg.env.num_envs
+    T, N = cfg.ppo.num_steps, cfg.env.num_envs
     schedule, policy, optimizer, scheduler, cl, autocast = _network(cfg, device)
     # one fixed buffer the size of a rollout, so minibatches are gathered exactly like real ones
     obs_buf = torch.randint(0, 256, (T, N, *observation_shape(cfg.env)), dtype=torch.uint8, device=device)
@@ -464,14 +475,7 @@ def measure_ceiling(cfg: "DictConfig", warmup: int, iterations: int, device: "to
                 policy(preprocess(obs_buf[-1], cl))  # the bootstrap value forward the others do
             policy.train()
         with timer("update"):
-            mb = ppo.minibatch_size
-            for _ in range(ppo.epochs):
-                perm = torch.randperm(T * N, generator=generator).to(device)
-                for start in range(0, T * N, mb):
-                    idx = perm[start:start + mb]
-                    with autocast():
-                        loss = ppo_loss(policy, preprocess(flat_obs[idx], cl), *(x[idx] for x in targets), cfg)
-                    _update_step(policy, optimizer, scheduler, loss, ppo.max_grad_norm)
+            _ppo_epochs(cfg, policy, optimizer, scheduler, flat_obs, targets, generator, autocast, device)
         clock.end_iteration()
     return clock.measurement(repeat, dict(timer.totals))
 

@@ -84,7 +84,8 @@ def test_missed_threshold_exits_1_with_a_table(checkpoint, tmp_path, capsys):
     assert case.find("failure") is not None
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "unknown_eval", "bad_threshold", "bad_config"])
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "unknown_eval", "bad_threshold", "bad_config",
+                                     "bad_seed"])
 def test_bad_input_exits_2(checkpoint, tmp_path, capsys, problem):
     ckpt, suite = checkpoint, _suite(tmp_path, SUITE)
     if problem == "missing":
@@ -97,6 +98,8 @@ def test_bad_input_exits_2(checkpoint, tmp_path, capsys, problem):
         suite = _suite(tmp_path, "evals:\n  goal_misgeneralisation: {}\n")
     elif problem == "bad_threshold":
         suite = _suite(tmp_path, "evals:\n  goal_misgeneralization: {}\nthresholds:\n  x.y: 3\n")
+    elif problem == "bad_seed":
+        suite = _suite(tmp_path, "seed: abc\nevals:\n  goal_misgeneralization: {}\n")
     else:
         suite = _suite(tmp_path, "evals:\n  goal_misgeneralization: {mazes: lots}\n")
     capsys.readouterr()
