@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
 
-from models.impala import ImpalaPolicy
+from torch import nn
 
 
 @dataclass
 class EvalContext:
-    """The checkpoint's policy and training config, the output folder, seed and --limit."""
+    """The checkpoint's network, kind and training config, the output folder, seed and --limit."""
 
-    policy: ImpalaPolicy
+    model: nn.Module
     train_config: DictConfig
     out_dir: str
     seed: int = 0
     limit: Optional[int] = None
     device: torch.device = torch.device("cpu")
     progress: bool = True
+    kind: str = "ppo_maze"  # the checkpoint's training kind (trainers/kinds.py)
+    train_steps: int = 0  # the checkpoint's progress in its kind's unit (env steps for PPO)
+    checkpoint: Optional[str] = None
+    scalars: Optional[Any] = None  # a TensorBoard SummaryWriter shared by the suite, or None
+
+    @property
+    def policy(self) -> nn.Module:
+        """The network, by the name maze evals use."""
+        return self.model
 
     def artifact(self, name: str) -> str:
         """A path for an output file of this eval run (folders created)."""

@@ -46,6 +46,8 @@ def _rate(values: list[bool]) -> tuple[float, float]:
 class GoalMisgeneralization:
     """P(cheese), P(top-right corner), P(neither) and mean steps, out of and in distribution."""
 
+    kinds = ("ppo_maze",)
+
     @dataclass
     class Config:
         """Test-maze settings; region and sizes default to the checkpoint's training env."""

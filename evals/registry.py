@@ -18,7 +18,10 @@ class EvalError(ValueError):
 
 
 def register(name: str) -> Callable[[T], T]:
-    """Class decorator adding an eval under ``name``; it needs a ``Config`` dataclass and ``run(ctx)``."""
+    """Class decorator adding an eval under ``name``; it needs a ``Config`` dataclass and ``run(ctx)``.
+
+    An optional class attribute ``kinds = ("ppo_maze", ...)`` names the checkpoint kinds it fits.
+    """
     def add(cls: T) -> T:
         if not hasattr(cls, "Config") or not callable(getattr(cls, "run", None)):
             raise TypeError(f"eval {name!r} needs a Config dataclass and a run(ctx) method")
@@ -44,6 +47,14 @@ def available() -> list[str]:
     """Names of all registered evals, plugins included."""
     _load_plugins()
     return sorted(_REGISTRY)
+
+
+def check_fits(cls: type, kind: str, checkpoint: str) -> None:
+    """EvalError unless the eval's ``kinds`` (default: any) include the checkpoint's kind."""
+    kinds = getattr(cls, "kinds", None)
+    if kinds and kind not in kinds:
+        raise EvalError(f"eval {cls.name!r} needs a {' or '.join(kinds)} checkpoint but {checkpoint} is "
+                        f"a {kind} checkpoint; drop it with --only or use a suite for {kind}")
 
 
 def get(name: str) -> type:

@@ -14,13 +14,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from evals.context import EvalContext
-from evals.registry import EvalError, get
+from evals.registry import EvalError, check_fits, get
 from evals.results import Result, Threshold, results_document, write_json_atomic, write_junit
-from models.weights import load_policy_weights
 from trainers import __version__
-from trainers.checkpointing import CheckpointError, load_checkpoint
-from trainers.config import ConfigError, build_config, read_yaml
-from trainers.ppo import build_policy
+from trainers.checkpointing import CheckpointError
+from trainers.config import ConfigError, read_yaml
+from trainers.restore import load_trained
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -81,10 +80,10 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
               limit: Optional[int] = None, seed: Optional[int] = None) -> int:
     """Run the suite and write the outputs; returns the exit code."""
     try:
-        state = load_checkpoint(checkpoint)
+        trained = load_trained(checkpoint)
         evals, thresholds, suite_seed = load_suite(suite_path, only)
-        train_config = build_config(state["hyper_parameters"]["config"], source=checkpoint)
-        policy = load_policy_weights(build_policy(train_config), checkpoint).eval()
+        for name in evals:
+            check_fits(get(name), trained.kind, checkpoint)
         configs = {name: _eval_config(get(name), name, values) for name, values in evals.items()}
     except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
@@ -93,7 +92,8 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
     os.makedirs(out_dir, exist_ok=True)
     runs = []
     for name, config in configs.items():
-        ctx = EvalContext(policy, train_config, os.path.join(out_dir, name), seed=suite_seed, limit=limit)
+        ctx = EvalContext(trained.model, trained.config, os.path.join(out_dir, name), seed=suite_seed,
+                          limit=limit, kind=trained.kind, train_steps=trained.steps, checkpoint=checkpoint)
         start = time.perf_counter()
         run: dict[str, Any] = {"eval": name, "seed": suite_seed, "config": dataclasses.asdict(config)}
         print(f"running {name} ...", file=sys.stderr)

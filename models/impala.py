@@ -11,21 +11,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.hooks import HookPoint
+
 NUM_ACTIONS = 15
 
 
 class ResidualBlock(nn.Module):
-    """relu → conv → relu → conv, added to the input."""
+    """relu → conv → relu → conv, added to the input (hook points named as in published analyses)."""
 
     def __init__(self, channels: int):
         super().__init__()
+        self.relu1_out = HookPoint()
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.relu2_out = HookPoint()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.resadd_out = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(F.relu(x))
-        out = self.conv2(F.relu(out))
-        return out + x
+        out = self.conv1(self.relu1_out(F.relu(x)))
+        out = self.conv2(self.relu2_out(F.relu(out)))
+        return self.resadd_out(out + x)
 
 
 class ImpalaBlock(nn.Module):
@@ -34,11 +39,12 @@ class ImpalaBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.maxpool_out = HookPoint()
         self.res1 = ResidualBlock(out_channels)
         self.res2 = ResidualBlock(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1)
+        x = self.maxpool_out(F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1))
         return self.res2(self.res1(x))
 
 
@@ -57,13 +63,15 @@ class ImpalaEmbedder(nn.Module):
         self.block2 = ImpalaBlock(widths[0], widths[1])
         self.block3 = ImpalaBlock(widths[1], widths[2])
         side = pooled_size(pooled_size(pooled_size(image_size)))
+        self.relu3_out = HookPoint()
         self.fc = nn.Linear(widths[2] * side * side, hidden)
+        self.relufc_out = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block3(self.block2(self.block1(x)))
+        x = self.relu3_out(F.relu(self.block3(self.block2(self.block1(x)))))
         # flatten in NCHW order whatever the memory format, so weights stay compatible
-        x = torch.flatten(F.relu(x).contiguous(), 1)
-        return F.relu(self.fc(x))
+        x = torch.flatten(x.contiguous(), 1)
+        return self.relufc_out(F.relu(self.fc(x)))
 
 
 class ImpalaPolicy(nn.Module):

@@ -13,8 +13,12 @@ class WeightsError(ValueError):
     """A weights file that cannot be loaded into the model; the message says why and what to do."""
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state_dict safely (weights_only) from a published or shardlab file."""
+def read_state_dict(path: str | os.PathLike, prefix: str = "policy.") -> dict[str, torch.Tensor]:
+    """Read a state_dict safely (weights_only) from a published or shardlab file.
+
+    In a shardlab (Lightning) checkpoint the network's keys start with ``prefix`` (the module
+    attribute holding it); the rest (e.g. the loss's copies) is dropped.
+    """
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {path} does not exist; check the path")
     try:
@@ -25,17 +29,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model_state_dict" in obj:
         obj = obj["model_state_dict"]
     elif isinstance(obj, Mapping) and "state_dict" in obj:
-        # a shardlab/Lightning checkpoint: the policy lives under "policy." (the rest is the loss)
-        obj = {k[len("policy."):]: v for k, v in obj["state_dict"].items() if k.startswith("policy.")}
+        obj = {k[len(prefix):]: v for k, v in obj["state_dict"].items() if k.startswith(prefix)}
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"weights file {path} holds no state_dict; expected a state_dict or "
                            "{'model_state_dict': ...}")
     return dict(obj)
 
 
-def load_policy_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_policy_weights(model: nn.Module, path: str | os.PathLike, prefix: str = "policy.") -> nn.Module:
     """Load a weights file into ``model`` strictly, naming missing, unexpected or misshapen keys."""
-    state = read_state_dict(path)
+    state = read_state_dict(path, prefix)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -73,7 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def step_checkpoints(folder: str) -> list[tuple[int, str]]:
-    """(env_steps, path) of the step-*.ckpt files in ``folder``, oldest first."""
+    """(steps, path) of the step-*.ckpt files in ``folder``, oldest first."""
     if not os.path.isdir(folder):
         return []
     found = [(int(m.group(1)), os.path.join(folder, name))
@@ -92,18 +92,16 @@ class PeriodicCheckpoint(Callback):
         self.folder, self.keep = folder, keep
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        """Checkpoint when an iteration has just finished and it is due."""
-        schedule = module.schedule
+        """Checkpoint at a boundary (e.g. an iteration's end) when it is due or training ends."""
         step = trainer.global_step
-        if step % schedule.updates_per_iteration:
+        if not module.at_boundary(step):
             return
-        iteration = schedule.iteration(step)
-        if iteration % schedule.checkpoint_every == 0 or step >= trainer.max_steps:
-            self.save(trainer, schedule.env_steps(step))
+        if module.checkpoint_due(step) or step >= trainer.max_steps:
+            self.save(trainer, module.progress(step))
 
-    def save(self, trainer: pl.Trainer, env_steps: int) -> None:
+    def save(self, trainer: pl.Trainer, steps: int) -> None:
         """Write step-N.ckpt, point last.ckpt at it (atomically) and prune old step files."""
-        path = os.path.join(self.folder, f"step-{env_steps:012d}.ckpt")
+        path = os.path.join(self.folder, f"step-{steps:012d}.ckpt")
         trainer.save_checkpoint(path, weights_only=False)  # full state: optimizer, schedule, loops
         if trainer.is_global_zero:
             last, tmp = os.path.join(self.folder, LAST), os.path.join(self.folder, f"{LAST}.tmp-{os.getpid()}")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from envs.maze import DISTRIBUTION_MODES, OBSERVATIONS, MazeEnvConfig
+from trainers.kinds import get_kind
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -81,8 +82,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
-def _schema() -> DictConfig:
-    return OmegaConf.structured(TrainConfig)
+def _schema(algo: str = "ppo", source: str = "config") -> DictConfig:
+    return OmegaConf.structured(get_kind(algo, source).load("schema"))
 
 
 def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
@@ -93,8 +94,8 @@ def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown_key_message(full_key: str, source: str) -> str:
-    valid = _leaf_keys(_schema())
+def _unknown_key_message(full_key: str, source: str, schema: DictConfig) -> str:
+    valid = _leaf_keys(schema)
     close = difflib.get_close_matches(full_key, valid, n=3, cutoff=0.6)
     if not close:  # a right leaf under a wrong parent, e.g. ppo.num_envs
         leaf = full_key.rsplit(".", 1)[-1]
@@ -111,17 +112,17 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
     except ConfigKeyError as exc:
-        raise ConfigError(_unknown_key_message(str(exc.full_key), source)) from None
+        raise ConfigError(_unknown_key_message(str(exc.full_key), source, base)) from None
     except ValidationError as exc:
-        expected = _expected_type(str(exc.full_key))
+        expected = _expected_type(str(exc.full_key), OmegaConf.get_type(base))
         raise ConfigError(f"config key '{exc.full_key}' in {source} expects {expected}, "
                           f"got {exc.value!r}") from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{source}: {str(exc).splitlines()[0]}") from None
 
 
-def _expected_type(full_key: str) -> str:
-    node: Any = TrainConfig()
+def _expected_type(full_key: str, schema: type) -> str:
+    node: Any = schema()
     for part in full_key.split("."):
         node = getattr(node, part, None)
     return type(node).__name__ if node is not None else "a valid value"
@@ -159,9 +160,14 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 
 def build_config(recipe: dict, overrides: list[str] = (), source: str = "config") -> DictConfig:
-    """Defaults ← recipe ← overrides, type-checked and validated; returns a read-only config."""
-    cfg = _merge(_schema(), recipe, source)
-    cfg = _merge(cfg, parse_overrides(list(overrides)), "overrides")
+    """Defaults ← recipe ← overrides, type-checked and validated; returns a read-only config.
+
+    The ``algo`` key (default ``ppo``) picks the schema from :data:`trainers.kinds.KINDS`.
+    """
+    parsed = parse_overrides(list(overrides))
+    algo = parsed.get("algo", recipe.get("algo", "ppo"))
+    cfg = _merge(_schema(algo, source), recipe, source)
+    cfg = _merge(cfg, parsed, "overrides")
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -172,14 +178,33 @@ def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> DictConfi
     return build_config(read_yaml(path), overrides, source=str(path))
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that types alone cannot express; raises ConfigError naming the key."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
+def need(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless ``ok``: the one-line form every validator uses."""
+    if not ok:
+        raise ConfigError(message)
 
-    env, ppo, trainer = cfg.env, cfg.ppo, cfg.trainer
-    need(cfg.algo == "ppo", f"algo must be 'ppo', got {cfg.algo!r}")
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that types alone cannot express, by the kind's validator; raises ConfigError."""
+    validate_trainer(cfg.trainer)
+    get_kind(cfg.algo).load("validate")(cfg)
+
+
+def validate_trainer(trainer: DictConfig) -> None:
+    """Checks of the ``trainer`` section every kind shares."""
+    need(trainer.total_steps >= 1, f"trainer.total_steps must be >= 1, got {trainer.total_steps}")
+    need(trainer.devices >= 1 and trainer.num_nodes >= 1, "trainer.devices and trainer.num_nodes must be >= 1")
+    need(trainer.accelerator in ACCELERATORS,
+         f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {trainer.accelerator!r}")
+    need(trainer.precision in PRECISIONS,
+         f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
+    need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 step")
+    need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
+
+
+def validate_ppo(cfg: DictConfig) -> None:
+    """Checks of a maze PPO config."""
+    env, ppo = cfg.env, cfg.ppo
     need(cfg.model.kind == "impala", f"model.kind must be 'impala', got {cfg.model.kind!r}")
     need(cfg.model.scale >= 1, f"model.scale must be >= 1, got {cfg.model.scale}")
     need(env.num_envs >= 1, f"env.num_envs must be >= 1, got {env.num_envs}")
@@ -199,16 +224,8 @@ def validate(cfg: DictConfig) -> None:
     need(ppo.minibatch_size >= 1 and batch % ppo.minibatch_size == 0,
          f"ppo.minibatch_size {ppo.minibatch_size} must divide env.num_envs × ppo.num_steps = {batch}")
     need(0 < ppo.gamma <= 1 and 0 <= ppo.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
-    need(trainer.total_steps >= 1, f"trainer.total_steps must be >= 1, got {trainer.total_steps}")
-    need(trainer.devices >= 1 and trainer.num_nodes >= 1, "trainer.devices and trainer.num_nodes must be >= 1")
-    need(trainer.accelerator in ACCELERATORS,
-         f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {trainer.accelerator!r}")
-    need(trainer.precision in PRECISIONS,
-         f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
     for key in ("clip_eps", "value_coef", "entropy_coef", "max_grad_norm", "reward_clip", "adam_eps"):
         need(ppo[key] >= 0, f"ppo.{key} must be >= 0, got {ppo[key]}")
-    need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 env step")
-    need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
 
 
 def check_runnable(cfg: DictConfig) -> None:

@@ -16,7 +16,6 @@ import time
 from typing import Any, Iterator
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
@@ -29,10 +28,10 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 
 from envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from models.impala import ImpalaPolicy, preprocess
+from trainers.base import ShardlabModule
 from trainers.config import build_config
 from trainers.reward_norm import RewardNormalizer
 
-CHECKPOINT_FORMAT = 1
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
               "clip_fraction", "value_clip_fraction", "explained_variance")
 
@@ -75,8 +74,11 @@ def build_policy(cfg: DictConfig) -> ImpalaPolicy:
     return policy
 
 
-class PPOModule(pl.LightningModule):
+class PPOModule(ShardlabModule):
     """PPO with torchrl's GAE and ClipPPOLoss on an IMPALA policy."""
+
+    kind, model_attr, progress_key, progress_unit = "ppo_maze", "policy", "env_steps", "step"
+    resume_fixed_keys = ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs")
 
     def __init__(self, config: dict, world_size: int = 1):
         super().__init__()
@@ -264,13 +266,47 @@ class PPOModule(pl.LightningModule):
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         return totals.tolist()
 
+    # -- the shared run loop's interface (trainers/base.py) -----------------------------------
+    @staticmethod
+    def build_model(cfg: DictConfig) -> ImpalaPolicy:
+        """The policy network a config describes."""
+        return build_policy(cfg)
+
+    def max_optimizer_steps(self) -> int:
+        """Iterations × minibatch updates per iteration."""
+        return self.schedule.max_optimizer_steps
+
+    def gradient_clip_val(self) -> float:
+        """ppo.max_grad_norm."""
+        return self.cfg.ppo.max_grad_norm
+
+    def progress(self, optimizer_step: int) -> int:
+        """Env steps over all ranks."""
+        return self.schedule.env_steps(optimizer_step)
+
+    def progress_total(self) -> int:
+        """Env steps of the whole run (whole iterations)."""
+        return self.schedule.iterations * self.schedule.steps_per_iteration
+
+    def at_boundary(self, optimizer_step: int) -> bool:
+        """Iteration ends: no rollout is in flight."""
+        return optimizer_step % self.schedule.updates_per_iteration == 0
+
+    def checkpoint_due(self, optimizer_step: int) -> bool:
+        """Every trainer.checkpoint_every env steps (rounded to iterations)."""
+        return self.schedule.iteration(optimizer_step) % self.schedule.checkpoint_every == 0
+
+    def postfix(self) -> dict[str, str]:
+        """Return and cheese rate of the iteration's finished episodes."""
+        row = self.iteration_metrics()
+        if "episode/return" not in row:
+            return {}
+        return {"return": f"{row['episode/return']:.2f}", "cheese": f"{row['episode/cheese_rate']:.0%}"}
+
     # -- checkpoints ------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Add counters, reward-normaliser statistics and RNG states (all weights_only-safe)."""
-        from trainers import __version__
-        checkpoint["shardlab"] = {
-            "format": CHECKPOINT_FORMAT, "version": __version__, "kind": "ppo_maze",
-            "env_steps": self.schedule.env_steps(self.global_step),
+    def shardlab_state(self) -> dict[str, Any]:
+        """Counters, reward-normaliser statistics and RNG states (all weights_only-safe)."""
+        return {
             "iteration": self.schedule.iteration(self.global_step),
             "reward_norm": self.reward_norm.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "python": json.dumps(random.getstate()),

@@ -1,4 +1,4 @@
-"""A progress bar counted in env steps, with steps/s, ETA, return and cheese rate."""
+"""A progress bar counted in the module's own unit (env steps, samples), with rate, ETA and a few numbers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
 
-class EnvStepProgressBar(Callback):
-    """tqdm over env steps on rank 0, updated once per PPO iteration."""
+class StepProgressBar(Callback):
+    """tqdm over ``module.progress`` on rank 0, updated at each boundary (e.g. PPO iteration)."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
@@ -19,23 +19,16 @@ class EnvStepProgressBar(Callback):
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         """Open the bar at the resumed position."""
         if trainer.is_global_zero:
-            schedule = module.schedule
-            self.bar = tqdm(total=schedule.iterations * schedule.steps_per_iteration,
-                            initial=schedule.env_steps(trainer.global_step), unit="step",
-                            unit_scale=True, dynamic_ncols=True, desc="train",
+            self.bar = tqdm(total=module.progress_total(), initial=module.progress(trainer.global_step),
+                            unit=module.progress_unit, unit_scale=True, dynamic_ncols=True, desc="train",
                             mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
-        """Advance by one iteration's env steps when an iteration ends."""
-        schedule = module.schedule
-        if self.bar is None or trainer.global_step % schedule.updates_per_iteration:
+        """Move to the module's progress when a boundary is reached."""
+        if self.bar is None or not module.at_boundary(trainer.global_step):
             return
-        row = module.iteration_metrics()
-        postfix = {}
-        if "episode/return" in row:
-            postfix = {"return": f"{row['episode/return']:.2f}", "cheese": f"{row['episode/cheese_rate']:.0%}"}
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(schedule.steps_per_iteration)
+        self.bar.set_postfix(module.postfix(), refresh=False)
+        self.bar.update(module.progress(trainer.global_step) - self.bar.n)
 
     def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         """Close the bar."""

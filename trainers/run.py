@@ -12,9 +12,10 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from trainers.allocator import keep_freed_memory
 from trainers.checkpointing import LAST, AtomicCheckpointIO, PeriodicCheckpoint, load_checkpoint
+from trainers.base import ShardlabModule
 from trainers.config import ConfigError, build_config, read_yaml, to_dict
-from trainers.ppo import PPOModule
-from trainers.progress import EnvStepProgressBar
+from trainers.kinds import get_kind
+from trainers.progress import StepProgressBar
 
 CONFIG_FILE, CHECKPOINTS, TB, METRICS = "config.yaml", "checkpoints", "tb", "metrics.jsonl"
 
@@ -48,36 +49,40 @@ def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
     recipe = read_yaml(config_path) if os.path.isfile(config_path) else checkpoint["hyper_parameters"]["config"]
     cfg = build_config(recipe, overrides, source=config_path)
     saved = build_config(checkpoint["hyper_parameters"]["config"], source=checkpoint_path)
-    for key in ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs"):
+    if cfg.algo != saved.algo:
+        raise ConfigError(f"algo differs between {config_path} ({cfg.algo}) and {checkpoint_path} "
+                          f"({saved.algo}); a resumed run keeps its kind")
+    for key in get_kind(cfg.algo).load("module").resume_fixed_keys:
         if OmegaConf.select(cfg, key) != OmegaConf.select(saved, key):
             raise ConfigError(f"{key} differs between {config_path} and {checkpoint_path}; "
                               "a resumed run must keep its model and batch shape")
     return cfg, checkpoint_path
 
 
-def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> PPOModule:
+def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> ShardlabModule:
     """Build the Lightning trainer and train (or continue) until trainer.total_steps."""
     keep_freed_memory()
     t = cfg.trainer
     world_size = t.devices * t.num_nodes
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    module = PPOModule(to_dict(cfg), world_size=world_size)
+    module = get_kind(cfg.algo).load("module")(to_dict(cfg), world_size=world_size)
     module.metrics_path = os.path.join(run_dir, METRICS)
     checkpoints = os.path.join(run_dir, CHECKPOINTS)
     callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints)]
     if t.progress_bar:
-        callbacks.append(EnvStepProgressBar())
+        callbacks.append(StepProgressBar())
     strategy = "ddp" if world_size > 1 else "auto"
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=t.precision, max_steps=module.schedule.max_optimizer_steps, max_epochs=-1,
-        gradient_clip_val=cfg.ppo.max_grad_norm, gradient_clip_algorithm="norm",
+        precision=t.precision, max_steps=module.max_optimizer_steps(), max_epochs=-1,
+        gradient_clip_val=module.gradient_clip_val(), gradient_clip_algorithm="norm",
         logger=TensorBoardLogger(run_dir, name=TB, version="", default_hp_metric=False),
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
         default_root_dir=run_dir, use_distributed_sampler=False)
     if ckpt_path and trainer.is_global_zero:
-        _drop_metrics_after(module.metrics_path, load_checkpoint(ckpt_path)["shardlab"]["env_steps"])
+        _drop_metrics_after(module.metrics_path, module.progress_key,
+                            load_checkpoint(ckpt_path)["shardlab"][module.progress_key])
         for name in os.listdir(checkpoints):  # temp files of a save that was killed half-way
             if ".tmp-" in name:
                 os.remove(os.path.join(checkpoints, name))
@@ -89,12 +94,12 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> PPOModul
     return module
 
 
-def _drop_metrics_after(path: str, env_steps: int) -> None:
-    """Forget logged iterations newer than the checkpoint, so a resumed curve has no duplicates."""
+def _drop_metrics_after(path: str, key: str, steps: int) -> None:
+    """Forget logged rows newer than the checkpoint, so a resumed curve has no duplicates."""
     if not os.path.isfile(path):
         return
     with open(path) as handle:
-        rows = [line for line in handle if line.strip() and json.loads(line)["env_steps"] <= env_steps]
+        rows = [line for line in handle if line.strip() and json.loads(line)[key] <= steps]
     tmp = path + ".tmp"
     with open(tmp, "w") as handle:
         handle.writelines(rows)

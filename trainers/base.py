@@ -1,0 +1,68 @@
+"""What every shardlab LightningModule offers the shared run loop, checkpointing and progress bar.
+
+A training kind (trainers/kinds.py) subclasses :class:`ShardlabModule`: the run loop reads the
+optimizer-step budget and gradient clipping from it, the checkpoint callback asks it where the safe
+boundaries are, and the eval runner rebuilds its model from a checkpoint with ``build_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch import nn
+
+
+class ShardlabModule(pl.LightningModule):
+    """Base class: subclasses set the class attributes and implement the methods below."""
+
+    kind: str = ""  # stored in checkpoint["shardlab"]["kind"]; evals say which kinds they fit
+    model_attr: str = "model"  # the attribute holding the network; its state_dict prefix
+    progress_key: str = "steps"  # the x-axis of metrics.jsonl and TensorBoard (env_steps, samples, ...)
+    progress_unit: str = "step"
+    resume_fixed_keys: tuple[str, ...] = ("model",)  # config keys a resumed run may not change
+    metrics_path: Optional[str] = None
+
+    @staticmethod
+    def build_model(cfg: DictConfig) -> nn.Module:
+        """The untrained network a resolved config describes."""
+        raise NotImplementedError
+
+    def max_optimizer_steps(self) -> int:
+        """Optimizer steps of the whole run (Lightning's max_steps)."""
+        raise NotImplementedError
+
+    def gradient_clip_val(self) -> Optional[float]:
+        """Norm to clip gradients to, or None."""
+        return None
+
+    def progress(self, optimizer_step: int) -> int:
+        """Work done after ``optimizer_step`` optimizer steps, in ``progress_unit``."""
+        return optimizer_step
+
+    def progress_total(self) -> int:
+        """Work the whole run does, in ``progress_unit``."""
+        return self.max_optimizer_steps()
+
+    def at_boundary(self, optimizer_step: int) -> bool:
+        """Whether training may stop and be checkpointed after this optimizer step."""
+        return True
+
+    def checkpoint_due(self, optimizer_step: int) -> bool:
+        """Whether a periodic checkpoint is due at this boundary."""
+        raise NotImplementedError
+
+    def postfix(self) -> dict[str, str]:
+        """A few numbers for the progress bar at a boundary."""
+        return {}
+
+    def shardlab_state(self) -> dict[str, Any]:
+        """Extra weights_only-safe state for checkpoint["shardlab"] (counters, RNGs, ...)."""
+        return {}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Write the ``shardlab`` block: format, version, kind, progress and the subclass's state."""
+        from trainers import __version__
+        checkpoint["shardlab"] = {"format": 1, "version": __version__, "kind": self.kind,
+                                  self.progress_key: self.progress(self.global_step), **self.shardlab_state()}

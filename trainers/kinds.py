@@ -1,0 +1,45 @@
+"""The table of training kinds: a config's ``algo`` picks its schema, validator and LightningModule.
+
+Entries name their objects as ``"module:attribute"`` strings so that reading a config never imports
+torch or an env library; a new model family adds one line here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One trainable thing: its config schema, extra validation and LightningModule."""
+
+    algo: str  # the config's ``algo`` value
+    schema: str  # "module:Dataclass"
+    validate: str  # "module:function(cfg)" raising ConfigError
+    module: str  # "module:LightningModule" with the ShardlabModule interface (trainers/base.py)
+    description: str = ""
+
+    def load(self, field: str) -> Any:
+        """Import the object one of the string fields names."""
+        module_name, attribute = getattr(self, field).split(":")
+        return getattr(importlib.import_module(module_name), attribute)
+
+
+KINDS: dict[str, Kind] = {
+    "ppo": Kind("ppo", "trainers.config:TrainConfig", "trainers.config:validate_ppo",
+                "trainers.ppo:PPOModule", "PPO on the procgen maze with an IMPALA policy"),
+}
+
+
+def get_kind(algo: Any, source: str = "config") -> Kind:
+    """The Kind for ``algo``; a one-line error listing the known ones otherwise."""
+    if algo not in KINDS:
+        close = difflib.get_close_matches(str(algo), KINDS, n=2, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        from trainers.config import ConfigError  # the config module imports this one
+        raise ConfigError(f"algo {algo!r} in {source} is not a training kind; {hint}"
+                          f"known: {', '.join(sorted(KINDS))}")
+    return KINDS[algo]

@@ -1,0 +1,45 @@
+"""Rebuild a trained network from a shardlab checkpoint alone (its resolved config rides along)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from omegaconf import DictConfig
+from torch import nn
+
+from models.weights import WeightsError, load_policy_weights
+from trainers.checkpointing import CheckpointError, load_checkpoint
+from trainers.config import build_config
+from trainers.kinds import get_kind
+
+
+@dataclass
+class Trained:
+    """A checkpoint's network (eval mode), its kind, resolved config and training progress."""
+
+    kind: str
+    config: DictConfig
+    model: nn.Module
+    steps: int  # in the kind's progress unit (env steps for PPO)
+    path: str
+
+
+def load_trained(path: str | os.PathLike) -> Trained:
+    """Load a checkpoint's network; CheckpointError (one line) if it is missing, corrupt or does not fit."""
+    path = os.fspath(path)
+    state = load_checkpoint(path)
+    try:
+        config = build_config(state["hyper_parameters"]["config"], source=path)
+    except KeyError:
+        raise CheckpointError(f"checkpoint {path} carries no config (hyper_parameters.config); "
+                              "it was not written by `shardlab train`") from None
+    module_cls = get_kind(config.algo, path).load("module")
+    model = module_cls.build_model(config)
+    try:
+        load_policy_weights(model, path, prefix=module_cls.model_attr + ".")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    block = state["shardlab"]
+    return Trained(block.get("kind", module_cls.kind), config, model.eval(),
+                   int(block.get(module_cls.progress_key, 0)), path)
