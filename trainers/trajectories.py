@@ -234,6 +234,9 @@ def load_trajectories(path: str | os.PathLike) -> Trajectories:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DatasetError(f"dataset {path} not found; make one with `shardlab collect --out {path} ...`")
+    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle
+        raise DatasetError(f"dataset {path} is truncated or corrupt (not a complete .npz zip archive); "
+                           "re-collect it")
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
