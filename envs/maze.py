@@ -41,6 +41,7 @@ class MazeEnvConfig:
     seed: int = 0
     obs: str = "rgb"  # rgb: procgen's 64×64 image; grid: wall/mouse/cheese channels on the world grid
     max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
+    cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Episode:
     reached_cheese: bool
     reached_corner: bool  # visited the inner top-right corner square
     maze_dim: int
+    end_square: Optional[tuple[int, int]] = None  # the mouse's inner (x, y) when the episode ended
 
 
 def observation_shape(cfg: MazeEnvConfig) -> tuple[int, int, int]:
@@ -170,17 +172,20 @@ class MazeEnv:
         self._env.act(action.astype(np.int32))
         reward, obs, first = self._env.observe()
         self._move_mice(action)
+        reached_cheese = reward > 0  # procgen's only reward is the cheese's
+        if self.cfg.cheese_reward != 10.0:
+            reward = np.where(reached_cheese, np.float32(self.cfg.cheese_reward), reward)
         self._return += reward
         self._length += 1
         finished: list[Episode] = []
         done_idx = np.flatnonzero(first)
+        square = self._mouse - self._margin[:, None]
         for i in done_idx:
-            reached = bool(reward[i] > 0)
+            reached = bool(reached_cheese[i])
             corner = (self._maze_dim[i] - 1,) * 2
             finished.append(Episode(float(self._return[i]), int(self._length[i]), reached,
                                     bool(self._corner[i] or (reached and self._cheese[i] == corner)),
-                                    int(self._maze_dim[i])))
-        square = self._mouse - self._margin[:, None]
+                                    int(self._maze_dim[i]), (int(square[i, 0]), int(square[i, 1]))))
         self._corner |= ~first & (square == (self._maze_dim - 1)[:, None]).all(1)
         if len(done_idx):
             self._start_episodes(done_idx)

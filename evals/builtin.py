@@ -1,3 +1,4 @@
 """Imports the evals shipped with shardlab so their @register decorators run."""
 
+import evals.finetune_to_cheese  # noqa: F401
 import evals.goal_misgeneralization  # noqa: F401

@@ -16,6 +16,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", help="run only this eval of the suite")
     parser.add_argument("--limit", type=int, help="cap the number of mazes/episodes per eval (quick CI runs)")
     parser.add_argument("--seed", type=int, help="override the suite's seed")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay short)")
     return parser
 
 
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         return train_cli.main(argv)
     args = _eval_parser().parse_args(argv[1:])
     from evals.runner import run_suite  # heavy imports after parsing
-    return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed)
+    return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed,
+                     progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,22 @@ class Threshold:
         return " and ".join(parts)
 
 
+def _finite(data: Any) -> Any:
+    """NaN and ±inf become null: strict JSON parsers (jq, JavaScript) reject them."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
+
+
 def write_json_atomic(path: str, data: Any) -> None:
-    """Write JSON to a temp file, then rename it into place."""
+    """Write strict JSON to a temp file, then rename it into place."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
+        json.dump(_finite(data), handle, indent=2, default=str, allow_nan=False)
     os.replace(tmp, path)
 
 

@@ -77,7 +77,7 @@ def _eval_config(cls: type, name: str, values: dict) -> Any:
 
 
 def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str] = None,
-              limit: Optional[int] = None, seed: Optional[int] = None) -> int:
+              limit: Optional[int] = None, seed: Optional[int] = None, progress: bool = True) -> int:
     """Run the suite and write the outputs; returns the exit code."""
     try:
         trained = load_trained(checkpoint)
@@ -85,6 +85,7 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
         for name in evals:
             check_fits(get(name), trained.kind, checkpoint)
         configs = {name: _eval_config(get(name), name, values) for name, values in evals.items()}
+        instances = {name: get(name)(config) for name, config in configs.items()}  # may reject a config
     except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -93,12 +94,13 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
     runs = []
     for name, config in configs.items():
         ctx = EvalContext(trained.model, trained.config, os.path.join(out_dir, name), seed=suite_seed,
-                          limit=limit, kind=trained.kind, train_steps=trained.steps, checkpoint=checkpoint)
+                          limit=limit, kind=trained.kind, train_steps=trained.steps, checkpoint=checkpoint,
+                          progress=progress)
         start = time.perf_counter()
         run: dict[str, Any] = {"eval": name, "seed": suite_seed, "config": dataclasses.asdict(config)}
         print(f"running {name} ...", file=sys.stderr)
         try:
-            run["result"] = get(name)(config).run(ctx)
+            run["result"] = instances[name].run(ctx)
         except Exception as exc:  # one broken eval should not hide the others' results
             run["result"], run["error"] = Result(), f"{type(exc).__name__}: {exc}"
         run["seconds"] = time.perf_counter() - start
@@ -120,6 +122,7 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
             "limit": limit}
     write_json_atomic(os.path.join(out_dir, "results.json"), results_document(runs, meta))
     write_junit(os.path.join(out_dir, "junit.xml"), runs, failures)
+    _write_scalars(os.path.join(out_dir, "tb"), runs, trained.steps)
     _print_table(runs)
     errors = [r for r in runs if r.get("error")]
     for run in errors:
@@ -131,6 +134,21 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
             print(f"  {threshold.key:<45} {shown:>10}   needs {threshold.describe()}", file=sys.stderr)
     print(f"\nresults: {os.path.join(out_dir, 'results.json')}  junit: {os.path.join(out_dir, 'junit.xml')}")
     return EXIT_THRESHOLD if missed or errors else EXIT_OK
+
+
+def _write_scalars(folder: str, runs: list[dict], step: int) -> None:
+    """Every metric as a TensorBoard scalar ``eval/metric`` at the checkpoint's training step, so
+    evals of successive checkpoints of a run line up as curves."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(folder)
+    try:
+        for run in runs:
+            for m in run["result"].metrics:
+                if m.value == m.value:  # NaN would break TensorBoard's plots
+                    writer.add_scalar(f"{run['eval']}/{m.name}", m.value, step)
+    finally:
+        writer.close()
 
 
 def _print_table(runs: list[dict]) -> None:

@@ -145,3 +145,105 @@ def test_plugin_evals_are_discovered_through_entry_points(tmp_path, monkeypatch)
     assert registry.get("plugin_constant").Config().value == 0.25
     sys.modules.pop("shardlab_plugin_demo", None)
     registry._REGISTRY.pop("plugin_constant", None)
+
+
+def test_suite_writes_png_and_tensorboard_scalars(checkpoint, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "out"
+    assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out),
+                          "--no-progress"]) == 0
+    document = json.loads((out / "results.json").read_text())
+    [png] = document["artifacts"]["goal_misgeneralization"]
+    assert png.endswith(".png") and os.path.getsize(png) > 1000
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert "goal_misgeneralization/p_cheese" in tags
+    [scalar] = events.Scalars("goal_misgeneralization/p_cheese")
+    row = next(r for r in document["results"] if r["name"] == "p_cheese")
+    assert scalar.step == 128 and scalar.value == pytest.approx(row["value"])
+
+
+def test_results_json_is_strict_json(tmp_path):
+    from evals.results import write_json_atomic
+
+    write_json_atomic(str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) \
+        == {"a": None, "b": [None, 1.5]}
+
+
+def test_eval_for_another_checkpoint_kind_exits_2(checkpoint, tmp_path, capsys):
+    from dataclasses import dataclass
+
+    @registry.register("needs_other_kind")
+    class NeedsOtherKind:
+        kinds = ("some_other_kind",)
+
+        @dataclass
+        class Config:
+            pass
+
+        def __init__(self, config):
+            self.config = config
+
+        def run(self, ctx):
+            raise AssertionError("must not run")
+
+    try:
+        suite = _suite(tmp_path, "evals:\n  goal_misgeneralization: {}\n  needs_other_kind: {}\n")
+        capsys.readouterr()
+        assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert "needs_other_kind" in err and "some_other_kind" in err and "ppo_maze" in err
+        assert not (tmp_path / "o").exists()
+    finally:
+        registry._REGISTRY.pop("needs_other_kind", None)
+
+
+def test_relative_weight_change_per_layer():
+    import torch
+
+    from evals.finetune_to_cheese import relative_weight_change
+
+    before = {"a.weight": torch.tensor([3.0, 4.0]), "a.bias": torch.tensor([0.0]), "b.weight": torch.ones(4)}
+    after = {"a.weight": torch.tensor([3.0, 4.0]), "a.bias": torch.tensor([5.0]), "b.weight": torch.ones(4)}
+    assert relative_weight_change(before, after) == {"a": pytest.approx(1.0), "b": 0.0}
+
+
+@pytest.mark.parametrize("reward", ["cheese", "avoid_cheese"])
+def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, reward):
+    suite = _suite(tmp_path, f"""
+        seed: 1
+        evals:
+          finetune_to_cheese: {{steps: 256, eval_every: 128, eval_mazes: 4, reward: {reward}, stop_at_target: false}}
+    """)
+    out = tmp_path / "out"
+    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(out), "--no-progress"]) == 0
+    document = json.loads((out / "results.json").read_text())
+    rows = {row["name"]: row["value"] for row in document["results"]}
+    assert [k for k in rows if k.startswith("curve/")] == ["curve/p_cheese@0", "curve/p_cheese@128",
+                                                          "curve/p_cheese@256"]
+    assert rows["finetune_steps"] == 256
+    assert rows["initial/p_cheese"] == rows["curve/p_cheese@0"]
+    changes = {k: v for k, v in rows.items() if k.startswith("weight_change/")}
+    assert "weight_change/embedder.block2.res1.conv1" in changes and "weight_change/fc_policy" in changes
+    assert all(v > 0 for v in changes.values())  # PPO moved every layer
+    names = [os.path.basename(p) for p in document["artifacts"]["finetune_to_cheese"]]
+    if reward == "cheese":
+        assert "reached_target" in rows and names == ["learning_curve.png", "weight_change.png"]
+    else:
+        assert "reached_target" not in rows and "end_squares.png" in names
+        assert 0 <= rows["end/in_top_right_region"] <= 1 and rows["end/mean_length"] > 0
+    # the fine-tuning run trained from the checkpoint's weights with the cheese anywhere
+    config = (out / "finetune_to_cheese" / "run" / "config.yaml").read_text()
+    assert "rand_region: null" in config
+    assert ("cheese_reward: -10.0" in config) == (reward == "avoid_cheese")
+
+
+def test_finetune_to_cheese_rejects_bad_config(checkpoint, tmp_path, capsys):
+    suite = _suite(tmp_path, "evals:\n  finetune_to_cheese: {reward: sometimes}\n")
+    capsys.readouterr()
+    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o")]) == 2
+    assert "reward must be one of cheese, avoid_cheese" in capsys.readouterr().err

@@ -642,3 +642,19 @@ def test_maze_benchmark_smoke(tmp_path, capsys, monkeypatch):
     assert set(report["env_steps"]["env_steps_per_sec"]) == {"grid", "rgb"}
     table = capsys.readouterr().out
     assert "edits/s" in table and "ImpalaPolicy(scale=4)" in table and "grid / rgb" in table
+
+
+def test_cheese_reward_and_end_square(template):
+    inner, mouse = maze_build.parse_ascii(MAZE_W)
+    env = maze_build.make_env_from_maze(inner, mouse, obs="grid")
+    env.cfg.cheese_reward = -10.0  # avoid_cheese fine-tuning penalises the cheese
+    try:
+        actions = actions_along(W_PATH)
+        for action in actions[:-1]:
+            env.step(torch.tensor([action]))
+        _, reward, done, finished = env.step(torch.tensor([actions[-1]]))
+        assert reward[0] == -10 and done[0]
+        [episode] = finished
+        assert episode.reached_cheese and episode.ret == -10.0 and episode.end_square == (6, 0)
+    finally:
+        env.close()

@@ -59,16 +59,23 @@ def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
     return cfg, checkpoint_path
 
 
-def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None) -> ShardlabModule:
-    """Build the Lightning trainer and train (or continue) until trainer.total_steps."""
+def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weights: dict | None = None,
+        callbacks: list | None = None) -> ShardlabModule:
+    """Build the Lightning trainer and train (or continue) until trainer.total_steps.
+
+    ``init_weights`` (a state_dict of the network) starts a new run from trained weights, as
+    fine-tuning does; ``callbacks`` are extra Lightning callbacks (e.g. evaluations during training).
+    """
     keep_freed_memory()
     t = cfg.trainer
     world_size = t.devices * t.num_nodes
     pl.seed_everything(t.seed, workers=True, verbose=False)
     module = get_kind(cfg.algo).load("module")(to_dict(cfg), world_size=world_size)
+    if init_weights is not None:
+        getattr(module, module.model_attr).load_state_dict(init_weights)
     module.metrics_path = os.path.join(run_dir, METRICS)
     checkpoints = os.path.join(run_dir, CHECKPOINTS)
-    callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints)]
+    callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints), *(callbacks or [])]
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     strategy = "ddp" if world_size > 1 else "auto"
