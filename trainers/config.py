@@ -216,11 +216,16 @@ def validate_ppo(cfg: DictConfig) -> None:
     need(env.max_maze_size is None or (env.max_maze_size >= 3 and env.max_maze_size % 2 == 1),
          f"env.max_maze_size must be odd and >= 3 (or null), got {env.max_maze_size}")
     need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
+    validate_ppo_section(ppo, env.num_envs)
+
+
+def validate_ppo_section(ppo: DictConfig, num_envs: int) -> None:
+    """Checks of a ``ppo`` section (PPOConfig) for ``num_envs`` envs per rank."""
     need(ppo.lr > 0, f"ppo.lr must be > 0, got {ppo.lr}")
     need(ppo.lr_schedule in ("linear", "constant"),
          f"ppo.lr_schedule must be linear or constant, got {ppo.lr_schedule!r}")
     need(ppo.num_steps >= 1 and ppo.epochs >= 1, "ppo.num_steps and ppo.epochs must be >= 1")
-    batch = env.num_envs * ppo.num_steps
+    batch = num_envs * ppo.num_steps
     need(ppo.minibatch_size >= 1 and batch % ppo.minibatch_size == 0,
          f"ppo.minibatch_size {ppo.minibatch_size} must divide env.num_envs × ppo.num_steps = {batch}")
     need(0 < ppo.gamma <= 1 and 0 <= ppo.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")

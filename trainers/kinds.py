@@ -31,6 +31,9 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "ppo": Kind("ppo", "trainers.config:TrainConfig", "trainers.config:validate_ppo",
                 "trainers.ppo:PPOModule", "PPO on the procgen maze with an IMPALA policy"),
+    "ppo_minigrid": Kind("ppo_minigrid", "trainers.ppo_minigrid:MiniGridPPOConfig",
+                         "trainers.ppo_minigrid:validate_ppo_minigrid", "trainers.ppo_minigrid:PPOMiniGridModule",
+                         "PPO on a MiniGrid/BabyAI env with a small CNN or MLP"),
 }
 
 

@@ -85,7 +85,7 @@ class PPOModule(ShardlabModule):
         self.save_hyperparameters({"config": config, "world_size": world_size})
         self.cfg = build_config(config, source="checkpoint config")
         self.schedule = Schedule(self.cfg, world_size)
-        self.policy = build_policy(self.cfg)
+        self.policy = self.build_model(self.cfg)
         ppo = self.cfg.ppo
         actor = ProbabilisticActor(
             TensorDictModule(self.policy.fc_policy, in_keys=["hidden"], out_keys=["logits"]),
@@ -119,13 +119,25 @@ class PPOModule(ShardlabModule):
     def on_train_start(self) -> None:
         """Build this rank's envs (seeds differ per rank and per resume point) and restore RNGs."""
         start_iteration = self.schedule.iteration(self.global_step)
-        env_cfg = MazeEnvConfig(**OmegaConf.to_container(self.cfg.env))
-        env_cfg.seed = env_cfg.seed + 7919 * start_iteration
-        self.env = MazeEnv(env_cfg, rank=self.global_rank)
+        self.env = self.make_env(seed_offset=7919 * start_iteration)
         if self._restored is not None:
             self._restore_rngs(self._restored)
             self._restored = None
         self._obs = self.env.reset()
+
+    def make_env(self, seed_offset: int) -> MazeEnv:
+        """This rank's batched env with its seed shifted by ``seed_offset``."""
+        env_cfg = MazeEnvConfig(**OmegaConf.to_container(self.cfg.env))
+        env_cfg.seed = env_cfg.seed + seed_offset
+        return MazeEnv(env_cfg, rank=self.global_rank)
+
+    def observation_shape(self) -> tuple[int, ...]:
+        """Shape of one uint8 observation from the env."""
+        return observation_shape(self.cfg.env)
+
+    def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 env observations → the network's input."""
+        return preprocess(obs, self.cfg.model.channels_last)
 
     def on_train_end(self) -> None:
         """Close the envs."""
@@ -140,7 +152,7 @@ class PPOModule(ShardlabModule):
         start = time.perf_counter()
         if not self._buffer:
             self._buffer = {
-                "obs": torch.empty((T, N, *observation_shape(cfg.env)), dtype=torch.uint8, device=device),
+                "obs": torch.empty((T, N, *self.observation_shape()), dtype=torch.uint8, device=device),
                 "action": torch.empty((T, N), dtype=torch.long, device=device),
                 "log_prob": torch.empty((T, N), device=device),
                 "value": torch.empty((T + 1, N), device=device),
@@ -154,7 +166,7 @@ class PPOModule(ShardlabModule):
             for t in range(T):
                 obs = self._obs.to(device, non_blocking=True)
                 buf["obs"][t] = obs
-                logits, value = self.policy(preprocess(obs, cfg.model.channels_last))
+                logits, value = self.policy(self.preprocess(obs))
                 dist = Categorical(logits=logits)
                 action = dist.sample()
                 buf["action"][t], buf["log_prob"][t], buf["value"][t] = action, dist.log_prob(action), value
@@ -163,7 +175,7 @@ class PPOModule(ShardlabModule):
                 if cfg.ppo.normalize_reward:
                     reward = self.reward_norm(reward, done)
                 buf["reward"][t], buf["done"][t] = reward.to(device), done.to(device)
-            buf["value"][T] = self.policy(preprocess(self._obs.to(device), cfg.model.channels_last))[1]
+            buf["value"][T] = self.policy(self.preprocess(self._obs.to(device)))[1]
         self.policy.train(was_training)
         # torchrl's GAE wants (batch, time, 1); procgen has no separate truncation flag
         as_btf = lambda x: x.transpose(0, 1).unsqueeze(-1)
@@ -182,7 +194,7 @@ class PPOModule(ShardlabModule):
         epoch, index = divmod(update, self.schedule.minibatches)
         idx = self._perms[epoch][index * mb:(index + 1) * mb]
         flat = lambda x: x.reshape(-1, *x.shape[2:])[idx]
-        obs = preprocess(flat(buf["obs"]), self.cfg.model.channels_last)
+        obs = self.preprocess(flat(buf["obs"]))
         return TensorDict({
             "obs": obs, "action": flat(buf["action"]), self.log_prob_key: flat(buf["log_prob"]),
             "state_value": flat(buf["value"][:-1]).unsqueeze(-1),
@@ -235,11 +247,7 @@ class PPOModule(ShardlabModule):
         episodes = self._episode_totals()
         env_steps = self.schedule.env_steps(self.global_step)
         row: dict[str, float] = {"env_steps": env_steps, "iteration": self.schedule.iteration(self.global_step)}
-        if episodes[4] > 0:
-            count = episodes[4]
-            row.update({"episode/return": episodes[0] / count, "episode/length": episodes[1] / count,
-                        "episode/cheese_rate": episodes[2] / count, "episode/corner_rate": episodes[3] / count,
-                        "episode/count": count})
+        row.update(self.episode_metrics(episodes))
         means = torch.stack(self._stats).mean(0).tolist()
         row.update({f"train/{k}": v for k, v in zip(LOSS_STATS, means) if not math.isnan(v)})
         row["train/lr"] = self._iteration_lr
@@ -256,12 +264,24 @@ class PPOModule(ShardlabModule):
                 with open(self.metrics_path, "a") as handle:
                     handle.write(json.dumps(row) + "\n")
 
+    def episode_sums(self, episodes: list) -> list[float]:
+        """[return sum, length sum, cheese count, corner count, episodes] of this rank's episodes."""
+        return [sum(e.ret for e in episodes), sum(e.length for e in episodes),
+                sum(e.reached_cheese for e in episodes), sum(e.reached_corner for e in episodes), len(episodes)]
+
+    def episode_metrics(self, sums: list[float]) -> dict[str, float]:
+        """The ``episode/*`` metrics from :meth:`episode_sums` summed over ranks (none if no episode ended)."""
+        count = sums[4]
+        if count == 0:
+            return {}
+        return {"episode/return": sums[0] / count, "episode/length": sums[1] / count,
+                "episode/cheese_rate": sums[2] / count, "episode/corner_rate": sums[3] / count,
+                "episode/count": count}
+
     def _episode_totals(self) -> list[float]:
-        """[return sum, length sum, cheese count, corner count, episodes] over all ranks."""
+        """:meth:`episode_sums` of the iteration's finished episodes, summed over all ranks."""
         eps, self._episodes = self._episodes, []
-        totals = torch.tensor([sum(e.ret for e in eps), sum(e.length for e in eps),
-                               sum(e.reached_cheese for e in eps), sum(e.reached_corner for e in eps),
-                               len(eps)], dtype=torch.float64, device=self.device)
+        totals = torch.tensor(self.episode_sums(eps), dtype=torch.float64, device=self.device)
         if self.trainer.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         return totals.tolist()

@@ -1,0 +1,119 @@
+"""Small actor-critic networks for MiniGrid observations (7×7×3 indices, 7×7×20 one-hot, full grids).
+
+Both share the maze policy's layout, so the PPO trainer drives them unchanged: ``embedder`` maps a
+float observation batch ``(N, H, W, C)`` to a hidden vector, ``fc_policy`` and ``fc_value`` are the
+linear heads. Activations have stable hook names (models/hooks.py):
+
+- CNN: ``embedder.conv1_out``, ``embedder.conv2_out``, ... (after each 3×3 conv's activation,
+  ``(N, C, H, W)``), then ``embedder.fc1_out``, ... (after each fully connected layer's activation);
+- MLP: ``embedder.fc1_out``, ``embedder.fc2_out``, ...
+
+The last ``fc*_out`` is the hidden vector both heads read.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from models.hooks import HookPoint
+from models.sparse import make_activation
+
+
+def _activation(kind: str, units: int) -> nn.Module:
+    """An activation module by models.sparse name (kwta needs the layer's unit count)."""
+    return make_activation(kind, units=units) if kind == "kwta" else make_activation(kind)
+
+
+def _add_fully_connected(module: nn.Module, in_features: int, hidden: Sequence[int], activation: str) -> None:
+    """Give ``module`` layers fc1, act_fc1, fc1_out (HookPoint), fc2, ... of the given widths."""
+    module.num_fcs = len(hidden)
+    for i, width in enumerate(hidden, 1):
+        setattr(module, f"fc{i}", nn.Linear(in_features, width))
+        setattr(module, f"act_fc{i}", _activation(activation, width))
+        setattr(module, f"fc{i}_out", HookPoint())
+        in_features = width
+
+
+def _run_fully_connected(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    for i in range(1, module.num_fcs + 1):
+        x = getattr(module, f"fc{i}_out")(getattr(module, f"act_fc{i}")(getattr(module, f"fc{i}")(x)))
+    return x
+
+
+class ConvEmbedder(nn.Module):
+    """3×3 same-padding convs (no pooling: the grids are tiny), flatten, fully connected layers."""
+
+    def __init__(self, obs_shape: Sequence[int], channels: Sequence[int] = (16, 32),
+                 hidden: Sequence[int] = (128,), activation: str = "relu"):
+        super().__init__()
+        height, width, in_channels = obs_shape
+        self.num_convs = len(channels)
+        for i, out_channels in enumerate(channels, 1):
+            setattr(self, f"conv{i}", nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
+            setattr(self, f"act_conv{i}", _activation(activation, out_channels))
+            setattr(self, f"conv{i}_out", HookPoint())
+            in_channels = out_channels
+        _add_fully_connected(self, in_channels * height * width, hidden, activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        x = obs.permute(0, 3, 1, 2)  # (N, H, W, C) → (N, C, H, W)
+        for i in range(1, self.num_convs + 1):
+            x = getattr(self, f"conv{i}_out")(getattr(self, f"act_conv{i}")(getattr(self, f"conv{i}")(x)))
+        return _run_fully_connected(self, torch.flatten(x, 1))
+
+
+class MLPEmbedder(nn.Module):
+    """Flattened observation through fully connected layers."""
+
+    def __init__(self, obs_shape: Sequence[int], hidden: Sequence[int] = (128, 128), activation: str = "relu"):
+        super().__init__()
+        _add_fully_connected(self, math.prod(obs_shape), hidden, activation)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return _run_fully_connected(self, torch.flatten(obs, 1))
+
+
+class MiniGridPolicy(nn.Module):
+    """Actor-critic for MiniGrid: float observations (N, H, W, C) → (action logits, value)."""
+
+    def __init__(self, obs_shape: Sequence[int], num_actions: int = 7, kind: str = "cnn",
+                 channels: Sequence[int] = (16, 32), hidden: Sequence[int] = (128,), activation: str = "relu"):
+        super().__init__()
+        if kind not in ("cnn", "mlp"):
+            raise ValueError(f"model.kind must be cnn or mlp, got {kind!r}")
+        if not hidden:
+            raise ValueError("model.hidden needs at least one layer width")
+        self.obs_shape, self.kind = tuple(obs_shape), kind
+        if kind == "cnn":
+            self.embedder = ConvEmbedder(obs_shape, channels, hidden, activation)
+        else:
+            self.embedder = MLPEmbedder(obs_shape, hidden, activation)
+        self.fc_policy = nn.Linear(hidden[-1], num_actions)
+        self.fc_value = nn.Linear(hidden[-1], 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # orthogonal init as in the maze policy; the small policy gain starts near-uniform
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
+                nn.init.zeros_(module.bias)
+        nn.init.orthogonal_(self.fc_policy.weight, gain=0.01)
+        nn.init.orthogonal_(self.fc_value.weight, gain=1.0)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.embedder(obs)
+        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
+
+    def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy logits and value from the embedder's output."""
+        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
+
+
+def preprocess(obs: torch.Tensor) -> torch.Tensor:
+    """uint8 MiniGrid observations (index or one-hot encodings) → float, same layout (N, H, W, C)."""
+    return obs.float()
