@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))  # the bench_*.py modules beside this file
 
 if TYPE_CHECKING:  # heavy imports happen inside the subcommands, after argument parsing
     import torch
@@ -901,6 +902,28 @@ def run_maze(args: argparse.Namespace) -> int:
               "state_edits": edits, "vector_field": field, "env_steps": steps,
               "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
     print(format_maze_table(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+        progress(f"wrote {args.json}")
+    return EXIT_OK
+
+
+import bench_evals  # noqa: E402  (scripts/ is on sys.path when this file runs)
+
+
+@subcommand("evals", help="goal_misgeneralization eval episodes/s vs a bare batched rollout (target ratio >= 0.8)",
+            add_arguments=bench_evals.add_arguments)
+def run_evals(args: argparse.Namespace) -> int:
+    """Time the eval against the bare rollout, interleaved."""
+    from trainers.config import ConfigError
+
+    if args.mazes < 2 or args.repeats < 1:
+        raise ConfigError("--mazes must be >= 2 and --repeats >= 1")
+    progress(f"goal_misgeneralization eval vs bare rollout: {args.repeats} interleaved repeats")
+    report = bench_evals.measure(args)
+    print(bench_evals.format_report(report))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as handle:

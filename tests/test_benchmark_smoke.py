@@ -36,3 +36,18 @@ def test_ppo_benchmark_bad_override_exits_2():
     result = run_benchmark("ppo", "ppo.num_envs=4")
     assert result.returncode == 2
     assert "env.num_envs" in result.stderr  # the config error names the right key
+
+
+def test_evals_benchmark_plays_the_same_episodes(tmp_path):
+    out = tmp_path / "evals.json"
+    result = run_benchmark("evals", "--mazes", "3", "--repeats", "1", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # both play the three maze sets of the eval: out of region, in distribution, decision squares
+    assert report["episodes"]["eval"] == report["episodes"]["bare"] == 9
+    assert report["ratio"] > 0 and "ratio eval/bare" in result.stdout
+
+
+def test_evals_benchmark_bad_argument_exits_2():
+    result = run_benchmark("evals", "--mazes", "1")
+    assert result.returncode == 2 and "--mazes" in result.stderr
