@@ -1,4 +1,4 @@
-"""The ``shardlab`` command: ``train`` and ``resume`` (more subcommands join as they land)."""
+"""The ``shardlab`` command: ``train``, ``resume`` and ``collect`` (more subcommands join as they land)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", help="a run directory made by `shardlab train`")
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.total_steps=2000000")
+    from trainers.collect import add_arguments as add_collect_arguments
+
+    add_collect_arguments(sub.add_parser("collect", help="roll out a policy on MiniGrid/BabyAI and write a "
+                                         "trajectory dataset (see README)"))
     return parser
 
 
@@ -30,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; exit 0 on success, 2 on bad input (printed as one line)."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "collect":  # every collect option is a flag; there are no overrides
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        from trainers import collect
+        return collect.main(args)
     # overrides may also come after --run-dir
     unknown = [item for item in extra if "=" not in item or item.startswith("-")]
     if unknown:

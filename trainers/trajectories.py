@@ -51,7 +51,10 @@ _DTYPES = {"observations": np.uint8, "actions": np.int64, "rewards": np.float32,
            "episode_lengths": np.int64, "episode_returns": np.float32, "terminated": np.bool_,
            "truncated": np.bool_, "missions": np.str_}
 # metadata keys that must agree when two datasets are concatenated
-_SAME_KEYS = ("env_id", "obs", "obs_shape", "num_actions")
+_SAME_KEYS = ("env_id", "obs", "obs_shape", "num_actions", "max_steps")
+# metadata keys of one collection run, kept per part in a concatenated dataset's "parts" list
+_PART_KEYS = ("policy", "source", "seeds", "epsilon", "temperature", "bot_failures", "episodes",
+              "steps", "return_stats", "created")
 
 
 class DatasetError(ValueError):
@@ -190,7 +193,9 @@ def concat(a: Trajectories, b: Trajectories) -> Trajectories:
     arrays = {name: np.concatenate([getattr(a, name), getattr(b, name)]) for name in STEP_ARRAYS + EPISODE_ARRAYS}
     arrays["episode_starts"] = np.concatenate([a.episode_starts, b.episode_starts + a.num_steps])
     arrays["missions"] = np.concatenate([a.missions, b.missions]).astype(np.str_)
-    metadata = {**b.metadata, **a.metadata}  # a's created time and shared keys win
+    # keys describing one collection run move into "parts"; a's created time and shared keys win
+    metadata = {key: value for key, value in {**b.metadata, **a.metadata}.items()
+                if key not in _PART_KEYS or key == "created"}
     metadata["parts"] = _parts(a.metadata) + _parts(b.metadata)
     metadata["policy"] = " + ".join(dict.fromkeys(p.get("policy", "?") for p in metadata["parts"]))
     metadata["seeds"] = [seed for p in metadata["parts"] for seed in p.get("seeds", [])]
@@ -203,8 +208,7 @@ def _parts(metadata: dict) -> list[dict]:
     """The collection runs a dataset was made from (itself, unless it was concatenated)."""
     if "parts" in metadata:
         return list(metadata["parts"])
-    keys = ("policy", "seeds", "episodes", "steps", "return_stats", "created", "source")
-    return [{key: metadata[key] for key in keys if key in metadata}]
+    return [{key: metadata[key] for key in _PART_KEYS if key in metadata}]
 
 
 def save_trajectories(path: str | os.PathLike, traj: Trajectories, append: bool = False) -> Trajectories:

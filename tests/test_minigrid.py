@@ -1,0 +1,181 @@
+"""MiniGrid envs, the MiniGrid actor-critic and the ppo_minigrid training kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
+from models.hooks import hook_names, hooked
+from models.minigrid_policy import MiniGridPolicy, preprocess
+from trainers import cli
+from trainers.checkpointing import load_checkpoint
+from trainers.config import ConfigError, build_config, load_config
+from trainers.restore import load_trained
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "train", "minigrid_ppo_doorkey.yaml")
+# 4 envs × 32 steps = 128 env steps and 2 optimizer steps per iteration
+TINY = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",
+        "trainer.checkpoint_every=128", "trainer.progress_bar=false", "model.hidden=[32]", "model.channels=[8]",
+        "env.max_steps=20"]
+
+
+def _rollout(env: MiniGridEnv, steps: int, seed: int = 0) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    out = [env.reset()]
+    for _ in range(steps):
+        obs, reward, done, finished = env.step(torch.randint(0, 7, (env.num_envs,), generator=generator))
+        out += [obs, reward, done, [(e.ret, e.length) for e in finished]]
+    return out
+
+
+def test_seeded_envs_repeat_and_ranks_differ():
+    cfg = MiniGridEnvConfig("MiniGrid-DoorKey-8x8-v0", num_envs=3, obs="full", seed=5, max_steps=20)
+    first, again = _rollout(MiniGridEnv(cfg), 45), _rollout(MiniGridEnv(cfg), 45)
+    for a, b in zip(first, again):
+        assert a.equal(b) if isinstance(a, torch.Tensor) else a == b
+    other_rank = MiniGridEnv(cfg, rank=1).reset()
+    other_seed = MiniGridEnv(MiniGridEnvConfig(**{**cfg.__dict__, "seed": 6})).reset()
+    assert not first[0].equal(other_rank)
+    assert first[0][1].equal(other_seed[0])  # env i starts from seed + i
+    assert not first[0][0].equal(first[0][1])
+
+
+@pytest.mark.parametrize("obs, shape", [("image", (7, 7, 3)), ("onehot", (7, 7, 20)), ("full", (5, 5, 3))])
+def test_observation_shapes(obs, shape):
+    cfg = MiniGridEnvConfig("MiniGrid-DoorKey-5x5-v0", num_envs=2, obs=obs)
+    assert observation_shape(cfg) == shape and num_actions(cfg) == 7
+    env = MiniGridEnv(cfg)
+    first = env.reset()
+    assert first.shape == (2, *shape) and first.dtype == torch.uint8
+    after, reward, done, _ = env.step(torch.zeros(2, dtype=torch.long))
+    assert after.shape == (2, *shape) and reward.dtype == torch.float32 and done.dtype == torch.bool
+    if obs == "onehot":
+        assert set(first.unique().tolist()) <= {0, 1}
+    if obs == "full":  # the agent is on the grid as object 10
+        assert (first[..., 0] == 10).sum(dim=(1, 2)).tolist() == [1, 1]
+
+
+def test_success_reward_and_auto_reset():
+    """Empty-5x5: the agent starts at (1, 1) facing east, the goal is at (3, 3)."""
+    env = MiniGridEnv(MiniGridEnvConfig("MiniGrid-Empty-5x5-v0", num_envs=1))
+    env.reset()
+    forward, right = 2, 1
+    for action in (forward, forward, right, forward):
+        _, reward, done, finished = env.step(torch.tensor([action]))
+        assert not done[0] and not finished and reward[0] == 0
+    obs, reward, done, finished = env.step(torch.tensor([forward]))
+    max_steps = env.envs[0].unwrapped.max_steps
+    assert done[0] and reward[0] == pytest.approx(1 - 0.9 * 5 / max_steps)
+    (episode,) = finished
+    assert episode.success and episode.terminated and not episode.truncated and episode.length == 5
+    assert episode.ret == pytest.approx(float(reward[0]))
+    assert env.envs[0].unwrapped.step_count == 0  # already reset: obs is the next episode's first
+    assert episode.mission == "get to the green goal square"
+
+
+def test_time_limit_truncates():
+    env = MiniGridEnv(MiniGridEnvConfig("MiniGrid-DoorKey-5x5-v0", num_envs=2, max_steps=3))
+    env.reset()
+    left = torch.zeros(2, dtype=torch.long)  # turning never finishes an episode
+    for _ in range(2):
+        assert not env.step(left)[2].any()
+    _, reward, done, finished = env.step(left)
+    assert done.all() and len(finished) == 2 and (reward == 0).all()
+    assert all(e.truncated and not e.success and e.length == 3 and e.ret == 0 for e in finished)
+    assert env.last_truncated.all() and not env.last_terminated.any()
+
+
+def test_babyai_missions_and_rng_state():
+    env = MiniGridEnv(MiniGridEnvConfig("BabyAI-GoToLocal-v0", num_envs=2, seed=1))
+    env.reset()
+    assert all(m.startswith("go to") for m in env.missions)
+    state = env.rng_state()
+    json.dumps(state)  # checkpoints store it as JSON
+    draws = [e.unwrapped.np_random.integers(1000) for e in env.envs]
+    env.set_rng_state(state)
+    assert [e.unwrapped.np_random.integers(1000) for e in env.envs] == draws
+
+
+@pytest.mark.parametrize("env_id, obs, message", [
+    ("MiniGrid-DoorKey-5x5-v9", "image", "did you mean MiniGrid-DoorKey-5x5-v0"),
+    ("CartPole-v1", "image", "not a registered MiniGrid/BabyAI env"),
+    ("MiniGrid-DoorKey-5x5-v0", "rgb", "env.obs must be one of image, onehot, full"),
+])
+def test_bad_env_config(env_id, obs, message):
+    with pytest.raises(ValueError, match=message):
+        check_config(MiniGridEnvConfig(env_id, obs=obs))
+
+
+@pytest.mark.parametrize("kind, shape", [("cnn", (7, 7, 3)), ("cnn", (5, 5, 3)), ("mlp", (7, 7, 20))])
+def test_policy_shapes_and_hooks(kind, shape):
+    policy = MiniGridPolicy(shape, 7, kind=kind, channels=(8, 16), hidden=(32, 24))
+    obs = torch.randint(0, 2, (5, *shape), dtype=torch.uint8)
+    logits, value = policy(preprocess(obs))
+    assert logits.shape == (5, 7) and value.shape == (5,)
+    names = hook_names(policy)
+    expected = ["embedder.fc1_out", "embedder.fc2_out"]
+    if kind == "cnn":
+        expected = ["embedder.conv1_out", "embedder.conv2_out", *expected]
+    assert [n for n in names if n.endswith("_out")] == expected
+    with hooked(policy, cache=expected) as acts:
+        policy(preprocess(obs))
+    assert acts["embedder.fc2_out"].shape == (5, 24) and (acts["embedder.fc2_out"] >= 0).all()
+    if kind == "cnn":
+        assert acts["embedder.conv2_out"].shape == (5, 16, shape[0], shape[1])
+
+
+def test_ppo_minigrid_config_errors():
+    with pytest.raises(ConfigError, match="model.kind must be one of cnn, mlp"):
+        build_config({"algo": "ppo_minigrid", "model": {"kind": "impala"}})
+    with pytest.raises(ConfigError, match="env.env_id 'MiniGrid-Nope-v0' is not a registered"):
+        build_config({"algo": "ppo_minigrid", "env": {"env_id": "MiniGrid-Nope-v0"}})
+    with pytest.raises(ConfigError, match="unknown config key 'env.rand_region'"):
+        build_config({"algo": "ppo_minigrid", "env": {"rand_region": 3}})
+    with pytest.raises(ConfigError, match="ppo.minibatch_size 100 must divide"):
+        load_config(RECIPE, ["ppo.minibatch_size=100"])
+    assert load_config(RECIPE).env.env_id == "MiniGrid-DoorKey-5x5-v0"
+
+
+def test_ppo_minigrid_trains_resumes_and_reloads(tmp_path):
+    run_dir = tmp_path / "mg"
+    assert cli.main(["train", RECIPE, *TINY, "trainer.total_steps=256", "--run-dir", str(run_dir)]) == 0
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["shardlab"]["kind"] == "ppo_minigrid" and ckpt["shardlab"]["env_steps"] == 256
+    assert ckpt["global_step"] == 4
+    assert cli.main(["resume", str(run_dir), "trainer.total_steps=512"]) == 0
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["shardlab"]["env_steps"] == 512 and ckpt["global_step"] == 8
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [row["env_steps"] for row in rows] == [128, 256, 384, 512]
+    assert all("episode/cheese_rate" not in row for row in rows)
+    assert any("episode/success_rate" in row for row in rows)
+    trained = load_trained(run_dir / "checkpoints" / "last.ckpt")
+    assert trained.kind == "ppo_minigrid" and trained.steps == 512
+    assert isinstance(trained.model, MiniGridPolicy) and trained.model.obs_shape == (7, 7, 3)
+    weights = {k[len("policy."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+    for name, tensor in trained.model.state_dict().items():
+        assert tensor.equal(weights[name]), name
+    # a resumed run keeps its env
+    assert cli.main(["resume", str(run_dir), "env.env_id=MiniGrid-Empty-5x5-v0", "trainer.total_steps=1024"]) == 2
+
+
+def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "trainers.cli", "train", RECIPE, *TINY,
+                             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.total_steps=512",
+                             "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    # 2 ranks × 4 envs × 32 steps = 256 env steps per iteration, 2 optimizer steps each
+    assert ckpt["shardlab"]["env_steps"] == 512 and ckpt["global_step"] == 4
+    assert ckpt["hyper_parameters"]["world_size"] == 2
