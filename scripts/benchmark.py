@@ -932,6 +932,33 @@ def run_evals(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+import bench_demo  # noqa: E402
+
+
+@subcommand("demo", help="wall time per stage of `make demo` (install with --install, train, evaluate, report)",
+            add_arguments=bench_demo.add_arguments)
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo in a fresh run directory and print its stage times."""
+    report = bench_demo.measure(args, REPO)
+    print(bench_demo.format_report(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+        progress(f"wrote {args.json}")
+    return EXIT_OK
+
+
+from scripts import bench_dt  # noqa: E402  (the repository root is on sys.path)
+
+
+@subcommand("dt", help="decision-transformer training tokens/s: Lightning DTModule vs a plain PyTorch loop "
+            "(target ratio >= 0.9)", add_arguments=bench_dt.add_arguments)
+def run_dt(args: argparse.Namespace) -> int:
+    """Time the DT trainer against the plain loop, interleaved."""
+    return bench_dt.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered subcommand."""
     parser = argparse.ArgumentParser(prog="benchmark.py", description="Throughput benchmarks for shardlab.")
