@@ -1,0 +1,55 @@
+"""The demo's report: issue #8's targets read from results.json, tables and PNG links, atomic write."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+from omegaconf import OmegaConf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "scripts", "demo.py"))
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+
+
+def _results(values: dict[str, float]) -> dict:
+    rows = []
+    for key, value in values.items():
+        eval_name, name = key.split(".", 1)
+        rows.append({"eval": eval_name, "name": name, "value": value, "stderr": 0.01, "n": 300})
+    return {"results": rows, "artifacts": {"goal_misgeneralization": [], "steering": []}}
+
+
+MEASURED = {
+    "goal_misgeneralization.in_distribution/p_cheese": 0.93, "goal_misgeneralization.p_cheese": 0.62,
+    "goal_misgeneralization.decision/p_corner_first": 0.37, "steering.original/p_cheese/median": 0.44,
+    "steering.cheese_vector/p_cheese/median": 0.23, "steering.cheese_vector/random/p_cheese/median": 0.45,
+}
+
+
+def test_targets_are_checked_against_the_measured_values():
+    checks = demo.targets({k: {"value": v} for k, v in MEASURED.items()})
+    assert [met for _, _, met in checks] == [True, True, True, True]
+    worse = {**MEASURED, "goal_misgeneralization.p_cheese": 0.8, "steering.cheese_vector/p_cheese/median": 0.5}
+    assert [met for _, _, met in demo.targets({k: {"value": v} for k, v in worse.items()})] == [True, False, True, False]
+    # a missing metric is a miss, not a crash
+    assert not any(met for _, _, met in demo.targets({}))
+
+
+def test_report_is_written_with_targets_tables_and_timings(tmp_path):
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "results.json").write_text(json.dumps(_results(MEASURED)))
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"env_steps": 8192 * i, "episode/return": i, "episode/cheese_rate": 0.1 * i,
+                    "episode/length": 100 - i}) + "\n" for i in range(1, 6)))
+    cfg = OmegaConf.create({"model": {"scale": 1}, "env": {"max_maze_size": 7, "rand_region": 3},
+                            "trainer": {"total_steps": 1_200_000}})
+    path, checks = demo.write_report(str(tmp_path), cfg, {"train": 400.0, "evaluate": 60.0})
+    report = open(path).read()
+    assert report.count("✅") == 4 and "❌" not in report
+    assert "| sampled | 0.93 ± 0.01 | 0.62 ± 0.01 |" in report
+    assert "0.44 → 0.23" in report and "total (after installation): 460 s" in report
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert not (tmp_path / "report.md.tmp").exists()
