@@ -1,0 +1,198 @@
+"""Shared pieces of the maze steering and retargeting evals: observations of edited states, one
+layer's activations, folded action probabilities under hook edits, the first move along a shortest
+path, the maze square → activation cell map, the top-right path edit, summary statistics and
+multi-panel figures.
+
+Squares are (x, y) in inner-maze coordinates, x the column from the left, y the row from the
+bottom; activation cells are (row from the top, column), like the observation's pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from torch import nn
+
+from envs import maze_geometry, maze_state
+from envs.maze import WORLD_DIM
+from envs.maze_render import activation_cell
+from evals.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
+from models.hooks import Edit, hooked
+from models.impala import pooled_size, preprocess
+
+Square = tuple[int, int]
+DEFAULT_LAYER = "embedder.block2.res1.resadd_out"
+# folded move index of each (dx, dy) step between neighbouring squares
+_MOVE_OF_STEP = {(-1, 0): LEFT, (0, -1): DOWN, (0, 1): UP, (1, 0): RIGHT}
+
+
+@dataclass(frozen=True)
+class TrainEnv:
+    """What the maze evals need from a checkpoint's env config: observation, mode, largest maze."""
+
+    obs: str
+    mode: str
+    max_size: int
+
+    @property
+    def world_dim(self) -> int:
+        """Side of the world grid in tiles."""
+        return WORLD_DIM[self.mode]
+
+
+def train_env(train_config: DictConfig) -> TrainEnv:
+    """The observation kind, procgen mode and largest maze size of a training run."""
+    env = train_config.env
+    mode = env.distribution_mode
+    return TrainEnv(env.obs, mode, env.max_maze_size or WORLD_DIM[mode])
+
+
+# -- states and forward passes ----------------------------------------------------------------------
+def at_square(state: bytes, square: Square) -> bytes:
+    """``state`` with the mouse moved to ``square``."""
+    return maze_state.with_mouse_at(state, square)
+
+
+def policy_input(policy: nn.Module, states: Sequence[bytes], obs: str) -> torch.Tensor:
+    """The float NCHW batch the policy sees for ``states`` (procgen's image or the grid view),
+    laid out as ``evals.vector_field.policy_probs`` lays it out, so activations computed here
+    match the ones edited there."""
+    device = next(policy.parameters()).device
+    return preprocess(torch.from_numpy(np.ascontiguousarray(observations(states, obs))).to(device))
+
+
+def layer_activations(policy: nn.Module, states: Sequence[bytes], obs: str, layer: str,
+                      edits: Optional[dict[str, Edit]] = None) -> torch.Tensor:
+    """Activations (N, C, H, W) at ``layer`` for ``states`` (after ``edits``), float32, detached."""
+    with torch.inference_mode(), hooked(policy, edits=edits, cache=[layer]) as acts:
+        policy(policy_input(policy, states, obs))
+    return acts[layer].float().contiguous()
+
+
+def folded_probs(policy: nn.Module, states: Sequence[bytes], obs: str,
+                 edits: Optional[dict[str, Edit]] = None) -> np.ndarray:
+    """(N, 5) folded action probabilities (left, down, up, right, noop) for ``states`` under ``edits``."""
+    with hooked(policy, edits=edits):
+        return policy_probs(policy, observations(states, obs))
+
+
+def first_move(inner: np.ndarray, start: Square, goal: Square) -> int:
+    """The folded move (LEFT/DOWN/UP/RIGHT) of the first step of a shortest path start → goal."""
+    path = maze_geometry.shortest_path(inner, start, goal)
+    if len(path) < 2:
+        raise ValueError(f"no step from {start} towards {goal}: unreachable or the same square")
+    (x0, y0), (x1, y1) = path[0], path[1]
+    return _MOVE_OF_STEP[(x1 - x0, y1 - y0)]
+
+
+def path_moves(path: Sequence[Square]) -> list[int]:
+    """The folded move of each step along ``path`` (len(path) − 1 moves)."""
+    return [_MOVE_OF_STEP[(b[0] - a[0], b[1] - a[1])] for a, b in zip(path, path[1:])]
+
+
+# -- the top-right path edit -----------------------------------------------------------------------
+def with_top_right_path(state: bytes) -> Optional[bytes]:
+    """``state`` with an L-shaped corridor opened through the wall padding, from the inner maze's
+    top-right corner straight up to the world's top row and then right to the world's top-right
+    corner (procgen-tools' ``make_top_right_path``: the reachable top-right square becomes the
+    absolute one). None when the maze fills the world (no padding to open)."""
+    where = maze_state.layout(state)
+    margin, world_side = where.margin, where.world_dim
+    if margin == 0:
+        return None
+    world = maze_state.grid(state, where).copy()  # [y, x], y = 0 at the bottom
+    corner = margin + where.maze_dim - 1  # world x and y of the inner top-right corner
+    world[corner + 1:, corner] = maze_state.EMPTY  # up the corner's column to the top row
+    world[world_side - 1, corner + 1:] = maze_state.EMPTY  # along the top row to the world corner
+    return maze_state.with_grid(state, where, world)
+
+
+# -- squares → activation cells --------------------------------------------------------------------
+def pools_to(side: int, input_side: int) -> int:
+    """How many maxpool(3, stride 2, pad 1) halvings take ``input_side`` to ``side``."""
+    pools, size = 0, input_side
+    while size > side:
+        size, pools = pooled_size(size), pools + 1
+    if size != side:
+        raise ValueError(f"a {side}×{side} activation is not a pooled {input_side}×{input_side} input")
+    return pools
+
+
+def pooled_cell(tile: int, pools: int, side: int) -> int:
+    """The cell after ``pools`` maxpool(3, stride 2, pad 1) layers whose window is centred nearest
+    to input position ``tile``: 3×3 convs with padding 1 keep positions, and each pool's output
+    i looks at inputs 2i − 1 .. 2i + 1, so cell j is centred on input 2^pools · j; ties (an input
+    exactly between two centres, inside both windows) go to the higher cell."""
+    step = 2 ** pools
+    return min((tile + step // 2) // step, side - 1)
+
+
+def activation_square_cell(square: Square, maze_dim: int, world_dim: int, obs: str, side: int) -> tuple[int, int]:
+    """The (row, col) cell of a ``side``×``side`` activation that holds inner square ``square``.
+
+    RGB (64×64 image): the published map, tile t → ⌊(t + ½)·(64/world)·side/64⌋
+    (``envs.maze_render.activation_cell``). Grid view (one input pixel per world tile): the cell
+    whose pooling window is centred on the tile (:func:`pooled_cell`).
+    """
+    margin = (world_dim - maze_dim) // 2
+    row_tile, col_tile = world_dim - 1 - (margin + square[1]), margin + square[0]
+    if obs == "rgb":
+        return activation_cell(row_tile, world_dim, side), activation_cell(col_tile, world_dim, side)
+    if obs == "grid":
+        pools = pools_to(side, world_dim)
+        return pooled_cell(row_tile, pools, side), pooled_cell(col_tile, pools, side)
+    raise ValueError(f"obs must be rgb or grid, got {obs!r}")
+
+
+# -- statistics and figures ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Summary:
+    """Median, mean and standard error of the mean of a set of per-maze values."""
+
+    median: float
+    mean: float
+    stderr: float
+    n: int
+
+
+def summarise(values: Sequence[float]) -> Summary:
+    """Median, mean and stderr (sample std / √n; NaN for fewer than two values)."""
+    array = np.asarray(values, dtype=float)
+    n = len(array)
+    if n == 0:
+        return Summary(math.nan, math.nan, math.nan, 0)
+    stderr = float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return Summary(float(np.median(array)), float(array.mean()), stderr, n)
+
+
+def new_panels(count: int, size_inches: float = 4.0, rows: int = 1) -> tuple[Figure, list]:
+    """A Figure on its own Agg canvas with ``count`` axes in ``rows`` rows (no pyplot)."""
+    cols = math.ceil(count / rows)
+    fig = Figure(figsize=(size_inches * cols, size_inches * rows + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, index + 1) for index in range(count)]
+    return fig, axes
+
+
+def save_figure(fig: Figure, path: Union[str, os.PathLike]) -> str:
+    """Write ``fig`` as a PNG beside ``path`` and rename it into place (never half-written)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return str(target)

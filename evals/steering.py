@@ -1,0 +1,306 @@
+"""Steering a maze policy by adding activation vectors (TurnTrout et al.'s cheese and top-right
+vectors) and measuring the action probabilities at the decision square.
+
+* **Cheese vector**: activations at one layer with the cheese minus without it, same maze, the
+  mouse on the start square; added with a coefficient (default −1: subtracted) to every forward
+  pass, wherever the mouse is. Published: the median P(cheese-ward move at the decision square)
+  falls from 0.81 to 0.03 over seeds 0–99.
+* **Top-right vector**: activations on the maze with an L-shaped corridor opened through the wall
+  padding from the inner top-right corner to the world's top-right corner (procgen-tools'
+  ``make_top_right_path``) minus activations on the maze as it is; mouse on the start square,
+  cheese unchanged; default coefficient +1.
+
+Each vector is applied on the maze it was computed on ("same maze"), transferred from other mazes,
+and (the cheese vector) to the same maze with the cheese moved k = 1..K path steps away; a random
+vector of the same norm per maze is the control. The metric is the folded action probability of
+the first move of the shortest path from the decision square to the cheese (``p_cheese``) and to
+the inner top-right corner (``p_top_right``), reported as median and mean ± stderr over seeded
+mazes with a decision square, with the paired change against the unedited policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from envs import maze_geometry, maze_state
+from envs.eval_mazes import EvalMaze, eval_mazes
+from envs.maze_render import mark_square, plot_maze, plot_vector_field
+from evals import maze_interp_common as common
+from evals.context import EvalContext
+from evals.registry import register
+from evals.results import Result
+from evals.vector_field import vector_field
+from models.hooks import add, hooked
+
+START = maze_geometry.START
+
+
+@dataclass
+class Vectors:
+    """Per-maze steering vectors, each (N, C, H, W) at the steered layer."""
+
+    cheese: torch.Tensor
+    top_right: torch.Tensor
+
+
+def cheese_vector(policy: torch.nn.Module, states: list[bytes], obs: str, layer: str) -> torch.Tensor:
+    """Activations with the cheese minus without it (N, C, H, W), mouse on the start square."""
+    at_start = [common.at_square(s, START) for s in states]
+    without = [maze_state.without_cheese(s) for s in at_start]
+    acts = common.layer_activations(policy, at_start + without, obs, layer)
+    return acts[:len(states)] - acts[len(states):]
+
+
+def top_right_vector(policy: torch.nn.Module, states: list[bytes], obs: str, layer: str) -> torch.Tensor:
+    """Activations with the top-right corridor opened minus the maze as it is (N, C, H, W), mouse on
+    the start square; ValueError for a maze that fills its world (no padding to open)."""
+    at_start = [common.at_square(s, START) for s in states]
+    opened = [common.with_top_right_path(s) for s in at_start]
+    if any(s is None for s in opened):
+        raise ValueError("the top-right vector needs wall padding around the maze; use mazes "
+                         "smaller than the world (max_size below the world side)")
+    acts = common.layer_activations(policy, opened + at_start, obs, layer)
+    return acts[:len(states)] - acts[len(states):]
+
+
+def random_like(vectors: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian vectors with each row rescaled to the L2 norm of the matching row of ``vectors``."""
+    noise = torch.randn(vectors.shape, generator=generator, dtype=vectors.dtype)
+    norms = vectors.flatten(1).norm(dim=1)
+    return noise * (norms / noise.flatten(1).norm(dim=1)).view(-1, *[1] * (vectors.dim() - 1))
+
+
+@dataclass(frozen=True)
+class DecisionSet:
+    """Mazes seen with the mouse on their decision squares, and the two moves that matter there."""
+
+    states: list[bytes]  # mouse on the decision square
+    cheese_move: np.ndarray  # (N,) folded move towards the cheese
+    top_right_move: np.ndarray  # (N,) folded move towards the inner top-right corner
+
+    @classmethod
+    def of(cls, states: list[bytes]) -> "DecisionSet":
+        """The decision-square view of ``states`` (each must have a decision square)."""
+        at, cheese_moves, corner_moves = [], [], []
+        for state in states:
+            inner = maze_state.inner_grid(state)
+            cheese = maze_state.cheese_square(state)
+            decision = maze_geometry.decision_square(inner, cheese)
+            if decision is None:
+                raise ValueError("every maze of a DecisionSet needs a decision square")
+            at.append(common.at_square(state, decision))
+            cheese_moves.append(common.first_move(inner, decision, cheese))
+            corner_moves.append(common.first_move(inner, decision, maze_geometry.corner(inner)))
+        return cls(at, np.array(cheese_moves), np.array(corner_moves))
+
+
+def decision_probs(policy: torch.nn.Module, decisions: DecisionSet, obs: str, layer: str,
+                   vectors: Optional[torch.Tensor] = None, coefficient: float = 1.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(P(cheese-ward move), P(top-right-ward move)) at each maze's decision square, with
+    ``coefficient · vectors[i]`` added at ``layer`` for maze i (no edit when vectors is None)."""
+    edits = None if vectors is None else {layer: add(vectors, coefficient)}
+    probs = common.folded_probs(policy, decisions.states, obs, edits)
+    rows = np.arange(len(decisions.states))
+    return probs[rows, decisions.cheese_move], probs[rows, decisions.top_right_move]
+
+
+def moved_cheese(maze: EvalMaze, shift: int, rng: np.random.Generator) -> Optional[bytes]:
+    """The maze with its cheese moved to a random square ``shift`` path steps from where it was
+    (not the start, and still with a decision square); None if there is no such square."""
+    inner = maze_state.inner_grid(maze.state)
+    dist = maze_geometry.distances_from(inner, maze.cheese)
+    ys, xs = np.nonzero(dist == shift)
+    squares = [(int(x), int(y)) for x, y in zip(xs, ys) if (x, y) != START]
+    for k in rng.permutation(len(squares)):
+        moved = maze_state.with_cheese_at(maze.state, squares[k])
+        if maze_geometry.decision_square(maze_state.inner_grid(moved), squares[k]) is not None:
+            return moved
+    return None
+
+
+@register("steering")
+class Steering:
+    """Cheese and top-right vectors: same maze, transfer, moved cheese, random control, scan."""
+
+    kinds = ("ppo_maze",)
+
+    @dataclass
+    class Config:
+        """Which mazes, which layer, which coefficients."""
+
+        mazes: int = 50  # seeded mazes with a decision square
+        layer: str = common.DEFAULT_LAYER
+        cheese_coefficient: float = -1.0
+        top_right_coefficient: float = 1.0
+        transfer_sources: int = 4  # vectors from this many other mazes are applied to each maze
+        max_shift: int = 3  # K: the cheese vector applied with the cheese moved 1..K path steps
+        coefficients: list[float] = field(default_factory=lambda: [-10.0, -5.0, -2.0, -1.0, -0.5, 0.0,
+                                                                   0.5, 1.0, 2.0, 5.0, 10.0])
+        field_mazes: int = 3  # vector-field PNGs before/after steering
+        min_size: int = 3
+        max_size: Optional[int] = None  # default: the training max, below the world side
+
+        def __post_init__(self) -> None:
+            if self.mazes < 1 or not self.coefficients:
+                raise ValueError("steering needs mazes >= 1 and at least one coefficient")
+            if min(self.transfer_sources, self.max_shift, self.field_mazes) < 0:
+                raise ValueError("steering transfer_sources, max_shift and field_mazes must be >= 0")
+
+    def __init__(self, config: "Steering.Config"):
+        self.config = config
+
+    def run(self, ctx: EvalContext) -> Result:
+        """Compute the vectors on seeded mazes and measure every condition at the decision square."""
+        cfg, policy, env = self.config, ctx.policy, common.train_env(ctx.train_config)
+        max_size = min(cfg.max_size or env.max_size, env.world_dim - 2)  # the top-right path needs padding
+        mazes = eval_mazes(ctx.count(cfg.mazes), ctx.seed, cheese="anywhere", min_size=cfg.min_size,
+                           max_size=max_size, require_decision_square=True, mode=env.mode)
+        states = [m.state for m in mazes]
+        steps = 6 + cfg.max_shift + len(cfg.coefficients) + min(cfg.field_mazes, len(mazes))
+        bar = tqdm(total=steps, desc="steering", disable=not ctx.progress)
+        vectors = Vectors(cheese_vector(policy, states, env.obs, cfg.layer),
+                          top_right_vector(policy, states, env.obs, cfg.layer))
+        generator = torch.Generator().manual_seed(ctx.seed)
+        random = Vectors(random_like(vectors.cheese, generator), random_like(vectors.top_right, generator))
+        decisions = DecisionSet.of(states)
+        measure = lambda vecs=None, coeff=1.0: decision_probs(policy, decisions, env.obs, cfg.layer, vecs, coeff)
+        result = Result()
+        for name, vecs in (("cheese_vector", vectors.cheese), ("top_right_vector", vectors.top_right)):
+            norms = vecs.flatten(1).norm(dim=1).numpy()
+            result.add(f"{name}/norm", float(norms.mean()), n=len(norms))
+        result.add("layer_size", vectors.cheese[0].numel())
+
+        original = measure()
+        self._add(result, "original", original)
+        bar.update(1)
+        conditions = [("cheese_vector", vectors.cheese, random.cheese, cfg.cheese_coefficient),
+                      ("top_right_vector", vectors.top_right, random.top_right, cfg.top_right_coefficient)]
+        for name, vecs, noise, coeff in conditions:
+            self._add(result, name, measure(vecs, coeff), original)
+            bar.update(1)
+            self._add(result, f"{name}/random", measure(noise, coeff), original)
+            bar.update(1)
+            transfer = self._transfer(measure, vecs, coeff, cfg.transfer_sources)
+            if transfer is not None:
+                self._add(result, f"{name}/transfer", transfer, original)
+        self._moved(result, ctx, mazes, vectors.cheese, bar)
+        self._scan(result, ctx, measure, vectors, random, bar)
+        for index in range(min(cfg.field_mazes, len(mazes))):
+            result.artifacts.append(self._fields_png(ctx, mazes[index], vectors, index))
+            bar.update(1)
+        bar.close()
+        return result
+
+    @staticmethod
+    def _transfer(measure, vectors: torch.Tensor, coefficient: float, sources: int
+                  ) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """Each maze steered by the vectors of the ``sources`` mazes before it (cyclically),
+        averaged per maze; None with fewer than two mazes."""
+        shifts = range(1, min(sources, len(vectors) - 1) + 1)
+        if not shifts:
+            return None
+        runs = [measure(torch.roll(vectors, shift, dims=0), coefficient) for shift in shifts]
+        return np.mean([r[0] for r in runs], 0), np.mean([r[1] for r in runs], 0)
+
+    def _moved(self, result: Result, ctx: EvalContext, mazes: list[EvalMaze], vectors: torch.Tensor,
+               bar: tqdm) -> None:
+        """The cheese vector of each maze applied to the same maze with the cheese moved k steps."""
+        cfg, env = self.config, common.train_env(ctx.train_config)
+        rng = np.random.default_rng(ctx.seed)
+        for shift in range(1, cfg.max_shift + 1):
+            moved = [(index, moved_cheese(maze, shift, rng)) for index, maze in enumerate(mazes)]
+            kept = [(index, state) for index, state in moved if state is not None]
+            bar.update(1)
+            if not kept:
+                continue
+            decisions = DecisionSet.of([state for _, state in kept])
+            rows = torch.tensor([index for index, _ in kept])
+            before = decision_probs(ctx.policy, decisions, env.obs, cfg.layer)
+            after = decision_probs(ctx.policy, decisions, env.obs, cfg.layer, vectors[rows], cfg.cheese_coefficient)
+            self._add(result, f"cheese_moved/k={shift}/original", before, quantities=("p_cheese",))
+            self._add(result, f"cheese_moved/k={shift}/cheese_vector", after, before, quantities=("p_cheese",))
+
+    def _scan(self, result: Result, ctx: EvalContext, measure, vectors: Vectors, random: Vectors,
+              bar: tqdm) -> None:
+        """P(cheese) and P(top-right) against the injection coefficient (a PNG with both, and the
+        random-vector control); metrics for each vector's own target."""
+        coefficients = sorted(self.config.coefficients)
+        primary = {"cheese_vector": "p_cheese", "top_right_vector": "p_top_right"}
+        curves: dict[str, list[common.Summary]] = {}
+        for coeff in coefficients:
+            for name, vecs, noise in (("cheese_vector", vectors.cheese, random.cheese),
+                                      ("top_right_vector", vectors.top_right, random.top_right)):
+                for label, probs in ((name, measure(vecs, coeff)), (f"{name}/random", measure(noise, coeff))):
+                    for quantity, values in zip(("p_cheese", "p_top_right"), probs):
+                        summary = common.summarise(values)
+                        curves.setdefault(f"{label}/{quantity}", []).append(summary)
+                        if label == name and quantity == primary[name]:  # both curves are in the PNG
+                            result.add(f"scan/{label}/coeff={coeff:g}/{quantity}/median", summary.median, n=summary.n)
+                            result.add(f"scan/{label}/coeff={coeff:g}/{quantity}/mean", summary.mean,
+                                       stderr=summary.stderr, n=summary.n)
+            bar.update(1)
+        result.artifacts.append(self._scan_png(ctx, coefficients, curves))
+
+    def _scan_png(self, ctx: EvalContext, coefficients: list[float], curves: dict) -> str:
+        fig, axes = common.new_panels(2, size_inches=4.5)
+        colours = {"p_cheese": "#d4a017", "p_top_right": "#1f4e9c"}
+        for ax, name in zip(axes, ("cheese_vector", "top_right_vector")):
+            for quantity, colour in colours.items():
+                curve = curves[f"{name}/{quantity}"]
+                mean = np.array([s.mean for s in curve])
+                err = np.nan_to_num(np.array([s.stderr for s in curve]))
+                ax.plot(coefficients, [s.median for s in curve], "o-", color=colour, label=f"{quantity} median")
+                ax.plot(coefficients, mean, "--", color=colour, label=f"{quantity} mean ± stderr")
+                ax.fill_between(coefficients, mean - err, mean + err, color=colour, alpha=0.2)
+                ax.plot(coefficients, [s.median for s in curves[f"{name}/random/{quantity}"]], ":",
+                        color=colour, alpha=0.7, label=f"{quantity} median, random vector")
+            ax.set_xlabel("injection coefficient")
+            ax.set_ylabel("probability at the decision square")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{name.replace('_', ' ')} at {self.config.layer}", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        return common.save_figure(fig, ctx.artifact("coefficient_scan.png"))
+
+    def _fields_png(self, ctx: EvalContext, maze: EvalMaze, vectors: Vectors, index: int) -> str:
+        """Vector fields of one maze: unedited, with the cheese vector, with the top-right vector."""
+        cfg, env = self.config, common.train_env(ctx.train_config)
+        panels = [("original", None, 0.0),
+                  (f"cheese vector × {cfg.cheese_coefficient:g}", vectors.cheese[index:index + 1], cfg.cheese_coefficient),
+                  (f"top-right vector × {cfg.top_right_coefficient:g}", vectors.top_right[index:index + 1],
+                   cfg.top_right_coefficient)]
+        fig, axes = common.new_panels(len(panels), size_inches=4.0)
+        for ax, (title, vector, coeff) in zip(axes, panels):
+            edits = None if vector is None else {cfg.layer: add(vector, coeff)}
+            with hooked(ctx.policy, edits=edits):
+                vf = vector_field(ctx.policy, maze.state, obs=env.obs)
+            plot_maze(ax, vf.inner)
+            plot_vector_field(ax, vf)
+            mark_square(ax, maze.decision_square, "D")
+            ax.set_title(title, fontsize=9)
+        fig.suptitle(f"maze {index} ({maze.maze_dim}×{maze.maze_dim}), layer {cfg.layer}; D = decision square",
+                     fontsize=9)
+        fig.tight_layout()
+        return common.save_figure(fig, ctx.artifact(f"vector_fields_maze{index}.png"))
+
+    @staticmethod
+    def _add(result: Result, prefix: str, probs: tuple[np.ndarray, np.ndarray],
+             original: Optional[tuple[np.ndarray, np.ndarray]] = None,
+             quantities: tuple[str, ...] = ("p_cheese", "p_top_right")) -> None:
+        """Median and mean ± stderr of each probability, and the paired change from ``original``."""
+        for position, quantity in enumerate(("p_cheese", "p_top_right")):
+            if quantity not in quantities:
+                continue
+            summary = common.summarise(probs[position])
+            result.add(f"{prefix}/{quantity}/median", summary.median, n=summary.n)
+            result.add(f"{prefix}/{quantity}/mean", summary.mean, stderr=summary.stderr, n=summary.n)
+            if original is not None:
+                change = common.summarise(probs[position] - original[position])
+                result.add(f"{prefix}/{quantity}/change", change.mean, stderr=change.stderr, n=change.n)

@@ -1,0 +1,210 @@
+"""Steering vectors: each quantity of evals/steering.py against a direct plain-torch computation
+on a small random IMPALA network over hand-made mazes, the top-right path edit, and the eval end
+to end through `shardlab eval` on a tiny checkpoint.
+
+Squares are (x, y) with y = 0 at the bottom; the mazes sit in a hard-mode 25×25 world.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from envs import maze_state as ms
+from envs.maze_build import parse_ascii, with_maze
+from envs.maze_views import grid_observations
+from evals import cli as shardlab
+from evals import maze_interp_common as common
+from evals import steering
+from evals.vector_field import DOWN, LEFT, RIGHT, UP
+from models.hooks import add, hooked
+from models.impala import ImpalaPolicy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
+LAYER = "embedder.block2.res1.resadd_out"
+WORLD = 25
+# decision square (0, 2): right to the cheese, up to the top-right corner
+MAZE_A = """
+.....
+.####
+....C
+.####
+M####
+"""
+MAZE_B = """
+.....
+.####
+...C#
+.####
+M####
+"""
+# the folded action sets, written out here independently of evals.vector_field
+GROUPS = {LEFT: [0, 1, 2], DOWN: [3], UP: [5], RIGHT: [6, 7, 8]}
+
+
+@pytest.fixture(scope="module")
+def mazes(template) -> list[bytes]:
+    return [with_maze(template, *parse_ascii(text)) for text in (MAZE_A, MAZE_B)]
+
+
+@pytest.fixture(scope="module")
+def policy() -> ImpalaPolicy:
+    torch.manual_seed(0)
+    net = ImpalaPolicy(scale=1, image_size=WORLD).eval()
+    with torch.no_grad():
+        net.fc_policy.weight.mul_(10.0)  # far from uniform, so edits move the probabilities
+    return net
+
+
+def plain_forward(net: ImpalaPolicy, states: list[bytes], edit=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the layer's activations with a hand-registered forward hook (no models.hooks)."""
+    seen = {}
+
+    def hook(module, inputs, output):
+        output = output if edit is None else edit(output)
+        seen["acts"] = output.detach().clone()
+        return output
+    handle = net.get_submodule(LAYER).register_forward_hook(hook)
+    try:
+        x = torch.from_numpy(grid_observations(states)).permute(0, 3, 1, 2).float() / 255.0
+        with torch.no_grad():
+            logits, _ = net(x)
+    finally:
+        handle.remove()
+    return logits, seen["acts"]
+
+
+def test_decision_set_moves(mazes):
+    decisions = steering.DecisionSet.of(mazes)
+    assert decisions.cheese_move.tolist() == [RIGHT, RIGHT]
+    assert decisions.top_right_move.tolist() == [UP, UP]
+    assert [ms.mouse_square(s) for s in decisions.states] == [(0, 2), (0, 2)]
+
+
+def test_cheese_vector_is_the_activation_difference(policy, mazes):
+    vectors = steering.cheese_vector(policy, mazes, "grid", LAYER)
+    _, with_cheese = plain_forward(policy, mazes)
+    _, without = plain_forward(policy, [ms.without_cheese(s) for s in mazes])
+    torch.testing.assert_close(vectors, with_cheese - without, atol=1e-5, rtol=1e-5)
+    assert vectors.abs().sum() > 0
+
+
+def test_minus_the_cheese_vector_reproduces_the_cheeseless_activations(policy, mazes):
+    """Same maze, same (start) square: with-cheese activations − cheese vector = without-cheese
+    activations (up to float32 rounding: a − (a − b) need not be b bit for bit)."""
+    vectors = steering.cheese_vector(policy, mazes, "grid", LAYER)
+    for index, state in enumerate(mazes):
+        steered = common.layer_activations(policy, [state], "grid", LAYER,
+                                           edits={LAYER: add(vectors[index:index + 1], -1.0)})
+        _, without = plain_forward(policy, [ms.without_cheese(state)])
+        torch.testing.assert_close(steered, without, atol=1e-5, rtol=0)
+
+
+def test_coefficient_zero_leaves_the_policy_unchanged_exactly(policy, mazes):
+    decisions = steering.DecisionSet.of(mazes)
+    vectors = steering.cheese_vector(policy, mazes, "grid", LAYER)
+    original = steering.decision_probs(policy, decisions, "grid", LAYER)
+    zero = steering.decision_probs(policy, decisions, "grid", LAYER, vectors, 0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(original, zero))
+    logits, _ = plain_forward(policy, decisions.states)
+    with hooked(policy, edits={LAYER: add(vectors, 0.0)}):
+        zero_logits, _ = plain_forward(policy, decisions.states)
+    assert torch.equal(logits, zero_logits)
+
+
+@pytest.mark.parametrize("coefficient", [-1.0, 2.5])
+def test_decision_probabilities_match_a_hand_computation(policy, mazes, coefficient):
+    decisions = steering.DecisionSet.of(mazes)
+    vectors = steering.cheese_vector(policy, mazes, "grid", LAYER)
+    p_cheese, p_top_right = steering.decision_probs(policy, decisions, "grid", LAYER, vectors, coefficient)
+    logits, _ = plain_forward(policy, decisions.states, edit=lambda x: x + coefficient * vectors)
+    probs = torch.softmax(logits.double(), -1).numpy()
+    np.testing.assert_allclose(p_cheese, probs[:, GROUPS[RIGHT]].sum(1), atol=1e-6)
+    np.testing.assert_allclose(p_top_right, probs[:, GROUPS[UP]].sum(1), atol=1e-6)
+    unsteered = steering.decision_probs(policy, decisions, "grid", LAYER)
+    assert np.abs(p_cheese - unsteered[0]).max() > 1e-3  # the edit reached the decision square's forward pass
+
+
+def test_random_vectors_match_the_vector_norms(policy, mazes):
+    vectors = steering.cheese_vector(policy, mazes, "grid", LAYER)
+    noise = steering.random_like(vectors, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noise.flatten(1).norm(dim=1), vectors.flatten(1).norm(dim=1))
+    assert noise.shape == vectors.shape and not torch.allclose(noise, vectors)
+
+
+def test_top_right_path_opens_an_l_through_the_padding(mazes):
+    state = mazes[0]
+    opened = common.with_top_right_path(state)
+    before, after = ms.grid(state), ms.grid(opened)
+    margin, corner = (WORLD - 5) // 2, (WORLD - 5) // 2 + 4
+    expected = before.copy()
+    for y in range(corner + 1, WORLD):
+        expected[y, corner] = ms.EMPTY
+    for x in range(corner + 1, WORLD):
+        expected[WORLD - 1, x] = ms.EMPTY
+    assert np.array_equal(after, expected)
+    assert np.array_equal(ms.inner_grid(opened), ms.inner_grid(state))
+    assert ms.mouse_square(opened) == ms.mouse_square(state) and margin == 10
+
+
+def test_top_right_path_needs_padding(template):
+    full = with_maze(template, np.full((WORLD, WORLD), ms.EMPTY, dtype=np.int32))
+    assert common.with_top_right_path(full) is None
+
+
+def test_top_right_vector_is_opened_minus_original(policy, mazes):
+    vectors = steering.top_right_vector(policy, mazes, "grid", LAYER)
+    _, opened = plain_forward(policy, [common.with_top_right_path(s) for s in mazes])
+    _, original = plain_forward(policy, mazes)
+    torch.testing.assert_close(vectors, opened - original, atol=1e-5, rtol=1e-5)
+
+
+def test_moved_cheese_is_k_steps_away(mazes):
+    maze = steering.EvalMaze(mazes[0], 0, 0, (0, 0), 5, (4, 2), (0, 2))
+    rng = np.random.default_rng(0)
+    assert ms.cheese_square(steering.moved_cheese(maze, 1, rng)) == (3, 2)
+    assert ms.cheese_square(steering.moved_cheese(maze, 2, rng)) == (2, 2)
+    assert steering.moved_cheese(maze, 30, rng) is None
+
+
+# -- end to end ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    run_dir = tmp_path_factory.mktemp("steering") / "run"
+    assert shardlab.main(["train", RECIPE, "env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64",
+                          "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
+                          "--run-dir", str(run_dir)]) == 0
+    return str(run_dir / "checkpoints" / "last.ckpt")
+
+
+def test_steering_end_to_end(checkpoint, tmp_path):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent("""
+        seed: 1
+        evals:
+          steering: {mazes: 4, coefficients: [-1, 0, 1], max_shift: 1, field_mazes: 1, transfer_sources: 2}
+    """))
+    out = tmp_path / "out"
+    assert shardlab.main(["eval", checkpoint, "--suite", str(suite), "--out", str(out)]) == 0
+    document = json.loads((out / "results.json").read_text())
+    rows = {row["name"]: row for row in document["results"]}
+    for name in ("original/p_cheese/median", "cheese_vector/p_cheese/mean", "cheese_vector/random/p_cheese/mean",
+                 "cheese_vector/transfer/p_cheese/change", "top_right_vector/p_top_right/median",
+                 "cheese_moved/k=1/cheese_vector/p_cheese/mean", "scan/cheese_vector/coeff=-1/p_cheese/median"):
+        assert 0 <= rows[name]["value"] <= 1 or name.endswith("change"), name
+        assert rows[name]["n"] >= 1
+    # the scan at coefficient 0 is the unedited policy; at −1 it is the default cheese condition
+    assert rows["scan/cheese_vector/coeff=0/p_cheese/mean"]["value"] == rows["original/p_cheese/mean"]["value"]
+    assert rows["scan/cheese_vector/coeff=-1/p_cheese/mean"]["value"] == rows["cheese_vector/p_cheese/mean"]["value"]
+    assert rows["original/p_cheese/mean"]["n"] == 4 and rows["original/p_cheese/mean"]["stderr"] is not None
+    pngs = document["artifacts"]["steering"]
+    assert {os.path.basename(p) for p in pngs} == {"coefficient_scan.png", "vector_fields_maze0.png"}
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
