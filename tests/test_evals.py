@@ -258,3 +258,17 @@ def test_finetune_to_cheese_rejects_bad_config(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o")]) == 2
     assert "reward must be one of cheese, avoid_cheese" in capsys.readouterr().err
+
+
+def test_checkpoint_whose_weights_do_not_fit_its_config_exits_2(checkpoint, tmp_path, capsys):
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["config"]["model"]["scale"] = 2  # config and weights disagree
+    bad = tmp_path / "mismatch.ckpt"
+    torch.save(state, bad)
+    capsys.readouterr()
+    assert shardlab.main(["eval", str(bad), "--suite", _suite(tmp_path, SUITE), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mismatch.ckpt" in err and "shape mismatch" in err
+    assert not (tmp_path / "o").exists()

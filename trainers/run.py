@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 
@@ -67,6 +68,8 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
     fine-tuning does; ``callbacks`` are extra Lightning callbacks (e.g. evaluations during training).
     """
     keep_freed_memory()
+    # Lightning's start-up banner (accelerator lines, a cloud-logging tip) buries our progress bar
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     t = cfg.trainer
     world_size = t.devices * t.num_nodes
     pl.seed_everything(t.seed, workers=True, verbose=False)
@@ -96,7 +99,7 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
     with warnings.catch_warnings():
         # an endless IterableDataset and mid-"epoch" resumes are by design here
         warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|"
-                                "resuming from a checkpoint that ended|_Ticks|max_epochs).*")
+                                "resuming from a checkpoint that ended|_Ticks|max_epochs|LeafSpec).*")
         trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
     return module
 
