@@ -17,16 +17,14 @@ import torch
 from torch import nn
 
 from envs import maze_state
-from envs.maze import ACTION_DX, ACTION_DY
+from envs.maze import MOVE_GROUPS
 from models.impala import NUM_ACTIONS, preprocess
 
 Square = tuple[int, int]
 FOLDED_ACTIONS = ("left", "down", "up", "right", "noop")
 OBSERVATIONS = ("rgb", "grid")
-# the procgen actions of each folded move, derived from the env's own move table so they cannot drift
-ACTION_GROUPS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(int(a) for a in np.flatnonzero((ACTION_DX == dx) & (ACTION_DY == dy)))
-    for dx, dy in ((-1, 0), (0, -1), (0, 1), (1, 0), (0, 0)))
+# the procgen actions of each folded move, from the env's own move table so they cannot drift
+ACTION_GROUPS: tuple[tuple[int, ...], ...] = MOVE_GROUPS
 assert sorted(a for group in ACTION_GROUPS for a in group) == list(range(NUM_ACTIONS)), \
     "every procgen action must fold into exactly one move"
 LEFT, DOWN, UP, RIGHT, NOOP = range(5)

@@ -580,3 +580,16 @@ def test_tracked_mouse_matches_procgen_state(mode):
             assert env.mouse_squares == actual
     finally:
         env.close()
+
+
+def test_greedy_moves_fold_the_split_actions():
+    import torch
+
+    from envs.maze import MOVE_GROUPS, greedy_move_actions
+
+    # right holds 0.5 spread over three actions (0.167 each), up 0.3 on its one action
+    probs = torch.full((15,), 0.2 / 11)
+    probs[[6, 7, 8]] = 0.5 / 3
+    probs[5] = 0.3
+    action = greedy_move_actions(probs.log().unsqueeze(0))
+    assert probs.argmax() == 5 and int(action) in MOVE_GROUPS[3]  # raw argmax says up; the move is right

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from envs.maze import Episode, MazeEnv, MazeEnvConfig
+from envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
 from models.impala import ImpalaPolicy, preprocess
 
 MAX_EPISODE_STEPS = 500  # procgen maze's own time limit
@@ -51,7 +51,7 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
                     device = next(policy.parameters()).device
                     logits, _ = policy(preprocess(obs.to(device), channels_last))
                     # sampled with the seeded generator, so evaluations are reproducible
-                    action = logits.argmax(-1) if greedy else torch.multinomial(
+                    action = greedy_move_actions(logits) if greedy else torch.multinomial(
                         logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
                 obs, _, step_done, finished = env.step(action.cpu())
                 for index, episode in zip(torch.nonzero(step_done).flatten().tolist(), finished):
