@@ -4,3 +4,4 @@ import evals.finetune_to_cheese  # noqa: F401
 import evals.goal_misgeneralization  # noqa: F401
 import evals.retargeting  # noqa: F401
 import evals.steering  # noqa: F401
+import evals.sparsity  # noqa: F401

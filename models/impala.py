@@ -7,41 +7,74 @@ The state_dict keys match procgen-tools / train-procgen-pytorch (``embedder.bloc
 
 from __future__ import annotations
 
+import fnmatch
+from typing import Optional, Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from models.hooks import HookPoint
+from models.sparse import make_activation
 
 NUM_ACTIONS = 15
+# where ImpalaPolicy(activation=...) may replace a ReLU: the hook points that read its output
+RELU_SITES = tuple(f"embedder.block{b}.res{r}.relu{i}_out" for b in (1, 2, 3) for r in (1, 2) for i in (1, 2)) \
+    + ("embedder.relu3_out", "embedder.relufc_out")
+
+
+def sparse_sites(patterns: Sequence[str]) -> list[str]:
+    """The RELU_SITES matching any fnmatch pattern (``*``, ``*relufc_out``, ``embedder.block3.*``)."""
+    return [site for site in RELU_SITES if any(fnmatch.fnmatchcase(site, p) for p in patterns)]
+
+
+class _Activations:
+    """Builds the activation module for a ReLU site, or None where the plain F.relu stays."""
+
+    def __init__(self, kind: str = "relu", sites: Sequence[str] = ("*",), options: Optional[dict] = None):
+        self.kind, self.sites, self.options = kind, set(sparse_sites(sites)), dict(options or {})
+
+    def __call__(self, site: str, units: int) -> Optional[nn.Module]:
+        if self.kind == "relu" or site not in self.sites:
+            return None  # no module: the dense policy keeps its published keys and outputs
+        options = {**self.options, "units": units} if self.kind == "kwta" else self.options
+        return make_activation(self.kind, **options)
+
+
+def _apply(act: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x) if act is None else act(x)
 
 
 class ResidualBlock(nn.Module):
     """relu → conv → relu → conv, added to the input (hook points named as in published analyses)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, activations: Optional[_Activations] = None, name: str = ""):
         super().__init__()
+        activations = activations or _Activations()
+        self.act1 = activations(f"{name}.relu1_out", channels)  # None unless made sparse
         self.relu1_out = HookPoint()
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.act2 = activations(f"{name}.relu2_out", channels)
         self.relu2_out = HookPoint()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.resadd_out = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1(self.relu1_out(F.relu(x)))
-        out = self.conv2(self.relu2_out(F.relu(out)))
+        out = self.conv1(self.relu1_out(_apply(self.act1, x)))
+        out = self.conv2(self.relu2_out(_apply(self.act2, out)))
         return self.resadd_out(out + x)
 
 
 class ImpalaBlock(nn.Module):
     """conv → maxpool(3, stride 2) → two residual blocks; halves the spatial size (rounding up)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, activations: Optional[_Activations] = None,
+                 name: str = ""):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.maxpool_out = HookPoint()
-        self.res1 = ResidualBlock(out_channels)
-        self.res2 = ResidualBlock(out_channels)
+        self.res1 = ResidualBlock(out_channels, activations, f"{name}.res1")
+        self.res2 = ResidualBlock(out_channels, activations, f"{name}.res2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool_out(F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1))
@@ -56,32 +89,44 @@ def pooled_size(size: int) -> int:
 class ImpalaEmbedder(nn.Module):
     """Three IMPALA blocks, then relu → flatten → fc(256) → relu."""
 
-    def __init__(self, in_channels: int = 3, scale: int = 1, image_size: int = 64, hidden: int = 256):
+    def __init__(self, in_channels: int = 3, scale: int = 1, image_size: int = 64, hidden: int = 256,
+                 activations: Optional[_Activations] = None):
         super().__init__()
+        activations = activations or _Activations()
         widths = (16 * scale, 32 * scale, 32 * scale)
-        self.block1 = ImpalaBlock(in_channels, widths[0])
-        self.block2 = ImpalaBlock(widths[0], widths[1])
-        self.block3 = ImpalaBlock(widths[1], widths[2])
+        self.block1 = ImpalaBlock(in_channels, widths[0], activations, "embedder.block1")
+        self.block2 = ImpalaBlock(widths[0], widths[1], activations, "embedder.block2")
+        self.block3 = ImpalaBlock(widths[1], widths[2], activations, "embedder.block3")
         side = pooled_size(pooled_size(pooled_size(image_size)))
+        self.act3 = activations("embedder.relu3_out", widths[2])
         self.relu3_out = HookPoint()
         self.fc = nn.Linear(widths[2] * side * side, hidden)
+        self.actfc = activations("embedder.relufc_out", hidden)
         self.relufc_out = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu3_out(F.relu(self.block3(self.block2(self.block1(x)))))
+        x = self.relu3_out(_apply(self.act3, self.block3(self.block2(self.block1(x)))))
         # flatten in NCHW order whatever the memory format, so weights stay compatible
         x = torch.flatten(x.contiguous(), 1)
-        return self.relufc_out(F.relu(self.fc(x)))
+        return self.relufc_out(_apply(self.actfc, self.fc(x)))
 
 
 class ImpalaPolicy(nn.Module):
-    """Actor-critic IMPALA network: image batch in [0, 1] (N, C, H, W) → (action logits, value)."""
+    """Actor-critic IMPALA network: image batch in [0, 1] (N, C, H, W) → (action logits, value).
+
+    ``activation`` (models.sparse kinds: kwta, topk, l1, gelu) replaces the ReLUs at the hook points
+    matching ``sparse_layers`` (fnmatch patterns over RELU_SITES; default all 14), built with
+    ``activation_options`` (percent_on, boost_strength, duty_cycle_period, local). The default
+    ``relu`` is the published network: same modules, state_dict keys and outputs.
+    """
 
     def __init__(self, in_channels: int = 3, scale: int = 1, image_size: int = 64,
-                 num_actions: int = NUM_ACTIONS):
+                 num_actions: int = NUM_ACTIONS, activation: str = "relu",
+                 sparse_layers: Sequence[str] = ("*",), activation_options: Optional[dict] = None):
         super().__init__()
         self.in_channels, self.scale, self.image_size = in_channels, scale, image_size
-        self.embedder = ImpalaEmbedder(in_channels, scale, image_size)
+        activations = _Activations(activation, sparse_layers, activation_options)
+        self.embedder = ImpalaEmbedder(in_channels, scale, image_size, activations=activations)
         self.fc_policy = nn.Linear(256, num_actions)
         self.fc_value = nn.Linear(256, 1)
         self._init_weights()

@@ -31,6 +31,14 @@ class ModelConfig:
     kind: str = "impala"
     scale: int = 1
     channels_last: bool = True  # faster convolutions on CPUs and on GPUs with tensor cores
+    # sparse activations (models/sparse.py); the default relu is the published dense network
+    activation: str = "relu"  # relu, kwta, topk, l1 (ReLU + l1_coef·mean|activation| loss) or gelu
+    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over models.impala.RELU_SITES
+    percent_on: float = 0.1  # kwta/topk: fraction of units kept
+    boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
+    duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
+    kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
+    l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
 
 
 @dataclass
@@ -207,6 +215,7 @@ def validate_ppo(cfg: DictConfig) -> None:
     env, ppo = cfg.env, cfg.ppo
     need(cfg.model.kind == "impala", f"model.kind must be 'impala', got {cfg.model.kind!r}")
     need(cfg.model.scale >= 1, f"model.scale must be >= 1, got {cfg.model.scale}")
+    validate_sparse(cfg.model)
     need(env.num_envs >= 1, f"env.num_envs must be >= 1, got {env.num_envs}")
     need(env.distribution_mode in DISTRIBUTION_MODES,
          f"env.distribution_mode must be one of {', '.join(DISTRIBUTION_MODES)}, got {env.distribution_mode!r}")
@@ -231,6 +240,23 @@ def validate_ppo_section(ppo: DictConfig, num_envs: int) -> None:
     need(0 < ppo.gamma <= 1 and 0 <= ppo.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
     for key in ("clip_eps", "value_coef", "entropy_coef", "max_grad_norm", "reward_clip", "adam_eps"):
         need(ppo[key] >= 0, f"ppo.{key} must be >= 0, got {ppo[key]}")
+
+
+def validate_sparse(model: DictConfig) -> None:
+    """Checks of the sparse-activation keys of ModelConfig."""
+    from models.sparse import KINDS  # deferred, as in check_runnable: models import torch
+    from models.impala import sparse_sites
+
+    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
+    need(model.activation == "relu" or bool(sparse_sites(model.sparse_layers)),
+         f"model.sparse_layers {list(model.sparse_layers)} match no ReLU of the policy; use hook-point "
+         "names or patterns such as '*', '*relu2_out', 'embedder.relufc_out'")
+    need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
+    need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
+    need(model.duty_cycle_period >= 1, f"model.duty_cycle_period must be >= 1, got {model.duty_cycle_period}")
+    need(model.l1_coef >= 0, f"model.l1_coef must be >= 0, got {model.l1_coef}")
+    need(model.l1_coef == 0 or model.activation == "l1",
+         f"model.l1_coef={model.l1_coef} only acts with model.activation=l1 (got {model.activation!r})")
 
 
 def check_runnable(cfg: DictConfig) -> None:

@@ -28,6 +28,7 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 
 from envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from models.impala import ImpalaPolicy, preprocess
+from models.sparse import l1_penalty
 from trainers.base import ShardlabModule
 from trainers.config import build_config
 from trainers.reward_norm import RewardNormalizer
@@ -68,7 +69,12 @@ class Schedule:
 
 def build_policy(cfg: DictConfig) -> ImpalaPolicy:
     """The policy network a config describes."""
-    policy = ImpalaPolicy(in_channels=3, scale=cfg.model.scale, image_size=observation_shape(cfg.env)[0])
+    model = cfg.model
+    sparse = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
+                  duty_cycle_period=model.duty_cycle_period, local=model.kwta_local)
+    policy = ImpalaPolicy(in_channels=3, scale=model.scale, image_size=observation_shape(cfg.env)[0],
+                          activation=model.activation, sparse_layers=list(model.sparse_layers),
+                          activation_options=sparse)
     if cfg.model.channels_last:
         policy = policy.to(memory_format=torch.channels_last)
     return policy
@@ -217,7 +223,10 @@ class PPOModule(ShardlabModule):
         nan = torch.tensor(float("nan"), device=self.device)
         self._stats.append(torch.stack([losses[k].detach().float().mean() if k in losses.keys() else nan
                                         for k in LOSS_STATS]))
-        return losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+        loss = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+        if self.cfg.model.l1_coef:  # activation=l1: penalty recorded by the embedder pass above
+            loss = loss + self.cfg.model.l1_coef * l1_penalty(self.policy)
+        return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """After an iteration's last optimizer step: log it (the clock includes that step)."""

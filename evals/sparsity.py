@@ -1,0 +1,352 @@
+"""How sparse are a network's activations, and how robust is it to input noise?
+
+Per activation site (the classifier's ``act{i}``, the IMPALA policy's ReLU hook points, which see
+the sparse activation's output) on a seeded batch of inputs (the classifier's test split; maze
+observations from seeded random rollouts of the training env):
+
+- ``density``: fraction of non-zero values (L0 / size);
+- ``dead_fraction``: fraction of units never non-zero on the batch (a unit is a feature, or a
+  channel of a conv map);
+- ``duty_entropy``: entropy of the units' share of all activity, divided by log(units): 1 when
+  every unit fires equally often, 0 when one unit does all the firing;
+- classifier only: ``class_selectivity`` (mean over live units of (μ_max − μ_rest)/(μ_max + μ_rest),
+  μ = mean |activation| per class) and the density per class (``class_density.png``).
+
+Noise robustness: Gaussian noise of standard deviation σ is added to the inputs (images in [0, 1],
+clipped back to [0, 1]); the score is test accuracy (classifier) or agreement of the greedy action
+with the noise-free one (policy), and ``noise_auc`` is the area under score-vs-σ divided by the σ
+range, i.e. the mean score over the noise levels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from evals.context import EvalContext
+from evals.registry import register
+from evals.results import Result, write_json_atomic
+from models.hooks import hooked
+
+CLASSIFIER_KINDS, MAZE_KINDS = ("classify",), ("ppo_maze",)
+BATCH = 256
+
+
+@dataclass
+class LayerStats:
+    """Running counts for one activation site over a batch of inputs."""
+
+    nonzero: float = 0.0
+    values: float = 0.0
+    unit_active: Optional[torch.Tensor] = None  # per unit: non-zero count
+    unit_seen: float = 0.0  # per unit: values seen (samples × positions)
+    class_nonzero: dict[int, float] = field(default_factory=dict)
+    class_values: dict[int, float] = field(default_factory=dict)
+    class_magnitude: dict[int, torch.Tensor] = field(default_factory=dict)  # per unit: sum of mean |a|
+    class_count: dict[int, int] = field(default_factory=dict)
+
+    def add(self, act: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
+        """Count one batch of activations (N, D) or (N, C, H, W); units are features or channels."""
+        act = act.float().reshape(act.shape[0], act.shape[1], -1) if act.dim() == 4 else act.float().reshape(act.shape[0], -1, 1)
+        active = act != 0  # (N, units, positions)
+        self.nonzero += active.sum().item()
+        self.values += active.numel()
+        per_unit = active.sum(dim=(0, 2)).double()
+        self.unit_active = per_unit if self.unit_active is None else self.unit_active + per_unit
+        self.unit_seen += act.shape[0] * act.shape[2]
+        if labels is None:
+            return
+        magnitude = act.abs().mean(dim=2)  # (N, units)
+        for label in labels.unique().tolist():
+            rows = labels == label
+            self.class_nonzero[label] = self.class_nonzero.get(label, 0.0) + active[rows].sum().item()
+            self.class_values[label] = self.class_values.get(label, 0.0) + active[rows].numel()
+            total = magnitude[rows].sum(0).double()
+            self.class_magnitude[label] = self.class_magnitude[label] + total if label in self.class_magnitude else total
+            self.class_count[label] = self.class_count.get(label, 0) + int(rows.sum())
+
+    def density(self) -> float:
+        """Fraction of non-zero values."""
+        return self.nonzero / self.values
+
+    def dead_fraction(self) -> float:
+        """Fraction of units never non-zero."""
+        return float((self.unit_active == 0).double().mean())
+
+    def duty_entropy(self) -> float:
+        """Normalised entropy of the units' share of activity (1 = evenly used)."""
+        duty = self.unit_active / self.unit_seen
+        units = duty.numel()
+        if units < 2 or duty.sum() == 0:
+            return 0.0
+        share = duty / duty.sum()
+        share = share[share > 0]
+        return float(-(share * share.log()).sum() / math.log(units))
+
+    def class_density(self) -> dict[int, float]:
+        """Density per class."""
+        return {c: self.class_nonzero[c] / self.class_values[c] for c in sorted(self.class_values)}
+
+    def class_selectivity(self) -> float:
+        """Mean class-selectivity index over units active for some class (nan for one class)."""
+        if len(self.class_magnitude) < 2:
+            return math.nan
+        means = torch.stack([self.class_magnitude[c] / self.class_count[c] for c in sorted(self.class_magnitude)])
+        best, _ = means.max(0)
+        rest = (means.sum(0) - best) / (means.shape[0] - 1)
+        live = (best + rest) > 0
+        if not live.any():
+            return math.nan
+        return float(((best - rest) / (best + rest))[live].mean())
+
+
+@dataclass
+class SparsityReport:
+    """Everything the sparsity eval measures for one network."""
+
+    layers: dict[str, LayerStats]
+    noise_levels: list[float]
+    noise_scores: list[float]
+    score_name: str  # accuracy (classifier) or agreement (policy)
+    samples: int
+    clean_accuracy: Optional[float] = None
+
+    def noise_auc(self) -> float:
+        """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
+        if len(self.noise_levels) < 2:
+            return self.noise_scores[0]
+        return float(np.trapz(self.noise_scores, self.noise_levels) / (self.noise_levels[-1] - self.noise_levels[0]))
+
+
+def activation_sites(model: nn.Module, kind: str) -> list[str]:
+    """The names of a network's activations: classifier act{i}, IMPALA ReLU hook points."""
+    if kind in CLASSIFIER_KINDS:
+        return list(model.activation_sites)
+    from models.impala import RELU_SITES
+    return list(RELU_SITES)
+
+
+def short_name(site: str) -> str:
+    """Site name without the ``embedder.`` prefix, for tables and plots."""
+    return site.removeprefix("embedder.")
+
+
+def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
+    """``n`` uint8 observations (N, H, W, C) from seeded random rollouts of the training env."""
+    from envs.maze import MazeEnv, MazeEnvConfig
+
+    num_envs = min(n, 64)
+    cfg = MazeEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed})
+    maze = MazeEnv(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    frames = []
+    try:
+        obs = maze.reset()
+        for _ in tqdm(range(math.ceil(n / num_envs)), desc="maze observations", disable=not progress):
+            frames.append(obs.clone())
+            obs, *_ = maze.step(torch.randint(0, 15, (num_envs,), generator=generator))
+    finally:
+        maze.close()
+    return torch.cat(frames)[:n]
+
+
+def _inputs(model_kind: str, train_config: DictConfig, samples: int, seed: int, split: str,
+            progress: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if model_kind in CLASSIFIER_KINDS:
+        from trainers.datasets import load_splits
+        splits = load_splits(train_config.data)
+        x, y = splits.x[split], splits.y[split]
+        return x[:samples], y[:samples]
+    from models.impala import preprocess
+    obs = maze_observations(train_config.env, samples, seed, progress)
+    return preprocess(obs, channels_last=False), None
+
+
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    out = model(x.to(device))
+    return (out[0] if isinstance(out, tuple) else out).argmax(-1).cpu()
+
+
+@torch.no_grad()
+def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int = 1024,
+            noise_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), noise_repeats: int = 3,
+            seed: int = 0, split: str = "test", device: torch.device = torch.device("cpu"),
+            progress: bool = False) -> SparsityReport:
+    """Activation statistics on a seeded input batch and the score under increasing input noise."""
+    model = model.eval().to(device)
+    x, y = _inputs(kind, train_config, samples, seed, split, progress)
+    sites = activation_sites(model, kind)
+    layers = {site: LayerStats() for site in sites}
+    clean = []
+    for start in range(0, len(x), BATCH):
+        labels = None if y is None else y[start:start + BATCH]
+        with hooked(model, cache=sites) as acts:
+            clean.append(_predict(model, x[start:start + BATCH], device))
+        for site in sites:
+            layers[site].add(acts[site].cpu(), labels)
+    clean = torch.cat(clean)
+    reference = clean if y is None else y
+    generator = torch.Generator().manual_seed(seed)
+    scores = []
+    for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress):
+        hits = 0.0
+        for _ in range(noise_repeats if sigma > 0 else 1):
+            noisy = (x + sigma * torch.randn(x.shape, generator=generator)).clamp_(0, 1)
+            predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
+            hits += (predicted == reference).float().mean().item() / (noise_repeats if sigma > 0 else 1)
+        scores.append(hits)
+    accuracy = None if y is None else (clean == y).float().mean().item()
+    return SparsityReport(layers, list(noise_levels), scores, "accuracy" if y is not None else "agreement",
+                          len(x), accuracy)
+
+
+def _binomial_stderr(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n)
+
+
+def _save(fig, path: str) -> str:
+    """Write a figure as PNG to a temp file, then rename it into place."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
+    """Bars of density and dead-unit fraction per layer, one colour per network."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(next(iter(reports.values())).layers)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.7 * len(names) * len(reports) + 4), 4), sharey=False)
+    width = 0.8 / len(reports)
+    for i, (label, report) in enumerate(reports.items()):
+        positions = np.arange(len(names)) + i * width
+        axes[0].bar(positions, [report.layers[n].density() for n in names], width, label=label)
+        axes[1].bar(positions, [report.layers[n].dead_fraction() for n in names], width, label=label)
+    for ax, title in zip(axes, ("activation density (fraction non-zero)", "dead-unit fraction")):
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, [short_name(n) for n in names], rotation=60,
+                      ha="right", fontsize=7)
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
+    """Score (accuracy or action agreement) against input-noise σ, one line per network."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for label, report in reports.items():
+        ax.plot(report.noise_levels, report.noise_scores, marker="o", label=f"{label} (AUC {report.noise_auc():.3f})")
+    score = next(iter(reports.values())).score_name
+    ax.set_xlabel("input noise σ (Gaussian, inputs in [0, 1])")
+    ax.set_ylabel("test accuracy" if score == "accuracy" else "greedy-action agreement with clean input")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_class_density(report: SparsityReport, path: str) -> str:
+    """Heatmap of activation density per class (rows) and layer (columns)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report.layers)
+    classes = sorted(next(iter(report.layers.values())).class_values)
+    grid = np.array([[report.layers[n].class_density()[c] for n in names] for c in classes])
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 0.35 * len(classes) + 1.5))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(range(len(names)), [short_name(n) for n in names])
+    ax.set_yticks(range(len(classes)), [str(c) for c in classes])
+    ax.set_ylabel("class")
+    ax.set_title("activation density per class")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+@register("sparsity")
+class Sparsity:
+    """Activation density, dead units and duty-cycle entropy per layer; class-wise sparsity; noise robustness."""
+
+    kinds = CLASSIFIER_KINDS + MAZE_KINDS
+
+    @dataclass
+    class Config:
+        """Input batch and noise levels."""
+
+        samples: int = 1024  # classifier: first test images (all if fewer); maze: random-rollout observations
+        noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0])
+        noise_repeats: int = 3  # noise draws per level (averaged)
+        split: str = "test"  # classifier: which split to measure (train, val or test)
+
+    def __init__(self, config: "Sparsity.Config"):
+        levels = list(config.noise_levels)
+        if not levels or levels != sorted(levels) or levels[0] < 0:
+            raise ValueError(f"sparsity.noise_levels must be non-negative and increasing, got {levels}")
+        if config.samples < 1 or config.noise_repeats < 1:
+            raise ValueError("sparsity.samples and sparsity.noise_repeats must be >= 1")
+        if config.split not in ("train", "val", "test"):
+            raise ValueError(f"sparsity.split must be train, val or test, got {config.split!r}")
+        self.config = config
+
+    def run(self, ctx: EvalContext) -> Result:
+        """Measure, then report per-layer metrics, means over layers, the noise curve and PNGs."""
+        report = measure(ctx.model, ctx.kind, ctx.train_config, ctx.count(self.config.samples),
+                         tuple(self.config.noise_levels), self.config.noise_repeats, ctx.seed,
+                         self.config.split, ctx.device, ctx.progress)
+        result = Result()
+        add_report(result, report)
+        result.artifacts.append(plot_density({"model": report}, ctx.artifact("density_per_layer.png")))
+        result.artifacts.append(plot_noise({"model": report}, ctx.artifact("noise_curve.png")))
+        if report.clean_accuracy is not None:
+            result.artifacts.append(plot_class_density(report, ctx.artifact("class_density.png")))
+            table = {short_name(n): {str(c): d for c, d in s.class_density().items()} for n, s in report.layers.items()}
+            path = ctx.artifact("class_density.json")
+            write_json_atomic(path, table)
+            result.artifacts.append(path)
+        return result
+
+
+def add_report(result: Result, report: SparsityReport) -> None:
+    """Append a report's metrics to ``result`` (per layer, means over layers, noise curve)."""
+    n = report.samples
+    per_layer = {"density": [], "dead_fraction": [], "duty_entropy": []}
+    for site, stats in report.layers.items():
+        name = short_name(site)
+        values = {"density": stats.density(), "dead_fraction": stats.dead_fraction(),
+                  "duty_entropy": stats.duty_entropy()}
+        for key, value in values.items():
+            per_layer[key].append(value)
+            result.add(f"{key}/{name}", value, n=n)
+        if report.clean_accuracy is not None:
+            result.add(f"class_selectivity/{name}", stats.class_selectivity(), n=n)
+    for key, values in per_layer.items():
+        result.add(key, float(np.mean(values)), n=n, higher_is_better={"dead_fraction": False}.get(key))
+    if report.clean_accuracy is not None:
+        result.add("accuracy", report.clean_accuracy, stderr=_binomial_stderr(report.clean_accuracy, n), n=n,
+                   higher_is_better=True)
+        spreads = [max(d.values()) - min(d.values()) for d in (s.class_density() for s in report.layers.values())]
+        result.add("class_density_spread", float(np.mean(spreads)), n=n)
+    for sigma, score in zip(report.noise_levels, report.noise_scores):
+        result.add(f"noise_{report.score_name}/sigma={sigma:g}", score, stderr=_binomial_stderr(score, n), n=n,
+                   higher_is_better=True)
+    result.add("noise_auc", report.noise_auc(), n=n, higher_is_better=True)

@@ -1,0 +1,81 @@
+"""A small MLP or CNN image classifier whose activations can be made sparse layer by layer.
+
+Layers are numbered in order and every activation is a module named ``act{i}`` (hookable by that
+name with models.hooks): an MLP is ``fc1 → act1 → fc2 → act2 → … → head``; a CNN is
+``conv1 → act1 → pool1 → conv2 → act2 → pool2 → … → fc{n} → act{n} → … → head`` (3×3 convs with
+padding 1, 2×2 max-pooling). With ``norm=True`` a batch norm ``norm{i}`` precedes each activation,
+as in numenta's sparse networks: centred pre-activations give every unit a fair chance to win. ``sparse_layers`` (fnmatch patterns over the ``act{i}`` names) picks
+which activations become ``activation`` (models.sparse kinds); the others stay ReLU.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from models.sparse import make_activation
+
+ARCHS = ("mlp", "cnn")
+
+
+def layer_names(arch: str, channels: Sequence[int], hidden: Sequence[int]) -> list[str]:
+    """The activation names (``act1`` …) a classifier with these sizes has, in forward order."""
+    count = len(hidden) + (len(channels) if arch == "cnn" else 0)
+    return [f"act{i}" for i in range(1, count + 1)]
+
+
+def sparse_names(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
+    """The ``names`` matching any fnmatch pattern."""
+    return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+
+
+class Classifier(nn.Module):
+    """Images (N, C, H, W) in [0, 1] → class logits (N, num_classes)."""
+
+    def __init__(self, in_shape: Sequence[int], num_classes: int, arch: str = "mlp",
+                 channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (256, 256),
+                 activation: str = "relu", sparse_layers: Sequence[str] = ("*",),
+                 activation_options: Optional[dict] = None, norm: bool = False):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown classifier arch {arch!r}; choose mlp or cnn")
+        self.arch = arch
+        self.activation_sites = layer_names(arch, channels, hidden)
+        sparse = set(sparse_names(self.activation_sites, sparse_layers))
+        options = dict(activation_options or {})
+
+        def act(index: int, units: int) -> nn.Module:
+            if f"act{index}" not in sparse:
+                return nn.ReLU()
+            return make_activation(activation, **({**options, "units": units} if activation == "kwta" else options))
+
+        index = 0
+        in_channels, height, width = in_shape
+        if arch == "cnn":
+            for out_channels in channels:
+                index += 1
+                self.add_module(f"conv{index}", nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1))
+                if norm:
+                    self.add_module(f"norm{index}", nn.BatchNorm2d(out_channels))
+                self.add_module(f"act{index}", act(index, out_channels))
+                self.add_module(f"pool{index}", nn.MaxPool2d(2, ceil_mode=True))
+                in_channels, height, width = out_channels, -(-height // 2), -(-width // 2)
+        features = in_channels * height * width
+        for units in hidden:
+            index += 1
+            self.add_module(f"fc{index}", nn.Linear(features, units))
+            if norm:
+                self.add_module(f"norm{index}", nn.BatchNorm1d(units))
+            self.add_module(f"act{index}", act(index, units))
+            features = units
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.children():  # registered in forward order
+            if isinstance(module, nn.Linear) and x.dim() > 2:
+                x = torch.flatten(x, 1)  # maps → features before the first linear layer
+            x = module(x)
+        return x

@@ -1,0 +1,99 @@
+"""Compare a dense and a sparse checkpoint of the same kind (classifier or maze policy).
+
+    python scripts/compare_sparse.py DENSE.ckpt SPARSE.ckpt --out DIR
+
+Both networks are measured by evals/sparsity.py on the same seeded inputs; DIR receives
+``comparison.md`` (a table), ``comparison.json`` (every metric of both), ``density_per_layer.png``
+and ``noise_curve.png``. Exit 0, or 2 with a one-line error on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from evals.results import Result, write_json_atomic  # noqa: E402
+from evals.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
+from trainers.checkpointing import CheckpointError  # noqa: E402
+from trainers.config import ConfigError  # noqa: E402
+from trainers.restore import load_trained  # noqa: E402
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+# rows of the markdown table: the metrics that sum a network up
+HEADLINE = ("accuracy", "noise_auc", "density", "dead_fraction", "duty_entropy", "class_density_spread")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dense", help="checkpoint of the dense network")
+    parser.add_argument("sparse", help="checkpoint of the sparse network")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--labels", nargs=2, default=("dense", "sparse"), metavar=("DENSE", "SPARSE"))
+    parser.add_argument("--samples", type=int, default=1024, help="test images / maze observations")
+    parser.add_argument("--noise-levels", type=float, nargs="+", default=Sparsity.Config().noise_levels)
+    parser.add_argument("--noise-repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def markdown_table(labels: tuple[str, str], results: tuple[Result, Result]) -> str:
+    """Headline metrics, then per-layer density and the noise curve, with sparse − dense."""
+    values = [{m.name: m.value for m in r.metrics} for r in results]
+    names = [n for n in HEADLINE if n in values[0]]
+    names += [n for n in values[0] if n.startswith("noise_") and n != "noise_auc"]
+    names += [n for n in values[0] if n.startswith("density/")]
+    lines = [f"| metric | {labels[0]} | {labels[1]} | {labels[1]} − {labels[0]} |", "|---|---:|---:|---:|"]
+    for name in names:
+        a, b = values[0][name], values[1].get(name, float("nan"))
+        lines.append(f"| {name} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure both checkpoints and write the table, JSON and plots."""
+    args = _parser().parse_args(argv)
+    try:
+        Sparsity(Sparsity.Config(samples=args.samples, noise_levels=list(args.noise_levels),
+                                 noise_repeats=args.noise_repeats))  # checks the options
+        trained = [load_trained(args.dense), load_trained(args.sparse)]
+        kinds = {t.kind for t in trained}
+        if len(kinds) > 1:
+            raise ValueError(f"{args.dense} is a {trained[0].kind} checkpoint but {args.sparse} is a "
+                             f"{trained[1].kind} checkpoint; compare two of the same kind")
+        if trained[0].kind not in Sparsity.kinds:
+            raise ValueError(f"{args.dense} is a {trained[0].kind} checkpoint; compare_sparse takes "
+                             f"{' or '.join(Sparsity.kinds)} checkpoints")
+        reports = {label: measure(t.model, t.kind, t.config, args.samples, tuple(args.noise_levels),
+                                  args.noise_repeats, args.seed, progress=True)
+                   for label, t in zip(args.labels, trained)}
+    except (CheckpointError, ConfigError, ValueError) as exc:
+        print(f"compare_sparse: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if list(reports[args.labels[0]].layers) != list(reports[args.labels[1]].layers):
+        print("compare_sparse: error: the two networks have different layers; compare the same architecture",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    os.makedirs(args.out, exist_ok=True)
+    results = (Result(), Result())
+    for result, report in zip(results, reports.values()):
+        add_report(result, report)
+    table = markdown_table(tuple(args.labels), results)
+    tmp = os.path.join(args.out, f"comparison.md.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(table)
+    os.replace(tmp, os.path.join(args.out, "comparison.md"))
+    write_json_atomic(os.path.join(args.out, "comparison.json"), {
+        label: {"checkpoint": os.path.abspath(path), **{m.name: m.value for m in result.metrics}}
+        for label, path, result in zip(args.labels, (args.dense, args.sparse), results)})
+    plot_density(reports, os.path.join(args.out, "density_per_layer.png"))
+    plot_noise(reports, os.path.join(args.out, "noise_curve.png"))
+    print(table)
+    print(f"written: {args.out}/comparison.md, comparison.json, density_per_layer.png, noise_curve.png")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

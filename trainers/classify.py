@@ -1,0 +1,272 @@
+"""Supervised image classification (``algo: classify``) with dense or sparse activations.
+
+The whole data set sits in memory (digits is 1,797 8×8 images). Batches are drawn by optimizer
+step from an endless stream of seeded permutations, and under DDP each rank takes its slice of the
+step's global batch, so a run is the same whether it is resumed or not and ranks never overlap.
+``trainer.total_steps`` and ``trainer.checkpoint_every`` count training samples over all ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from models.classifier import ARCHS, Classifier, layer_names, sparse_names
+from models.sparse import KINDS, l1_penalty
+from trainers.base import ShardlabModule
+from trainers.config import TrainerConfig, build_config, need, to_dict
+from trainers.datasets import SOURCES, DataError, Splits, load_splits
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are split."""
+
+    source: str = "digits"  # digits (bundled with scikit-learn), npz (x/y arrays) or folder (path/<class>/<image>)
+    path: Optional[str] = None  # the .npz file or image folder
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    channels: int = 1  # folder: 1 reads grayscale, 3 RGB
+    image_size: int = 0  # folder: resize to this square size; 0 keeps the images' common size
+    shape: Optional[list[int]] = None  # (C, H, W) of one image; filled from the data when a run starts
+    num_classes: Optional[int] = None  # filled from the data when a run starts
+
+
+@dataclass
+class ClassifierConfig:
+    """MLP or CNN (models/classifier.py) and which of its activations are sparse."""
+
+    arch: str = "mlp"  # mlp or cnn
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: conv widths (3×3, then 2×2 maxpool)
+    hidden: list[int] = field(default_factory=lambda: [256, 256])  # widths of the fully connected layers
+    norm: bool = False  # batch norm before every activation
+    activation: str = "relu"  # relu, kwta, topk, l1 (ReLU + l1_coef·mean|activation| loss) or gelu
+    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over act1, act2, ...
+    percent_on: float = 0.1  # kwta/topk: fraction of units kept
+    boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
+    duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
+    kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
+    l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
+
+
+@dataclass
+class OptimConfig:
+    """Adam on cross-entropy."""
+
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # cosine decay to 0 over the run, or constant
+    weight_decay: float = 0.0
+    batch_size: int = 64  # per rank
+    eval_every: int = 5000  # training samples between validation passes (one metrics row each)
+
+
+@dataclass
+class ClassifyConfig:
+    """A supervised classification run."""
+
+    name: str = "digits"
+    algo: str = "classify"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(total_steps=50_000, checkpoint_every=10_000))
+
+
+def validate_classify(cfg: DictConfig) -> None:
+    """Checks of a classification config."""
+    data, model, optim = cfg.data, cfg.model, cfg.optim
+    need(data.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}, got {data.source!r}")
+    need(data.source == "digits" or bool(data.path), f"data.source={data.source} needs data.path "
+         f"({'a .npz file with x and y arrays' if data.source == 'npz' else 'a folder with one subfolder per class'})")
+    need(0 <= data.val_fraction < 1 and 0 < data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,
+         "data.val_fraction must be in [0, 1), data.test_fraction in (0, 1), and their sum < 1")
+    need(data.channels in (1, 3), f"data.channels must be 1 (grayscale) or 3 (RGB), got {data.channels}")
+    need(data.image_size >= 0, f"data.image_size must be >= 0 (0 keeps the size), got {data.image_size}")
+    need(data.shape is None or len(data.shape) == 3, f"data.shape must be [C, H, W] or null, got {data.shape}")
+    need(model.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {model.arch!r}")
+    need(all(w >= 1 for w in [*model.channels, *model.hidden]), "model.channels and model.hidden widths must be >= 1")
+    need(model.arch == "mlp" or len(model.channels) >= 1, "model.arch=cnn needs at least one model.channels entry")
+    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
+    names = layer_names(model.arch, model.channels, model.hidden)
+    need(model.activation == "relu" or bool(sparse_names(names, model.sparse_layers)),
+         f"model.sparse_layers {list(model.sparse_layers)} match none of this network's activations "
+         f"({', '.join(names)}); use names or patterns such as '*' or 'act1'")
+    need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
+    need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
+    need(model.duty_cycle_period >= 1, f"model.duty_cycle_period must be >= 1, got {model.duty_cycle_period}")
+    need(model.l1_coef >= 0, f"model.l1_coef must be >= 0, got {model.l1_coef}")
+    need(model.l1_coef == 0 or model.activation == "l1",
+         f"model.l1_coef={model.l1_coef} only acts with model.activation=l1 (got {model.activation!r})")
+    need(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
+    need(optim.lr_schedule in ("cosine", "constant"),
+         f"optim.lr_schedule must be cosine or constant, got {optim.lr_schedule!r}")
+    need(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
+    need(optim.batch_size >= 1 and optim.eval_every >= 1, "optim.batch_size and optim.eval_every must be >= 1")
+
+
+def build_classifier(cfg: DictConfig) -> Classifier:
+    """The network a config describes (data.shape and data.num_classes must be filled)."""
+    model = cfg.model
+    if cfg.data.shape is None or cfg.data.num_classes is None:
+        raise ValueError("data.shape and data.num_classes are unset; they are filled from the data when a run starts")
+    options = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
+                   duty_cycle_period=model.duty_cycle_period, local=model.kwta_local)
+    return Classifier(list(cfg.data.shape), cfg.data.num_classes, model.arch, list(model.channels),
+                      list(model.hidden), model.activation, list(model.sparse_layers), options, model.norm)
+
+
+def with_data_shape(config: dict, splits: Splits) -> dict:
+    """``config`` with data.shape and data.num_classes taken from the data (checked if already set)."""
+    data = dict(config.get("data", {}))
+    for key, value in (("shape", splits.shape), ("num_classes", len(splits.classes))):
+        if data.get(key) is not None and data[key] != value:
+            raise DataError(f"data.{key} is {data[key]} but the data has {value}; set data.{key}=null "
+                            "to take it from the data")
+        data[key] = value
+    return {**config, "data": data}
+
+
+def stream_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
+    """Sample indices ``[step·batch, (step + 1)·batch)`` of an endless stream of seeded permutations of n."""
+    start, out = step * batch, []
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        out.extend(perm[offset:offset + batch - len(out)].tolist())
+    return torch.tensor(out)
+
+
+class _Ticks(IterableDataset):
+    """Endless dummy items: the batch is chosen from the optimizer step, the length by max_steps."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+class ClassifyModule(ShardlabModule):
+    """Cross-entropy training of a Classifier (+ l1_coef · L1 activation penalty)."""
+
+    kind, model_attr, progress_key, progress_unit = "classify", "model", "samples", "sample"
+    resume_fixed_keys = ("model", "optim.batch_size", "data.source", "data.path", "data.val_fraction",
+                         "data.test_fraction", "data.split_seed", "data.channels", "data.image_size")
+
+    def __init__(self, config: dict, world_size: int = 1):
+        super().__init__()
+        cfg = build_config(config, source="checkpoint config")
+        self.splits = load_splits(cfg.data)
+        config = with_data_shape(to_dict(cfg), self.splits)
+        # the stored config carries the data's shape, so load_trained rebuilds the net without the data
+        self.save_hyperparameters({"config": config, "world_size": world_size})
+        self.cfg = build_config(config, source="checkpoint config")
+        self.world_size = world_size
+        self.model = build_classifier(self.cfg)
+        self.global_batch = self.cfg.optim.batch_size * world_size
+        self.total_optimizer_steps = max(1, math.ceil(self.cfg.trainer.total_steps / self.global_batch))
+        self.steps_per_checkpoint = max(1, self.cfg.trainer.checkpoint_every // self.global_batch)
+        self.steps_per_eval = max(1, self.cfg.optim.eval_every // self.global_batch)
+        self._train_stats: list[torch.Tensor] = []
+        self.last_metrics: dict[str, float] = {}
+
+    def train_dataloader(self) -> DataLoader:
+        """Dummy items; batches come from the in-memory data by optimizer step."""
+        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """One minibatch: this rank's slice of the step's global batch."""
+        x_all, y_all = self.splits.x["train"], self.splits.y["train"]
+        indices = stream_indices(self.global_step, self.global_batch, len(y_all), self.cfg.trainer.seed)
+        mine = indices[self.global_rank * self.cfg.optim.batch_size:(self.global_rank + 1) * self.cfg.optim.batch_size]
+        x, y = x_all[mine].to(self.device), y_all[mine].to(self.device)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        penalty = l1_penalty(self.model) if self.cfg.model.l1_coef else torch.zeros((), device=self.device)
+        self._train_stats.append(torch.stack([loss.detach(), (logits.argmax(1) == y).float().mean(),
+                                              penalty.detach()]))
+        return loss + self.cfg.model.l1_coef * penalty
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Every optim.eval_every samples (and at the end): validate and log one metrics row."""
+        step = self.global_step
+        if step % self.steps_per_eval == 0 or step == self.total_optimizer_steps:
+            self._log_row(step)
+
+    @torch.no_grad()
+    def evaluate(self, part: str = "val") -> tuple[float, float]:
+        """Cross-entropy and accuracy on a split (eval mode: duty cycles stay as they are)."""
+        x, y = self.splits.x[part].to(self.device), self.splits.y[part].to(self.device)
+        if len(y) == 0:
+            return math.nan, math.nan
+        was_training = self.model.training
+        self.model.eval()
+        logits = self.model(x)
+        self.model.train(was_training)
+        return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+    def _log_row(self, step: int) -> None:
+        stats = torch.stack(self._train_stats).mean(0)
+        if self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="mean")
+        self._train_stats.clear()
+        val_loss, val_accuracy = self.evaluate("val")
+        row = {"samples": self.progress(step), "train/loss": stats[0].item(), "train/accuracy": stats[1].item(),
+               "val/loss": val_loss, "val/accuracy": val_accuracy,
+               "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
+        if self.cfg.model.l1_coef:
+            row["train/l1_penalty"] = stats[2].item()
+        self.last_metrics = row
+        if self.global_rank == 0:
+            if self.logger is not None:
+                for key, value in row.items():
+                    if "/" in key and not math.isnan(value):
+                        self.logger.experiment.add_scalar(key, value, row["samples"])
+            if self.metrics_path:
+                with open(self.metrics_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+
+    def configure_optimizers(self) -> dict:
+        """Adam with cosine (or constant) learning rate per optimizer step."""
+        optim = self.cfg.optim
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+        total = self.total_optimizer_steps
+        if optim.lr_schedule == "cosine":
+            factor = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        else:
+            factor = lambda step: 1.0
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- the shared run loop's interface (trainers/base.py) -----------------------------------
+    @staticmethod
+    def build_model(cfg: DictConfig) -> Classifier:
+        """The classifier a resolved (checkpoint) config describes."""
+        return build_classifier(cfg)
+
+    def max_optimizer_steps(self) -> int:
+        """ceil(total samples / global batch)."""
+        return self.total_optimizer_steps
+
+    def progress(self, optimizer_step: int) -> int:
+        """Training samples over all ranks."""
+        return optimizer_step * self.global_batch
+
+    def progress_total(self) -> int:
+        """Training samples of the whole run."""
+        return self.total_optimizer_steps * self.global_batch
+
+    def checkpoint_due(self, optimizer_step: int) -> bool:
+        """Every trainer.checkpoint_every samples (rounded to optimizer steps)."""
+        return optimizer_step % self.steps_per_checkpoint == 0
+
+    def postfix(self) -> dict[str, str]:
+        """Validation accuracy of the last metrics row."""
+        value = self.last_metrics.get("val/accuracy")
+        return {} if value is None or math.isnan(value) else {"val_acc": f"{value:.1%}"}
