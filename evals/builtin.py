@@ -5,3 +5,8 @@ import evals.goal_misgeneralization  # noqa: F401
 import evals.retargeting  # noqa: F401
 import evals.steering  # noqa: F401
 import evals.sparsity  # noqa: F401
+import evals.probes  # noqa: F401
+import evals.activation_patching  # noqa: F401
+import evals.causal_scrubbing  # noqa: F401
+import evals.jacobian_svd  # noqa: F401
+import evals.relu_ablation  # noqa: F401

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import operator
 from typing import Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
@@ -92,7 +93,7 @@ def run_with_cache(model: nn.Module, inputs: torch.Tensor, names: Iterable[str],
 # -- edits ------------------------------------------------------------------------------------
 def _select(x: torch.Tensor, channels: Channels, cells: Cells) -> tuple:
     """Index tuple for (N, C, ...) activations: all of the batch, chosen channels and cells."""
-    chans = slice(None) if channels is None else ([channels] if isinstance(channels, int) else list(channels))
+    chans = slice(None) if channels is None else _channel_list(channels)
     if cells is None:
         return (slice(None), chans)
     rows = torch.tensor([r for r, _ in cells])
@@ -101,6 +102,14 @@ def _select(x: torch.Tensor, channels: Channels, cells: Cells) -> tuple:
         # (channels × cells) pairs via broadcasting
         return (slice(None), torch.tensor(chans)[:, None], rows[None, :], cols[None, :])
     return (slice(None), chans, rows, cols)
+
+
+def _channel_list(channels: Union[int, Sequence[int]]) -> list[int]:
+    """Channel indices as ints; numpy and 0-d torch integers count as one channel."""
+    try:
+        return [operator.index(channels)]
+    except TypeError:
+        return [operator.index(channel) for channel in channels]
 
 
 def add(vector: torch.Tensor, coefficient: float = 1.0) -> Edit:

@@ -959,6 +959,16 @@ def run_dt(args: argparse.Namespace) -> int:
     return bench_dt.run(args)
 
 
+import bench_interp  # noqa: E402
+
+
+@subcommand("interp", help="ImpalaPolicy forward passes/s with activation hooks vs without, and the HookPoints' "
+            "own cost (target hook overhead <= 10%)", add_arguments=bench_interp.add_arguments)
+def run_interp(args: argparse.Namespace) -> int:
+    """Time hooked against unhooked forward passes, interleaved."""
+    return bench_interp.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered subcommand."""
     parser = argparse.ArgumentParser(prog="benchmark.py", description="Throughput benchmarks for shardlab.")

@@ -1,0 +1,252 @@
+"""Causal scrubbing of maze policies: does an activation depend only on the features a hypothesis
+names (cheese location, mouse location, maze layout)?
+
+A hypothesis is a list of scrubs, each an activation (layer, optionally some channels and cells)
+and the input features it is claimed to depend on. For each original input, every scrub's
+activation is replaced by the same activation computed on another input that agrees on those
+features and on nothing else by design (a different maze of the same size with the cheese moved to
+the same square, the mouse moved to the same square, or the same maze with the cheese and mouse
+elsewhere — built with ``envs.maze_state`` edits); the rest of the network runs on the original
+input. Source activations come from plain forward passes of the resampled inputs (scrubs at
+different layers do not feed each other). The random baseline resamples the same activations from
+inputs that differ in the named features.
+
+Losses, per input, against the original policy π(·|x):
+
+* ``kl`` — KL(π(·|x) ‖ π_scrubbed(·|x)) over the 15 actions; the original's loss is 0. Every
+  per-input change is ≥ 0 here, so cancellation cannot happen and
+  |E[L] − E[L_scrubbed]| = E[|L − L_scrubbed|];
+* ``nll`` — −log π_scrubbed(a*|x) with a* the original greedy action; the original's loss is
+  −log π(a*|x). A scrub can lower it on some inputs and raise it on others, so the mean can hide
+  changes: compare |E[L] − E[L_scrubbed]| with E[|L − L_scrubbed|] and the worst increase.
+
+Loss recovered = (E[L_scrubbed] − E[L_random]) / (E[L_original] − E[L_random]): 1 when the
+hypothesis explains the behaviour, 0 when scrubbing is as bad as resampling at random.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from envs import maze_state
+from evals.context import EvalContext
+from evals.maze_inputs import (PUBLISHED_LAYER, action_kl, cached_activations, check_layers,
+                               check_mouse_placement, interp_mazes, random_square, short_name)
+from evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
+from evals.registry import register
+from evals.results import Result
+from models.hooks import Edit, compose, hooked, patch
+
+FEATURES = ("cheese_location", "mouse_location", "maze_layout")
+LOSSES = ("kl", "nll")
+
+
+@dataclass
+class Scrub:
+    """One scrubbed activation: a layer (all channels and cells unless named) and the input
+    features it is hypothesised to depend on."""
+
+    layer: str
+    features: list[str]
+    channels: Optional[list[int]] = None
+    cells: Optional[list[list[int]]] = None  # [[row, col], ...]
+
+
+DEFAULT_HYPOTHESES = {
+    "cheese": [Scrub(PUBLISHED_LAYER, ["cheese_location"])],
+    "mouse": [Scrub(PUBLISHED_LAYER, ["mouse_location"])],
+    "layout": [Scrub(PUBLISHED_LAYER, ["maze_layout"])],
+    "layout_and_mouse": [Scrub(PUBLISHED_LAYER, ["maze_layout", "mouse_location"])],
+}
+
+
+# -- resampling inputs -------------------------------------------------------------------------------
+class MazePool:
+    """The original inputs, with each one's maze size, walls, cheese and mouse read once."""
+
+    def __init__(self, states: Sequence[bytes]):
+        self.states = list(states)
+        self.inner = [maze_state.inner_grid(state) for state in self.states]
+        self.walls = [inner == maze_state.WALL for inner in self.inner]
+        self.cheese = [maze_state.cheese_square(state) for state in self.states]
+        self.mouse = [maze_state.mouse_square(state) for state in self.states]
+
+    def resample(self, index: int, agree: set[str], differ: set[str], rng: np.random.Generator
+                 ) -> Optional[bytes]:
+        """A state that matches input ``index`` in the ``agree`` features and differs from it in
+        the ``differ`` features; other features are drawn at random. A different maze is another
+        pool maze of the same size (so squares line up in the observation). None if none fits."""
+        walls, cheese, mouse = self.walls[index], self.cheese[index], self.mouse[index]
+        need = [square for feature, square in (("cheese_location", cheese), ("mouse_location", mouse))
+                if feature in agree]
+        if "maze_layout" in agree:
+            base = index
+        else:
+            candidates = [other for other, other_walls in enumerate(self.walls)
+                          if other != index and other_walls.shape == walls.shape
+                          and not ("maze_layout" in differ and np.array_equal(other_walls, walls))
+                          and not any(other_walls[y, x] for x, y in need)]
+            if not candidates:
+                return None
+            base = candidates[int(rng.integers(len(candidates)))]
+        inner = self.inner[base]
+        new_cheese = cheese if "cheese_location" in agree else None
+        new_mouse = mouse if "mouse_location" in agree else None
+        if new_cheese is None:
+            new_cheese = random_square(inner, rng, [new_mouse, cheese if "cheese_location" in differ else None])
+        if new_mouse is None:
+            new_mouse = random_square(inner, rng, [new_cheese, mouse if "mouse_location" in differ else None])
+        if new_cheese is None or new_mouse is None or new_cheese == new_mouse:
+            return None
+        return maze_state.with_mouse_at(maze_state.with_cheese_at(self.states[base], new_cheese), new_mouse)
+
+
+# -- scrubbed forward passes and losses --------------------------------------------------------------
+def scrubbed_logits(model: nn.Module, x: torch.Tensor, scrubs: Sequence[tuple[Scrub, torch.Tensor]]) -> torch.Tensor:
+    """Logits on ``x`` with each scrub's activation taken from its source input's forward pass."""
+    edits: dict[str, list[Edit]] = {}
+    for scrub, source_x in scrubs:
+        _, acts = cached_activations(model, source_x, [scrub.layer])
+        cells = [tuple(cell) for cell in scrub.cells] if scrub.cells is not None else None
+        edits.setdefault(scrub.layer, []).append(patch(acts[scrub.layer], scrub.channels, cells))
+    with torch.inference_mode(), hooked(model, edits={k: compose(*v) for k, v in edits.items()}):
+        out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def per_input_loss(original_logits: torch.Tensor, logits: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-input loss of ``logits`` against the original policy (``kl`` or ``nll``, see the module doc)."""
+    if loss == "kl":
+        return action_kl(original_logits, logits)
+    if loss == "nll":
+        greedy = original_logits.argmax(-1)
+        return -torch.log_softmax(logits.double(), -1).gather(-1, greedy[:, None]).squeeze(-1)
+    raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
+
+
+def loss_recovered(original: torch.Tensor, scrubbed: torch.Tensor, random: torch.Tensor) -> float:
+    """(E[scrubbed] − E[random]) / (E[original] − E[random]); NaN when random equals original."""
+    gap = float(original.mean() - random.mean())
+    return float(scrubbed.mean() - random.mean()) / gap if gap != 0 else math.nan
+
+
+def cancellation(original: torch.Tensor, scrubbed: torch.Tensor) -> dict[str, float]:
+    """|E[L] − E[L_s]|, E[|L − L_s|] and the worst per-input increase max(L_s − L)."""
+    change = scrubbed - original
+    return {"abs_mean_change": float(change.mean().abs()), "mean_abs_change": float(change.abs().mean()),
+            "worst_increase": float(change.max())}
+
+
+@register("causal_scrubbing")
+class CausalScrubbing:
+    """Loss recovered by hypotheses about which input features activations depend on."""
+
+    kinds = ("ppo_maze",)
+
+    @dataclass
+    class Config:
+        """Inputs and hypotheses (name → scrubs); an empty ``hypotheses`` runs the defaults at
+        embedder.block2.res1.resadd_out (cheese, mouse, layout, layout_and_mouse)."""
+
+        inputs: int = 64
+        resamples: int = 2  # source draws per input
+        mouse: str = "random"  # where the original inputs put the mouse: start, decision or random
+        hypotheses: dict[str, list[Scrub]] = field(default_factory=dict)
+
+        def __post_init__(self) -> None:
+            check_mouse_placement(self.mouse)
+            if self.resamples < 1 or self.inputs < 2:
+                raise ValueError("causal_scrubbing needs inputs >= 2 and resamples >= 1")
+            for name, scrubs in self.hypotheses.items():
+                if not scrubs:
+                    raise ValueError(f"causal_scrubbing hypothesis {name!r} has no scrubs")
+                for scrub in scrubs:
+                    unknown = [f for f in scrub.features if f not in FEATURES]
+                    if unknown or not scrub.features:
+                        raise ValueError(f"causal_scrubbing hypothesis {name!r}: features must be some of "
+                                         f"{', '.join(FEATURES)}; got {list(scrub.features)}")
+                    if scrub.cells is not None and any(len(cell) != 2 for cell in scrub.cells):
+                        raise ValueError(f"causal_scrubbing hypothesis {name!r}: cells are [row, col] pairs")
+
+    def __init__(self, config: "CausalScrubbing.Config"):
+        self.config = config
+
+    def run(self, ctx: EvalContext) -> Result:
+        """Scrub each hypothesis and its random baseline over the same inputs."""
+        cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
+        hypotheses = cfg.hypotheses or DEFAULT_HYPOTHESES
+        check_layers(policy, [scrub.layer for scrubs in hypotheses.values() for scrub in scrubs])
+        mazes = interp_mazes(env, max(2, ctx.count(cfg.inputs)), ctx.seed, cfg.mouse)
+        pool = MazePool([m.state for m in mazes])
+        result, summary = Result(), {}
+        for hypothesis_index, (name, scrubs) in enumerate(tqdm(hypotheses.items(), desc="causal_scrubbing",
+                                                               disable=not ctx.progress)):
+            rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 3, hypothesis_index]))
+            inputs, agreeing, differing = [], [[] for _ in scrubs], [[] for _ in scrubs]
+            for _ in range(cfg.resamples):
+                for index in range(len(pool.states)):
+                    drawn = [(pool.resample(index, set(s.features), set(), rng),
+                              pool.resample(index, set(), set(s.features), rng)) for s in scrubs]
+                    if any(a is None or d is None for a, d in drawn):
+                        continue
+                    inputs.append(pool.states[index])
+                    for k, (agree, differ) in enumerate(drawn):
+                        agreeing[k].append(agree)
+                        differing[k].append(differ)
+            total = cfg.resamples * len(pool.states)
+            result.add(f"{name}/inputs_used", len(inputs), n=total)
+            if not inputs:
+                continue
+            x = policy_input(policy, inputs, env.obs)
+            original_logits, _ = cached_activations(policy, x, [])
+            scrubbed = scrubbed_logits(policy, x, [(scrub, policy_input(policy, sources, env.obs))
+                                                   for scrub, sources in zip(scrubs, agreeing)])
+            random = scrubbed_logits(policy, x, [(scrub, policy_input(policy, sources, env.obs))
+                                                 for scrub, sources in zip(scrubs, differing)])
+            for loss in LOSSES:
+                original_loss = per_input_loss(original_logits, original_logits, loss)
+                scrubbed_loss = per_input_loss(original_logits, scrubbed, loss)
+                random_loss = per_input_loss(original_logits, random, loss)
+                recovered = loss_recovered(original_loss, scrubbed_loss, random_loss)
+                n = len(inputs)
+                result.add(f"{name}/{loss}/loss_recovered", recovered, n=n, higher_is_better=True)
+                result.add(f"{name}/{loss}/original", original_loss.mean(), n=n)
+                result.add(f"{name}/{loss}/scrubbed", scrubbed_loss.mean(), n=n, higher_is_better=False)
+                result.add(f"{name}/{loss}/random", random_loss.mean(), n=n)
+                for key, value in cancellation(original_loss, scrubbed_loss).items():
+                    result.add(f"{name}/{loss}/{key}", value, n=n)
+                summary[(name, loss)] = (recovered, (scrubbed_loss - original_loss).numpy())
+        if summary:
+            result.artifacts.append(self._plot(ctx, summary, hypotheses))
+        return result
+
+    @staticmethod
+    def _plot(ctx: EvalContext, summary: dict, hypotheses: dict[str, list[Scrub]]) -> str:
+        """Loss recovered per hypothesis and the per-input loss changes (where cancellation shows)."""
+        fig, axes = new_panels(1 + len(LOSSES), size_inches=4.5)
+        names = list(dict.fromkeys(name for name, _ in summary))
+        width = 0.8 / len(LOSSES)
+        for k, loss in enumerate(LOSSES):
+            values = [summary.get((name, loss), (math.nan, None))[0] for name in names]
+            axes[0].bar(np.arange(len(names)) + k * width, values, width, label=loss)
+        axes[0].axhline(1.0, color="0.5", lw=0.8, ls="--")
+        axes[0].set_xticks(np.arange(len(names)) + width / 2, names, rotation=30, ha="right", fontsize=8)
+        axes[0].set_title("loss recovered")
+        axes[0].legend(fontsize=8)
+        for ax, loss in zip(axes[1:], LOSSES):
+            changes = [summary[(name, loss)][1] for name in names if (name, loss) in summary]
+            ax.boxplot(changes, showfliers=True)
+            ax.axhline(0.0, color="0.5", lw=0.8)
+            ax.set_xticks(np.arange(1, len(changes) + 1), names, rotation=30, ha="right", fontsize=8)
+            ax.set_title(f"per-input L_scrubbed − L ({loss})")
+        layers = sorted({short_name(s.layer) for scrubs in hypotheses.values() for s in scrubs})
+        fig.suptitle("causal scrubbing at " + ", ".join(layers), fontsize=9)
+        fig.tight_layout()
+        return save_figure(fig, ctx.artifact("causal_scrubbing.png"))

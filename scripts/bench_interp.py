@@ -1,0 +1,189 @@
+"""``benchmark.py interp``: forward passes/s of ImpalaPolicy with activation hooks against without.
+
+For each scale and batch size, on one random input batch under ``torch.inference_mode``, four
+ways of running the same weights are timed, interleaved:
+
+* ``no_hookpoints`` — the forward pass written out with the model's conv/linear modules but without
+  calling its HookPoint modules (what the network would cost if the HookPoints did not exist);
+* ``unhooked`` — ``policy(x)``: the HookPoints are called but no hook is attached;
+* ``hooked`` — hooks attached once for the timed loop (``hooked(policy, edits={LAYER: add(v, 1)},
+  cache=[LAYER])`` entered outside it), LAYER = the published ``embedder.block2.res1.resadd_out``;
+* ``hooked_per_call`` — the same ``hooked`` context entered and left around every forward pass
+  (the ``run_with_cache`` pattern: name lookup, registration, removal each time).
+
+Overheads are time ratios − 1 against ``unhooked`` (for the HookPoints: ``unhooked`` against
+``no_hookpoints``), computed per repeat and reported as medians; the target is ≤ 10% for the two
+hooked ways. Each repeat times every way once, in an order that is reversed on alternate repeats,
+so drifting load hits all alike. The iteration count per timing is chosen once (the unhooked
+forward repeated for at least ``--min-time`` seconds) and shared by all ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+LAYER = "embedder.block2.res1.resadd_out"
+WAYS = ("no_hookpoints", "unhooked", "hooked", "hooked_per_call")
+TARGET_OVERHEAD = 0.10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``benchmark.py interp``."""
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4], help="IMPALA scales (default 1 4)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="batch sizes (default 1 64)")
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="input side: 64 for procgen's RGB image (default), 15 or 25 for the grid view")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timings per way; medians reported (default 5)")
+    parser.add_argument("--min-time", type=float, default=0.3,
+                        help="seconds each timing runs at least (default 0.3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
+
+
+def forward_without_hookpoints(policy: Any, x: Any) -> tuple:
+    """ImpalaPolicy's forward pass with its conv and linear modules but no HookPoint calls."""
+    import torch
+    from torch.nn import functional as F
+
+    embedder = policy.embedder
+    for block in (embedder.block1, embedder.block2, embedder.block3):
+        x = F.max_pool2d(block.conv(x), kernel_size=3, stride=2, padding=1)
+        for res in (block.res1, block.res2):
+            out = res.conv2(F.relu(res.conv1(F.relu(x))))
+            x = out + x
+    x = torch.flatten(F.relu(x).contiguous(), 1)
+    hidden = F.relu(embedder.fc(x))
+    return policy.fc_policy(hidden), policy.fc_value(hidden).squeeze(-1)
+
+
+def _ways(policy: Any, x: Any) -> dict[str, Callable[[int], None]]:
+    """Each way as a function running ``n`` forward passes."""
+    import torch
+
+    from models.hooks import add, hooked
+
+    with hooked(policy, cache=[LAYER]) as acts:
+        policy(x)
+    vector = torch.randn(acts[LAYER].shape[1:], generator=torch.Generator().manual_seed(0))
+
+    def no_hookpoints(n: int) -> None:
+        for _ in range(n):
+            forward_without_hookpoints(policy, x)
+
+    def unhooked(n: int) -> None:
+        for _ in range(n):
+            policy(x)
+
+    def hooked_once(n: int) -> None:
+        with hooked(policy, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]):
+            for _ in range(n):
+                policy(x)
+
+    def hooked_per_call(n: int) -> None:
+        for _ in range(n):
+            with hooked(policy, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]):
+                policy(x)
+
+    return {"no_hookpoints": no_hookpoints, "unhooked": unhooked, "hooked": hooked_once,
+            "hooked_per_call": hooked_per_call}
+
+
+def measure_one(scale: int, batch: int, image_size: int, repeats: int, min_time: float) -> dict[str, Any]:
+    """Forward passes/s of every way at one scale and batch size, with per-repeat overheads."""
+    import torch
+
+    from models.impala import ImpalaPolicy
+
+    torch.manual_seed(0)
+    policy = ImpalaPolicy(scale=scale, image_size=image_size).eval().to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        reference = policy(x)
+        plain = forward_without_hookpoints(policy, x)
+        if not (torch.equal(reference[0], plain[0]) and torch.equal(reference[1], plain[1])):
+            raise RuntimeError("the HookPoint-free forward does not reproduce ImpalaPolicy's outputs")
+        ways = _ways(policy, x)
+        for run in ways.values():
+            run(2)  # warm-up: oneDNN primitives, allocator
+        iterations = 1
+        while True:
+            start = time.perf_counter()
+            ways["unhooked"](iterations)
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                break
+            iterations = max(iterations + 1, math.ceil(iterations * 1.1 * min_time / max(elapsed, 1e-9)))
+        seconds: dict[str, list[float]] = {name: [] for name in WAYS}
+        for repeat in range(repeats):
+            for name in (WAYS if repeat % 2 == 0 else WAYS[::-1]):
+                start = time.perf_counter()
+                ways[name](iterations)
+                seconds[name].append((time.perf_counter() - start) / iterations)
+    overhead = {
+        "hooked": [h / u - 1 for h, u in zip(seconds["hooked"], seconds["unhooked"])],
+        "hooked_per_call": [h / u - 1 for h, u in zip(seconds["hooked_per_call"], seconds["unhooked"])],
+        "hookpoints": [u / p - 1 for u, p in zip(seconds["unhooked"], seconds["no_hookpoints"])],
+    }
+    return {"scale": scale, "batch": batch, "image_size": image_size, "iterations": iterations,
+            "forwards_per_sec": {name: 1 / statistics.median(values) for name, values in seconds.items()},
+            "seconds_per_forward": seconds,
+            "overhead": {name: statistics.median(values) for name, values in overhead.items()},
+            "overhead_runs": overhead}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A table of forward passes/s and overheads per scale and batch size."""
+    lines = [f"ImpalaPolicy forward passes/s, {report['image_size']}×{report['image_size']} input, "
+             f"torch threads {report['threads']}, medians of {report['repeats']} interleaved repeats; "
+             f"hooks: cache + add at {LAYER}",
+             f"{'scale':>5} {'batch':>5} {'no HookPoints':>14} {'unhooked':>10} {'hooked':>10} {'hooked/call':>12} "
+             f"{'HookPoints':>11} {'hooked':>8} {'per call':>9}",
+             f"{'':>5} {'':>5} {'':>14} {'':>10} {'':>10} {'':>12} {'overhead':>11} {'overhead':>8} {'overhead':>9}"]
+    for row in report["rows"]:
+        rates, over = row["forwards_per_sec"], row["overhead"]
+        lines.append(f"{row['scale']:>5} {row['batch']:>5} {rates['no_hookpoints']:>14,.1f} "
+                     f"{rates['unhooked']:>10,.1f} {rates['hooked']:>10,.1f} {rates['hooked_per_call']:>12,.1f} "
+                     f"{over['hookpoints']:>+11.1%} {over['hooked']:>+8.1%} {over['hooked_per_call']:>+9.1%}")
+    worst = max(max(row["overhead"]["hooked"], row["overhead"]["hooked_per_call"]) for row in report["rows"])
+    verdict = "met" if worst <= TARGET_OVERHEAD else "MISSED"
+    lines.append(f"worst hook overhead {worst:+.1%} (target <= {TARGET_OVERHEAD:.0%}: {verdict}); load average "
+                 f"{report['load_average']['before']:.2f} before, {report['load_average']['after']:.2f} after")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure every scale × batch size and print (and optionally save) the table."""
+    import torch
+
+    from trainers.config import ConfigError
+
+    if min(args.scales) < 1 or min(args.batch_sizes) < 1 or args.repeats < 1 or args.min_time <= 0:
+        raise ConfigError("--scales, --batch-sizes and --repeats must be >= 1 and --min-time > 0")
+    if args.image_size < 8:
+        raise ConfigError(f"--image-size must be >= 8, got {args.image_size}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    rows = []
+    for scale in args.scales:
+        for batch in args.batch_sizes:
+            print(f"[{time.strftime('%H:%M:%S')}] scale {scale}, batch {batch}", flush=True, file=sys.stderr)
+            rows.append(measure_one(scale, batch, args.image_size, args.repeats, args.min_time))
+    report = {"benchmark": "interp", "image_size": args.image_size, "repeats": args.repeats,
+              "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+              "layer": LAYER, "rows": rows, "target_overhead": TARGET_OVERHEAD,
+              "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
+    print(format_report(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0
