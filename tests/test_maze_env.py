@@ -422,7 +422,7 @@ def test_walking_the_maze_to_the_corner_cheese():
                 assert not done[0] and reward[0] == 0
                 assert ms.mouse_square(env.get_state(0)) == position, "x right, y up from the bottom"
         assert done[0] and reward[0] == 10
-        assert finished == [type(finished[0])(10.0, len(path), True, True, where.maze_dim)]
+        assert finished == [type(finished[0])(10.0, len(path), True, True, where.maze_dim, corner)]
     finally:
         env.close()
 
