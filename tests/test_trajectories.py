@@ -58,6 +58,9 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "sub" / "data.npz"
     save_trajectories(path, traj)
     assert sorted(os.listdir(path.parent)) == ["data.npz"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
     loaded = load_trajectories(path)
     for name, array in traj.arrays().items():
         np.testing.assert_array_equal(getattr(loaded, name), array)

@@ -226,6 +226,9 @@ def save_trajectories(path: str | os.PathLike, traj: Trajectories, append: bool 
                                 metadata=np.array(json.dumps(traj.metadata, sort_keys=True)), **traj.arrays())
             out.flush()
             os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a dataset is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
