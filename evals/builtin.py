@@ -4,7 +4,10 @@ import evals.finetune_to_cheese  # noqa: F401
 import evals.goal_misgeneralization  # noqa: F401
 import evals.retargeting  # noqa: F401
 import evals.steering  # noqa: F401
+import evals.dt_rtg  # noqa: F401
 import evals.sparsity  # noqa: F401
+import evals.dt_steering  # noqa: F401
+import evals.dt_attention  # noqa: F401
 import evals.probes  # noqa: F401
 import evals.activation_patching  # noqa: F401
 import evals.causal_scrubbing  # noqa: F401

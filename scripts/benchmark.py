@@ -949,6 +949,16 @@ def run_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+import bench_dt  # noqa: E402
+
+
+@subcommand("dt", help="decision-transformer training tokens/s: Lightning DTModule vs a plain PyTorch loop "
+            "(target ratio >= 0.9)", add_arguments=bench_dt.add_arguments)
+def run_dt(args: argparse.Namespace) -> int:
+    """Time the DT trainer against the plain loop, interleaved."""
+    return bench_dt.run(args)
+
+
 import bench_interp  # noqa: E402
 
 

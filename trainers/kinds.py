@@ -34,6 +34,8 @@ KINDS: dict[str, Kind] = {
     "ppo_minigrid": Kind("ppo_minigrid", "trainers.ppo_minigrid:MiniGridPPOConfig",
                          "trainers.ppo_minigrid:validate_ppo_minigrid", "trainers.ppo_minigrid:PPOMiniGridModule",
                          "PPO on a MiniGrid/BabyAI env with a small CNN or MLP"),
+    "dt": Kind("dt", "trainers.dt:DTTrainConfig", "trainers.dt:validate_dt", "trainers.dt:DTModule",
+               "decision transformer on a trajectory dataset (offline RL)"),
     "classify": Kind("classify", "trainers.classify:ClassifyConfig", "trainers.classify:validate_classify",
                      "trainers.classify:ClassifyModule", "image classifier (MLP/CNN) with dense or sparse activations"),
 }

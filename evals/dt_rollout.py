@@ -1,0 +1,151 @@
+"""Play a decision transformer online in batched, seeded MiniGrid envs, conditioned on target returns.
+
+Env i starts from seed ``seed + i`` and plays its first episode with target return ``targets[i]``;
+the return-to-go fed to the model starts at the target and is decremented by each reward, as in
+the DT paper. The model sees the last ``context`` timesteps (left-padded while the episode is
+shorter). Actions are the argmax (``greedy``) or sampled with a seeded generator, so a rollout is
+reproducible. Activation edits (``models.hooks`` edits by name) apply to every forward pass, which
+is how steering vectors are tested online.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from envs.minigrid import MiniGridEnv, MiniGridEnvConfig
+from models.decision_transformer import DecisionTransformer
+from models.hooks import Edit, hooked
+from trainers.dt_data import WindowBatch
+
+
+@dataclass
+class PlayedEpisode:
+    """One first episode: its conditioning target, outcome and (optionally) its steps."""
+
+    target: float
+    ret: float
+    length: int
+    success: bool
+    truncated: bool
+    mission: str
+    states: Optional[np.ndarray] = None  # (T, *obs_shape) uint8
+    actions: Optional[np.ndarray] = None  # (T,)
+    returns_to_go: Optional[np.ndarray] = None  # (T,) the RTG the model was given
+    timesteps: Optional[np.ndarray] = None  # (T,)
+
+
+def env_config(spec: DictConfig, num_envs: int, seed: int, max_steps: Optional[int] = None) -> MiniGridEnvConfig:
+    """The env a checkpoint's data came from (its ``spec``), ``num_envs`` copies from ``seed``;
+    ``max_steps`` overrides the episode step limit (None keeps the env's own)."""
+    if not spec.env_id:
+        raise ValueError("the checkpoint's spec.env_id is empty: its dataset named no env, so the model "
+                         "cannot be played online; re-collect the data with `shardlab collect`")
+    return MiniGridEnvConfig(env_id=spec.env_id, num_envs=num_envs, obs=spec.obs or "image", seed=seed,
+                             max_steps=max_steps)
+
+
+def play(model: DecisionTransformer, spec: DictConfig, targets: Sequence[float], seed: int,
+         greedy: bool = True, edits: Optional[dict[str, Edit]] = None, record: bool = False,
+         progress: bool = False, desc: str = "episodes", max_steps: Optional[int] = None) -> list[PlayedEpisode]:
+    """The first episodes (in env order) of ``len(targets)`` envs (seeds ``seed + i``), env i conditioned on ``targets[i]``."""
+    n, K = len(targets), model.context
+    env = MiniGridEnv(env_config(spec, n, seed, max_steps))
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    obs = env.reset()
+    missions = env.missions
+    mission_tokens = model.tokenize_missions(missions).to(device) if model.max_mission_tokens else None
+    states = torch.zeros((n, K, *obs.shape[1:]), dtype=torch.uint8)
+    actions = torch.zeros((n, K), dtype=torch.long)
+    rtg = torch.zeros((n, K))
+    timesteps = torch.zeros((n, K), dtype=torch.long)
+    returns_to_go = torch.tensor(list(targets), dtype=torch.float32)
+    active = torch.ones(n, dtype=torch.bool)
+    history: list[list[tuple]] = [[] for _ in range(n)]
+    outcome: list[Optional[PlayedEpisode]] = [None] * n
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    t = 0
+    try:
+        with torch.inference_mode(), hooked(model, edits or {}):
+            while active.any():
+                # shift the windows one step left and append the current step (action not chosen yet)
+                for buffer in (states, actions, rtg, timesteps):
+                    buffer[:, :-1] = buffer[:, 1:].clone()
+                states[:, -1], actions[:, -1], rtg[:, -1], timesteps[:, -1] = obs, 0, returns_to_go, t
+                mask = (torch.arange(K) >= K - 1 - t).expand(n, K)
+                rows = torch.nonzero(active).flatten()
+                batch = WindowBatch(states[rows], actions[rows], rtg[rows], timesteps[rows], mask[rows],
+                                    None if mission_tokens is None else mission_tokens[rows.to(device)]).to(device)
+                logits = model(**batch.inputs())[:, -1].float().cpu()
+                chosen = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+                step_actions = torch.zeros(n, dtype=torch.long)
+                step_actions[rows] = chosen
+                actions[:, -1] = step_actions
+                if record:
+                    for row in rows.tolist():
+                        history[row].append((obs[row].numpy(), int(step_actions[row]), float(returns_to_go[row]), t))
+                obs, reward, done, finished = env.step(step_actions)
+                returns_to_go -= reward
+                for index, episode in zip(torch.nonzero(done).flatten().tolist(), finished):
+                    if active[index]:
+                        active[index] = False
+                        outcome[index] = PlayedEpisode(float(targets[index]), episode.ret, episode.length,
+                                                       episode.success, episode.truncated, episode.mission)
+                        bar.update(1)
+                t += 1
+    finally:
+        bar.close()
+        env.close()
+    if record:
+        for episode, steps in zip(outcome, history):
+            episode.states = np.stack([s[0] for s in steps])
+            episode.actions = np.array([s[1] for s in steps], dtype=np.int64)
+            episode.returns_to_go = np.array([s[2] for s in steps], dtype=np.float32)
+            episode.timesteps = np.array([s[3] for s in steps], dtype=np.int64)
+    return outcome
+
+
+def episode_windows(model: DecisionTransformer, episode: PlayedEpisode, ends: Sequence[int],
+                    rtg: Optional[float] = None) -> WindowBatch:
+    """Windows of a recorded episode ending at each step of ``ends``; ``rtg`` replaces every RTG."""
+    K = model.context
+    index = torch.tensor(list(ends))[:, None] + torch.arange(K) - (K - 1)
+    mask = index >= 0
+    index = index.clamp_min(0)
+    returns = torch.from_numpy(episode.returns_to_go)[index]
+    if rtg is not None:
+        returns = torch.full_like(returns, rtg)
+    missions = model.tokenize_missions([episode.mission] * len(ends)) if model.max_mission_tokens else None
+    return WindowBatch(torch.from_numpy(episode.states)[index], torch.from_numpy(episode.actions)[index], returns,
+                       torch.from_numpy(episode.timesteps)[index], mask, missions)
+
+
+def recorded_windows(model: DecisionTransformer, episodes: list[PlayedEpisode], limit: int, seed: int
+                     ) -> list[tuple[PlayedEpisode, list[int]]]:
+    """Up to ``limit`` (episode, step) window ends drawn (seeded) from every step of the episodes."""
+    pairs = [(i, t) for i, e in enumerate(episodes) for t in range(e.length)]
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(pairs), size=min(limit, len(pairs)), replace=False).tolist())
+    by_episode: dict[int, list[int]] = {}
+    for index in chosen:
+        episode, step = pairs[index]
+        by_episode.setdefault(episode, []).append(step)
+    return [(episodes[i], steps) for i, steps in by_episode.items()]
+
+
+def summarise(episodes: list[PlayedEpisode]) -> dict[str, tuple[float, Optional[float]]]:
+    """Success rate, mean return, mean length and truncation rate, each as (value, stderr)."""
+    n = len(episodes)
+    success = np.array([e.success for e in episodes], dtype=np.float64)
+    returns = np.array([e.ret for e in episodes], dtype=np.float64)
+    lengths = np.array([e.length for e in episodes], dtype=np.float64)
+    truncated = np.array([e.truncated for e in episodes], dtype=np.float64)
+    sem = lambda x: float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else None
+    return {"success_rate": (float(success.mean()), sem(success)), "mean_return": (float(returns.mean()), sem(returns)),
+            "mean_length": (float(lengths.mean()), sem(lengths)), "truncation_rate": (float(truncated.mean()), sem(truncated))}

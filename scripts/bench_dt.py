@@ -1,0 +1,187 @@
+"""``benchmark.py dt``: training tokens/s of the decision-transformer LightningModule against a
+plain-PyTorch loop of the same model, in the same process, interleaved.
+
+Both sides build the model, the dataset windows, the per-step seeded window sampling, the masked
+action loss, AdamW with the warmup + cosine schedule and grad-norm clipping from the same functions
+of ``trainers/dt.py``, on the same config and data. The trainer side is the real ``DTModule`` under
+a ``pl.Trainer`` built like ``trainers.run.fit`` (no logger, no checkpoints, no progress bar, one
+process); the plain side is a hand-written loop (sample → forward → loss → backward → clip → step →
+schedule). Each measurement runs ``--warmup`` untimed steps, then ``--steps`` timed ones, the clock
+read at step boundaries (for the trainer from a callback after the optimizer step, so Lightning's
+per-step overhead is inside the window). A token is one position of the model's sequence
+(``batch × tokens per window``, padding included), the same count on both sides. Logging and
+validation intervals are pushed past the run so neither side validates. Repeats alternate the order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any
+
+TARGET_RATIO = 0.9
+DEFAULT_CONFIG = os.path.join("configs", "train", "dt_doorkey.yaml")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``benchmark.py dt``."""
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. model.d_model=128")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"training recipe (default {DEFAULT_CONFIG})")
+    parser.add_argument("--data", help="trajectory dataset (default: a synthetic one, 300 random episodes)")
+    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per measurement (default 40)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians reported (default 3)")
+    parser.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
+
+
+def synthetic_dataset(path: str, episodes: int = 300, seed: int = 0) -> str:
+    """Random DoorKey-shaped episodes (7×7×3 views, 7 actions, lengths 5–60) written to ``path``."""
+    import numpy as np
+
+    from trainers.trajectories import from_episodes, save_trajectories
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(5, 61, episodes)
+    obs = [rng.integers(0, 3, (n, 7, 7, 3)).astype(np.uint8) for n in lengths]
+    actions = [rng.integers(0, 7, n) for n in lengths]
+    rewards = [np.r_[np.zeros(n - 1), rng.random()].astype(np.float32) for n in lengths]
+    traj = from_episodes(obs, actions, rewards, [True] * episodes, [False] * episodes,
+                         ["use the key to open the door and then get to the goal"] * episodes,
+                         {"env_id": "MiniGrid-DoorKey-5x5-v0", "obs": "image", "num_actions": 7, "max_steps": 250})
+    save_trajectories(path, traj)
+    return path
+
+
+def _config(args: argparse.Namespace, data: str, total_steps: int) -> Any:
+    from trainers.config import load_config
+
+    return load_config(args.config, [*args.overrides, f"data.path={data}", f"trainer.total_steps={total_steps}",
+                                     f"monitor.log_every={total_steps + 1}", f"monitor.validate_every={total_steps + 1}",
+                                     "trainer.progress_bar=false"])
+
+
+def measure_trainer(cfg: Any, warmup: int, steps: int) -> float:
+    """Seconds of ``steps`` timed optimizer steps of DTModule under a pl.Trainer."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback
+
+    from trainers.config import to_dict
+    from trainers.dt import DTModule
+
+    pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    module = DTModule(to_dict(cfg))
+    marks: list[float] = []
+
+    class Clock(Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+            if trainer.global_step in (warmup, warmup + steps):
+                marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory(prefix="shardlab-bench-dt-") as root:
+        trainer = pl.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, max_steps=warmup + steps,
+                             max_epochs=-1, gradient_clip_val=module.gradient_clip_val(),
+                             gradient_clip_algorithm="norm", logger=False, callbacks=[Clock()],
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=root, use_distributed_sampler=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|max_epochs|LeafSpec).*")
+            trainer.fit(module)
+    return marks[1] - marks[0]
+
+
+def measure_plain(cfg: Any, warmup: int, steps: int) -> float:
+    """Seconds of ``steps`` timed optimizer steps of a plain PyTorch loop doing the same work."""
+    import torch
+
+    from trainers.config import build_config, to_dict
+    from trainers.dt import (TrainingData, action_loss, batch_generator, build_decision_transformer, fill_spec,
+                             make_optimizer, read_dataset)
+
+    torch.manual_seed(cfg.trainer.seed)
+    traj = read_dataset(cfg.data.path)
+    cfg = build_config(fill_spec(to_dict(cfg), traj))
+    model = build_decision_transformer(cfg).train()
+    data = TrainingData(cfg, traj, model)
+    optimizer, schedule = make_optimizer(model, cfg.optim, cfg.trainer.total_steps)
+    start = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            start = time.perf_counter()
+        windows = data.train.sample(cfg.optim.batch_size, batch_generator(cfg.trainer.seed, 0, step))
+        loss, _, _ = action_loss(model(**windows.inputs()), windows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+    return time.perf_counter() - start
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Interleaved repeats of both measurements; rates in tokens/s and their median ratio."""
+    import torch
+
+    from trainers.config import ConfigError, build_config, to_dict
+    from trainers.dt import build_decision_transformer, fill_spec, read_dataset
+
+    if min(args.steps, args.repeats) < 1 or args.warmup < 0:
+        raise ConfigError("--steps and --repeats must be >= 1 and --warmup >= 0")
+    with tempfile.TemporaryDirectory(prefix="shardlab-bench-dt-data-") as folder:
+        data = args.data or synthetic_dataset(os.path.join(folder, "synthetic.npz"))
+        cfg = _config(args, data, args.warmup + args.steps)
+        model = build_decision_transformer(build_config(fill_spec(to_dict(cfg), read_dataset(data))))
+        tokens_per_step = cfg.optim.batch_size * model.sequence_length(cfg.model.context, model.max_mission_tokens)
+        runs = []
+        for repeat in range(args.repeats):
+            order = ("trainer", "plain") if repeat % 2 == 0 else ("plain", "trainer")
+            for name in order:
+                seconds = (measure_trainer if name == "trainer" else measure_plain)(cfg, args.warmup, args.steps)
+                rate = tokens_per_step * args.steps / seconds
+                runs.append({"name": name, "repeat": repeat, "seconds": seconds, "tokens_per_sec": rate})
+                print(f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats} {name}: "
+                      f"{rate:,.0f} tokens/s", flush=True, file=sys.stderr)
+    rates = {name: statistics.median(r["tokens_per_sec"] for r in runs if r["name"] == name)
+             for name in ("trainer", "plain")}
+    ratios = [t["tokens_per_sec"] / p["tokens_per_sec"] for t, p in
+              zip([r for r in runs if r["name"] == "trainer"], [r for r in runs if r["name"] == "plain"])]
+    return {"benchmark": "dt", "config": {"recipe": args.config, "overrides": list(args.overrides),
+                                          "data": args.data or "synthetic", "batch_size": cfg.optim.batch_size,
+                                          "context": cfg.model.context, "d_model": cfg.model.d_model,
+                                          "n_layers": cfg.model.n_layers, "tokens_per_step": tokens_per_step},
+            "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "threads": torch.get_num_threads(),
+            "load_average": os.getloadavg()[0], "runs": runs, "rates": rates,
+            "ratio_trainer_over_plain": statistics.median(ratios), "ratios_per_repeat": ratios,
+            "target_ratio": TARGET_RATIO}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A short table of the medians and the ratio against its target."""
+    c = report["config"]
+    lines = [f"decision transformer training: {c['n_layers']} layers, d {c['d_model']}, context {c['context']}, "
+             f"batch {c['batch_size']} ({c['tokens_per_step']:,} tokens/step), data {c['data']}",
+             f"{report['steps']} timed steps after {report['warmup']} warm-up, {report['repeats']} interleaved "
+             f"repeats, {report['threads']} torch threads, load average {report['load_average']:.2f}",
+             f"  trainer (Lightning DTModule)   {report['rates']['trainer']:>12,.0f} tokens/s",
+             f"  plain PyTorch loop             {report['rates']['plain']:>12,.0f} tokens/s",
+             f"  trainer / plain                {report['ratio_trainer_over_plain']:>12.3f}   (target >= "
+             f"{report['target_ratio']}; per repeat " + ", ".join(f"{r:.3f}" for r in report["ratios_per_repeat"]) + ")"]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Measure, print, optionally write JSON."""
+    import json
+
+    report = measure(args)
+    print(format_report(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+    return 0

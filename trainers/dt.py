@@ -1,0 +1,466 @@
+"""Decision-transformer training on a trajectory dataset (``algo: dt``) as a LightningModule.
+
+One ``training_step`` is one AdamW step on ``optim.batch_size`` context windows per rank, sampled
+uniformly over the training episodes' steps with a generator seeded by (trainer.seed, rank, step),
+so a resumed run draws exactly the windows the uninterrupted run would have. The loss is the
+cross-entropy of the action predicted at every real (unpadded) timestep. A seeded fraction of the
+episodes is held out; their loss and action accuracy are logged every ``monitor.validate_every``
+steps. Progress, ``trainer.total_steps`` and ``trainer.checkpoint_every`` count optimizer steps.
+
+Settings the data decides (observation shape, actions, episode length, mission vocabulary, return
+range) are read from ``data.path`` into the ``spec`` section and saved with the checkpoint, so
+``load_trained`` rebuilds the model and the evals rebuild the env without the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from models.decision_transformer import STATE_ENCODINGS, DecisionTransformer, build_vocabulary, mission_words
+from models.sparse import KINDS as ACTIVATIONS
+from models.sparse import l1_penalty
+from trainers.base import ShardlabModule
+from trainers.config import ConfigError, TrainerConfig, build_config, need
+from trainers.dt_data import EpisodeWindows, WindowBatch, split_episodes
+from trainers.trajectories import DatasetError, Trajectories, load_trajectories
+
+
+# -- config ---------------------------------------------------------------------------------------
+@dataclass
+class DTDataConfig:
+    """The trajectory dataset (trainers/trajectories.py format) and its train/validation split."""
+
+    path: str = "data/doorkey.npz"
+    validation_fraction: float = 0.1  # of the episodes, held out for validation
+    split_seed: int = 0
+
+
+@dataclass
+class DTModelConfig:
+    """The decision transformer (models/decision_transformer.py)."""
+
+    kind: str = "decision_transformer"
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 2
+    context: int = 20  # timesteps per window (3 tokens each with RTG, 2 without)
+    dropout: float = 0.1
+    state_encoding: str = "onehot"  # onehot: linear over the one-hot 7×7×3 encoding; linear: over raw values
+    use_rtg: bool = True  # false: behavioural cloning, no return-to-go tokens
+    use_mission: bool = False  # prepend the mission's words as tokens (BabyAI)
+    mlp_activation: str = "gelu"  # relu, gelu, kwta, topk, l1 (models/sparse.py)
+    mlp_activation_options: Dict[str, Any] = field(default_factory=dict)  # e.g. {percent_on: 0.1}
+    mlp_ratio: int = 4
+    rtg_scale: float = 1.0  # returns-to-go are divided by this before embedding
+
+
+@dataclass
+class DTOptimConfig:
+    """AdamW with linear warmup then cosine decay to ``min_lr_ratio · lr`` (steps are optimizer steps)."""
+
+    lr: float = 6e-4
+    weight_decay: float = 1e-4  # on weight matrices and embeddings, not on biases and LayerNorms
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    batch_size: int = 64  # windows per rank and step
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    l1_coef: float = 0.0  # model.mlp_activation=l1: weight of the mean |activation| penalty
+
+
+@dataclass
+class DTMonitorConfig:
+    """How often to log and validate (optimizer steps)."""
+
+    log_every: int = 50
+    validate_every: int = 250
+    validation_windows: int = 2048  # fixed windows of the held-out episodes (fewer if there are fewer)
+    validation_batch_size: int = 256
+
+
+@dataclass
+class DTSpec:
+    """What the dataset decides; filled from data.path when empty and saved in checkpoints."""
+
+    env_id: str = ""
+    obs: str = ""
+    obs_shape: List[int] = field(default_factory=list)
+    num_actions: int = 0
+    max_timestep: int = 0  # largest timestep the embedding knows (the env's step limit)
+    mission_vocab: List[str] = field(default_factory=list)
+    max_mission_tokens: int = 0
+    return_min: float = 0.0
+    return_max: float = 0.0
+    return_mean: float = 0.0
+    success_rate: float = 0.0
+
+
+@dataclass
+class DTTrainConfig:
+    """A decision-transformer run on a trajectory dataset."""
+
+    name: str = "dt"
+    algo: str = "dt"
+    data: DTDataConfig = field(default_factory=DTDataConfig)
+    model: DTModelConfig = field(default_factory=DTModelConfig)
+    optim: DTOptimConfig = field(default_factory=DTOptimConfig)
+    monitor: DTMonitorConfig = field(default_factory=DTMonitorConfig)
+    spec: DTSpec = field(default_factory=DTSpec)
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
+        total_steps=5000, checkpoint_every=1000, accelerator="cpu"))
+
+
+def validate_dt(cfg: DictConfig) -> None:
+    """Checks of a decision-transformer config (the dataset itself is checked when training starts)."""
+    model, optim, monitor = cfg.model, cfg.optim, cfg.monitor
+    need(model.kind == "decision_transformer", f"model.kind must be 'decision_transformer', got {model.kind!r}")
+    need(model.n_layers >= 1 and model.n_heads >= 1 and model.context >= 1 and model.mlp_ratio >= 1,
+         "model.n_layers, model.n_heads, model.context and model.mlp_ratio must be >= 1")
+    need(model.d_model >= 1 and model.d_model % model.n_heads == 0,
+         f"model.d_model ({model.d_model}) must be a positive multiple of model.n_heads ({model.n_heads})")
+    need(0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}")
+    need(model.state_encoding in STATE_ENCODINGS,
+         f"model.state_encoding must be one of {', '.join(STATE_ENCODINGS)}, got {model.state_encoding!r}")
+    need(model.mlp_activation in ACTIVATIONS,
+         f"model.mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {model.mlp_activation!r}")
+    need(model.rtg_scale > 0, f"model.rtg_scale must be > 0, got {model.rtg_scale}")
+    need(bool(cfg.data.path), "data.path must name a trajectory dataset (.npz from `shardlab collect`)")
+    need(0 <= cfg.data.validation_fraction < 1,
+         f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
+    need(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
+    need(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
+         f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)}")
+    for key in ("weight_decay", "warmup_steps", "max_grad_norm", "l1_coef"):
+        need(optim[key] >= 0, f"optim.{key} must be >= 0, got {optim[key]}")
+    need(0 <= optim.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {optim.min_lr_ratio}")
+    need(optim.batch_size >= 1, f"optim.batch_size must be >= 1, got {optim.batch_size}")
+    need(optim.l1_coef == 0 or model.mlp_activation == "l1",
+         f"optim.l1_coef={optim.l1_coef} only acts with model.mlp_activation=l1 (got {model.mlp_activation!r})")
+    need(monitor.log_every >= 1 and monitor.validate_every >= 1 and monitor.validation_windows >= 1
+         and monitor.validation_batch_size >= 1, "monitor.* counts must be >= 1")
+    if not cfg.spec.obs_shape:  # a config to train from: its dataset must be there (a checkpoint's need not)
+        _check_dataset(cfg)
+    try:  # a wrong option name should stop the run before anything is written
+        from models.sparse import make_activation
+        make_activation(model.mlp_activation, **dict(model.mlp_activation_options))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.mlp_activation_options: {exc}") from None
+
+
+def _check_dataset(cfg: DictConfig) -> None:
+    """Cheap checks of data.path before a run directory is made: it exists, is a trajectory file,
+    and its observations suit model.state_encoding (only the small metadata array is read)."""
+    path = cfg.data.path
+    need(os.path.isfile(path), f"data.path {path} not found; make one with `python scripts/dt_doorkey_data.py "
+                               f"--out {path}` or `shardlab collect`")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            need("metadata" in npz.files and "observations" in npz.files,
+                 f"data.path {path} is not a trajectory dataset (no metadata/observations arrays)")
+            metadata = json.loads(str(npz["metadata"]))
+    except ConfigError:
+        raise
+    except Exception as exc:  # zip, zlib and JSON errors of a damaged file
+        raise ConfigError(f"data.path {path} is truncated or corrupt ({type(exc).__name__}); re-collect it") from None
+    shape = metadata.get("obs_shape") if isinstance(metadata, dict) else None
+    need(cfg.model.state_encoding != "onehot" or not shape or shape[-1] == 3,
+         f"model.state_encoding=onehot needs MiniGrid's (H, W, 3) index encoding but {path} holds observations "
+         f"of shape {tuple(shape or ())}; use model.state_encoding=linear")
+
+
+# -- data ---------------------------------------------------------------------------------------
+def read_dataset(path: str) -> Trajectories:
+    """load_trajectories with its error turned into a one-line ConfigError (exit 2)."""
+    try:
+        return load_trajectories(path)
+    except DatasetError as exc:
+        raise ConfigError(f"data.path: {exc}") from None
+
+
+def dataset_spec(traj: Trajectories, use_mission: bool) -> dict[str, Any]:
+    """The ``spec`` section a dataset implies."""
+    meta = traj.metadata
+    returns = traj.episode_returns.astype(np.float64)
+    success = traj.terminated & (traj.episode_returns > 0)
+    step_limit = int(meta.get("max_steps") or _env_step_limit(str(meta.get("env_id", ""))))
+    spec = {"env_id": str(meta.get("env_id", "")), "obs": str(meta.get("obs", "")),
+            "obs_shape": list(traj.obs_shape),
+            "num_actions": int(meta.get("num_actions") or int(traj.actions.max()) + 1),
+            "max_timestep": max(step_limit, int(traj.timesteps.max())),
+            "return_min": float(returns.min()), "return_max": float(returns.max()),
+            "return_mean": float(returns.mean()), "success_rate": float(success.mean())}
+    if use_mission:
+        spec["mission_vocab"] = build_vocabulary([str(m) for m in traj.missions])
+        spec["max_mission_tokens"] = max(1, max(len(mission_words(str(m))) for m in traj.missions))
+    return spec
+
+
+def _env_step_limit(env_id: str) -> int:
+    """The episode step limit of a registered MiniGrid env (0 if the id is unknown)."""
+    from envs.minigrid import MiniGridEnvConfig, check_config, make_single
+
+    cfg = MiniGridEnvConfig(env_id=env_id, num_envs=1)
+    try:
+        check_config(cfg)
+    except ValueError:
+        return 0
+    env = make_single(cfg)
+    limit = int(getattr(env.unwrapped, "max_steps", 0))
+    env.close()
+    return limit
+
+
+def fill_spec(config: dict, traj: Trajectories) -> dict:
+    """``config`` with empty ``spec`` entries filled from the dataset (set ones are kept)."""
+    derived = dataset_spec(traj, bool(config.get("model", {}).get("use_mission", False)))
+    spec = dict(config.get("spec") or {})
+    for key, value in derived.items():
+        if spec.get(key) in (None, "", 0, 0.0, []):
+            spec[key] = value
+    return {**config, "spec": spec}
+
+
+def build_decision_transformer(cfg: DictConfig) -> DecisionTransformer:
+    """The network a resolved config (with its spec filled) describes."""
+    m, spec = cfg.model, cfg.spec
+    if not spec.obs_shape or spec.num_actions < 1:
+        raise ConfigError("spec.obs_shape and spec.num_actions are empty; they are read from data.path "
+                          "when training starts (a checkpoint carries them)")
+    if m.state_encoding == "onehot" and spec.obs_shape[-1] != 3:
+        raise ConfigError(f"model.state_encoding=onehot needs MiniGrid's (H, W, 3) index encoding but the data's "
+                          f"observations are {tuple(spec.obs_shape)} (obs {spec.obs!r}); use model.state_encoding=linear")
+    return DecisionTransformer(
+        obs_shape=list(spec.obs_shape), num_actions=spec.num_actions, max_timestep=spec.max_timestep,
+        n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, context=m.context, dropout=m.dropout,
+        state_encoding=m.state_encoding, use_rtg=m.use_rtg,
+        mission_vocab=list(spec.mission_vocab) if m.use_mission else (),
+        max_mission_tokens=spec.max_mission_tokens if m.use_mission else 0,
+        mlp_activation=m.mlp_activation, mlp_activation_options=dict(m.mlp_activation_options),
+        mlp_ratio=m.mlp_ratio, rtg_scale=m.rtg_scale)
+
+
+def action_loss(logits: torch.Tensor, batch: WindowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy, correct predictions, real timesteps) over the real timesteps only."""
+    mask = batch.step_mask
+    per_step = F.cross_entropy(logits.flatten(0, 1).float(), batch.actions.flatten(), reduction="none")
+    weights = mask.flatten().to(per_step.dtype)
+    count = weights.sum()
+    correct = ((logits.argmax(-1) == batch.actions) & mask).sum()
+    return (per_step * weights).sum() / count.clamp_min(1), correct, count
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, optim: DictConfig, total_steps: int
+                   ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (decay on ≥2-D parameters only, as nanoGPT) and the warmup + cosine schedule."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=optim.lr, betas=tuple(optim.betas))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, optim.warmup_steps, total_steps, optim.min_lr_ratio))
+    return optimizer, schedule
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of dummy items: windows are sampled in training_step, seeded by the step."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+class TrainingData:
+    """The dataset's train and validation windows and mission tokens, ready for the module."""
+
+    def __init__(self, cfg: DictConfig, traj: Trajectories, model: DecisionTransformer):
+        train, validation = split_episodes(traj.num_episodes, cfg.data.validation_fraction, cfg.data.split_seed)
+        missions = model.tokenize_missions([str(m) for m in traj.missions]) if model.max_mission_tokens else None
+        self.train = EpisodeWindows(traj, train, cfg.model.context, missions)
+        self.validation = EpisodeWindows(traj, validation, cfg.model.context, missions)
+        self.validation_ends = self.validation.fixed_ends(cfg.monitor.validation_windows, cfg.data.split_seed)
+
+    def to(self, device: torch.device) -> "TrainingData":
+        """Move all tensors to ``device``."""
+        self.train.to(device)
+        self.validation.to(device)
+        self.validation_ends = self.validation_ends.to(device)
+        return self
+
+
+def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator that draws the windows of one optimizer step on one rank."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_033 + step) % (2 ** 63))
+
+
+# -- the LightningModule --------------------------------------------------------------------------
+class DTModule(ShardlabModule):
+    """Supervised action prediction on context windows, with a held-out validation split."""
+
+    kind, model_attr, progress_key, progress_unit = "dt", "model", "steps", "step"
+    resume_fixed_keys = ("model", "data", "optim.batch_size")
+
+    def __init__(self, config: dict, world_size: int = 1):
+        super().__init__()
+        raw = build_config(config, source="config")  # validated before the data is read
+        traj = read_dataset(raw.data.path)
+        config = fill_spec(config, traj)
+        self.save_hyperparameters({"config": config, "world_size": world_size})
+        self.cfg = build_config(config, source="config")
+        self.model = build_decision_transformer(self.cfg)
+        self.data = TrainingData(self.cfg, traj, self.model)
+        if len(self.data.train) == 0:
+            raise ConfigError(f"data.path {raw.data.path} leaves no training episodes; lower data.validation_fraction")
+        self.tokens_per_window = self.model.sequence_length(self.cfg.model.context, self.model.max_mission_tokens)
+        self._stats: list[torch.Tensor] = []
+        self._window_start = time.perf_counter()
+        self._window_steps = 0
+        self._restored_rng: Optional[torch.Tensor] = None
+        self._checked_spec: Optional[dict] = None
+        self.last_metrics: dict[str, float] = {}
+
+    # -- data -----------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        """Dummy items; the windows are drawn in training_step."""
+        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+
+    def on_train_start(self) -> None:
+        """Put the dataset on the device and restore the dropout RNG of a resumed run."""
+        self.data.to(self.device)
+        if self._restored_rng is not None:
+            torch.set_rng_state(self._restored_rng)
+            self._restored_rng = None
+        self._window_start, self._window_steps = time.perf_counter(), 0
+
+    def sample(self, step: int) -> WindowBatch:
+        """The training windows of optimizer step ``step`` on this rank."""
+        generator = batch_generator(self.cfg.trainer.seed, self.global_rank, step)
+        return self.data.train.sample(self.cfg.optim.batch_size, generator)
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Cross-entropy of the actions of one batch of windows."""
+        windows = self.sample(self.global_step)
+        logits = self.model(**windows.inputs())
+        loss, correct, count = action_loss(logits, windows)
+        if self.cfg.optim.l1_coef > 0:
+            loss = loss + self.cfg.optim.l1_coef * l1_penalty(self.model).to(loss.device)
+        # kept on the device and read once per log interval: a .item() per step would sync a GPU
+        self._stats.append(torch.stack([loss.detach().float() * count, correct.float(), count.float()]))
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        """AdamW with warmup + cosine decay, stepped every optimizer step."""
+        optimizer, schedule = make_optimizer(self.model, self.cfg.optim, self.cfg.trainer.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Log (and validate) at the configured intervals and at the end."""
+        step, monitor = self.global_step, self.cfg.monitor
+        self._window_steps += 1
+        last = step >= self.max_optimizer_steps()
+        if step % monitor.log_every == 0 or last:
+            self._log(step, validate=step % monitor.validate_every == 0 or last)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and action accuracy on the fixed held-out windows (summed over ranks)."""
+        ends = self.data.validation_ends[self.global_rank::self.trainer.world_size]
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        was_training = self.model.training
+        self.model.eval()
+        for windows in self.data.validation.batches(ends, self.cfg.monitor.validation_batch_size):
+            loss, correct, count = action_loss(self.model(**windows.inputs()), windows)
+            totals += torch.stack([loss.double() * count, correct.double(), count.double()])
+        self.model.train(was_training)
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        loss_sum, correct, count = totals.tolist()
+        return {"val/loss": loss_sum / count, "val/accuracy": correct / count} if count else {}
+
+    def _log(self, step: int, validate: bool) -> None:
+        elapsed = time.perf_counter() - self._window_start
+        totals = torch.stack(self._stats).sum(0)
+        if self.trainer.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        loss_sum, correct, count = totals.tolist()
+        world, batch = self.trainer.world_size, self.cfg.optim.batch_size
+        row: dict[str, float] = {"steps": step, "samples": step * batch * world,
+                                 "train/loss": loss_sum / max(count, 1), "train/accuracy": correct / max(count, 1),
+                                 "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+                                 "perf/samples_per_sec": self._window_steps * batch * world / elapsed,
+                                 "perf/tokens_per_sec": self._window_steps * batch * world * self.tokens_per_window / elapsed}
+        if validate:
+            row.update(self.validate())
+        self._stats.clear()
+        self._window_start, self._window_steps = time.perf_counter(), 0
+        self.last_metrics = row
+        if self.global_rank == 0:
+            if self.logger is not None:
+                for key, value in row.items():
+                    if "/" in key:
+                        self.logger.experiment.add_scalar(key, value, step)
+            if self.metrics_path:
+                with open(self.metrics_path, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+
+    # -- the shared run loop's interface (trainers/base.py) -------------------------------------
+    @staticmethod
+    def build_model(cfg: DictConfig) -> DecisionTransformer:
+        """The decision transformer a checkpoint's config describes."""
+        return build_decision_transformer(cfg)
+
+    def max_optimizer_steps(self) -> int:
+        """trainer.total_steps (optimizer steps)."""
+        return self.cfg.trainer.total_steps
+
+    def gradient_clip_val(self) -> Optional[float]:
+        """optim.max_grad_norm (None when 0)."""
+        return self.cfg.optim.max_grad_norm or None
+
+    def checkpoint_due(self, optimizer_step: int) -> bool:
+        """Every trainer.checkpoint_every optimizer steps."""
+        return optimizer_step % self.cfg.trainer.checkpoint_every == 0
+
+    def postfix(self) -> dict[str, str]:
+        """Latest training loss and validation accuracy."""
+        row = self.last_metrics
+        shown = {"loss": f"{row['train/loss']:.3f}"} if "train/loss" in row else {}
+        if "val/accuracy" in row:
+            shown["val_acc"] = f"{row['val/accuracy']:.1%}"
+        return shown
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def shardlab_state(self) -> dict[str, Any]:
+        """Samples seen and the torch RNG (dropout), all weights_only-safe."""
+        return {"samples": self.global_step * self.cfg.optim.batch_size * self.trainer.world_size,
+                "rng": {"torch": torch.get_rng_state()}}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a dataset whose spec differs from the checkpoint's; restore the RNG at train start."""
+        saved = checkpoint["hyper_parameters"]["config"].get("spec", {})
+        ours = self.hparams["config"]["spec"]
+        for key in ("obs_shape", "num_actions", "max_timestep", "mission_vocab", "max_mission_tokens"):
+            if list(np.atleast_1d(saved.get(key, []))) != list(np.atleast_1d(ours.get(key, []))):
+                raise ConfigError(f"data.path {self.cfg.data.path} gives spec.{key}={ours.get(key)!r} but the "
+                                  f"checkpoint was trained with {saved.get(key)!r}; resume with the same dataset")
+        self._restored_rng = checkpoint.get("shardlab", {}).get("rng", {}).get("torch")
