@@ -44,10 +44,15 @@ def hook_names(model: nn.Module) -> list[str]:
 
 
 def _module(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
-    close = difflib.get_close_matches(name, list(modules), n=3, cutoff=0.6)
+    if name:
+        # walk the dotted path through the child-module tables: far cheaper than listing every
+        # module, which matters when hooked() is entered around each forward pass
+        module: Optional[nn.Module] = model
+        for part in name.split("."):
+            module = module._modules.get(part) if module is not None else None
+        if module is not None:
+            return module
+    close = difflib.get_close_matches(name, hook_names(model), n=3, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see models.hooks.hook_names(model)"
     raise HookError(f"{type(model).__name__} has no activation named {name!r}{hint}")
 

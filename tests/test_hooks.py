@@ -189,6 +189,10 @@ def test_unknown_name_gives_close_names_and_registers_nothing(model):
     with pytest.raises(HookError, match="hook_names"):
         with hooked(model, cache=["nothing_like_it"]):
             pass
+    for name in ("embedder.fc.weight", "", "embedder..fc", "embedder.block9.conv"):  # not modules
+        with pytest.raises(HookError):
+            with hooked(model, cache=[name]):
+                pass
 
 
 def test_batch_entries_are_edited_and_cached_independently(model, x):
