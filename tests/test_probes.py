@@ -6,6 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from evals.maze_inputs import cached_activations, maze_cells
 from evals.maze_interp_common import activation_square_cell
@@ -89,3 +92,19 @@ def test_cached_activations_match_the_plain_forward():
     torch.testing.assert_close(logits, ref_logits)
     for layer in layers:
         torch.testing.assert_close(acts[layer], ref[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_rotating_wide_features_onto_the_training_span_changes_no_prediction():
+    rng = np.random.default_rng(4)
+    n, width = 60, 500  # more features than samples: the probes rotate onto the samples' span
+    features = rng.normal(size=(n, width))
+    tiles = features[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(n, 2))
+    labels = (features[:, 0] > 0).astype(int) + (features[:, 1] > 0)
+    train, test = _split(n)
+    direct = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13))).fit(features[train], tiles[train])
+    np.testing.assert_allclose(regression_probe(features[train], tiles[train], features[test]),
+                               direct.predict(features[test]), rtol=1e-6, atol=1e-8)
+    direct = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-8))
+    direct.fit(features[train], labels[train])
+    predicted = classification_probe(features[train], labels[train], features[test], regularization=0.1)
+    assert (predicted == direct.predict(features[test])).mean() >= 0.9
