@@ -15,7 +15,10 @@ observations from seeded random rollouts of the training env):
 Noise robustness: Gaussian noise of standard deviation σ is added to the inputs (images in [0, 1],
 clipped back to [0, 1]); the score is test accuracy (classifier) or agreement of the greedy action
 with the noise-free one (policy), and ``noise_auc`` is the area under score-vs-σ divided by the σ
-range, i.e. the mean score over the noise levels.
+range, i.e. the mean score over the noise levels. ``majority_baseline`` is the score of always
+giving the most common answer (the commonest class, or the policy's commonest clean action): a
+policy that collapses to one action under heavy noise scores about that much, so agreement near
+it means the noise destroyed the policy's input, not that it is robust.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ class SparsityReport:
     score_name: str  # accuracy (classifier) or agreement (policy)
     samples: int
     clean_accuracy: Optional[float] = None
+    majority_baseline: float = 0.0  # the score of always answering the most common reference answer
 
     def noise_auc(self) -> float:
         """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
@@ -204,8 +208,10 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
             hits += (predicted == reference).float().mean().item() / (noise_repeats if sigma > 0 else 1)
         scores.append(hits)
     accuracy = None if y is None else (clean == y).float().mean().item()
+    # a policy that collapses to one action under noise still agrees with its clean choice this often
+    majority = torch.bincount(reference).max().item() / len(reference)
     return SparsityReport(layers, list(noise_levels), scores, "accuracy" if y is not None else "agreement",
-                          len(x), accuracy)
+                          len(x), accuracy, majority)
 
 
 def _binomial_stderr(p: float, n: int) -> float:
@@ -350,3 +356,4 @@ def add_report(result: Result, report: SparsityReport) -> None:
         result.add(f"noise_{report.score_name}/sigma={sigma:g}", score, stderr=_binomial_stderr(score, n), n=n,
                    higher_is_better=True)
     result.add("noise_auc", report.noise_auc(), n=n, higher_is_better=True)
+    result.add(f"noise_{report.score_name}/majority_baseline", report.majority_baseline, n=n)

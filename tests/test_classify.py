@@ -204,7 +204,7 @@ def test_sparsity_eval_on_a_classifier(runs, tmp_path):
     out = tmp_path / "eval"
     assert shardlab.main(["eval", runs["kwta"], "--suite", SUITE, "--out", str(out)]) == 0
     values = _metrics(out)
-    assert values["density/act1"] == pytest.approx(round(256 * 0.1) / 256)
+    assert values["density/act1"] == pytest.approx(round(1024 * 0.1) / 1024)
     assert 0 <= values["dead_fraction"] <= 1 and 0 < values["duty_entropy"] <= 1
     assert values["noise_accuracy/sigma=0"] == values["accuracy"]
     assert 0 <= values["noise_auc"] <= 1 and "class_selectivity/act2" in values
@@ -223,6 +223,7 @@ def test_sparsity_eval_on_a_sparse_maze_policy(tmp_path):
     assert values["density/relufc_out"] == pytest.approx(round(256 * 0.2) / 256)
     assert values["density/block1.res1.relu2_out"] == pytest.approx(0.2, abs=0.005)  # k = round(C·H·W · 0.2)
     assert values["noise_agreement/sigma=0"] == 1.0
+    assert 1 / 15 <= values["noise_agreement/majority_baseline"] <= 1
     assert "accuracy" not in values and (out / "sparsity" / "noise_curve.png").exists()
 
 
