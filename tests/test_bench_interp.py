@@ -28,6 +28,8 @@ def test_interp_benchmark_reports_every_way(tmp_path):
         assert set(row["forwards_per_sec"]) == {"no_hookpoints", "unhooked", "hooked", "hooked_per_call"}
         assert all(rate > 0 for rate in row["forwards_per_sec"].values())
         assert all(len(runs) == 2 for runs in row["overhead_runs"].values())
+        assert set(row["component_us"]) == {"hookpoint_calls", "hook_fire", "context"}
+        assert row["component_us"]["context"] > 0 and row["overhead_from_parts"]["hooked_per_call"] > 0
     assert "worst hook overhead" in result.stdout and "HookPoints" in result.stdout
 
 
