@@ -150,7 +150,7 @@ class DTAttention:
         kinds = [k for k in ("rtg", "state", "action", "mission") if k in shares and shares[k].any()]
         layers, heads = shares["state"].shape
         labels = [f"L{layer}H{head}" for layer in range(layers) for head in range(heads)]
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(labels) + 2), 4))
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(labels) + 2) + 1.8, 4))
         bottom = np.zeros(len(labels))
         for kind in kinds:
             values = shares[kind].reshape(-1)
@@ -159,7 +159,7 @@ class DTAttention:
         ax.plot(labels, shares["current_step"].reshape(-1), "k_", markersize=20, mew=2, label="current timestep")
         ax.set_ylabel("share of attention from state tokens")
         ax.set_ylim(0, 1.02)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = ctx.artifact("attention_shares.png")
         fig.savefig(path, dpi=120)

@@ -65,8 +65,8 @@ def _config(args: argparse.Namespace, data: str, total_steps: int) -> Any:
                                      "trainer.progress_bar=false"])
 
 
-def measure_trainer(cfg: Any, warmup: int, steps: int) -> float:
-    """Seconds of ``steps`` timed optimizer steps of DTModule under a pl.Trainer."""
+def measure_trainer(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``steps`` timed optimizer steps of DTModule under a pl.Trainer."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback
 
@@ -75,12 +75,12 @@ def measure_trainer(cfg: Any, warmup: int, steps: int) -> float:
 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = DTModule(to_dict(cfg))
-    marks: list[float] = []
+    marks: list[tuple[float, float]] = []
 
     class Clock(Callback):
         def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
             if trainer.global_step in (warmup, warmup + steps):
-                marks.append(time.perf_counter())
+                marks.append((time.perf_counter(), time.process_time()))
 
     with tempfile.TemporaryDirectory(prefix="shardlab-bench-dt-") as root:
         trainer = pl.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, max_steps=warmup + steps,
@@ -91,11 +91,11 @@ def measure_trainer(cfg: Any, warmup: int, steps: int) -> float:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|max_epochs|LeafSpec).*")
             trainer.fit(module)
-    return marks[1] - marks[0]
+    return marks[1][0] - marks[0][0], marks[1][1] - marks[0][1]
 
 
-def measure_plain(cfg: Any, warmup: int, steps: int) -> float:
-    """Seconds of ``steps`` timed optimizer steps of a plain PyTorch loop doing the same work."""
+def measure_plain(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds of ``steps`` timed optimizer steps of a plain PyTorch loop doing the same work."""
     import torch
 
     from trainers.config import build_config, to_dict
@@ -108,10 +108,10 @@ def measure_plain(cfg: Any, warmup: int, steps: int) -> float:
     model = build_decision_transformer(cfg).train()
     data = TrainingData(cfg, traj, model)
     optimizer, schedule = make_optimizer(model, cfg.optim, cfg.trainer.total_steps)
-    start = 0.0
+    start = cpu = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
         windows = data.train.sample(cfg.optim.batch_size, batch_generator(cfg.trainer.seed, 0, step))
         loss, _, _ = action_loss(model(**windows.inputs()), windows)
         optimizer.zero_grad(set_to_none=True)
@@ -120,7 +120,7 @@ def measure_plain(cfg: Any, warmup: int, steps: int) -> float:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
         optimizer.step()
         schedule.step()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,22 +141,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for repeat in range(args.repeats):
             order = ("trainer", "plain") if repeat % 2 == 0 else ("plain", "trainer")
             for name in order:
-                seconds = (measure_trainer if name == "trainer" else measure_plain)(cfg, args.warmup, args.steps)
-                rate = tokens_per_step * args.steps / seconds
-                runs.append({"name": name, "repeat": repeat, "seconds": seconds, "tokens_per_sec": rate})
+                seconds, cpu = (measure_trainer if name == "trainer" else measure_plain)(cfg, args.warmup, args.steps)
+                tokens = tokens_per_step * args.steps
+                runs.append({"name": name, "repeat": repeat, "seconds": seconds, "cpu_seconds": cpu,
+                             "tokens_per_sec": tokens / seconds, "tokens_per_cpu_sec": tokens / cpu})
                 print(f"[{time.strftime('%H:%M:%S')}] repeat {repeat + 1}/{args.repeats} {name}: "
-                      f"{rate:,.0f} tokens/s", flush=True, file=sys.stderr)
-    rates = {name: statistics.median(r["tokens_per_sec"] for r in runs if r["name"] == name)
-             for name in ("trainer", "plain")}
-    ratios = [t["tokens_per_sec"] / p["tokens_per_sec"] for t, p in
-              zip([r for r in runs if r["name"] == "trainer"], [r for r in runs if r["name"] == "plain"])]
+                      f"{tokens / seconds:,.0f} tokens/s ({tokens / cpu:,.0f} per CPU second)", flush=True,
+                      file=sys.stderr)
+    by_name = {name: [r for r in runs if r["name"] == name] for name in ("trainer", "plain")}
+    rates = {name: statistics.median(r["tokens_per_sec"] for r in rows) for name, rows in by_name.items()}
+    cpu_rates = {name: statistics.median(r["tokens_per_cpu_sec"] for r in rows) for name, rows in by_name.items()}
+    ratios = [t["tokens_per_sec"] / p["tokens_per_sec"] for t, p in zip(by_name["trainer"], by_name["plain"])]
+    cpu_ratios = [t["tokens_per_cpu_sec"] / p["tokens_per_cpu_sec"] for t, p in zip(by_name["trainer"], by_name["plain"])]
     return {"benchmark": "dt", "config": {"recipe": args.config, "overrides": list(args.overrides),
                                           "data": args.data or "synthetic", "batch_size": cfg.optim.batch_size,
                                           "context": cfg.model.context, "d_model": cfg.model.d_model,
                                           "n_layers": cfg.model.n_layers, "tokens_per_step": tokens_per_step},
             "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats, "threads": torch.get_num_threads(),
-            "load_average": os.getloadavg()[0], "runs": runs, "rates": rates,
+            "load_average": os.getloadavg()[0], "runs": runs, "rates": rates, "cpu_rates": cpu_rates,
             "ratio_trainer_over_plain": statistics.median(ratios), "ratios_per_repeat": ratios,
+            "cpu_ratio_trainer_over_plain": statistics.median(cpu_ratios), "cpu_ratios_per_repeat": cpu_ratios,
             "target_ratio": TARGET_RATIO}
 
 
@@ -170,7 +174,10 @@ def format_report(report: dict[str, Any]) -> str:
              f"  trainer (Lightning DTModule)   {report['rates']['trainer']:>12,.0f} tokens/s",
              f"  plain PyTorch loop             {report['rates']['plain']:>12,.0f} tokens/s",
              f"  trainer / plain                {report['ratio_trainer_over_plain']:>12.3f}   (target >= "
-             f"{report['target_ratio']}; per repeat " + ", ".join(f"{r:.3f}" for r in report["ratios_per_repeat"]) + ")"]
+             f"{report['target_ratio']}; per repeat " + ", ".join(f"{r:.3f}" for r in report["ratios_per_repeat"]) + ")",
+             f"  per CPU second: trainer {report['cpu_rates']['trainer']:,.0f}, plain {report['cpu_rates']['plain']:,.0f} "
+             f"tokens, ratio {report['cpu_ratio_trainer_over_plain']:.3f} (per repeat "
+             + ", ".join(f"{r:.3f}" for r in report["cpu_ratios_per_repeat"]) + ")"]
     return "\n".join(lines)
 
 

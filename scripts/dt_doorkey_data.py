@@ -1,6 +1,6 @@
 """Offline data for the decision-transformer recipe: a DoorKey planner mixed with ε-random actions.
 
-    python scripts/dt_doorkey_data.py --out data/doorkey.npz [--epsilons 0 0.5 1 --episodes 600 300 100]
+    python scripts/dt_doorkey_data.py --out data/doorkey_planner.npz [--epsilons 0 0.5 1 --episodes 600 300 100]
 
 minigrid's BabyAI bot does not handle ``MiniGrid-DoorKey-*`` (it needs BabyAI instructions), so the
 good policy here is a small planner: breadth-first search over (cell, direction) to face the key,

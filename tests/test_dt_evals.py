@@ -31,8 +31,10 @@ evals:
 def checkpoints(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("dt_evals")
     data = tiny_dataset(root / "d.npz")
+    babyai = tiny_dataset(root / "babyai.npz", env_id="BabyAI-GoToLocal-v0")
     paths = {}
-    for name, extra in (("dt", []), ("bc", ["model.use_rtg=false"])):
+    for name, extra in (("dt", []), ("bc", ["model.use_rtg=false"]),
+                        ("mission", ["model.use_mission=true", f"data.path={babyai}"])):
         run_dir = root / name
         assert shardlab.main(["train", RECIPE, *tiny_args(data, steps=4), *extra, "--run-dir", str(run_dir)]) == 0
         paths[name] = str(run_dir / "checkpoints" / "last.ckpt")
@@ -94,6 +96,19 @@ def test_behavioural_cloning_checkpoint_plays_but_cannot_be_rtg_steered(checkpoi
     assert "behavioural cloning" in document["errors"]["dt_steering"]
     spread = [r["value"] for r in document["results"] if r["name"] == "calibration/return_spread"]
     assert spread == [0.0]  # the RTG is not an input: every target plays the same episodes
+
+
+def test_mission_model_plays_babyai_with_its_mission_words(checkpoints, tmp_path):
+    trained = load_trained(checkpoints["mission"])
+    assert trained.config.spec.mission_vocab[:2] == ["<pad>", "<unk>"] and trained.config.spec.max_mission_tokens == 5
+    assert trained.model.max_mission_tokens == 5 and "hook_embed_mission" in dict(trained.model.named_modules())
+    out = tmp_path / "mission"
+    suite = write_suite(tmp_path, "evals:\n  dt_attention: {episodes: 2, windows: 8, max_steps: 6}\n")
+    assert shardlab.main(["eval", checkpoints["mission"], "--suite", suite, "--out", str(out)]) == 0
+    rows = {r["name"]: r["value"] for r in json.loads((out / "results.json").read_text())["results"]}
+    assert rows["layer0.head0/to_mission"] > 0  # BabyAI missions are real tokens the states can attend to
+    total = sum(rows[f"layer0.head0/to_{kind}"] for kind in ("mission", "rtg", "state", "action"))
+    assert total == pytest.approx(1.0, abs=1e-4)
 
 
 def test_maze_eval_refuses_a_dt_checkpoint(checkpoints, tmp_path, capsys):

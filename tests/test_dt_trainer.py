@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "train", "dt_doorkey.yaml")
 
 
-def tiny_dataset(path, episodes: int = 24, seed: int = 0) -> str:
+def tiny_dataset(path, episodes: int = 24, seed: int = 0, env_id: str = "MiniGrid-DoorKey-5x5-v0") -> str:
     """Episodes whose action is a function of the state (learnable), returns spread over [0, 1]."""
     rng = np.random.default_rng(seed)
     obs, actions, rewards = [], [], []
@@ -38,9 +38,9 @@ def tiny_dataset(path, episodes: int = 24, seed: int = 0) -> str:
         reward = np.zeros(length, np.float32)
         reward[-1] = rng.random()
         rewards.append(reward)
-    traj = from_episodes(obs, actions, rewards, [True] * episodes, [False] * episodes,
-                         ["use the key to open the door and then get to the goal"] * episodes,
-                         {"env_id": "MiniGrid-DoorKey-5x5-v0", "obs": "image", "num_actions": 7, "max_steps": 250})
+    missions = ["go to the red ball", "go to a purple key"] * (episodes // 2) + ["open the door"] * (episodes % 2)
+    traj = from_episodes(obs, actions, rewards, [True] * episodes, [False] * episodes, missions,
+                         {"env_id": env_id, "obs": "image", "num_actions": 7, "max_steps": 250})
     save_trajectories(path, traj)
     return str(path)
 
@@ -186,3 +186,31 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert ckpt["global_step"] == 10 and ckpt["hyper_parameters"]["world_size"] == 2
     assert ckpt["shardlab"]["samples"] == 10 * 16 * 2  # windows summed over both ranks
     assert rows(run_dir)[-1]["samples"] == 320 and "val/accuracy" in rows(run_dir)[-1]
+
+
+def test_doorkey_planner_data_spreads_returns(tmp_path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("dt_doorkey_data", os.path.join(ROOT, "scripts", "dt_doorkey_data.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    planner = script.collect("MiniGrid-DoorKey-5x5-v0", epsilon=0.0, episodes=3, seed=5)
+    assert planner.terminated.all() and (planner.episode_returns > 0.9).all()  # the planner solves DoorKey
+    assert planner.metadata["max_steps"] == 250 and planner.obs_shape == (7, 7, 3)
+    out = tmp_path / "mix.npz"
+    assert script.main(["--out", str(out), "--epsilons", "0", "1", "--episodes", "2", "--seed", "9"]) == 0
+    from trainers.trajectories import load_trajectories
+    data = load_trajectories(out)
+    assert data.num_episodes == 4 and len(data.metadata["parts"]) == 2
+
+
+def test_benchmark_measures_both_sides(tmp_path):
+    import argparse
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import bench_dt
+    args = argparse.Namespace(config=RECIPE, data=tiny_dataset(tmp_path / "d.npz"), steps=2, warmup=1, repeats=1,
+                              overrides=["model.n_layers=1", "model.d_model=32", "model.context=4", "optim.batch_size=8"],
+                              json=None)
+    report = bench_dt.measure(args)
+    assert [r["name"] for r in report["runs"]] == ["trainer", "plain"]
+    assert report["config"]["tokens_per_step"] == 8 * 12 and report["ratio_trainer_over_plain"] > 0
+    assert "trainer / plain" in bench_dt.format_report(report)
