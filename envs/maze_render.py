@@ -329,10 +329,14 @@ def save_maze_png(path: Union[str, os.PathLike], state_or_inner: Union[bytes, ma
         ax.set_position((0.02, 0.02, 0.96, 0.90))
         fig.suptitle(title, fontsize=10)
 
+    return write_png_atomic(fig, path)
+
+
+def write_png_atomic(fig: Figure, path: Union[str, os.PathLike]) -> Path:
+    """Write ``fig`` as a PNG beside ``path``, then rename it into place (never half-written)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # write beside the target, then rename: readers never see a half-written PNG. A plain open
-    # (not mkstemp, which makes the file 0600) keeps the usual umask permissions.
+    # a plain open (not mkstemp, which makes the file 0600) keeps the usual umask permissions
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         fig.savefig(tmp, format="png")

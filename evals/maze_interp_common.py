@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -25,7 +23,7 @@ from torch import nn
 
 from envs import maze_geometry, maze_state
 from envs.maze import WORLD_DIM
-from envs.maze_render import activation_cell
+from envs.maze_render import activation_cell, write_png_atomic
 from evals.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
 from models.hooks import Edit, hooked
 from models.impala import pooled_size, preprocess
@@ -185,14 +183,5 @@ def new_panels(count: int, size_inches: float = 4.0, rows: int = 1) -> tuple[Fig
 
 
 def save_figure(fig: Figure, path: Union[str, os.PathLike]) -> str:
-    """Write ``fig`` as a PNG beside ``path`` and rename it into place (never half-written)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return str(target)
+    """Write ``fig`` as a PNG atomically (see envs.maze_render.write_png_atomic)."""
+    return str(write_png_atomic(fig, path))

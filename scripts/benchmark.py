@@ -105,6 +105,14 @@ def subcommand(name: str, help: str, add_arguments: Callable[[argparse.ArgumentP
     return register
 
 
+def write_json_report(path: str, report: dict[str, Any]) -> None:
+    """Write a benchmark's numbers as JSON (folders created) and say where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump(report, handle, indent=2)
+    progress(f"wrote {path}")
+
+
 def progress(message: str) -> None:
     """One progress line on stderr, so a long run shows it is alive without cluttering stdout."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
@@ -903,10 +911,7 @@ def run_maze(args: argparse.Namespace) -> int:
               "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
     print(format_maze_table(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-        progress(f"wrote {args.json}")
+        write_json_report(args.json, report)
     return EXIT_OK
 
 
@@ -925,10 +930,7 @@ def run_evals(args: argparse.Namespace) -> int:
     report = bench_evals.measure(args)
     print(bench_evals.format_report(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-        progress(f"wrote {args.json}")
+        write_json_report(args.json, report)
     return EXIT_OK
 
 
@@ -942,10 +944,7 @@ def run_demo(args: argparse.Namespace) -> int:
     report = bench_demo.measure(args, REPO)
     print(bench_demo.format_report(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-        progress(f"wrote {args.json}")
+        write_json_report(args.json, report)
     return EXIT_OK
 
 
