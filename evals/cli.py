@@ -17,6 +17,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="cap the number of mazes/episodes per eval (quick CI runs)")
     parser.add_argument("--seed", type=int, help="override the suite's seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay short)")
+    parser.add_argument("overrides", nargs="*", metavar="EVAL.KEY=VALUE",
+                        help="change an eval's config, e.g. retargeting.max_steps=500 steering.mazes=200")
     return parser
 
 
@@ -25,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] != "eval":
         return train_cli.main(argv)
-    args = _eval_parser().parse_args(argv[1:])
+    args = _eval_parser().parse_intermixed_args(argv[1:])
     from evals.runner import run_suite  # heavy imports after parsing
     return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, overrides=args.overrides)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,7 @@ class Retargeting:
         remove_cheese: bool = True
         rollouts: int = 4  # sampled episodes per maze and target
         max_steps: int = 100  # per rollout (procgen ends episodes at 500); same budget for every condition
+        scan_values: list[float] = field(default_factory=list)  # path_prob also at these values (PNG)
         min_size: Optional[int] = None  # default: max_size (the largest mazes)
         max_size: Optional[int] = None  # default: the training max
 
@@ -247,8 +248,39 @@ class Retargeting:
                 result.add(f"{name}/path_prob/{condition}/mean", path.mean, stderr=path.stderr, n=path.n)
                 result.add(f"{name}/reach/{condition}", reach.mean, stderr=reach.stderr, n=reach.n,
                            higher_is_better=True if condition == "edited" else None)
+            for value in cfg.scan_values:
+                path = common.summarise(path_probabilities(policy, states, targets, env.obs, layer=cfg.layer,
+                                                           channels=channels, value=value))
+                summaries[name][f"scan/{value:g}"] = path
+                result.add(f"{name}/scan/value={value:g}/path_prob/median", path.median, n=path.n)
+                result.add(f"{name}/scan/value={value:g}/path_prob/mean", path.mean, stderr=path.stderr, n=path.n)
         result.artifacts.append(self._png(ctx, summaries, channels))
+        if cfg.scan_values:
+            result.artifacts.append(self._scan_png(ctx, summaries, channels))
         return result
+
+    def _scan_png(self, ctx: EvalContext, summaries: dict, channels: list[int]) -> str:
+        """Mean path probability against the written value, per target, beside the unedited policy
+        (dashed) and the real cheese on the target (dotted)."""
+        cfg = self.config
+        fig, axes = common.new_panels(1, size_inches=5.0)
+        ax = axes[0]
+        values = sorted(cfg.scan_values)
+        for index, target in enumerate(cfg.targets):
+            colour = f"C{index}"
+            stats = [summaries[target][f"scan/{v:g}"] for v in values]
+            ax.errorbar(values, [s.mean for s in stats], yerr=np.nan_to_num([s.stderr for s in stats]),
+                        marker="o", color=colour, capsize=2, label=target.replace("_", " "))
+            ax.axhline(summaries[target]["path_prob/baseline"].mean, color=colour, linestyle="--", alpha=0.6)
+            ax.axhline(summaries[target]["path_prob/cheese_placed"].mean, color=colour, linestyle=":", alpha=0.8)
+        ax.set_xlabel("value written into the channels")
+        ax.set_ylabel("geometric-mean path probability (mean)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="dashed: unedited, dotted: cheese on target", title_fontsize=7)
+        ax.set_title(f"channels {channels} of {cfg.layer}", fontsize=8)
+        fig.tight_layout()
+        return common.save_figure(fig, ctx.artifact("retargeting_scan.png"))
 
     def _choose(self, ctx: EvalContext, result: Result, env: common.TrainEnv, max_size: int) -> list[int]:
         """The auto-selected cheese channels, recorded as metrics with their scores."""

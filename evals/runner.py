@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -41,8 +41,10 @@ def _git_commit() -> Optional[str]:
         return None
 
 
-def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Threshold], int]:
-    """The suite YAML: ``evals: {name: {config}}``, ``thresholds: {eval.metric: {min, max}}``, ``seed``."""
+def load_suite(path: str, only: Optional[str],
+               overrides: Sequence[str] = ()) -> tuple[dict[str, Any], list[Threshold], int]:
+    """The suite YAML: ``evals: {name: {config}}``, ``thresholds: {eval.metric: {min, max}}``, ``seed``;
+    ``overrides`` (``EVAL.KEY=VALUE``) change the configs of evals in the suite."""
     try:
         suite = read_yaml(path)
     except ConfigError as exc:
@@ -50,9 +52,10 @@ def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Thr
     unknown = sorted(set(suite) - {"evals", "thresholds", "seed"})
     if unknown:
         raise EvalError(f"suite {path} has unknown keys {unknown}; use evals, thresholds, seed")
-    evals = suite.get("evals") or {}
+    evals = dict(suite.get("evals") or {})
     for name in evals:
         get(name)  # unknown names fail before anything runs
+    evals = _apply_overrides(evals, overrides, path)
     if only:
         if only not in evals:
             get(only)
@@ -69,19 +72,42 @@ def load_suite(path: str, only: Optional[str]) -> tuple[dict[str, Any], list[Thr
     return {name: cfg or {} for name, cfg in evals.items()}, thresholds, seed
 
 
+def _apply_overrides(evals: dict[str, Any], overrides: Sequence[str], path: str) -> dict[str, Any]:
+    """The suite's eval configs with ``EVAL.KEY=VALUE`` overrides merged in (values parsed as YAML)."""
+    for item in overrides:
+        key, equals, _ = item.partition("=")
+        name = key.split(".", 1)[0]
+        if not equals or "." not in key:
+            raise EvalError(f"override {item!r} must look like EVAL.KEY=VALUE, e.g. retargeting.max_steps=500")
+        if name not in evals:
+            get(name)  # an unknown eval gets the close-names message
+            raise EvalError(f"override {item!r} names eval {name!r}, which is not in suite {path}; "
+                            f"it has {', '.join(evals)}")
+        try:
+            patch = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise EvalError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+        merged = OmegaConf.merge(OmegaConf.create(evals[name] or {}), patch[name])
+        evals[name] = OmegaConf.to_container(merged)
+    return evals
+
+
 def _eval_config(cls: type, name: str, values: dict) -> Any:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), values))
     except OmegaConfBaseException as exc:
-        raise EvalError(f"config of eval {name!r}: {str(exc).splitlines()[0]}") from None
+        key = getattr(exc, "full_key", None)
+        where = f" key {key!r}" if key else ""
+        raise EvalError(f"config of eval {name!r}{where}: {str(exc).splitlines()[0]}") from None
 
 
 def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str] = None,
-              limit: Optional[int] = None, seed: Optional[int] = None, progress: bool = True) -> int:
+              limit: Optional[int] = None, seed: Optional[int] = None, progress: bool = True,
+              overrides: Sequence[str] = ()) -> int:
     """Run the suite and write the outputs; returns the exit code."""
     try:
         trained = load_trained(checkpoint)
-        evals, thresholds, suite_seed = load_suite(suite_path, only)
+        evals, thresholds, suite_seed = load_suite(suite_path, only, overrides)
         for name in evals:
             check_fits(get(name), trained.kind, checkpoint)
         configs = {name: _eval_config(get(name), name, values) for name, values in evals.items()}

@@ -1,30 +1,28 @@
 """``benchmark.py interp``: forward passes/s of ImpalaPolicy with activation hooks against without.
 
 For each scale and batch size, on one random input batch under ``torch.inference_mode``, four
-ways of running the same weights are timed, interleaved:
+ways of running the same weights are timed:
 
 * ``no_hookpoints`` — a copy of the policy whose HookPoint modules are replaced by a plain identity
   function (the same forward code and module calls; what the network would cost without them);
-* ``unhooked`` — ``policy(x)``: the HookPoints are called but no hook is attached;
-* ``hooked`` — hooks attached once for the timed loop (``hooked(policy, edits={LAYER: add(v, 1)},
-  cache=[LAYER])`` entered outside it), LAYER = the published ``embedder.block2.res1.resadd_out``;
+* ``unhooked`` — ``policy(x)``: the HookPoints are there but no hook is attached;
+* ``hooked`` — a copy of the policy with hooks attached for the whole measurement
+  (``hooked(copy, edits={LAYER: add(v, 1)}, cache=[LAYER])``), LAYER = the published
+  ``embedder.block2.res1.resadd_out``;
 * ``hooked_per_call`` — the same ``hooked`` context entered and left around every forward pass
   (the ``run_with_cache`` pattern: name lookup, registration, removal each time).
 
-Overheads are time ratios − 1 against ``unhooked`` (for the HookPoints: ``unhooked`` against
-``no_hookpoints``), computed per repeat and reported as medians; the target is ≤ 10% for the two
-hooked ways. Each repeat times every way once, in an order that is reversed on alternate repeats,
-so drifting load hits all alike. The iteration count per timing is chosen once (the unhooked
-forward repeated for at least ``--min-time`` seconds) and shared by all ways. Overheads are given
-for wall time (medians of the per-repeat ratios) and for process CPU time (ratios of each way's
-fastest repeat): on a shared machine other processes stretch wall time unevenly, while with
-``--threads 1`` CPU time counts only this process's own work and its minimum is the least
-disturbed measurement. Since a busy machine moves whole-forward timings by ±10% or more, the
-pieces hooks add are also timed on their own (fastest of several CPU timings): all HookPoint calls
-of one forward, one firing of the cache + add hook, one enter + exit of ``hooked``; divided by the
-fastest unhooked forward they give a noise-free estimate. It is a lower bound: timed alone, with
-warm caches, the calls are cheaper than inside a forward pass (the 23 HookPoint calls of a scale-1
-15×15 forward: ~17 µs alone, ~37 µs as the difference between whole forward passes).
+Every forward pass is timed on its own, and the ways take turns forward by forward (in rotating
+order), so load that drifts over milliseconds on a shared machine hits them alike; timing blocks of
+forwards one way after another moved whole-forward ratios by ±15% on this 2-core VM even when it
+was idle, while the interleaved per-forward medians agree to a point or two between runs. A repeat
+is ``--min-time`` seconds' worth of rounds; its per-way medians give one overhead (time ratio − 1
+against ``unhooked``; for the HookPoints, ``unhooked`` against ``no_hookpoints``), and the median
+over repeats is reported, for wall time and for process CPU time. The target is ≤ 10% for the two
+hooked ways. The pieces hooks add are also timed on their own (fastest of several CPU timings): all
+HookPoint calls of one forward, one firing of the cache + add hook, one enter + exit of
+``hooked``; divided by the fastest unhooked forward they give a lower bound (timed alone, with warm
+caches, the calls are cheaper than inside a forward pass).
 """
 
 from __future__ import annotations
@@ -50,9 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, default=64,
                         help="input side: 64 for procgen's RGB image (default), 15 or 25 for the grid view")
     parser.add_argument("--repeats", type=int, default=5,
-                        help="interleaved timings per way; medians reported (default 5)")
-    parser.add_argument("--min-time", type=float, default=0.3,
-                        help="seconds each timing runs at least (default 0.3)")
+                        help="repeats, each giving one overhead per way; medians reported (default 5)")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="seconds of unhooked forwards per repeat; the other ways run as many (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
 
@@ -78,8 +76,11 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def _ways(policy: Any, x: Any) -> dict[str, Callable[[int], None]]:
-    """Each way as a function running ``n`` forward passes."""
+def _ways(policy: Any, x: Any, stack: Any) -> dict[str, Callable[[], None]]:
+    """Each way as a function running one forward pass; ``stack`` (an ExitStack) keeps the
+    attached-once hooks on their own copy of the policy until the measurement ends."""
+    import copy
+
     import torch
 
     from models.hooks import add, hooked
@@ -87,33 +88,23 @@ def _ways(policy: Any, x: Any) -> dict[str, Callable[[int], None]]:
     with hooked(policy, cache=[LAYER]) as acts:
         policy(x)
     vector = torch.randn(acts[LAYER].shape[1:], generator=torch.Generator().manual_seed(0))
-
     bare = without_hookpoints(policy)
+    # a copy so that the hooks stay attached while the unhooked policy is timed in between
+    with_hooks = copy.deepcopy(policy)
+    stack.enter_context(hooked(with_hooks, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]))
 
-    def no_hookpoints(n: int) -> None:
-        for _ in range(n):
-            bare(x)
-
-    def unhooked(n: int) -> None:
-        for _ in range(n):
+    def hooked_per_call() -> None:
+        with hooked(policy, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]):
             policy(x)
 
-    def hooked_once(n: int) -> None:
-        with hooked(policy, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]):
-            for _ in range(n):
-                policy(x)
-
-    def hooked_per_call(n: int) -> None:
-        for _ in range(n):
-            with hooked(policy, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]):
-                policy(x)
-
-    return {"no_hookpoints": no_hookpoints, "unhooked": unhooked, "hooked": hooked_once,
+    return {"no_hookpoints": lambda: bare(x), "unhooked": lambda: policy(x), "hooked": lambda: with_hooks(x),
             "hooked_per_call": hooked_per_call}
 
 
 def measure_one(scale: int, batch: int, image_size: int, repeats: int, min_time: float) -> dict[str, Any]:
     """Forward passes/s of every way at one scale and batch size, with per-repeat overheads."""
+    import contextlib
+
     import torch
 
     from models.impala import ImpalaPolicy
@@ -121,40 +112,43 @@ def measure_one(scale: int, batch: int, image_size: int, repeats: int, min_time:
     torch.manual_seed(0)
     policy = ImpalaPolicy(scale=scale, image_size=image_size).eval().to(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
+    with torch.inference_mode(), contextlib.ExitStack() as stack:
         reference = policy(x)
         plain = without_hookpoints(policy)(x)
         if not (torch.equal(reference[0], plain[0]) and torch.equal(reference[1], plain[1])):
             raise RuntimeError("the HookPoint-free forward does not reproduce ImpalaPolicy's outputs")
-        ways = _ways(policy, x)
+        ways = _ways(policy, x, stack)
         for run in ways.values():
-            run(2)  # warm-up: oneDNN primitives, allocator
-        iterations = 1
-        while True:
-            start = time.perf_counter()
-            ways["unhooked"](iterations)
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time:
-                break
-            iterations = max(iterations + 1, math.ceil(iterations * 1.1 * min_time / max(elapsed, 1e-9)))
+            for _ in range(2):
+                run()  # warm-up: oneDNN primitives, allocator
+        start = time.perf_counter()
+        ways["unhooked"]()
+        iterations = max(5, math.ceil(min_time / max(time.perf_counter() - start, 1e-9)))
         seconds: dict[str, list[float]] = {name: [] for name in WAYS}
         cpu: dict[str, list[float]] = {name: [] for name in WAYS}
-        for repeat in range(repeats):
-            for name in (WAYS if repeat % 2 == 0 else WAYS[::-1]):
-                start, start_cpu = time.perf_counter(), time.process_time()
-                ways[name](iterations)
-                seconds[name].append((time.perf_counter() - start) / iterations)
-                cpu[name].append((time.process_time() - start_cpu) / iterations)
+        for _ in range(repeats):
+            calls: dict[str, list[float]] = {name: [] for name in WAYS}
+            calls_cpu: dict[str, list[float]] = {name: [] for name in WAYS}
+            for i in range(iterations):
+                # one forward of every way per round, in rotating order: load that drifts over
+                # milliseconds hits all ways alike, which block timings could not ensure
+                for name in WAYS[i % 4:] + WAYS[:i % 4]:
+                    start, start_cpu = time.perf_counter(), time.process_time()
+                    ways[name]()
+                    calls[name].append(time.perf_counter() - start)
+                    calls_cpu[name].append(time.process_time() - start_cpu)
+            for name in WAYS:
+                seconds[name].append(statistics.median(calls[name]))
+                cpu[name].append(statistics.median(calls_cpu[name]))
         parts = component_costs(policy, x, repeats)
     forward = min(cpu["unhooked"])
     overhead = _overheads(seconds)
-    # CPU time: the least disturbed (fastest) repeat of each way, the usual estimator on a busy machine
-    overhead_cpu = {name: values[0] for name, values in _overheads({k: [min(v)] for k, v in cpu.items()}).items()}
+    overhead_cpu = _overheads(cpu)
     return {"scale": scale, "batch": batch, "image_size": image_size, "iterations": iterations,
             "forwards_per_sec": {name: 1 / statistics.median(values) for name, values in seconds.items()},
             "seconds_per_forward": seconds, "cpu_seconds_per_forward": cpu,
             "overhead": {name: statistics.median(values) for name, values in overhead.items()},
-            "overhead_cpu": overhead_cpu,
+            "overhead_cpu": {name: statistics.median(values) for name, values in overhead_cpu.items()},
             "overhead_runs": overhead,
             "component_us": {name: value * 1e6 for name, value in parts.items()},
             # the parts over the fastest unhooked forward: the overheads without the machine's noise
@@ -209,7 +203,8 @@ def _overheads(seconds: dict[str, list[float]]) -> dict[str, list[float]]:
 def format_report(report: dict[str, Any]) -> str:
     """A table of forward passes/s and overheads per scale and batch size."""
     lines = [f"ImpalaPolicy forward passes/s, {report['image_size']}×{report['image_size']} input, "
-             f"torch threads {report['threads']}, medians of {report['repeats']} interleaved repeats; "
+             f"torch threads {report['threads']}, medians of {report['repeats']} repeats of per-forward timings "
+             f"taken in turns; "
              f"hooks: cache + add at {LAYER}",
              f"{'scale':>5} {'batch':>5} {'no HookPoints':>14} {'unhooked':>10} {'hooked':>10} {'hooked/call':>12} "
              f"{'HookPoints':>11} {'hooked':>8} {'per call':>9}   {'CPU time:':>9} {'HookPoints':>10} {'hooked':>8} "
@@ -236,8 +231,7 @@ def format_report(report: dict[str, Any]) -> str:
     verdict = lambda value: "met" if value <= TARGET_OVERHEAD else "MISSED"  # noqa: E731
     lines.append(f"worst hook overhead (target <= {TARGET_OVERHEAD:.0%}): {worst['overhead']:+.1%} wall time "
                  f"({verdict(worst['overhead'])}), {worst['overhead_cpu']:+.1%} CPU time "
-                 f"({verdict(worst['overhead_cpu'])}; fastest repeats, no waiting for a busy machine: the "
-                 f"fairer number with --threads 1), {worst['overhead_from_parts']:+.1%} from the parts "
+                 f"({verdict(worst['overhead_cpu'])}; counts both threads' work unless --threads 1), {worst['overhead_from_parts']:+.1%} from the parts "
                  f"({verdict(worst['overhead_from_parts'])}); load average "
                  f"{report['load_average']['before']:.2f} before, {report['load_average']['after']:.2f} after")
     return "\n".join(lines)

@@ -124,6 +124,27 @@ def test_bad_input_exits_2(checkpoint, tmp_path, capsys, problem):
     assert not (tmp_path / "o" / "results.json").exists()
 
 
+@pytest.mark.parametrize("override, named", [("goal_misgeneralization.mazez=3", "mazez"),
+                                             ("goal_misgeneralization.mazes=lots", "mazes"),
+                                             ("steering.mazes=3", "steering"),
+                                             ("goal_misgeneralization", "EVAL.KEY=VALUE")])
+def test_bad_override_exits_2(checkpoint, tmp_path, capsys, override, named):
+    capsys.readouterr()
+    code = shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(tmp_path / "o"),
+                          override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and named in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_override_changes_the_eval_config(checkpoint, tmp_path):
+    out = tmp_path / "o"
+    assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out),
+                          "goal_misgeneralization.mazes=3", "--no-progress"]) == 0
+    rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert rows["p_cheese"]["n"] == 3
+
+
 def test_plugin_evals_are_discovered_through_entry_points(tmp_path, monkeypatch):
     package = tmp_path / "site"
     (package / "shardlab_plugin_demo").mkdir(parents=True)

@@ -245,3 +245,27 @@ def test_channels_may_be_numpy_or_torch_integers(model, x):
         original, edited = _original_and_edited(model, x, set_value(7.0, channel, [(1, 2)]))
         assert torch.all(edited[:, 5, 1, 2] == 7.0)
         assert torch.equal(edited[:, 4], original[:, 4])
+
+
+def test_hookpoint_fast_path_still_runs_global_pre_and_backward_hooks(model, x):
+    """HookPoint skips nn.Module.__call__ only while no hook of any kind could fire."""
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: seen.append(type(module).__name__))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    assert seen.count("HookPoint") == sum(isinstance(m, HookPoint) for m in model.modules())
+    point = model.get_submodule("embedder.block2.res1.resadd_out")
+    calls = []
+    handles = [point.register_forward_pre_hook(lambda module, inputs: calls.append("pre")),
+               point.register_full_backward_hook(lambda module, grad_in, grad_out: calls.append("backward"))]
+    try:
+        logits, _ = model(x.clone().requires_grad_(True))
+        logits.sum().backward()
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == ["pre", "backward"]
+    assert not point._forward_pre_hooks and not point._backward_hooks

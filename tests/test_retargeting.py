@@ -252,7 +252,9 @@ def test_retargeting_end_to_end(checkpoint, tmp_path):
                         rollouts: 2, max_steps: 20}
     """))
     out = tmp_path / "out"
-    assert shardlab.main(["eval", checkpoint, "--suite", str(suite), "--out", str(out)]) == 0
+    # a command-line override adds the value scan to the suite's config
+    assert shardlab.main(["eval", checkpoint, "--suite", str(suite), "--out", str(out),
+                          "retargeting.scan_values=[0,5.5]"]) == 0
     document = json.loads((out / "results.json").read_text())
     rows = {row["name"]: row for row in document["results"]}
     assert rows["fraction_edited"]["value"] == pytest.approx(2 / (32 * 4 * 4))  # 15×15 grid → 4×4 at block 2
@@ -262,8 +264,13 @@ def test_retargeting_end_to_end(checkpoint, tmp_path):
             assert 0 < rows[f"{target}/path_prob/{condition}/mean"]["value"] < 1
             assert 0 <= rows[f"{target}/reach/{condition}"]["value"] <= 1
             assert rows[f"{target}/reach/{condition}"]["n"] == 3
-    (png,) = document["artifacts"]["retargeting"]
-    assert os.path.basename(png) == "retargeting.png" and open(png, "rb").read(4) == b"\x89PNG"
+        # the scan at the configured value repeats the edited condition exactly
+        assert rows[f"{target}/scan/value=5.5/path_prob/mean"]["value"] == pytest.approx(
+            rows[f"{target}/path_prob/edited/mean"]["value"], abs=1e-6)
+        assert 0 < rows[f"{target}/scan/value=0/path_prob/mean"]["value"] < 1
+    pngs = document["artifacts"]["retargeting"]
+    assert sorted(os.path.basename(p) for p in pngs) == ["retargeting.png", "retargeting_scan.png"]
+    assert all(open(p, "rb").read(4) == b"\x89PNG" for p in pngs)
 
 
 def test_unknown_target_is_bad_input(checkpoint, tmp_path, capsys):
