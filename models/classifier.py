@@ -6,6 +6,9 @@ name with models.hooks): an MLP is ``fc1 → act1 → fc2 → act2 → … → h
 padding 1, 2×2 max-pooling). With ``norm=True`` a batch norm ``norm{i}`` precedes each activation,
 as in numenta's sparse networks: centred pre-activations give every unit a fair chance to win. ``sparse_layers`` (fnmatch patterns over the ``act{i}`` names) picks
 which activations become ``activation`` (models.sparse kinds); the others stay ReLU.
+``weight_density`` < 1 gives every hidden fully connected layer sparse weights as in numenta's
+sparse nets: each unit keeps a fixed random ``round(density · fan_in)`` of its inputs (a
+``torch.nn.utils.prune`` mask, saved in the state_dict as ``fc{i}.weight_mask``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from models.sparse import make_activation
 
@@ -32,16 +36,26 @@ def sparse_names(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
     return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
 
+def fan_in_mask(units: int, features: int, density: float) -> torch.Tensor:
+    """A (units, features) 0/1 mask keeping a random ``max(1, round(density · features))`` inputs
+    per unit (drawn from torch's global generator, so the run's seed fixes it)."""
+    keep = max(1, round(density * features))
+    chosen = torch.rand(units, features).argsort(dim=1)[:, :keep]
+    return torch.zeros(units, features).scatter_(1, chosen, 1.0)
+
+
 class Classifier(nn.Module):
     """Images (N, C, H, W) in [0, 1] → class logits (N, num_classes)."""
 
     def __init__(self, in_shape: Sequence[int], num_classes: int, arch: str = "mlp",
                  channels: Sequence[int] = (32, 64), hidden: Sequence[int] = (256, 256),
                  activation: str = "relu", sparse_layers: Sequence[str] = ("*",),
-                 activation_options: Optional[dict] = None, norm: bool = False):
+                 activation_options: Optional[dict] = None, norm: bool = False, weight_density: float = 1.0):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown classifier arch {arch!r}; choose mlp or cnn")
+        if not 0 < weight_density <= 1:
+            raise ValueError(f"weight_density must be in (0, 1], got {weight_density}")
         self.arch = arch
         self.activation_sites = layer_names(arch, channels, hidden)
         sparse = set(sparse_names(self.activation_sites, sparse_layers))
@@ -66,7 +80,10 @@ class Classifier(nn.Module):
         features = in_channels * height * width
         for units in hidden:
             index += 1
-            self.add_module(f"fc{index}", nn.Linear(features, units))
+            fc = nn.Linear(features, units)
+            if weight_density < 1:
+                prune.custom_from_mask(fc, "weight", fan_in_mask(units, features, weight_density))
+            self.add_module(f"fc{index}", fc)
             if norm:
                 self.add_module(f"norm{index}", nn.BatchNorm1d(units))
             self.add_module(f"act{index}", act(index, units))

@@ -112,6 +112,7 @@ def test_image_folder_source(tmp_path):
     ("optim.lr_schedule=step", "optim.lr_schedule must be"),
     ("model.l1_coef=0.1", "only acts with model.activation=l1"),
     ("optim.batchsize=3", "did you mean optim.batch_size"),
+    ("model.weight_density=0", "model.weight_density must be in"),
 ])
 def test_classify_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -132,6 +133,26 @@ def test_cnn_classifier_with_norm_and_sparse_layers():
     assert model.activation_sites == ["act1", "act2", "act3"]
     assert type(model.act2).__name__ == "ReLU" and type(model.act3).__name__ == "KWinners"
     assert model(torch.rand(5, 1, 8, 8)).shape == (5, 10)
+
+
+def test_sparse_weights_keep_a_fixed_fan_in_and_stay_zero_through_training():
+    torch.manual_seed(0)
+    model = Classifier((1, 8, 8), 10, hidden=(32, 16), weight_density=0.25)
+    assert (model.fc1.weight != 0).sum(1).tolist() == [16] * 32  # round(0.25 · 64) inputs per unit
+    assert (model.fc2.weight != 0).sum(1).tolist() == [8] * 16
+    assert (model.head.weight != 0).all()  # the output layer stays dense
+    masks = {name: model.get_submodule(name).weight_mask.clone() for name in ("fc1", "fc2")}
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(torch.rand(8, 1, 8, 8)), torch.randint(0, 10, (8,))).backward()
+        optimizer.step()
+    for name, mask in masks.items():
+        assert torch.equal(model.get_submodule(name).weight != 0, mask.bool()), name
+    rebuilt = Classifier((1, 8, 8), 10, hidden=(32, 16), weight_density=0.25)  # another random mask
+    rebuilt.load_state_dict(model.state_dict())  # the checkpoint's masks win
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(rebuilt(x), model(x))
 
 
 def test_stream_indices_cover_every_sample_once_per_epoch():

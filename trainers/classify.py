@@ -55,6 +55,7 @@ class ClassifierConfig:
     duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
     kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
     l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
+    weight_density: float = 1.0  # < 1: hidden fc layers keep this fraction of each unit's inputs
 
 
 @dataclass
@@ -102,6 +103,7 @@ def validate_classify(cfg: DictConfig) -> None:
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
     need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
     need(model.duty_cycle_period >= 1, f"model.duty_cycle_period must be >= 1, got {model.duty_cycle_period}")
+    need(0 < model.weight_density <= 1, f"model.weight_density must be in (0, 1], got {model.weight_density}")
     need(model.l1_coef >= 0, f"model.l1_coef must be >= 0, got {model.l1_coef}")
     need(model.l1_coef == 0 or model.activation == "l1",
          f"model.l1_coef={model.l1_coef} only acts with model.activation=l1 (got {model.activation!r})")
@@ -120,7 +122,8 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     options = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
                    duty_cycle_period=model.duty_cycle_period, local=model.kwta_local)
     return Classifier(list(cfg.data.shape), cfg.data.num_classes, model.arch, list(model.channels),
-                      list(model.hidden), model.activation, list(model.sparse_layers), options, model.norm)
+                      list(model.hidden), model.activation, list(model.sparse_layers), options, model.norm,
+                      model.weight_density)
 
 
 def with_data_shape(config: dict, splits: Splits) -> dict:
