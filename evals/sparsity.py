@@ -19,6 +19,11 @@ range, i.e. the mean score over the noise levels. ``majority_baseline`` is the s
 giving the most common answer (the commonest class, or the policy's commonest clean action): a
 policy that collapses to one action under heavy noise scores about that much, so agreement near
 it means the noise destroyed the policy's input, not that it is robust.
+
+Pixel noise is numenta's test ("How Can We Be So Dense", nupic.research's RandomNoise): a random
+fraction η of each input's values is set to ``pixel_noise_value`` (0.75 = MNIST's mean + 2 std, a
+bright dot); ``pixel_noise_score`` is the mean score over the η levels (their noise score, the
+correct answers summed over levels, divided by levels × inputs).
 """
 
 from __future__ import annotations
@@ -122,6 +127,12 @@ class SparsityReport:
     samples: int
     clean_accuracy: Optional[float] = None
     majority_baseline: float = 0.0  # the score of always answering the most common reference answer
+    pixel_levels: list[float] = field(default_factory=list)  # fractions of input values replaced
+    pixel_scores: list[float] = field(default_factory=list)
+
+    def pixel_noise_score(self) -> float:
+        """Mean score over the pixel-noise levels (numenta's noise score per input and level)."""
+        return float(np.mean(self.pixel_scores)) if self.pixel_scores else math.nan
 
     def noise_auc(self) -> float:
         """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
@@ -183,7 +194,8 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.T
 def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int = 1024,
             noise_levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0), noise_repeats: int = 3,
             seed: int = 0, split: str = "test", device: torch.device = torch.device("cpu"),
-            progress: bool = False) -> SparsityReport:
+            progress: bool = False, pixel_levels: tuple[float, ...] = (),
+            pixel_value: float = 0.75) -> SparsityReport:
     """Activation statistics on a seeded input batch and the score under increasing input noise."""
     model = model.eval().to(device)
     x, y = _inputs(kind, train_config, samples, seed, split, progress)
@@ -207,11 +219,27 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
             predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
             hits += (predicted == reference).float().mean().item() / (noise_repeats if sigma > 0 else 1)
         scores.append(hits)
+    pixel_scores = []
+    for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress):
+        hits = 0.0
+        for _ in range(noise_repeats if fraction > 0 else 1):
+            noisy = with_pixel_noise(x, fraction, pixel_value, generator)
+            predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
+            hits += (predicted == reference).float().mean().item() / (noise_repeats if fraction > 0 else 1)
+        pixel_scores.append(hits)
     accuracy = None if y is None else (clean == y).float().mean().item()
     # a policy that collapses to one action under noise still agrees with its clean choice this often
     majority = torch.bincount(reference).max().item() / len(reference)
     return SparsityReport(layers, list(noise_levels), scores, "accuracy" if y is not None else "agreement",
-                          len(x), accuracy, majority)
+                          len(x), accuracy, majority, list(pixel_levels), pixel_scores)
+
+
+def with_pixel_noise(x: torch.Tensor, fraction: float, value: float, generator: torch.Generator) -> torch.Tensor:
+    """``x`` with ``int(fraction · size)`` randomly chosen values of each input set to ``value``."""
+    flat = x.reshape(len(x), -1)
+    count = int(flat.shape[1] * fraction)
+    chosen = torch.rand(flat.shape, generator=generator).argsort(dim=1)[:, :count]
+    return flat.clone().scatter_(1, chosen, value).reshape(x.shape)
 
 
 def _binomial_stderr(p: float, n: int) -> float:
@@ -253,20 +281,30 @@ def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
 
 
 def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
-    """Score (accuracy or action agreement) against input-noise σ, one line per network."""
+    """Score (accuracy or action agreement) against Gaussian σ and, if measured, against the
+    pixel-noise fraction, one line per network."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label, report in reports.items():
-        ax.plot(report.noise_levels, report.noise_scores, marker="o", label=f"{label} (AUC {report.noise_auc():.3f})")
+    pixels = all(report.pixel_scores for report in reports.values())
+    fig, axes = plt.subplots(1, 2 if pixels else 1, figsize=(11 if pixels else 5.5, 4), squeeze=False)
     score = next(iter(reports.values())).score_name
-    ax.set_xlabel("input noise σ (Gaussian, inputs in [0, 1])")
-    ax.set_ylabel("test accuracy" if score == "accuracy" else "greedy-action agreement with clean input")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for label, report in reports.items():
+        axes[0, 0].plot(report.noise_levels, report.noise_scores, marker="o",
+                        label=f"{label} (AUC {report.noise_auc():.3f})")
+        if pixels:
+            axes[0, 1].plot(report.pixel_levels, report.pixel_scores, marker="o",
+                            label=f"{label} (score {report.pixel_noise_score():.3f})")
+    axes[0, 0].set_xlabel("input noise σ (Gaussian, inputs in [0, 1])")
+    if pixels:
+        axes[0, 1].set_xlabel("fraction of input values set to a bright value (numenta's noise)")
+    for ax in axes[0]:
+        ax.set_ylabel("test accuracy" if score == "accuracy" else "greedy-action agreement with clean input")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -302,12 +340,18 @@ class Sparsity:
         samples: int = 1024  # classifier: first test images (all if fewer); maze: random-rollout observations
         noise_levels: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0])
         noise_repeats: int = 3  # noise draws per level (averaged)
+        # numenta's pixel noise: fractions of input values set to pixel_noise_value ([] to skip)
+        pixel_noise_levels: list[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(11)])
+        pixel_noise_value: float = 0.75
         split: str = "test"  # classifier: which split to measure (train, val or test)
 
     def __init__(self, config: "Sparsity.Config"):
         levels = list(config.noise_levels)
         if not levels or levels != sorted(levels) or levels[0] < 0:
             raise ValueError(f"sparsity.noise_levels must be non-negative and increasing, got {levels}")
+        pixels = list(config.pixel_noise_levels)
+        if pixels and (pixels != sorted(pixels) or pixels[0] < 0 or pixels[-1] > 1):
+            raise ValueError(f"sparsity.pixel_noise_levels must be increasing fractions in [0, 1], got {pixels}")
         if config.samples < 1 or config.noise_repeats < 1:
             raise ValueError("sparsity.samples and sparsity.noise_repeats must be >= 1")
         if config.split not in ("train", "val", "test"):
@@ -318,7 +362,8 @@ class Sparsity:
         """Measure, then report per-layer metrics, means over layers, the noise curve and PNGs."""
         report = measure(ctx.model, ctx.kind, ctx.train_config, ctx.count(self.config.samples),
                          tuple(self.config.noise_levels), self.config.noise_repeats, ctx.seed,
-                         self.config.split, ctx.device, ctx.progress)
+                         self.config.split, ctx.device, ctx.progress, tuple(self.config.pixel_noise_levels),
+                         self.config.pixel_noise_value)
         result = Result()
         add_report(result, report)
         result.artifacts.append(plot_density({"model": report}, ctx.artifact("density_per_layer.png")))
@@ -356,4 +401,9 @@ def add_report(result: Result, report: SparsityReport) -> None:
         result.add(f"noise_{report.score_name}/sigma={sigma:g}", score, stderr=_binomial_stderr(score, n), n=n,
                    higher_is_better=True)
     result.add("noise_auc", report.noise_auc(), n=n, higher_is_better=True)
+    for fraction, score in zip(report.pixel_levels, report.pixel_scores):
+        result.add(f"pixel_noise_{report.score_name}/fraction={fraction:g}", score,
+                   stderr=_binomial_stderr(score, n), n=n, higher_is_better=True)
+    if report.pixel_scores:
+        result.add("pixel_noise_score", report.pixel_noise_score(), n=n, higher_is_better=True)
     result.add(f"noise_{report.score_name}/majority_baseline", report.majority_baseline, n=n)

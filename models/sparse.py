@@ -23,7 +23,7 @@ from torch.nn import functional as F
 KINDS = ("relu", "gelu", "kwta", "topk", "l1")
 SPARSE_KINDS = ("kwta", "topk", "l1")  # kinds that change what a dense network computes
 OPTIONS = {"relu": (), "gelu": (), "l1": (), "topk": ("percent_on", "local"),
-           "kwta": ("units", "percent_on", "boost_strength", "duty_cycle_period", "local")}
+           "kwta": ("units", "percent_on", "boost_strength", "duty_cycle_period", "local", "k_inference_factor")}
 
 
 def _units_last(x: torch.Tensor) -> torch.Tensor:
@@ -78,18 +78,24 @@ class KWinners(nn.Module):
     ``units`` is the number of features (1-D) or channels (conv); if omitted the duty-cycle buffer
     is sized on the first forward pass (or by a loaded state_dict). Conv inputs compete globally
     over C·H·W unless ``local=True`` (per location, over channels); duty cycles are per channel.
+    In eval mode ``k_inference_factor`` × percent_on units win (numenta's nupic.torch uses 1.5):
+    a few more winners at test time let units that a noisy input pushed just below the cut through.
     """
 
     def __init__(self, units: Optional[int] = None, percent_on: float = 0.1, boost_strength: float = 1.0,
-                 duty_cycle_period: int = 1000, local: bool = False):
+                 duty_cycle_period: int = 1000, local: bool = False, k_inference_factor: float = 1.0):
         super().__init__()
         _check_fraction("percent_on", percent_on)
         if boost_strength < 0:
             raise ValueError(f"boost_strength must be >= 0, got {boost_strength}; 0 turns boosting off")
         if duty_cycle_period < 1:
             raise ValueError(f"duty_cycle_period must be >= 1, got {duty_cycle_period}")
+        if k_inference_factor < 1 or percent_on * k_inference_factor > 1:
+            raise ValueError(f"k_inference_factor must be >= 1 with percent_on × factor <= 1, got "
+                             f"{k_inference_factor} (percent_on {percent_on})")
         self.percent_on, self.boost_strength = percent_on, boost_strength
         self.duty_cycle_period, self.local = duty_cycle_period, local
+        self.k_inference_factor = k_inference_factor
         self.register_buffer("duty_cycle", torch.zeros(units or 0))
         self.register_buffer("learning_iterations", torch.zeros((), dtype=torch.long))
 
@@ -108,7 +114,8 @@ class KWinners(nn.Module):
         if self.boost_strength > 0:
             shape = (1, units, 1, 1) if x.dim() == 4 else (units,)
             scores = x.detach() * self.boost_factors().view(shape)
-        out = _winners(x, scores, self.percent_on, self.local)
+        percent_on = self.percent_on if self.training else self.percent_on * self.k_inference_factor
+        out = _winners(x, scores, percent_on, self.local)
         if self.training:
             self._update_duty_cycle(out.detach())
         return out
@@ -137,7 +144,7 @@ class KWinners(nn.Module):
     def extra_repr(self) -> str:
         return (f"units={self.duty_cycle.numel() or None}, percent_on={self.percent_on}, "
                 f"boost_strength={self.boost_strength}, duty_cycle_period={self.duty_cycle_period}, "
-                f"local={self.local}")
+                f"local={self.local}, k_inference_factor={self.k_inference_factor}")
 
 
 class L1ReLU(nn.ReLU):

@@ -23,7 +23,8 @@ from trainers.restore import load_trained  # noqa: E402
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 # rows of the markdown table: the metrics that sum a network up
-HEADLINE = ("accuracy", "noise_auc", "density", "dead_fraction", "duty_entropy", "class_density_spread")
+HEADLINE = ("accuracy", "noise_auc", "pixel_noise_score", "density", "dead_fraction", "duty_entropy",
+            "class_density_spread")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=1024, help="test images / maze observations")
     parser.add_argument("--noise-levels", type=float, nargs="+", default=Sparsity.Config().noise_levels)
     parser.add_argument("--noise-repeats", type=int, default=3)
+    parser.add_argument("--pixel-noise-levels", type=float, nargs="*", default=Sparsity.Config().pixel_noise_levels,
+                        help="fractions of input values set to a bright value (numenta's noise); none to skip")
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -43,7 +46,7 @@ def markdown_table(labels: tuple[str, str], results: tuple[Result, Result]) -> s
     """Headline metrics, then per-layer density and the noise curve, with sparse − dense."""
     values = [{m.name: m.value for m in r.metrics} for r in results]
     names = [n for n in HEADLINE if n in values[0]]
-    names += [n for n in values[0] if n.startswith("noise_") and n != "noise_auc"]
+    names += [n for n in values[0] if n.startswith(("noise_", "pixel_noise_")) and n not in HEADLINE]
     names += [n for n in values[0] if n.startswith("density/")]
     lines = [f"| metric | {labels[0]} | {labels[1]} | {labels[1]} − {labels[0]} |", "|---|---:|---:|---:|"]
     for name in names:
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         Sparsity(Sparsity.Config(samples=args.samples, noise_levels=list(args.noise_levels),
-                                 noise_repeats=args.noise_repeats))  # checks the options
+                                 noise_repeats=args.noise_repeats,
+                                 pixel_noise_levels=list(args.pixel_noise_levels)))  # checks the options
         trained = [load_trained(args.dense), load_trained(args.sparse)]
         kinds = {t.kind for t in trained}
         if len(kinds) > 1:
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.dense} is a {trained[0].kind} checkpoint; compare_sparse takes "
                              f"{' or '.join(Sparsity.kinds)} checkpoints")
         reports = {label: measure(t.model, t.kind, t.config, args.samples, tuple(args.noise_levels),
-                                  args.noise_repeats, args.seed, progress=True)
+                                  args.noise_repeats, args.seed, progress=True,
+                                  pixel_levels=tuple(args.pixel_noise_levels))
                    for label, t in zip(args.labels, trained)}
     except (CheckpointError, ConfigError, ValueError) as exc:
         print(f"compare_sparse: error: {exc}", file=sys.stderr)

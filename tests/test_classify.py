@@ -225,12 +225,32 @@ def test_sparsity_eval_on_a_classifier(runs, tmp_path):
     out = tmp_path / "eval"
     assert shardlab.main(["eval", runs["kwta"], "--suite", SUITE, "--out", str(out)]) == 0
     values = _metrics(out)
-    assert values["density/act1"] == pytest.approx(round(1024 * 0.1) / 1024)
+    assert values["density/act1"] == pytest.approx(round(1024 * 0.1 * 1.4) / 1024)  # 1.4 × k at test time
     assert 0 <= values["dead_fraction"] <= 1 and 0 < values["duty_entropy"] <= 1
     assert values["noise_accuracy/sigma=0"] == values["accuracy"]
     assert 0 <= values["noise_auc"] <= 1 and "class_selectivity/act2" in values
+    pixel = [values[f"pixel_noise_accuracy/fraction={0.05 * i:g}"] for i in range(11)]
+    assert pixel[0] == values["accuracy"] and values["pixel_noise_score"] == pytest.approx(sum(pixel) / 11)
     for png in ("density_per_layer.png", "noise_curve.png", "class_density.png"):
         assert (out / "sparsity" / png).stat().st_size > 1000
+
+
+def test_pixel_noise_sets_exactly_the_fraction_of_values():
+    from evals.sparsity import with_pixel_noise
+    x = torch.zeros(5, 1, 8, 8)
+    noisy = with_pixel_noise(x, 0.25, 0.75, torch.Generator().manual_seed(0))
+    assert (noisy == 0.75).sum(dim=(1, 2, 3)).tolist() == [16] * 5 and (x == 0).all()
+    assert torch.equal(with_pixel_noise(x, 0.0, 0.75, torch.Generator()), x)
+
+
+def test_k_inference_factor_config_reaches_the_network_and_checks(tmp_path):
+    from trainers.classify import build_classifier
+    config = load_config(KWTA, ["model.k_inference_factor=1.5", "data.shape=[1,8,8]", "data.num_classes=10"])
+    model = build_classifier(config).eval()
+    assert model.act1.k_inference_factor == 1.5
+    assert ((model.act1(torch.randn(3, 1024)) != 0).sum(1) == 154).all()  # round(1024 · 0.1 · 1.5)
+    with pytest.raises(ConfigError, match="k_inference_factor"):
+        load_config(KWTA, ["model.k_inference_factor=20"])
 
 
 def test_sparsity_eval_on_a_sparse_maze_policy(tmp_path):

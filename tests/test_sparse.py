@@ -77,6 +77,19 @@ def test_duty_cycle_is_a_running_mean_updated_only_in_training():
     assert kwta.learning_iterations == 16
 
 
+def test_k_inference_factor_adds_winners_only_in_eval_mode():
+    x = torch.randn(6, 100)
+    kwta = KWinners(100, percent_on=0.1, boost_strength=0.0, k_inference_factor=1.5)
+    assert ((kwta.train()(x) != 0).sum(1) == 10).all()
+    assert ((kwta.eval()(x) != 0).sum(1) == 15).all()
+    # the eval-mode winners are the 15 largest, which include the 10 training-mode winners
+    assert torch.equal(kwta.eval()(x), TopK(0.15)(x))
+    assert ((kwta.train()(x) != 0) <= (kwta.eval()(x) != 0)).all()
+    for factor, percent_on in ((0.5, 0.1), (2.0, 0.6)):
+        with pytest.raises(ValueError, match="k_inference_factor"):
+            KWinners(10, percent_on=percent_on, k_inference_factor=factor)
+
+
 def test_conv_duty_cycle_is_per_channel():
     kwta = KWinners(units=2, percent_on=0.5, boost_strength=0.0).train()
     x = torch.stack([torch.ones(3, 3), torch.zeros(3, 3)])[None]  # channel 0 wins everywhere
@@ -194,6 +207,7 @@ def test_sparse_checkpoint_loads_strictly_and_dense_weights_do_not_fit(tmp_path)
     ("model.percent_on=1.5", "model.percent_on must be in"),
     ("model.l1_coef=0.1", "only acts with model.activation=l1"),
     ("model.duty_cycle_period=0", "model.duty_cycle_period must be >= 1"),
+    ("model.k_inference_factor=0.5", "model.k_inference_factor must be >= 1"),
 ])
 def test_sparse_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -54,6 +54,7 @@ class ClassifierConfig:
     boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
     duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
     kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
+    k_inference_factor: float = 1.0  # kwta: percent_on × this many winners in eval mode (nupic: 1.5)
     l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
     weight_density: float = 1.0  # < 1: hidden fc layers keep this fraction of each unit's inputs
 
@@ -101,6 +102,8 @@ def validate_classify(cfg: DictConfig) -> None:
          f"model.sparse_layers {list(model.sparse_layers)} match none of this network's activations "
          f"({', '.join(names)}); use names or patterns such as '*' or 'act1'")
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
+    need(model.k_inference_factor >= 1 and model.percent_on * model.k_inference_factor <= 1,
+         f"model.k_inference_factor must be >= 1 with percent_on × factor <= 1, got {model.k_inference_factor}")
     need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
     need(model.duty_cycle_period >= 1, f"model.duty_cycle_period must be >= 1, got {model.duty_cycle_period}")
     need(0 < model.weight_density <= 1, f"model.weight_density must be in (0, 1], got {model.weight_density}")
@@ -120,7 +123,8 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     if cfg.data.shape is None or cfg.data.num_classes is None:
         raise ValueError("data.shape and data.num_classes are unset; they are filled from the data when a run starts")
     options = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
-                   duty_cycle_period=model.duty_cycle_period, local=model.kwta_local)
+                   duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
+                   k_inference_factor=model.k_inference_factor)
     return Classifier(list(cfg.data.shape), cfg.data.num_classes, model.arch, list(model.channels),
                       list(model.hidden), model.activation, list(model.sparse_layers), options, model.norm,
                       model.weight_density)

@@ -38,6 +38,7 @@ class ModelConfig:
     boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
     duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
     kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
+    k_inference_factor: float = 1.0  # kwta: percent_on × this many winners in eval mode (nupic: 1.5)
     l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
 
 
@@ -253,6 +254,8 @@ def validate_sparse(model: DictConfig) -> None:
          "names or patterns such as '*', '*relu2_out', 'embedder.relufc_out'")
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
     need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
+    need(model.k_inference_factor >= 1 and model.percent_on * model.k_inference_factor <= 1,
+         f"model.k_inference_factor must be >= 1 with percent_on × factor <= 1, got {model.k_inference_factor}")
     need(model.duty_cycle_period >= 1, f"model.duty_cycle_period must be >= 1, got {model.duty_cycle_period}")
     need(model.l1_coef >= 0, f"model.l1_coef must be >= 0, got {model.l1_coef}")
     need(model.l1_coef == 0 or model.activation == "l1",

@@ -71,7 +71,8 @@ def build_policy(cfg: DictConfig) -> ImpalaPolicy:
     """The policy network a config describes."""
     model = cfg.model
     sparse = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
-                  duty_cycle_period=model.duty_cycle_period, local=model.kwta_local)
+                  duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
+                  k_inference_factor=model.k_inference_factor)
     policy = ImpalaPolicy(in_channels=3, scale=model.scale, image_size=observation_shape(cfg.env)[0],
                           activation=model.activation, sparse_layers=list(model.sparse_layers),
                           activation_options=sparse)
