@@ -13,3 +13,4 @@ import evals.activation_patching  # noqa: F401
 import evals.causal_scrubbing  # noqa: F401
 import evals.jacobian_svd  # noqa: F401
 import evals.relu_ablation  # noqa: F401
+import evals.minigrid_return  # noqa: F401

@@ -1,8 +1,9 @@
 """How sparse are a network's activations, and how robust is it to input noise?
 
 Per activation site (the classifier's ``act{i}``, the IMPALA policy's ReLU hook points, which see
-the sparse activation's output) on a seeded batch of inputs (the classifier's test split; maze
-observations from seeded random rollouts of the training env):
+the sparse activation's output; a MiniGrid CNN/MLP's ``conv*_out``/``fc*_out``) on a seeded batch
+of inputs (the classifier's test split; maze or MiniGrid observations from seeded random rollouts
+of the training env):
 
 - ``density``: fraction of non-zero values (L0 / size);
 - ``dead_fraction``: fraction of units never non-zero on the batch (a unit is a feature, or a
@@ -19,6 +20,9 @@ range, i.e. the mean score over the noise levels. ``majority_baseline`` is the s
 giving the most common answer (the commonest class, or the policy's commonest clean action): a
 policy that collapses to one action under heavy noise scores about that much, so agreement near
 it means the noise destroyed the policy's input, not that it is robust.
+
+MiniGrid observations are index (or one-hot) grids with values in [0, top], top = the batch's
+largest value: σ and the pixel value are scaled by top and the noisy input is clipped to [0, top].
 
 Pixel noise is numenta's test ("How Can We Be So Dense", nupic.research's RandomNoise): a random
 fraction η of each input's values is set to ``pixel_noise_value`` (0.75 = MNIST's mean + 2 std, a
@@ -44,7 +48,7 @@ from evals.registry import register
 from evals.results import Result, write_json_atomic
 from models.hooks import hooked
 
-CLASSIFIER_KINDS, MAZE_KINDS = ("classify",), ("ppo_maze",)
+CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo_maze",), ("ppo_minigrid",)
 BATCH = 256
 
 
@@ -146,6 +150,9 @@ def activation_sites(model: nn.Module, kind: str) -> list[str]:
     if kind in CLASSIFIER_KINDS:
         return list(model.activation_sites)
     from models.impala import RELU_SITES
+    if kind in MINIGRID_KINDS and model.kind != "impala":
+        from models.hooks import HookPoint
+        return [name for name, module in model.named_modules() if isinstance(module, HookPoint)]
     return list(RELU_SITES)
 
 
@@ -173,6 +180,24 @@ def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False
     return torch.cat(frames)[:n]
 
 
+def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
+    """``n`` uint8 observations from seeded random rollouts of the training MiniGrid env."""
+    from envs.minigrid import MiniGridEnv, MiniGridEnvConfig
+
+    num_envs = min(n, 16)
+    grid = MiniGridEnv(MiniGridEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed}))
+    generator = torch.Generator().manual_seed(seed)
+    frames = []
+    try:
+        obs = grid.reset()
+        for _ in tqdm(range(math.ceil(n / num_envs)), desc="minigrid observations", disable=not progress):
+            frames.append(obs.clone())
+            obs, *_ = grid.step(torch.randint(0, grid.num_actions, (num_envs,), generator=generator))
+    finally:
+        grid.close()
+    return torch.cat(frames)[:n]
+
+
 def _inputs(model_kind: str, train_config: DictConfig, samples: int, seed: int, split: str,
             progress: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     if model_kind in CLASSIFIER_KINDS:
@@ -180,6 +205,8 @@ def _inputs(model_kind: str, train_config: DictConfig, samples: int, seed: int, 
         splits = load_splits(train_config.data)
         x, y = splits.x[split], splits.y[split]
         return x[:samples], y[:samples]
+    if model_kind in MINIGRID_KINDS:
+        return minigrid_observations(train_config.env, samples, seed, progress).float(), None
     from models.impala import preprocess
     obs = maze_observations(train_config.env, samples, seed, progress)
     return preprocess(obs, channels_last=False), None
@@ -211,11 +238,13 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     clean = torch.cat(clean)
     reference = clean if y is None else y
     generator = torch.Generator().manual_seed(seed)
+    # images lie in [0, 1]; MiniGrid's index grids in [0, top]: noise and the pixel value scale with it
+    top = max(float(x.max()), 1.0) if kind in MINIGRID_KINDS else 1.0
     scores = []
     for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress):
         hits = 0.0
         for _ in range(noise_repeats if sigma > 0 else 1):
-            noisy = (x + sigma * torch.randn(x.shape, generator=generator)).clamp_(0, 1)
+            noisy = (x + sigma * top * torch.randn(x.shape, generator=generator)).clamp_(0, top)
             predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
             hits += (predicted == reference).float().mean().item() / (noise_repeats if sigma > 0 else 1)
         scores.append(hits)
@@ -223,7 +252,7 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress):
         hits = 0.0
         for _ in range(noise_repeats if fraction > 0 else 1):
-            noisy = with_pixel_noise(x, fraction, pixel_value, generator)
+            noisy = with_pixel_noise(x, fraction, pixel_value * top, generator)
             predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
             hits += (predicted == reference).float().mean().item() / (noise_repeats if fraction > 0 else 1)
         pixel_scores.append(hits)
@@ -331,7 +360,7 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
 class Sparsity:
     """Activation density, dead units and duty-cycle entropy per layer; class-wise sparsity; noise robustness."""
 
-    kinds = CLASSIFIER_KINDS + MAZE_KINDS
+    kinds = CLASSIFIER_KINDS + MAZE_KINDS + MINIGRID_KINDS
 
     @dataclass
     class Config:

@@ -28,7 +28,7 @@ def sparse_sites(patterns: Sequence[str]) -> list[str]:
     return [site for site in RELU_SITES if any(fnmatch.fnmatchcase(site, p) for p in patterns)]
 
 
-class _Activations:
+class SiteActivations:
     """Builds the activation module for a ReLU site, or None where the plain F.relu stays."""
 
     def __init__(self, kind: str = "relu", sites: Sequence[str] = ("*",), options: Optional[dict] = None):
@@ -48,9 +48,9 @@ def _apply(act: Optional[nn.Module], x: torch.Tensor) -> torch.Tensor:
 class ResidualBlock(nn.Module):
     """relu → conv → relu → conv, added to the input (hook points named as in published analyses)."""
 
-    def __init__(self, channels: int, activations: Optional[_Activations] = None, name: str = ""):
+    def __init__(self, channels: int, activations: Optional[SiteActivations] = None, name: str = ""):
         super().__init__()
-        activations = activations or _Activations()
+        activations = activations or SiteActivations()
         self.act1 = activations(f"{name}.relu1_out", channels)  # None unless made sparse
         self.relu1_out = HookPoint()
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
@@ -68,7 +68,7 @@ class ResidualBlock(nn.Module):
 class ImpalaBlock(nn.Module):
     """conv → maxpool(3, stride 2) → two residual blocks; halves the spatial size (rounding up)."""
 
-    def __init__(self, in_channels: int, out_channels: int, activations: Optional[_Activations] = None,
+    def __init__(self, in_channels: int, out_channels: int, activations: Optional[SiteActivations] = None,
                  name: str = ""):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
@@ -90,9 +90,9 @@ class ImpalaEmbedder(nn.Module):
     """Three IMPALA blocks, then relu → flatten → fc(256) → relu."""
 
     def __init__(self, in_channels: int = 3, scale: int = 1, image_size: int = 64, hidden: int = 256,
-                 activations: Optional[_Activations] = None):
+                 activations: Optional[SiteActivations] = None):
         super().__init__()
-        activations = activations or _Activations()
+        activations = activations or SiteActivations()
         widths = (16 * scale, 32 * scale, 32 * scale)
         self.block1 = ImpalaBlock(in_channels, widths[0], activations, "embedder.block1")
         self.block2 = ImpalaBlock(widths[0], widths[1], activations, "embedder.block2")
@@ -125,7 +125,7 @@ class ImpalaPolicy(nn.Module):
                  sparse_layers: Sequence[str] = ("*",), activation_options: Optional[dict] = None):
         super().__init__()
         self.in_channels, self.scale, self.image_size = in_channels, scale, image_size
-        activations = _Activations(activation, sparse_layers, activation_options)
+        activations = SiteActivations(activation, sparse_layers, activation_options)
         self.embedder = ImpalaEmbedder(in_channels, scale, image_size, activations=activations)
         self.fc_policy = nn.Linear(256, num_actions)
         self.fc_value = nn.Linear(256, 1)

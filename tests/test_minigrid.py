@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
+from evals import cli as shardlab
 from models.hooks import hook_names, hooked
 from models.minigrid_policy import MiniGridPolicy, preprocess
 from trainers import cli
@@ -132,9 +133,33 @@ def test_policy_shapes_and_hooks(kind, shape):
         assert acts["embedder.conv2_out"].shape == (5, 16, shape[0], shape[1])
 
 
+@pytest.mark.parametrize("shape", [(7, 7, 3), (7, 7, 20)])
+def test_sparse_impala_policy_on_the_grid(shape):
+    torch.manual_seed(0)
+    options = {"percent_on": 0.2, "boost_strength": 1.0}
+    policy = MiniGridPolicy(shape, 7, kind="impala", activation="kwta", activation_options=options,
+                            sparse_layers=["*relu2_out", "embedder.relufc_out"])
+    obs = torch.randint(0, 3, (4, *shape), dtype=torch.uint8)
+    names = ["embedder.block2.res1.relu2_out", "embedder.block2.res1.relu1_out", "embedder.relufc_out"]
+    with hooked(policy, cache=names) as acts:
+        logits, value = policy(preprocess(obs))
+    assert logits.shape == (4, 7) and value.shape == (4,)
+    nonzero = {name: (acts[name] != 0).float().mean().item() for name in names}
+    assert nonzero["embedder.relufc_out"] == pytest.approx(round(256 * 0.2) / 256)  # k-WTA
+    assert nonzero["embedder.block2.res1.relu2_out"] == pytest.approx(0.2, abs=0.02)  # over C·H·W
+    assert type(policy.embedder.block2.res1.act1).__name__ == "NoneType"  # relu1 stays a plain ReLU
+    with pytest.raises(ValueError, match="square grid"):
+        MiniGridPolicy((5, 7, 3), 7, kind="impala")
+
+
 def test_ppo_minigrid_config_errors():
-    with pytest.raises(ConfigError, match="model.kind must be one of cnn, mlp"):
-        build_config({"algo": "ppo_minigrid", "model": {"kind": "impala"}})
+    with pytest.raises(ConfigError, match="model.kind must be one of cnn, mlp, impala"):
+        build_config({"algo": "ppo_minigrid", "model": {"kind": "resnet"}})
+    with pytest.raises(ConfigError, match="match no ReLU of the IMPALA embedder"):
+        build_config({"algo": "ppo_minigrid", "model": {"kind": "impala", "activation": "kwta",
+                                                        "sparse_layers": ["conv9"]}})
+    with pytest.raises(ConfigError, match="model.percent_on must be in"):
+        build_config({"algo": "ppo_minigrid", "model": {"activation": "kwta", "percent_on": 0}})
     with pytest.raises(ConfigError, match="env.env_id 'MiniGrid-Nope-v0' is not a registered"):
         build_config({"algo": "ppo_minigrid", "env": {"env_id": "MiniGrid-Nope-v0"}})
     with pytest.raises(ConfigError, match="unknown config key 'env.rand_region'"):
@@ -165,6 +190,50 @@ def test_ppo_minigrid_trains_resumes_and_reloads(tmp_path):
         assert tensor.equal(weights[name]), name
     # a resumed run keeps its env
     assert cli.main(["resume", str(run_dir), "env.env_id=MiniGrid-Empty-5x5-v0", "trainer.total_steps=1024"]) == 2
+
+
+def test_sparse_impala_ppo_minigrid_trains_and_reloads(tmp_path):
+    run_dir = tmp_path / "sparse"
+    args = ["model.kind=impala", "model.activation=kwta", "model.percent_on=0.2", *TINY, "trainer.total_steps=256"]
+    assert cli.main(["train", RECIPE, *args, "--run-dir", str(run_dir)]) == 0
+    trained = load_trained(run_dir / "checkpoints" / "last.ckpt")
+    assert trained.kind == "ppo_minigrid" and trained.steps == 256
+    act = trained.model.embedder.actfc
+    assert type(act).__name__ == "KWinners" and act.learning_iterations.item() > 0  # duty cycles were trained
+    with hooked(trained.model, cache=["embedder.relufc_out"]) as acts:
+        trained.model(preprocess(torch.randint(0, 3, (6, 7, 7, 3), dtype=torch.uint8)))
+    assert ((acts["embedder.relufc_out"] != 0).sum(1) <= 51).all()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("evals:\n  sparsity: {samples: 64, noise_levels: [0, 0.5], pixel_noise_levels: [0, 0.2]}\n"
+                     "  minigrid_return: {episodes: 5, greedy: true}\n")
+    out = tmp_path / "eval"
+    assert shardlab.main(["eval", str(run_dir / "checkpoints" / "last.ckpt"), "--suite", str(suite), "--out", str(out),
+                     "--no-progress"]) == 0
+    rows = {r["name"]: r["value"] for r in json.loads((out / "results.json").read_text())["results"]}
+    assert rows["density/relufc_out"] == pytest.approx(51 / 256)
+    assert rows["noise_agreement/sigma=0"] == 1.0 and 0 <= rows["pixel_noise_score"] <= 1
+    assert 0 <= rows["success_rate"] <= 1 and rows["length"] >= 1
+
+
+class ScriptedPolicy(torch.nn.Module):
+    """Always the same action (for counting episodes without training)."""
+
+    def __init__(self, action: int):
+        super().__init__()
+        self.action, self.weight = action, torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.full((len(obs), 7), -1e9)
+        logits[:, self.action] = 0.0
+        return logits, torch.zeros(len(obs))
+
+
+def test_minigrid_return_plays_each_level_once():
+    from evals.minigrid_return import play_levels
+    cfg = MiniGridEnvConfig("MiniGrid-Empty-5x5-v0", max_steps=6)
+    # turning left forever never reaches the goal: every level times out after exactly 6 steps
+    episodes = play_levels(ScriptedPolicy(0), cfg, episodes=3, seed=0, greedy=True)
+    assert [(e.length, e.truncated, e.success) for e in episodes] == [(6, True, False)] * 3
 
 
 def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):

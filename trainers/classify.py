@@ -19,9 +19,9 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
 from models.classifier import ARCHS, Classifier, layer_names, sparse_names
-from models.sparse import KINDS, l1_penalty
+from models.sparse import l1_penalty
 from trainers.base import ShardlabModule
-from trainers.config import TrainerConfig, build_config, need, to_dict
+from trainers.config import TrainerConfig, build_config, need, to_dict, validate_sparse_options
 from trainers.datasets import SOURCES, DataError, Splits, load_splits
 
 
@@ -96,20 +96,12 @@ def validate_classify(cfg: DictConfig) -> None:
     need(model.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {model.arch!r}")
     need(all(w >= 1 for w in [*model.channels, *model.hidden]), "model.channels and model.hidden widths must be >= 1")
     need(model.arch == "mlp" or len(model.channels) >= 1, "model.arch=cnn needs at least one model.channels entry")
-    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
+    validate_sparse_options(model)
     names = layer_names(model.arch, model.channels, model.hidden)
     need(model.activation == "relu" or bool(sparse_names(names, model.sparse_layers)),
          f"model.sparse_layers {list(model.sparse_layers)} match none of this network's activations "
          f"({', '.join(names)}); use names or patterns such as '*' or 'act1'")
-    need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
-    need(model.k_inference_factor >= 1 and model.percent_on * model.k_inference_factor <= 1,
-         f"model.k_inference_factor must be >= 1 with percent_on × factor <= 1, got {model.k_inference_factor}")
-    need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
-    need(model.duty_cycle_period >= 1, f"model.duty_cycle_period must be >= 1, got {model.duty_cycle_period}")
     need(0 < model.weight_density <= 1, f"model.weight_density must be in (0, 1], got {model.weight_density}")
-    need(model.l1_coef >= 0, f"model.l1_coef must be >= 0, got {model.l1_coef}")
-    need(model.l1_coef == 0 or model.activation == "l1",
-         f"model.l1_coef={model.l1_coef} only acts with model.activation=l1 (got {model.activation!r})")
     need(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
     need(optim.lr_schedule in ("cosine", "constant"),
          f"optim.lr_schedule must be cosine or constant, got {optim.lr_schedule!r}")

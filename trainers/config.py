@@ -245,13 +245,20 @@ def validate_ppo_section(ppo: DictConfig, num_envs: int) -> None:
 
 def validate_sparse(model: DictConfig) -> None:
     """Checks of the sparse-activation keys of ModelConfig."""
-    from models.sparse import KINDS  # deferred, as in check_runnable: models import torch
-    from models.impala import sparse_sites
+    from models.impala import sparse_sites  # deferred, as in check_runnable: models import torch
 
-    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
+    validate_sparse_options(model)
     need(model.activation == "relu" or bool(sparse_sites(model.sparse_layers)),
          f"model.sparse_layers {list(model.sparse_layers)} match no ReLU of the policy; use hook-point "
          "names or patterns such as '*', '*relu2_out', 'embedder.relufc_out'")
+
+
+def validate_sparse_options(model: DictConfig) -> None:
+    """Checks of the activation options every network's model section shares (activation,
+    percent_on, boost_strength, k_inference_factor, duty_cycle_period, l1_coef)."""
+    from models.sparse import KINDS
+
+    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
     need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
     need(model.k_inference_factor >= 1 and model.percent_on * model.k_inference_factor <= 1,

@@ -11,20 +11,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
 from models.minigrid_policy import MiniGridPolicy, preprocess
-from trainers.config import PPOConfig, TrainerConfig, need, validate_ppo_section
+from trainers.config import PPOConfig, TrainerConfig, need, validate_ppo_section, validate_sparse_options
 from trainers.ppo import PPOModule
-
-MODEL_KINDS = ("cnn", "mlp")
-
 
 @dataclass
 class MiniGridModelConfig:
-    """Actor-critic network: 3×3 convs then fully connected layers (cnn), or fully connected only (mlp)."""
+    """Actor-critic network: 3×3 convs then fully connected layers (cnn), fully connected only
+    (mlp), or the maze policy's IMPALA embedder (impala, square grids)."""
 
     kind: str = "cnn"
     channels: list[int] = field(default_factory=lambda: [16, 32])  # cnn: conv widths
-    hidden: list[int] = field(default_factory=lambda: [128])  # fully connected widths; the last feeds both heads
+    hidden: list[int] = field(default_factory=lambda: [128])  # cnn/mlp: fully connected widths (last: heads)
+    scale: int = 1  # impala: channel widths 16·scale, 32·scale, 32·scale
     activation: str = "relu"  # a models.sparse kind: relu, gelu, kwta, topk, l1
+    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # impala: patterns over models.impala.RELU_SITES
+    percent_on: float = 0.1  # kwta/topk: fraction of units kept
+    boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
+    duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
+    kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
+    k_inference_factor: float = 1.0  # kwta: percent_on × this many winners in eval mode (nupic: 1.5)
     l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
 
 
@@ -42,7 +47,8 @@ class MiniGridPPOConfig:
 
 def validate_ppo_minigrid(cfg: DictConfig) -> None:
     """Checks of a MiniGrid PPO config."""
-    from models.sparse import KINDS  # deferred like trainers.config's sparse checks
+    from models.impala import sparse_sites  # deferred like trainers.config's sparse checks
+    from models.minigrid_policy import KINDS as MODEL_KINDS
 
     try:
         check_config(MiniGridEnvConfig(**OmegaConf.to_container(cfg.env)))
@@ -54,10 +60,15 @@ def validate_ppo_minigrid(cfg: DictConfig) -> None:
          f"model.hidden must list at least one positive width, got {list(model.hidden)}")
     need(all(w >= 1 for w in model.channels), f"model.channels must be positive, got {list(model.channels)}")
     need(model.kind != "cnn" or len(model.channels) >= 1, "model.kind=cnn needs at least one of model.channels")
-    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
-    need(model.l1_coef >= 0, f"model.l1_coef must be >= 0, got {model.l1_coef}")
-    need(model.l1_coef == 0 or model.activation == "l1",
-         f"model.l1_coef={model.l1_coef} only acts with model.activation=l1 (got {model.activation!r})")
+    need(model.scale >= 1, f"model.scale must be >= 1, got {model.scale}")
+    validate_sparse_options(model)
+    need(model.kind != "impala" or model.activation == "relu" or bool(sparse_sites(model.sparse_layers)),
+         f"model.sparse_layers {list(model.sparse_layers)} match no ReLU of the IMPALA embedder; use hook-point "
+         "names or patterns such as '*', '*relu2_out', 'embedder.relufc_out'")
+    if model.kind == "impala":
+        shape = observation_shape(_env_config(cfg))
+        need(shape[0] == shape[1], f"model.kind=impala needs a square grid, but env.obs={cfg.env.obs} of "
+             f"{cfg.env.env_id} is {shape[0]}×{shape[1]}; use env.obs=image (7×7) or a square env")
     validate_ppo_section(cfg.ppo, cfg.env.num_envs)
 
 
@@ -76,9 +87,13 @@ class PPOMiniGridModule(PPOModule):
     def build_model(cfg: DictConfig) -> MiniGridPolicy:
         """The actor-critic a config describes (input shape and action count from the env)."""
         env_cfg, model = _env_config(cfg), cfg.model
+        options = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
+                       duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
+                       k_inference_factor=model.k_inference_factor)
         return MiniGridPolicy(observation_shape(env_cfg), num_actions(env_cfg), kind=model.kind,
                               channels=list(model.channels), hidden=list(model.hidden),
-                              activation=model.activation)
+                              activation=model.activation, activation_options=options, scale=model.scale,
+                              sparse_layers=list(model.sparse_layers))
 
     def make_env(self, seed_offset: int) -> MiniGridEnv:
         """This rank's batched MiniGrid env with its seed shifted by ``seed_offset``."""

@@ -1,0 +1,89 @@
+"""How well does a MiniGrid/BabyAI PPO policy do? Success rate, return and length on seeded levels.
+
+Env ``i`` of ``episodes`` plays exactly one episode from seed ``seed + LEVEL_OFFSET + i``: every
+level counts once whatever its length (taking the first N episodes to finish from fewer envs
+would favour short ones), and the offset keeps the levels away from the training envs' first
+seeds (``env.seed + i``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
+from evals.context import EvalContext
+from evals.registry import register
+from evals.results import Result
+from models.minigrid_policy import preprocess
+
+LEVEL_OFFSET = 1_000_000
+
+
+def play_levels(policy: torch.nn.Module, env_cfg: MiniGridEnvConfig, episodes: int, seed: int, greedy: bool,
+                progress: bool = False) -> list[Episode]:
+    """One episode per seeded level (seeds ``seed + LEVEL_OFFSET + i``), sampled or greedy actions."""
+    cfg = MiniGridEnvConfig(**{**OmegaConf.to_container(OmegaConf.structured(env_cfg)), "num_envs": episodes,
+                               "seed": seed + LEVEL_OFFSET})
+    env = MiniGridEnv(cfg)
+    generator = torch.Generator().manual_seed(seed)
+    results: list[Optional[Episode]] = [None] * episodes
+    device = next(policy.parameters()).device
+    try:
+        obs = env.reset()
+        with torch.inference_mode(), tqdm(total=episodes, desc="minigrid levels", disable=not progress) as bar:
+            while any(r is None for r in results):
+                logits, _ = policy(preprocess(obs).to(device))
+                if greedy:
+                    action = logits.argmax(-1).cpu()
+                else:
+                    action = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
+                obs, _, done, finished = env.step(action)
+                for index, episode in zip(np.flatnonzero(done.numpy()), finished):
+                    if results[index] is None:  # later episodes of a finished env do not count
+                        results[index] = episode
+                        bar.update(1)
+    finally:
+        env.close()
+    return [r for r in results if r is not None]
+
+
+@register("minigrid_return")
+class MiniGridReturn:
+    """Success rate, mean return and length of a PPO policy on seeded MiniGrid/BabyAI levels."""
+
+    kinds = ("ppo_minigrid",)
+
+    @dataclass
+    class Config:
+        """Levels and action choice."""
+
+        episodes: int = 200  # seeded levels, one episode each
+        greedy: bool = False  # false samples actions (seeded), as in training; true takes the argmax
+
+    def __init__(self, config: "MiniGridReturn.Config"):
+        if config.episodes < 1:
+            raise ValueError(f"minigrid_return.episodes must be >= 1, got {config.episodes}")
+        self.config = config
+
+    def run(self, ctx: EvalContext) -> Result:
+        """Play the levels and summarise."""
+        env_cfg = MiniGridEnvConfig(**OmegaConf.to_container(ctx.train_config.env))
+        episodes = play_levels(ctx.model, env_cfg, ctx.count(self.config.episodes), ctx.seed, self.config.greedy,
+                               ctx.progress)
+        n = len(episodes)
+        success = np.array([e.success for e in episodes], float)
+        returns = np.array([e.ret for e in episodes], float)
+        lengths = np.array([e.length for e in episodes], float)
+        stderr = lambda values: float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else None  # noqa: E731
+        result = Result()
+        result.add("success_rate", float(success.mean()), stderr=stderr(success), n=n, higher_is_better=True)
+        result.add("return", float(returns.mean()), stderr=stderr(returns), n=n, higher_is_better=True)
+        result.add("length", float(lengths.mean()), stderr=stderr(lengths), n=n)
+        result.add("truncated_rate", float(np.mean([e.truncated for e in episodes])), n=n, higher_is_better=False)
+        return result
