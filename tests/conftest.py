@@ -29,3 +29,20 @@ def template() -> bytes:
     env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode="hard", rand_region=None))
     yield env.get_state(0)
     env.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_maze_checkpoint(tmp_path_factory) -> str:
+    """A 128-env-step checkpoint of configs/train/maze_ppo_cpu.yaml (4 envs × 32 steps), trained
+    once per test session for the eval tests, which only read it."""
+    import os
+
+    from evals import cli as shardlab
+
+    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs", "train", "maze_ppo_cpu.yaml")
+    run_dir = tmp_path_factory.mktemp("tiny_maze") / "run"
+    assert shardlab.main(["train", recipe, "env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64",
+                          "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
+                          "--run-dir", str(run_dir)]) == 0
+    return str(run_dir / "checkpoints" / "last.ckpt")

@@ -14,7 +14,6 @@ import yaml
 from evals import cli as shardlab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
 EVALS = ("probes", "activation_patching", "causal_scrubbing", "jacobian_svd", "relu_ablation")
 SUITE = """
 seed: 1
@@ -42,12 +41,8 @@ thresholds:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("interp") / "run"
-    assert shardlab.main(["train", RECIPE, "env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64",
-                          "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
-                          "--run-dir", str(run_dir)]) == 0
-    return str(run_dir / "checkpoints" / "last.ckpt")
+def checkpoint(tiny_maze_checkpoint) -> str:
+    return tiny_maze_checkpoint
 
 
 def _suite(tmp_path, text: str) -> str:

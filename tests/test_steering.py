@@ -27,8 +27,6 @@ from models.impala import ImpalaPolicy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
 LAYER = "embedder.block2.res1.resadd_out"
 WORLD = 25
 # decision square (0, 2): right to the cheese, up to the top-right corner
@@ -177,12 +175,8 @@ def test_moved_cheese_is_k_steps_away(mazes):
 
 # -- end to end ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    run_dir = tmp_path_factory.mktemp("steering") / "run"
-    assert shardlab.main(["train", RECIPE, "env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64",
-                          "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
-                          "--run-dir", str(run_dir)]) == 0
-    return str(run_dir / "checkpoints" / "last.ckpt")
+def checkpoint(tiny_maze_checkpoint) -> str:
+    return tiny_maze_checkpoint
 
 
 def test_steering_end_to_end(checkpoint, tmp_path):
