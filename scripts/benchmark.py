@@ -962,7 +962,7 @@ import bench_interp  # noqa: E402
 
 
 @subcommand("interp", help="ImpalaPolicy forward passes/s with activation hooks vs without, and the HookPoints' "
-            "own cost (target hook overhead <= 10%)", add_arguments=bench_interp.add_arguments)
+            "own cost (target hook overhead <= 10%%)", add_arguments=bench_interp.add_arguments)
 def run_interp(args: argparse.Namespace) -> int:
     """Time hooked against unhooked forward passes, interleaved."""
     return bench_interp.run(args)

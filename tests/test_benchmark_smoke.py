@@ -51,3 +51,10 @@ def test_evals_benchmark_plays_the_same_episodes(tmp_path):
 def test_evals_benchmark_bad_argument_exits_2():
     result = run_benchmark("evals", "--mazes", "1")
     assert result.returncode == 2 and "--mazes" in result.stderr
+
+
+def test_help_lists_every_subcommand():
+    result = run_benchmark("--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("ppo", "learn", "maze", "evals", "demo", "dt", "interp"):
+        assert f"    {name} " in result.stdout, name
