@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from models.classifier import ARCHS, Classifier, layer_names, sparse_names
 from models.sparse import l1_penalty
 from trainers.base import ShardlabModule
-from trainers.config import TrainerConfig, build_config, need, to_dict, validate_sparse_options
+from trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need, to_dict,
+                             validate_sparse_options)
 from trainers.datasets import SOURCES, DataError, Splits, load_splits
 
 
@@ -41,21 +42,14 @@ class DataConfig:
 
 
 @dataclass
-class ClassifierConfig:
-    """MLP or CNN (models/classifier.py) and which of its activations are sparse."""
+class ClassifierConfig(ActivationConfig):
+    """MLP or CNN (models/classifier.py) and which of its activations are sparse (``sparse_layers``
+    are patterns over act1, act2, ...)."""
 
     arch: str = "mlp"  # mlp or cnn
     channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: conv widths (3×3, then 2×2 maxpool)
     hidden: list[int] = field(default_factory=lambda: [256, 256])  # widths of the fully connected layers
     norm: bool = False  # batch norm before every activation
-    activation: str = "relu"  # relu, kwta, topk, l1 (ReLU + l1_coef·mean|activation| loss) or gelu
-    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over act1, act2, ...
-    percent_on: float = 0.1  # kwta/topk: fraction of units kept
-    boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
-    duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
-    kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
-    k_inference_factor: float = 1.0  # kwta: percent_on × this many winners in eval mode (nupic: 1.5)
-    l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
     weight_density: float = 1.0  # < 1: hidden fc layers keep this fraction of each unit's inputs
 
 
@@ -114,12 +108,9 @@ def build_classifier(cfg: DictConfig) -> Classifier:
     model = cfg.model
     if cfg.data.shape is None or cfg.data.num_classes is None:
         raise ValueError("data.shape and data.num_classes are unset; they are filled from the data when a run starts")
-    options = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
-                   duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
-                   k_inference_factor=model.k_inference_factor)
     return Classifier(list(cfg.data.shape), cfg.data.num_classes, model.arch, list(model.channels),
-                      list(model.hidden), model.activation, list(model.sparse_layers), options, model.norm,
-                      model.weight_density)
+                      list(model.hidden), model.activation, list(model.sparse_layers), activation_options(model),
+                      model.norm, model.weight_density)
 
 
 def with_data_shape(config: dict, splits: Splits) -> dict:

@@ -25,21 +25,35 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelConfig:
-    """Policy network: IMPALA with channel widths 16·scale, 32·scale, 32·scale."""
+class ActivationConfig:
+    """The activation of a network and the options of the sparse kinds (models/sparse.py); every
+    algo's model section extends it. The default relu is the dense network."""
 
-    kind: str = "impala"
-    scale: int = 1
-    channels_last: bool = True  # faster convolutions on CPUs and on GPUs with tensor cores
-    # sparse activations (models/sparse.py); the default relu is the published dense network
     activation: str = "relu"  # relu, kwta, topk, l1 (ReLU + l1_coef·mean|activation| loss) or gelu
-    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over models.impala.RELU_SITES
+    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # fnmatch patterns over the activation sites
     percent_on: float = 0.1  # kwta/topk: fraction of units kept
     boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
     duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
     kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
     k_inference_factor: float = 1.0  # kwta: percent_on × this many winners in eval mode (nupic: 1.5)
     l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
+
+
+def activation_options(model: DictConfig) -> dict:
+    """The models.sparse options (make_activation keywords) a model section sets."""
+    return dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
+                duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
+                k_inference_factor=model.k_inference_factor)
+
+
+@dataclass
+class ModelConfig(ActivationConfig):
+    """Policy network: IMPALA with channel widths 16·scale, 32·scale, 32·scale; ``sparse_layers``
+    are patterns over models.impala.RELU_SITES."""
+
+    kind: str = "impala"
+    scale: int = 1
+    channels_last: bool = True  # faster convolutions on CPUs and on GPUs with tensor cores
 
 
 @dataclass

@@ -30,7 +30,7 @@ from envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from models.impala import ImpalaPolicy, preprocess
 from models.sparse import l1_penalty
 from trainers.base import ShardlabModule
-from trainers.config import build_config
+from trainers.config import activation_options, build_config
 from trainers.reward_norm import RewardNormalizer
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
@@ -70,9 +70,7 @@ class Schedule:
 def build_policy(cfg: DictConfig) -> ImpalaPolicy:
     """The policy network a config describes."""
     model = cfg.model
-    sparse = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
-                  duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
-                  k_inference_factor=model.k_inference_factor)
+    sparse = activation_options(model)
     policy = ImpalaPolicy(in_channels=3, scale=model.scale, image_size=observation_shape(cfg.env)[0],
                           activation=model.activation, sparse_layers=list(model.sparse_layers),
                           activation_options=sparse)

@@ -11,26 +11,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
 from models.minigrid_policy import MiniGridPolicy, preprocess
-from trainers.config import PPOConfig, TrainerConfig, need, validate_ppo_section, validate_sparse_options
+from trainers.config import (ActivationConfig, PPOConfig, TrainerConfig, activation_options, need,
+                             validate_ppo_section, validate_sparse_options)
 from trainers.ppo import PPOModule
 
 @dataclass
-class MiniGridModelConfig:
+class MiniGridModelConfig(ActivationConfig):
     """Actor-critic network: 3×3 convs then fully connected layers (cnn), fully connected only
-    (mlp), or the maze policy's IMPALA embedder (impala, square grids)."""
+    (mlp), or the maze policy's IMPALA embedder (impala, square grids; ``sparse_layers`` are
+    patterns over models.impala.RELU_SITES)."""
 
     kind: str = "cnn"
     channels: list[int] = field(default_factory=lambda: [16, 32])  # cnn: conv widths
     hidden: list[int] = field(default_factory=lambda: [128])  # cnn/mlp: fully connected widths (last: heads)
     scale: int = 1  # impala: channel widths 16·scale, 32·scale, 32·scale
-    activation: str = "relu"  # a models.sparse kind: relu, gelu, kwta, topk, l1
-    sparse_layers: list[str] = field(default_factory=lambda: ["*"])  # impala: patterns over models.impala.RELU_SITES
-    percent_on: float = 0.1  # kwta/topk: fraction of units kept
-    boost_strength: float = 1.0  # kwta: boost factor exp((percent_on − duty_cycle)·boost_strength)
-    duty_cycle_period: int = 1000  # kwta: samples averaged in the duty cycle
-    kwta_local: bool = False  # kwta/topk on conv maps: per location over channels, not over C·H·W
-    k_inference_factor: float = 1.0  # kwta: percent_on × this many winners in eval mode (nupic: 1.5)
-    l1_coef: float = 0.0  # activation=l1: weight of the summed mean |activation| in the loss
 
 
 @dataclass
@@ -87,12 +81,9 @@ class PPOMiniGridModule(PPOModule):
     def build_model(cfg: DictConfig) -> MiniGridPolicy:
         """The actor-critic a config describes (input shape and action count from the env)."""
         env_cfg, model = _env_config(cfg), cfg.model
-        options = dict(percent_on=model.percent_on, boost_strength=model.boost_strength,
-                       duty_cycle_period=model.duty_cycle_period, local=model.kwta_local,
-                       k_inference_factor=model.k_inference_factor)
         return MiniGridPolicy(observation_shape(env_cfg), num_actions(env_cfg), kind=model.kind,
-                              channels=list(model.channels), hidden=list(model.hidden),
-                              activation=model.activation, activation_options=options, scale=model.scale,
+                              channels=list(model.channels), hidden=list(model.hidden), activation=model.activation,
+                              activation_options=activation_options(model), scale=model.scale,
                               sparse_layers=list(model.sparse_layers))
 
     def make_env(self, seed_offset: int) -> MiniGridEnv:
