@@ -179,16 +179,3 @@ def format_report(report: dict[str, Any]) -> str:
              f"tokens, ratio {report['cpu_ratio_trainer_over_plain']:.3f} (per repeat "
              + ", ".join(f"{r:.3f}" for r in report["cpu_ratios_per_repeat"]) + ")"]
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Measure, print, optionally write JSON."""
-    import json
-
-    report = measure(args)
-    print(format_report(report))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-    return 0

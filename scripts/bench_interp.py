@@ -28,7 +28,6 @@ caches, the calls are cheaper than inside a forward pass).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -237,8 +236,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Measure every scale × batch size and print (and optionally save) the table."""
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure every scale × batch size; the report format_report prints."""
     import torch
 
     from trainers.config import ConfigError
@@ -255,13 +254,7 @@ def run(args: argparse.Namespace) -> int:
         for batch in args.batch_sizes:
             print(f"[{time.strftime('%H:%M:%S')}] scale {scale}, batch {batch}", flush=True, file=sys.stderr)
             rows.append(measure_one(scale, batch, args.image_size, args.repeats, args.min_time))
-    report = {"benchmark": "interp", "image_size": args.image_size, "repeats": args.repeats,
+    return {"benchmark": "interp", "image_size": args.image_size, "repeats": args.repeats,
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "layer": LAYER, "rows": rows, "target_overhead": TARGET_OVERHEAD,
               "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
-    print(format_report(report))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-    return 0

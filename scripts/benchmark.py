@@ -653,11 +653,7 @@ def run_ppo(args: argparse.Namespace) -> int:
             "load_average": {"before": load_before, "after": load_after},
             "runs": [m.to_json() for m in runs],
         }
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-        progress(f"wrote {args.json}")
+        write_json_report(args.json, report)
     return EXIT_OK
 
 
@@ -713,9 +709,8 @@ def run_learn(args: argparse.Namespace) -> int:
         print(f"  {row['env_steps']:>10,}  {row['policy']:<8} {row['mean_return']:>7.2f} ± {row['return_stderr']:<4.2f} "
               f"{row['cheese_rate']:>7.1%} {row['corner_rate']:>7.1%} {row['mean_length']:>7.0f}")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"benchmark": "learn", "config": args.config, "train_seconds": train_seconds,
-                       "rows": rows}, handle, indent=2)
+        write_json_report(args.json, {"benchmark": "learn", "config": args.config, "train_seconds": train_seconds,
+                                      "rows": rows})
     return 0
 
 
@@ -955,7 +950,11 @@ import bench_dt  # noqa: E402
             "(target ratio >= 0.9)", add_arguments=bench_dt.add_arguments)
 def run_dt(args: argparse.Namespace) -> int:
     """Time the DT trainer against the plain loop, interleaved."""
-    return bench_dt.run(args)
+    report = bench_dt.measure(args)
+    print(bench_dt.format_report(report))
+    if args.json:
+        write_json_report(args.json, report)
+    return EXIT_OK
 
 
 import bench_interp  # noqa: E402
@@ -965,7 +964,11 @@ import bench_interp  # noqa: E402
             "own cost (target hook overhead <= 10%%)", add_arguments=bench_interp.add_arguments)
 def run_interp(args: argparse.Namespace) -> int:
     """Time hooked against unhooked forward passes, interleaved."""
-    return bench_interp.run(args)
+    report = bench_interp.measure(args)
+    print(bench_interp.format_report(report))
+    if args.json:
+        write_json_report(args.json, report)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
