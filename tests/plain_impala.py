@@ -51,3 +51,15 @@ def plain_forward(model: nn.Module, x: torch.Tensor, override: Optional[Override
     logits = linear("fc_policy", h)
     value = linear("fc_value", h).squeeze(-1)
     return logits, value, acts
+
+
+def peaked_policy(seed: int = 0, image_size: int = 15, gain: float = 100.0) -> nn.Module:
+    """A seeded random-init ImpalaPolicy in eval mode whose policy head is scaled by ``gain``, so its
+    action distribution is far from uniform and edits visibly move logits and probabilities."""
+    from models.impala import ImpalaPolicy
+
+    torch.manual_seed(seed)
+    policy = ImpalaPolicy(scale=1, image_size=image_size).eval()
+    with torch.no_grad():
+        policy.fc_policy.weight.mul_(gain)
+    return policy

@@ -14,7 +14,7 @@ from evals.causal_scrubbing import (FEATURES, MazePool, Scrub, cancellation, los
 from evals.maze_inputs import action_kl, cached_activations, interp_mazes
 from evals.maze_interp_common import TrainEnv, policy_input
 from models.impala import ImpalaPolicy
-from plain_impala import plain_forward
+from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = "embedder.block2.res1.resadd_out"
@@ -22,11 +22,7 @@ LAYER = "embedder.block2.res1.resadd_out"
 
 @pytest.fixture(scope="module")
 def model() -> ImpalaPolicy:
-    torch.manual_seed(0)
-    policy = ImpalaPolicy(scale=1, image_size=15).eval()
-    with torch.no_grad():
-        policy.fc_policy.weight.mul_(100.0)
-    return policy
+    return peaked_policy()
 
 
 @pytest.fixture(scope="module")

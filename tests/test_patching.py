@@ -16,7 +16,7 @@ from evals.maze_inputs import cached_activations, hook_points
 from evals.maze_interp_common import first_move
 from evals.vector_field import ACTION_GROUPS
 from models.impala import ImpalaPolicy
-from plain_impala import plain_forward
+from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,11 +27,7 @@ CUTS = [f"embedder.block{b}.{p}" for b in (1, 2, 3) for p in ("maxpool_out", "re
 
 @pytest.fixture(scope="module")
 def model() -> ImpalaPolicy:
-    torch.manual_seed(0)
-    policy = ImpalaPolicy(scale=1, image_size=15).eval()
-    with torch.no_grad():
-        policy.fc_policy.weight.mul_(100.0)  # logits of order 1, so logit differences are not ~0
-    return policy
+    return peaked_policy()  # logits of order 1, so logit differences are not ~0
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from evals.maze_inputs import action_kl
 from evals.relu_ablation import ablated_logits, agreement, check_relu_sites, pre_relu_site, relu_sites
 from models.hooks import hook_names
 from models.impala import ImpalaPolicy
-from plain_impala import plain_forward
+from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SITES = [f"embedder.block{b}.res{r}.relu{i}_out" for b in (1, 2, 3) for r in (1, 2) for i in (1, 2)] \
@@ -20,11 +20,7 @@ SITES = [f"embedder.block{b}.res{r}.relu{i}_out" for b in (1, 2, 3) for r in (1,
 
 @pytest.fixture(scope="module")
 def model() -> ImpalaPolicy:
-    torch.manual_seed(0)
-    policy = ImpalaPolicy(scale=1, image_size=15).eval()
-    with torch.no_grad():
-        policy.fc_policy.weight.mul_(100.0)
-    return policy
+    return peaked_policy()
 
 
 @pytest.fixture(scope="module")

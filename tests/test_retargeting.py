@@ -27,6 +27,7 @@ from evals import maze_interp_common as common
 from evals import retargeting
 from models.hooks import set_value
 from models.impala import ImpalaPolicy
+from plain_impala import peaked_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,11 +51,7 @@ def maze(template) -> bytes:
 
 @pytest.fixture(scope="module")
 def policy() -> ImpalaPolicy:
-    torch.manual_seed(1)
-    net = ImpalaPolicy(scale=1, image_size=WORLD).eval()
-    with torch.no_grad():
-        net.fc_policy.weight.mul_(10.0)  # far from uniform, so edits move the probabilities
-    return net
+    return peaked_policy(seed=1, image_size=WORLD, gain=10.0)
 
 
 # -- squares → cells -------------------------------------------------------------------------------

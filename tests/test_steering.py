@@ -24,6 +24,7 @@ from evals import steering
 from evals.vector_field import DOWN, LEFT, RIGHT, UP
 from models.hooks import add, hooked
 from models.impala import ImpalaPolicy
+from plain_impala import peaked_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -55,11 +56,7 @@ def mazes(template) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def policy() -> ImpalaPolicy:
-    torch.manual_seed(0)
-    net = ImpalaPolicy(scale=1, image_size=WORLD).eval()
-    with torch.no_grad():
-        net.fc_policy.weight.mul_(10.0)  # far from uniform, so edits move the probabilities
-    return net
+    return peaked_policy(seed=0, image_size=WORLD, gain=10.0)
 
 
 def plain_forward(net: ImpalaPolicy, states: list[bytes], edit=None) -> tuple[torch.Tensor, torch.Tensor]:
