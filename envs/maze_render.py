@@ -332,14 +332,15 @@ def save_maze_png(path: Union[str, os.PathLike], state_or_inner: Union[bytes, ma
     return write_png_atomic(fig, path)
 
 
-def write_png_atomic(fig: Figure, path: Union[str, os.PathLike]) -> Path:
-    """Write ``fig`` as a PNG beside ``path``, then rename it into place (never half-written)."""
+def write_png_atomic(fig: Figure, path: Union[str, os.PathLike], dpi: Optional[float] = None) -> Path:
+    """Write ``fig`` as a PNG beside ``path`` (at ``dpi``, default the figure's), then rename it
+    into place (never half-written)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # a plain open (not mkstemp, which makes the file 0600) keeps the usual umask permissions
     tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", dpi=dpi)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

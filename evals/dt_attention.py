@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from envs.maze_render import write_png_atomic
 from evals.context import EvalContext
 from evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
 from evals.registry import register
@@ -137,7 +138,7 @@ class DTAttention:
                 fig.colorbar(image, ax=ax, fraction=0.046)
                 fig.tight_layout()
                 path = ctx.artifact(f"attention_layer{layer}_head{head}.png")
-                fig.savefig(path, dpi=110)
+                write_png_atomic(fig, path, dpi=110)
                 plt.close(fig)
                 paths.append(path)
         return paths
@@ -162,6 +163,6 @@ class DTAttention:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.tight_layout()
         path = ctx.artifact("attention_shares.png")
-        fig.savefig(path, dpi=120)
+        write_png_atomic(fig, path, dpi=120)
         plt.close(fig)
         return path

@@ -14,6 +14,7 @@ from typing import List, Optional
 import numpy as np
 from scipy import stats
 
+from envs.maze_render import write_png_atomic
 from evals.context import EvalContext
 from evals.dt_rollout import play, summarise
 from evals.registry import register
@@ -106,6 +107,6 @@ class DTReturnConditioning:
         ax.set_title(f"RTG calibration ({spec.env_id}, {ctx.count(self.config.episodes)} episodes/target)", fontsize=9)
         fig.tight_layout()
         path = ctx.artifact("calibration.png")
-        fig.savefig(path, dpi=120)
+        write_png_atomic(fig, path, dpi=120)
         plt.close(fig)
         return path

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import torch
 
+from envs.maze_render import write_png_atomic
 from evals.context import EvalContext
 from evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
 from evals.registry import register
@@ -199,6 +200,6 @@ class DTSteering:
         fig.suptitle(f"RTG steering vector at {self.config.hook} (B − A)", fontsize=10)
         fig.tight_layout()
         path = ctx.artifact("steering_scan.png")
-        fig.savefig(path, dpi=120)
+        write_png_atomic(fig, path, dpi=120)
         plt.close(fig)
         return path

@@ -26,6 +26,7 @@ from torch import nn  # noqa: E402
 
 from envs.eval_mazes import eval_mazes  # noqa: E402
 from envs.maze import Episode, MazeEnvConfig  # noqa: E402
+from envs.maze_render import write_png_atomic  # noqa: E402
 from evals.context import EvalContext  # noqa: E402
 from evals.registry import EvalError, register  # noqa: E402
 from evals.results import Result  # noqa: E402
@@ -220,7 +221,7 @@ class FinetuneToCheese:
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = ctx.artifact("learning_curve.png")
-        fig.savefig(path, dpi=120)
+        write_png_atomic(fig, path, dpi=120)
         plt.close(fig)
         return path
 
@@ -234,7 +235,7 @@ class FinetuneToCheese:
         ax.set(xlabel="‖ΔW‖ / ‖W‖", title="relative weight change per layer")
         fig.tight_layout()
         path = ctx.artifact("weight_change.png")
-        fig.savefig(path, dpi=120)
+        write_png_atomic(fig, path, dpi=120)
         plt.close(fig)
         return path
 
@@ -256,6 +257,6 @@ class FinetuneToCheese:
         ax.set(xlabel="x / maze size", ylabel="y / maze size", title="where avoid_cheese episodes end")
         fig.tight_layout()
         path = ctx.artifact("end_squares.png")
-        fig.savefig(path, dpi=120)
+        write_png_atomic(fig, path, dpi=120)
         plt.close(fig)
         return os.path.abspath(path)

@@ -18,6 +18,7 @@ from envs import maze_state
 from envs.eval_mazes import eval_mazes
 from envs.maze_geometry import maze_distances
 from envs.maze import Episode, MazeEnvConfig
+from envs.maze_render import write_png_atomic
 from evals.context import EvalContext
 from evals.registry import register
 from evals.results import Result
@@ -191,6 +192,6 @@ def _plot(ctx: EvalContext, result: Result) -> str:
         ax.set(ylim=(0, 1.05), title=title)
     fig.tight_layout()
     path = ctx.artifact("goal_misgeneralization.png")
-    fig.savefig(path, dpi=120)
+    write_png_atomic(fig, path, dpi=120)
     plt.close(fig)
     return path

@@ -33,7 +33,6 @@ correct answers summed over levels, divided by levels × inputs).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -276,14 +275,14 @@ def _binomial_stderr(p: float, n: int) -> float:
 
 
 def _save(fig, path: str) -> str:
-    """Write a figure as PNG to a temp file, then rename it into place."""
+    """Lay out ``fig``, write it as a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
+    from envs.maze_render import write_png_atomic
+
     fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fig.savefig(tmp, dpi=110, format="png")
+    write_png_atomic(fig, path, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

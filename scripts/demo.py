@@ -24,6 +24,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from envs.maze_render import write_png_atomic  # noqa: E402
 from trainers import cli  # noqa: E402
 
 RECIPE = "configs/train/maze_demo.yaml"
@@ -51,7 +52,7 @@ def plot_curve(metrics_path: str, out: str) -> None:
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.suptitle("training episodes (cheese in the top-right region)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    write_png_atomic(fig, out, dpi=120)
     plt.close(fig)
 
 
