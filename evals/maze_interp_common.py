@@ -98,6 +98,31 @@ def path_moves(path: Sequence[Square]) -> list[int]:
     return [_MOVE_OF_STEP[(b[0] - a[0], b[1] - a[1])] for a, b in zip(path, path[1:])]
 
 
+# -- cheese channels ------------------------------------------------------------------------------
+def cheese_channel_scores(policy: nn.Module, states: Sequence[bytes], obs: str, layer: str) -> np.ndarray:
+    """(C,) mean over mazes of (with cheese − without) at the cheese's activation cell, mouse on
+    the start square."""
+    at_start = [at_square(s, maze_geometry.START) for s in states]
+    acts = layer_activations(policy, at_start + [maze_state.without_cheese(s) for s in at_start], obs, layer)
+    diff = acts[:len(states)] - acts[len(states):]
+    side = diff.shape[-1]
+    cells = [cell_of(state, maze_state.cheese_square(state), obs, side) for state in states]
+    rows, cols = torch.tensor([r for r, _ in cells]), torch.tensor([c for _, c in cells])
+    return diff[torch.arange(len(states)), :, rows, cols].mean(0).numpy()
+
+
+def choose_channels(scores: np.ndarray, count: int, value: float) -> list[int]:
+    """The ``count`` channels the cheese raises most (lowers most when ``value`` < 0)."""
+    order = np.argsort(-scores if value >= 0 else scores, kind="stable")
+    return [int(c) for c in order[:count]]
+
+
+def cell_of(state: bytes, square: tuple[int, int], obs: str, side: int) -> tuple[int, int]:
+    """The activation cell of ``square`` in ``state``'s maze."""
+    where = maze_state.layout(state)
+    return activation_square_cell(square, where.maze_dim, where.world_dim, obs, side)
+
+
 # -- the top-right path edit -----------------------------------------------------------------------
 def with_top_right_path(state: bytes) -> Optional[bytes]:
     """``state`` with an L-shaped corridor opened through the wall padding, from the inner maze's

@@ -80,30 +80,6 @@ def fraction_edited(channels: Sequence[int], shape: Sequence[int]) -> float:
     return len(set(channels)) / float(np.prod(shape))
 
 
-def cheese_channel_scores(policy: torch.nn.Module, states: Sequence[bytes], obs: str, layer: str) -> np.ndarray:
-    """(C,) mean over mazes of (with cheese − without) at the cheese's activation cell, mouse on
-    the start square."""
-    at_start = [common.at_square(s, START) for s in states]
-    acts = common.layer_activations(policy, at_start + [maze_state.without_cheese(s) for s in at_start], obs, layer)
-    diff = acts[:len(states)] - acts[len(states):]
-    side = diff.shape[-1]
-    cells = [cell_of(state, maze_state.cheese_square(state), obs, side) for state in states]
-    rows, cols = torch.tensor([r for r, _ in cells]), torch.tensor([c for _, c in cells])
-    return diff[torch.arange(len(states)), :, rows, cols].mean(0).numpy()
-
-
-def choose_channels(scores: np.ndarray, count: int, value: float) -> list[int]:
-    """The ``count`` channels the cheese raises most (lowers most when ``value`` < 0)."""
-    order = np.argsort(-scores if value >= 0 else scores, kind="stable")
-    return [int(c) for c in order[:count]]
-
-
-def cell_of(state: bytes, square: tuple[int, int], obs: str, side: int) -> tuple[int, int]:
-    """The activation cell of ``square`` in ``state``'s maze."""
-    where = maze_state.layout(state)
-    return common.activation_square_cell(square, where.maze_dim, where.world_dim, obs, side)
-
-
 def path_probabilities(policy: torch.nn.Module, states: Sequence[bytes], targets: Sequence[tuple[int, int]],
                        obs: str, layer: Optional[str] = None, channels: Sequence[int] = (),
                        value: float = 0.0) -> np.ndarray:
@@ -118,7 +94,7 @@ def path_probabilities(policy: torch.nn.Module, states: Sequence[bytes], targets
         if len(path) < 2:
             raise ValueError(f"target {target} is the start or unreachable in maze {index}")
         cheese = maze_state.cheese_square(state)
-        cell = cell_of(state, target, obs, side) if layer else None
+        cell = common.cell_of(state, target, obs, side) if layer else None
         for square, move in zip(path[:-1], common.path_moves(path)):
             if square == cheese:  # the mouse is never seen on the cheese: the episode ends there
                 continue
@@ -150,7 +126,7 @@ def reach_rates(policy: torch.nn.Module, states: Sequence[bytes], targets: Seque
     edits = None
     if layer:
         side = common.layer_activations(policy, states[:1], env_cfg.obs, layer).shape[-1]
-        cells = [cell_of(s, tuple(t), env_cfg.obs, side) for s, t in zip(batch_states, batch_targets)]
+        cells = [common.cell_of(s, tuple(t), env_cfg.obs, side) for s, t in zip(batch_states, batch_targets)]
         edits = {layer: set_at_cells(value, channels, torch.tensor([r for r, _ in cells]),
                                      torch.tensor([c for _, c in cells]))}
     cheese_on_target = np.array([maze_state.cheese_square(s) == tuple(t) for s, t in zip(batch_states, batch_targets)])
@@ -287,8 +263,8 @@ class Retargeting:
         cfg = self.config
         mazes = eval_mazes(ctx.count(cfg.channel_mazes), ctx.seed + 1, cheese="anywhere", max_size=max_size,
                            mode=env.mode)
-        scores = cheese_channel_scores(ctx.policy, [m.state for m in mazes], env.obs, cfg.layer)
-        channels = choose_channels(scores, cfg.top_channels, cfg.value)
+        scores = common.cheese_channel_scores(ctx.policy, [m.state for m in mazes], env.obs, cfg.layer)
+        channels = common.choose_channels(scores, cfg.top_channels, cfg.value)
         for rank, channel in enumerate(channels):
             result.add(f"channels/rank={rank}", channel, n=len(mazes))
             result.add(f"channels/rank={rank}/cheese_minus_no_cheese", float(scores[channel]), n=len(mazes))

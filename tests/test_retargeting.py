@@ -137,7 +137,7 @@ def test_set_at_cells_matches_set_value_per_item_and_fraction_edited():
 def test_cheese_channel_scores_and_choice(policy, maze):
     other = ms.with_cheese_at(maze, (2, 2))
     states = [maze, other]
-    scores = retargeting.cheese_channel_scores(policy, states, "grid", LAYER)
+    scores = common.cheese_channel_scores(policy, states, "grid", LAYER)
     x = lambda ss: torch.from_numpy(grid_observations(ss)).permute(0, 3, 1, 2).float() / 255.0
     store = {}
     handle = policy.get_submodule(LAYER).register_forward_hook(lambda m, i, o: store.update(acts=o))
@@ -153,9 +153,9 @@ def test_cheese_channel_scores_and_choice(policy, maze):
         diffs.append((with_cheese - without)[:, row, col])
     handle.remove()
     np.testing.assert_allclose(scores, torch.stack(diffs).mean(0).numpy(), atol=1e-5)
-    top = retargeting.choose_channels(scores, 3, 5.5)
+    top = common.choose_channels(scores, 3, 5.5)
     assert top == list(np.argsort(-scores)[:3])
-    assert retargeting.choose_channels(scores, 2, -1.0) == list(np.argsort(scores)[:2])
+    assert common.choose_channels(scores, 2, -1.0) == list(np.argsort(scores)[:2])
 
 
 # -- success measures --------------------------------------------------------------------------------
