@@ -12,5 +12,6 @@ import evals.probes  # noqa: F401
 import evals.activation_patching  # noqa: F401
 import evals.causal_scrubbing  # noqa: F401
 import evals.jacobian_svd  # noqa: F401
+import evals.saliency_pca  # noqa: F401
 import evals.relu_ablation  # noqa: F401
 import evals.minigrid_return  # noqa: F401

@@ -1,61 +1,59 @@
-"""Which input pixels and which channels control a maze policy's decision: the gradient of one
-action logit with respect to the input and to chosen layers, stacked over a batch of mazes and
-decomposed by SVD.
+"""Which input pixels and which channels control one decision of a maze policy: for each maze
+separately, the Jacobian of the policy's folded move log-probabilities (and of its value) with
+respect to the input and to chosen layers, its singular values and top singular vectors; then
+averages over mazes.
 
-For each maze n the target is the logit of its chosen action (default: the greedy action, the
-argmax of the 15 logits; or a fixed action index; or a folded move ``left``/``down``/``up``/
-``right``/``noop``, whose logit is the logsumexp of its actions). Its gradient g_n with respect to
-an activation a_n (or the input image) is one row of the (N, D) matrix G. The policy treats every
-maze separately, so G is the diagonal block of the batch Jacobian. The SVD G = U Σ Vᵀ gives the
-directions of activation space (rows of Vᵀ, reshaped to C×H×W) along which the decision moves
-most across the batch; σ₁²/Σσ² says how much one direction dominates, and the effective rank
-exp(entropy of σ²/Σσ²) how many directions matter.
+For one input x the five folded move log-probabilities log P(move | x) (left, down, up, right,
+noop; each the logsumexp of its actions' log-probabilities, ``envs.maze.MOVE_GROUPS``) form a
+5-vector; its Jacobian J (5 × D) with respect to an activation a (D values, or the input image)
+has the SVD J = U Σ Vᵀ. The rows of Vᵀ (reshaped to C×H×W) are the directions of activation
+space that move the policy most, ordered by σ; the matching columns of U say which moves they
+trade against each other. The probabilities sum to one, so Σₘ P(m)·∇log P(m) = 0 and J has rank
+at most 4 (σ₅ = 0). σ₁²/Σσ² says how much one direction dominates, the effective rank
+exp(entropy of σ²/Σσ²) how many matter (1 to 4). The value's Jacobian is one row, ∇V: its one
+singular value is ‖∇V‖, and |cos(∇V, v₁)| says whether value and policy read the same direction.
+
+The cross-maze analysis (one saliency row per maze, SVD across mazes) is ``evals.saliency_pca``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from envs.maze import MOVE_GROUPS
 from envs.maze_views import GRID_CHANNELS
 from evals.context import EvalContext
-from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
-from evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
+from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, short_name
+from evals.maze_interp_common import new_panels, policy_input, save_figure, summarise, train_env
 from evals.registry import register
 from evals.results import Result
+from evals.saliency_pca import effective_rank
 from evals.vector_field import FOLDED_ACTIONS
 from models.hooks import hooked
 
 INPUT = "input"
+MOVES = len(MOVE_GROUPS)  # rows 0-4 of a Jacobian: the folded moves; row 5: the value
 DEFAULT_LAYERS = ("embedder.block1.res2.resadd_out", "embedder.block2.res1.resadd_out",
                   "embedder.block3.res2.resadd_out")
 
 
-def target_logits(logits: torch.Tensor, action: Union[str, int], chosen: torch.Tensor) -> torch.Tensor:
-    """(N,) logit of each input's target: ``chosen`` procgen actions for ``greedy``/an index, or
-    the folded move logit for a move name."""
-    if isinstance(action, str) and action in FOLDED_ACTIONS:
-        return move_logits(logits)[:, FOLDED_ACTIONS.index(action)]
-    return logits.gather(-1, chosen[:, None]).squeeze(-1)
+def move_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 5) folded move log-probabilities: logsumexp of each move's action log-probabilities."""
+    log_probs = torch.log_softmax(logits, -1)
+    return torch.stack([log_probs[..., list(group)].logsumexp(-1) for group in MOVE_GROUPS], -1)
 
 
-def chosen_actions(logits: torch.Tensor, action: Union[str, int]) -> torch.Tensor:
-    """(N,) procgen action per input: the argmax for ``greedy``, else the fixed index (unused for moves)."""
-    if action == "greedy":
-        return logits.argmax(-1)
-    index = int(action) if not (isinstance(action, str) and action in FOLDED_ACTIONS) else 0
-    return torch.full((len(logits),), index, dtype=torch.long, device=logits.device)
-
-
-def gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], action: Union[str, int] = "greedy"
-              ) -> dict[str, torch.Tensor]:
-    """Per-input gradients of the target logit w.r.t. the input (``"input"``) and each named
-    activation, as {name: (N, ...)} tensors (float, detached)."""
+def jacobians(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Per-input Jacobians of (5 folded move log-probs, value) w.r.t. the input (``"input"``) and
+    each named activation: {name: (N, 6, ...)} (detached). The model must treat inputs
+    independently (no batch norm in train mode), so the gradient of a sum over the batch holds
+    every input's own row."""
     layers = [name for name in names if name != INPUT]
     store: dict[str, torch.Tensor] = {}
 
@@ -68,129 +66,170 @@ def gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], action: U
     # autograd even when called under inference mode (the clone makes x a normal tensor)
     with torch.inference_mode(False), torch.enable_grad(), hooked(model, edits={name: keep(name) for name in layers}):
         x = x.clone().requires_grad_(INPUT in names)
-        out = model(x)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-        target = target_logits(logits, action, chosen_actions(logits.detach(), action))
+        logits, value = model(x)[:2]
+        outputs = torch.cat([move_log_probs(logits), value.reshape(len(x), 1)], 1)  # (N, 6)
         wrt = [x] * (INPUT in names) + [store[name] for name in layers]
-        # inputs do not interact, so the gradient of the sum holds every input's own gradient
-        grads = torch.autograd.grad(target.sum(), wrt)
+        rows = [torch.autograd.grad(outputs[:, k].sum(), wrt, retain_graph=k < outputs.shape[1] - 1)
+                for k in range(outputs.shape[1])]
     named = ([INPUT] if INPUT in names else []) + layers
-    return {name: grad.detach() for name, grad in zip(named, grads)}
+    return {name: torch.stack([row[i] for row in rows], 1).detach() for i, name in enumerate(named)}
 
 
-def spectrum(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Singular values (descending) and right singular vectors (rows, reshaped like one input's
-    gradient) of the (N, D) matrix of per-input gradients."""
-    matrix = grad.reshape(len(grad), -1).double()
-    _, singular, vh = torch.linalg.svd(matrix, full_matrices=False)
-    return singular, vh.reshape(-1, *grad.shape[1:])
+@dataclass
+class Decomposition:
+    """Per-maze SVD of the move Jacobians of one target (input or layer), and the value gradient."""
+
+    singular: torch.Tensor  # (N, 5) singular values, descending
+    left: torch.Tensor  # (N, 5, 5) left singular vectors (columns), over the moves
+    right: torch.Tensor  # (N, 5, ...) right singular vectors (rows), shaped like the target
+    value_grad: torch.Tensor  # (N, ...) ∇V
+
+    @property
+    def top1_energy(self) -> torch.Tensor:
+        """(N,) σ₁²/Σσ² per maze (NaN for a zero Jacobian)."""
+        energy = self.singular ** 2
+        return energy[:, 0] / energy.sum(1)
+
+    @property
+    def effective_rank(self) -> torch.Tensor:
+        """(N,) exp(entropy of σ²/Σσ²) per maze."""
+        return torch.tensor([effective_rank(row) for row in self.singular], dtype=torch.float64)
+
+    @property
+    def channel_share(self) -> torch.Tensor:
+        """(N, C) share of ‖v₁‖² = 1 in each channel of a (C, H, W) target."""
+        return (self.right[:, 0] ** 2).sum((2, 3))
+
+    @property
+    def value_norm(self) -> torch.Tensor:
+        """(N,) ‖∇V‖, the value Jacobian's one singular value."""
+        return self.value_grad.reshape(len(self.value_grad), -1).norm(dim=1)
+
+    @property
+    def value_top1_cosine(self) -> torch.Tensor:
+        """(N,) |cos(∇V, v₁)|: 1 when the value moves along the policy's top direction."""
+        flat = self.value_grad.reshape(len(self.value_grad), -1)
+        dot = (flat * self.right[:, 0].reshape(len(flat), -1)).sum(1).abs()
+        return dot / self.value_norm
 
 
-def effective_rank(singular: torch.Tensor) -> float:
-    """exp(entropy of σ²/Σσ²): 1 when one direction holds all the energy."""
-    energy = singular ** 2
-    if float(energy.sum()) == 0:
-        return math.nan
-    p = energy / energy.sum()
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
+def decompose(jacobian: torch.Tensor) -> Decomposition:
+    """SVD of each maze's (5, D) move Jacobian (rows 0-4 of ``jacobian``, (N, 6, ...)), signs fixed
+    so that each left vector's largest entry is positive (v_k raises that move's log-probability)."""
+    n, shape = len(jacobian), jacobian.shape[2:]
+    moves = jacobian[:, :MOVES].reshape(n, MOVES, -1).double()
+    left, singular, right = torch.linalg.svd(moves, full_matrices=False)
+    biggest = left.abs().argmax(1, keepdim=True)  # (N, 1, 5): the move each vector moves most
+    sign = torch.sign(left.gather(1, biggest))
+    sign[sign == 0] = 1
+    left, right = left * sign, right * sign.transpose(1, 2)
+    return Decomposition(singular, left, right.reshape(n, MOVES, *shape),
+                         jacobian[:, MOVES].double())
 
 
 @register("jacobian_svd")
 class JacobianSVD:
-    """Top singular values and vectors of the stacked per-maze gradients of the chosen action's
-    logit, for the input and chosen layers; maps of the pixels and channels that control it."""
+    """Per maze: singular values and top singular vectors of the Jacobian of the folded move
+    log-probabilities (and the value gradient) w.r.t. the input and chosen layers; means over mazes."""
 
     kinds = ("ppo_maze",)
 
     @dataclass
     class Config:
-        """Mazes, layers and the target action (greedy, an index 0–14, or left/down/up/right/noop)."""
+        """Mazes (mouse placement), layers, how many singular values to report and mazes to draw."""
 
         mazes: int = 32
         mouse: str = "decision"  # start, decision (mazes with a decision square) or random
         layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
-        action: str = "greedy"
-        top_k: int = 3  # singular values reported per target
+        top_k: int = 3  # singular values reported and singular vectors drawn (at most 5)
+        examples: int = 2  # mazes whose singular vectors the PNG shows
 
         def __post_init__(self) -> None:
             check_mouse_placement(self.mouse)
-            ok = self.action == "greedy" or self.action in FOLDED_ACTIONS or (
-                self.action.isdigit() and 0 <= int(self.action) < 15)
-            if not ok:
-                raise ValueError(f"jacobian_svd.action must be greedy, 0-14 or one of "
-                                 f"{', '.join(FOLDED_ACTIONS)}; got {self.action!r}")
+            if not 1 <= self.top_k <= MOVES:
+                raise ValueError(f"jacobian_svd.top_k must be 1 to {MOVES} (the moves), got {self.top_k}")
+            if self.examples < 0:
+                raise ValueError(f"jacobian_svd.examples must be >= 0, got {self.examples}")
 
     def __init__(self, config: "JacobianSVD.Config"):
         self.config = config
 
     def run(self, ctx: EvalContext) -> Result:
-        """Gradients for a batch of mazes, their SVD and per-channel / per-pixel shares."""
+        """Per-maze Jacobians and SVDs; means and standard errors over mazes; example PNG."""
         cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
         check_layers(policy, cfg.layers)
         mazes = interp_mazes(env, ctx.count(cfg.mazes), ctx.seed, cfg.mouse)
         x = policy_input(policy, [m.state for m in mazes], env.obs)
-        action: Union[str, int] = int(cfg.action) if cfg.action.isdigit() else cfg.action
-        grads = gradients(policy, x, [INPUT, *cfg.layers], action)
+        parts = {name: decompose(jac) for name, jac in jacobians(policy, x, [INPUT, *cfg.layers]).items()}
         result = Result()
-        tops = {}
-        for name, grad in grads.items():
-            singular, vectors = spectrum(grad)
-            tops[name] = vectors[0]
+        for name, part in parts.items():
             label = short_name(name)
-            energy = singular ** 2
-            for k in range(min(cfg.top_k, len(singular))):
-                result.add(f"{label}/sigma{k + 1}", singular[k], n=len(x))
-            result.add(f"{label}/top1_energy", float(energy[0] / energy.sum()) if energy.sum() > 0 else math.nan,
-                       n=len(x))
-            result.add(f"{label}/effective_rank", effective_rank(singular), n=len(x))
-            share = (grad.double() ** 2).sum(dim=[d for d in range(grad.dim()) if d != 1])
-            share = share / share.sum() if share.sum() > 0 else share
+            for k in range(cfg.top_k):
+                _add_mean(result, f"{label}/sigma{k + 1}", part.singular[:, k])
+            _add_mean(result, f"{label}/top1_energy", part.top1_energy)
+            _add_mean(result, f"{label}/effective_rank", part.effective_rank)
+            _add_mean(result, f"{label}/value/sigma1", part.value_norm)
+            _add_mean(result, f"{label}/value/top1_cosine", part.value_top1_cosine)
+            if part.right.dim() != 5:
+                continue  # a flat layer has no channels
+            share = part.channel_share
             if name == INPUT:
                 channel_names = GRID_CHANNELS if env.obs == "grid" else ("red", "green", "blue")
-                for channel, value in zip(channel_names, share):
-                    result.add(f"input/channel_share/{channel}", value, n=len(x))
-            elif grad.dim() > 2:
-                for channel in torch.argsort(share, descending=True)[:cfg.top_k].tolist():
-                    result.add(f"{label}/channel_share/c{channel}", share[channel], n=len(x))
-        result.artifacts.append(self._plot(ctx, grads, tops, env.obs))
+                for channel, channel_name in enumerate(channel_names):
+                    _add_mean(result, f"input/channel_share/{channel_name}", share[:, channel])
+            else:
+                for channel in torch.argsort(share.mean(0), descending=True)[:cfg.top_k].tolist():
+                    _add_mean(result, f"{label}/channel_share/c{channel}", share[:, channel])
+        if cfg.examples:
+            result.artifacts.append(self._plot(ctx, x[:cfg.examples], parts))
         return result
 
-    @staticmethod
-    def _plot(ctx: EvalContext, grads: dict[str, torch.Tensor], tops: dict[str, torch.Tensor], obs: str) -> str:
-        """Input: mean |gradient| and the top singular vector per input channel. Layers: gradient
-        energy per channel, and the mean |gradient| summed over channels per cell."""
-        grad_in, top_in = grads[INPUT].double(), tops[INPUT]
-        channel_names = GRID_CHANNELS if obs == "grid" else ("red", "green", "blue")
-        spatial = [name for name in grads if name != INPUT and grads[name].dim() == 4]
-        rows, cols = 2 + len(spatial), len(channel_names)  # one row per input map, one per layer
-        fig, axes = new_panels(rows * cols, size_inches=3.2, rows=rows)
-        for row, (title, maps) in enumerate((("mean |∂logit/∂input|", grad_in.abs().mean(0)),
-                                             ("top singular vector", top_in))):
-            for channel, name in enumerate(channel_names):
-                ax = axes[row * cols + channel]
-                image = maps[channel].cpu().numpy()
-                limit = float(np.abs(image).max()) or 1.0
-                cmap, vmin = ("magma", 0.0) if row == 0 else ("RdBu_r", -limit)
-                shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=limit, interpolation="nearest")
-                ax.set_title(f"{title}: {name}", fontsize=8)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                fig.colorbar(shown, ax=ax, shrink=0.7)
-        for row, name in enumerate(spatial, start=2):
-            grad = grads[name].double()
-            energy = (grad ** 2).sum(dim=(0, 2, 3))
-            ax = axes[row * cols]
-            ax.bar(np.arange(len(energy)), (energy / energy.sum()).cpu().numpy() if energy.sum() > 0 else energy)
-            ax.set_title(f"{short_name(name)}: gradient energy per channel", fontsize=8)
-            ax.set_xlabel("channel", fontsize=7)
-            ax = axes[row * cols + 1]
-            shown = ax.imshow(grad.abs().mean(0).sum(0).cpu().numpy(), cmap="magma", interpolation="nearest")
-            ax.set_title(f"{short_name(name)}: mean |gradient| per cell", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            fig.colorbar(shown, ax=ax, shrink=0.7)
-            for ax in axes[row * cols + 2:(row + 1) * cols]:
-                ax.set_visible(False)
+    def _plot(self, ctx: EvalContext, x: torch.Tensor, parts: dict[str, Decomposition]) -> str:
+        """One row per (example maze, target): the observation (input rows), the singular values,
+        and the top singular vectors: the input's as an image (channels as RGB, 0 = grey), a
+        layer's as the per-cell norm over channels."""
+        k, names = self.config.top_k, list(parts)
+        rows, cols = len(x) * len(names), 2 + k
+        fig, axes = new_panels(rows * cols, size_inches=2.6, rows=rows)
+        for example in range(len(x)):
+            for offset, name in enumerate(names):
+                part, row = parts[name], (example * len(names) + offset) * cols
+                panels = axes[row:row + cols]
+                if name == INPUT:
+                    panels[0].imshow(x[example].permute(1, 2, 0).float().cpu().numpy().clip(0, 1),
+                                     interpolation="nearest")
+                    panels[0].set_title(f"maze {example}", fontsize=8)
+                else:
+                    panels[0].set_visible(False)
+                singular = part.singular[example].cpu().numpy()
+                panels[1].bar(np.arange(1, MOVES + 1), singular, color="C0", label="moves σ")
+                panels[1].bar([MOVES + 1.5], [float(part.value_norm[example])], color="C1", label="‖∇V‖")
+                panels[1].set_title(f"{short_name(name)}: singular values", fontsize=8)
+                panels[1].legend(fontsize=6)
+                for index in range(k):
+                    self._vector(panels[2 + index], part, example, index, image=name == INPUT)
+                for ax in (panels[0], *panels[2:]):
+                    ax.set_xticks([])
+                    ax.set_yticks([])
         fig.tight_layout()
         return save_figure(fig, ctx.artifact("jacobian_svd.png"))
+
+    @staticmethod
+    def _vector(ax, part: Decomposition, example: int, index: int, image: bool) -> None:
+        vector = part.right[example, index].cpu().numpy()
+        move = FOLDED_ACTIONS[int(part.left[example, :, index].abs().argmax())]
+        ax.set_title(f"v{index + 1} (σ={float(part.singular[example, index]):.3g}, ↑{move})", fontsize=8)
+        if vector.ndim == 1:
+            ax.plot(vector, lw=0.6)
+        elif image and vector.shape[0] == 3:
+            limit = float(np.abs(vector).max()) or 1.0
+            ax.imshow((0.5 + 0.5 * vector / limit).transpose(1, 2, 0), interpolation="nearest")
+        else:
+            ax.imshow(np.sqrt((vector ** 2).sum(0)), cmap="magma", interpolation="nearest")
+
+
+def _add_mean(result: Result, name: str, values: torch.Tensor) -> None:
+    """Mean over mazes with its standard error (NaN values, from zero Jacobians, left out)."""
+    array = values.double().cpu().numpy()
+    summary = summarise(array[~np.isnan(array)])
+    result.add(name, summary.mean, stderr=None if math.isnan(summary.stderr) else summary.stderr, n=summary.n)

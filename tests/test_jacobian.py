@@ -1,27 +1,30 @@
-"""Jacobian SVD: per-input gradients match torch.autograd.functional.jacobian (input) and central
-finite differences (a layer), for the greedy action, a fixed action and a folded move; the SVD and
-effective rank."""
+"""jacobian_svd: the per-input Jacobians of the folded move log-probabilities and the value match
+torch.autograd.functional.jacobian of the plain-torch forward (input and a layer), their SVD
+matches torch.linalg.svd, and the eval's metrics are the means of those per-maze numbers."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from evals.jacobian_svd import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
-from models.hooks import add, hooked
-from models.impala import ImpalaPolicy
+from envs.maze import MOVE_GROUPS
+from evals.context import EvalContext
+from evals.jacobian_svd import INPUT, JacobianSVD, decompose, jacobians
+from evals.maze_inputs import interp_mazes
+from evals.maze_interp_common import policy_input, train_env
+from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = "embedder.block2.res1.resadd_out"
 
 
 @pytest.fixture(scope="module")
-def model() -> ImpalaPolicy:
-    torch.manual_seed(0)
-    policy = ImpalaPolicy(scale=1, image_size=15).double().eval()
-    with torch.no_grad():
-        policy.fc_policy.weight.mul_(100.0)
-    return policy
+def model():
+    return peaked_policy(seed=0, image_size=15, gain=30.0).double()
 
 
 @pytest.fixture(scope="module")
@@ -29,53 +32,111 @@ def x() -> torch.Tensor:
     return torch.rand(3, 3, 15, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
 
 
-def _target(model, x, action):
-    logits = model(x)[0]
-    return target_logits(logits, action, chosen_actions(model(x)[0].detach(), action))
+def _outputs(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """(6,) log P(move) for the five moves (log of summed action probabilities), then the value."""
+    probs = torch.softmax(logits[0], -1)
+    moves = torch.stack([probs[list(group)].sum().log() for group in MOVE_GROUPS])
+    return torch.cat([moves, value.reshape(1)])
 
 
-@pytest.mark.parametrize("action", ["greedy", 4, "right"])
-def test_input_gradients_match_the_autograd_jacobian(model, x, action):
-    chosen = chosen_actions(model(x)[0].detach(), action)
-    function = lambda inputs: target_logits(model(inputs)[0], action, chosen)  # noqa: E731
-    jacobian = torch.autograd.functional.jacobian(function, x)  # (N, N, C, H, W)
-    expected = torch.stack([jacobian[i, i] for i in range(len(x))])
-    assert jacobian[0, 1].abs().max() == 0  # inputs do not interact
-    grads = gradients(model, x, [INPUT, LAYER], action)
-    torch.testing.assert_close(grads[INPUT], expected)
+def _plain_input_jacobian(model, x_one: torch.Tensor) -> torch.Tensor:
+    """(6, C, H, W) for one input, from the plain forward."""
+    return torch.autograd.functional.jacobian(lambda inp: _outputs(*plain_forward(model, inp)[:2]), x_one)[:, 0]
 
 
-@pytest.mark.parametrize("action", ["greedy", "up"])
-def test_layer_gradients_match_finite_differences(model, x, action):
-    grads = gradients(model, x, [LAYER], action)[LAYER]
-    chosen = chosen_actions(model(x)[0].detach(), action)
-    eps = 1e-6
-    for channel, row, col in ((0, 0, 0), (5, 2, 1), (31, 3, 3)):
-        bump = torch.zeros(32, 4, 4, dtype=torch.float64)
-        bump[channel, row, col] = eps
-        with torch.no_grad():
-            with hooked(model, edits={LAYER: add(bump, 1.0)}):
-                up = target_logits(model(x)[0], action, chosen)
-            with hooked(model, edits={LAYER: add(bump, -1.0)}):
-                down = target_logits(model(x)[0], action, chosen)
-        torch.testing.assert_close(grads[:, channel, row, col], (up - down) / (2 * eps), rtol=1e-4, atol=1e-7)
+def _plain_layer_jacobian(model, x_one: torch.Tensor, layer: str) -> torch.Tensor:
+    """(6, C, H, W) w.r.t. ``layer``'s activation for one input, from the plain forward."""
+    with torch.no_grad():
+        base = plain_forward(model, x_one)[2][layer]
+
+    def through(activation: torch.Tensor) -> torch.Tensor:
+        logits, value, _ = plain_forward(model, x_one, override={layer: lambda _: activation})
+        return _outputs(logits, value)
+    return torch.autograd.functional.jacobian(through, base)[:, 0]
 
 
-def test_gradients_leave_no_hooks_and_work_under_inference_mode(model, x):
+def test_input_and_layer_jacobians_match_the_plain_forward(model, x):
+    got = jacobians(model, x, [INPUT, LAYER])
+    assert got[INPUT].shape == (3, 6, 3, 15, 15) and got[LAYER].shape == (3, 6, 32, 4, 4)
+    for i in range(len(x)):
+        torch.testing.assert_close(got[INPUT][i], _plain_input_jacobian(model, x[i:i + 1]))
+        torch.testing.assert_close(got[LAYER][i], _plain_layer_jacobian(model, x[i:i + 1], LAYER))
+
+
+def test_decompose_matches_torch_svd_and_the_rank_is_at_most_four(model, x):
+    jac = jacobians(model, x, [INPUT, LAYER])[LAYER]
+    part = decompose(jac)
+    for i in range(len(x)):
+        matrix = jac[i, :5].reshape(5, -1)
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        torch.testing.assert_close(part.singular[i], s)
+        assert float(s[4]) < 1e-9 * float(s[0])  # Σ P(m) ∇log P(m) = 0
+        for k in range(4):  # singular vectors are unique up to sign for distinct σ
+            sign = torch.sign(u[:, k][u[:, k].abs().argmax()])
+            torch.testing.assert_close(part.right[i, k].reshape(-1), sign * vh[k])
+            torch.testing.assert_close(part.left[i, :, k], sign * u[:, k])
+            assert part.left[i, :, k][part.left[i, :, k].abs().argmax()] > 0
+        energy = s ** 2
+        p = energy / energy.sum()
+        p = p[p > 0]
+        assert float(part.top1_energy[i]) == pytest.approx(float(energy[0] / energy.sum()), rel=1e-9)
+        assert float(part.effective_rank[i]) == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-9)
+        top = vh[0].reshape(32, 4, 4)
+        torch.testing.assert_close(part.channel_share[i], (top ** 2).sum((1, 2)))
+        value = jac[i, 5].reshape(-1)
+        assert float(part.value_norm[i]) == pytest.approx(float(value.norm()), rel=1e-9)
+        cosine = abs(float(value @ vh[0])) / float(value.norm())
+        assert float(part.value_top1_cosine[i]) == pytest.approx(cosine, rel=1e-9)
+
+
+def test_jacobians_leave_no_hooks_and_work_under_inference_mode(model, x):
     with torch.inference_mode():
-        grads = gradients(model, x, [INPUT, LAYER])
-    assert grads[INPUT].shape == x.shape and grads[LAYER].shape == (3, 32, 4, 4)
+        got = jacobians(model, x, [INPUT, LAYER])
+    assert got[INPUT].shape == (3, 6, *x.shape[1:])
     assert all(not m._forward_hooks for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_spectrum_and_effective_rank():
-    generator = torch.Generator().manual_seed(0)
-    grad = torch.randn(6, 2, 3, 3, generator=generator, dtype=torch.float64)
-    singular, vectors = spectrum(grad)
-    torch.testing.assert_close(singular, torch.linalg.svdvals(grad.reshape(6, -1)))
-    assert vectors.shape == (6, 2, 3, 3)
-    torch.testing.assert_close((vectors.reshape(6, -1) ** 2).sum(1), torch.ones(6, dtype=torch.float64))
-    rank_one = torch.outer(torch.arange(1.0, 5.0), torch.randn(7, generator=generator)).double()
-    assert effective_rank(spectrum(rank_one)[0]) == pytest.approx(1.0, abs=1e-9)
-    assert effective_rank(torch.ones(4, dtype=torch.float64)) == pytest.approx(4.0)
+def test_the_eval_reports_means_over_mazes_of_the_plain_torch_numbers(tmp_path):
+    train_config = OmegaConf.create({"env": {"obs": "grid", "distribution_mode": "easy", "max_maze_size": 7}})
+    policy = peaked_policy(seed=1, image_size=15, gain=30.0)
+    config = JacobianSVD.Config(mazes=3, mouse="decision", layers=[LAYER], top_k=2, examples=1)
+    ctx = EvalContext(policy, train_config, str(tmp_path), seed=3, progress=False)
+    result = JacobianSVD(config).run(ctx)
+    metrics = {m.name: m for m in result.metrics}
+    assert result.artifacts and result.artifacts[0].endswith("jacobian_svd.png")
+    # recompute every maze in double precision with the plain forward and torch.linalg.svd
+    env = train_env(train_config)
+    x = policy_input(policy, [m.state for m in interp_mazes(env, 3, 3, "decision")], "grid").double()
+    reference = policy.double()
+    rows = {INPUT: [], LAYER: []}
+    for i in range(len(x)):
+        rows[INPUT].append(_plain_input_jacobian(reference, x[i:i + 1]))
+        rows[LAYER].append(_plain_layer_jacobian(reference, x[i:i + 1], LAYER))
+    for name, label in ((INPUT, "input"), (LAYER, "block2.res1.resadd_out")):
+        jac = torch.stack(rows[name])
+        matrices = jac[:, :5].reshape(3, 5, -1)
+        s = torch.linalg.svdvals(matrices)
+        vh = torch.linalg.svd(matrices, full_matrices=False)[2]
+        for k in range(2):
+            np.testing.assert_allclose(metrics[f"{label}/sigma{k + 1}"].value, float(s[:, k].mean()), rtol=1e-4)
+        np.testing.assert_allclose(metrics[f"{label}/sigma1"].stderr, float(s[:, 0].std() / math.sqrt(3)), rtol=1e-4)
+        np.testing.assert_allclose(metrics[f"{label}/top1_energy"].value,
+                                   float((s[:, 0] ** 2 / (s ** 2).sum(1)).mean()), rtol=1e-4)
+        value_norm = jac[:, 5].reshape(3, -1).norm(dim=1)
+        np.testing.assert_allclose(metrics[f"{label}/value/sigma1"].value, float(value_norm.mean()), rtol=1e-4)
+        share = (vh[:, 0].reshape(3, *jac.shape[2:]) ** 2).sum((2, 3)).mean(0)
+        if name == INPUT:
+            for channel, channel_name in enumerate(("wall", "mouse", "cheese")):
+                np.testing.assert_allclose(metrics[f"input/channel_share/{channel_name}"].value,
+                                           float(share[channel]), rtol=1e-4, atol=1e-9)
+        else:
+            top = int(share.argmax())
+            np.testing.assert_allclose(metrics[f"{label}/channel_share/c{top}"].value, float(share[top]), rtol=1e-4)
+        assert metrics[f"{label}/sigma1"].n == 3
+
+
+@pytest.mark.parametrize("bad", [{"top_k": 0}, {"top_k": 6}, {"examples": -1}, {"mouse": "corner"}])
+def test_bad_configs_are_rejected(bad):
+    with pytest.raises(ValueError):
+        JacobianSVD.Config(**bad)

@@ -1,0 +1,197 @@
+"""Saliency PCA: which input pixels and which channels move a maze policy's decision *across a
+set of mazes*. One gradient row per maze, stacked and decomposed by SVD (a PCA without centring).
+
+For each maze n the target is the logit of its chosen action (default: the greedy action, the
+argmax of the 15 logits; or a fixed action index; or a folded move ``left``/``down``/``up``/
+``right``/``noop``, whose logit is the logsumexp of its actions). Its gradient g_n with respect to
+an activation a_n (or the input image) is one row of the (N, D) matrix G (a saliency map per
+maze). The SVD G = U Σ Vᵀ gives the directions of activation space (rows of Vᵀ, reshaped to
+C×H×W) along which the saliency maps of different mazes vary most; σ₁²/Σσ² says how much one
+direction dominates, and the effective rank exp(entropy of σ²/Σσ²) how many directions matter.
+
+This is a statement about the population of mazes, not about one decision: the per-input
+Jacobian and its singular vectors are ``evals.jacobian_svd``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from envs.maze_views import GRID_CHANNELS
+from evals.context import EvalContext
+from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
+from evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
+from evals.registry import register
+from evals.results import Result
+from evals.vector_field import FOLDED_ACTIONS
+from models.hooks import hooked
+
+INPUT = "input"
+DEFAULT_LAYERS = ("embedder.block1.res2.resadd_out", "embedder.block2.res1.resadd_out",
+                  "embedder.block3.res2.resadd_out")
+
+
+def target_logits(logits: torch.Tensor, action: Union[str, int], chosen: torch.Tensor) -> torch.Tensor:
+    """(N,) logit of each input's target: ``chosen`` procgen actions for ``greedy``/an index, or
+    the folded move logit for a move name."""
+    if isinstance(action, str) and action in FOLDED_ACTIONS:
+        return move_logits(logits)[:, FOLDED_ACTIONS.index(action)]
+    return logits.gather(-1, chosen[:, None]).squeeze(-1)
+
+
+def chosen_actions(logits: torch.Tensor, action: Union[str, int]) -> torch.Tensor:
+    """(N,) procgen action per input: the argmax for ``greedy``, else the fixed index (unused for moves)."""
+    if action == "greedy":
+        return logits.argmax(-1)
+    index = int(action) if not (isinstance(action, str) and action in FOLDED_ACTIONS) else 0
+    return torch.full((len(logits),), index, dtype=torch.long, device=logits.device)
+
+
+def gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], action: Union[str, int] = "greedy"
+              ) -> dict[str, torch.Tensor]:
+    """Per-input gradients of the target logit w.r.t. the input (``"input"``) and each named
+    activation, as {name: (N, ...)} tensors (float, detached)."""
+    layers = [name for name in names if name != INPUT]
+    store: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def edit(activation: torch.Tensor) -> torch.Tensor:
+            store[name] = activation  # the live tensor of the graph, not a detached copy
+            return activation
+        return edit
+
+    # autograd even when called under inference mode (the clone makes x a normal tensor)
+    with torch.inference_mode(False), torch.enable_grad(), hooked(model, edits={name: keep(name) for name in layers}):
+        x = x.clone().requires_grad_(INPUT in names)
+        out = model(x)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        target = target_logits(logits, action, chosen_actions(logits.detach(), action))
+        wrt = [x] * (INPUT in names) + [store[name] for name in layers]
+        # inputs do not interact, so the gradient of the sum holds every input's own gradient
+        grads = torch.autograd.grad(target.sum(), wrt)
+    named = ([INPUT] if INPUT in names else []) + layers
+    return {name: grad.detach() for name, grad in zip(named, grads)}
+
+
+def spectrum(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values (descending) and right singular vectors (rows, reshaped like one input's
+    gradient) of the (N, D) matrix of per-input gradients."""
+    matrix = grad.reshape(len(grad), -1).double()
+    _, singular, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return singular, vh.reshape(-1, *grad.shape[1:])
+
+
+def effective_rank(singular: torch.Tensor) -> float:
+    """exp(entropy of σ²/Σσ²): 1 when one direction holds all the energy."""
+    energy = singular ** 2
+    if float(energy.sum()) == 0:
+        return math.nan
+    p = energy / energy.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+@register("saliency_pca")
+class SaliencyPCA:
+    """Top singular values and vectors of the stacked per-maze gradients of the chosen action's
+    logit (a cross-maze PCA of saliency maps), for the input and chosen layers."""
+
+    kinds = ("ppo_maze",)
+
+    @dataclass
+    class Config:
+        """Mazes, layers and the target action (greedy, an index 0–14, or left/down/up/right/noop)."""
+
+        mazes: int = 32
+        mouse: str = "decision"  # start, decision (mazes with a decision square) or random
+        layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
+        action: str = "greedy"
+        top_k: int = 3  # singular values reported per target
+
+        def __post_init__(self) -> None:
+            check_mouse_placement(self.mouse)
+            ok = self.action == "greedy" or self.action in FOLDED_ACTIONS or (
+                self.action.isdigit() and 0 <= int(self.action) < 15)
+            if not ok:
+                raise ValueError(f"saliency_pca.action must be greedy, 0-14 or one of "
+                                 f"{', '.join(FOLDED_ACTIONS)}; got {self.action!r}")
+
+    def __init__(self, config: "SaliencyPCA.Config"):
+        self.config = config
+
+    def run(self, ctx: EvalContext) -> Result:
+        """Gradients for a batch of mazes, their SVD and per-channel / per-pixel shares."""
+        cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
+        check_layers(policy, cfg.layers)
+        mazes = interp_mazes(env, ctx.count(cfg.mazes), ctx.seed, cfg.mouse)
+        x = policy_input(policy, [m.state for m in mazes], env.obs)
+        action: Union[str, int] = int(cfg.action) if cfg.action.isdigit() else cfg.action
+        grads = gradients(policy, x, [INPUT, *cfg.layers], action)
+        result = Result()
+        tops = {}
+        for name, grad in grads.items():
+            singular, vectors = spectrum(grad)
+            tops[name] = vectors[0]
+            label = short_name(name)
+            energy = singular ** 2
+            for k in range(min(cfg.top_k, len(singular))):
+                result.add(f"{label}/sigma{k + 1}", singular[k], n=len(x))
+            result.add(f"{label}/top1_energy", float(energy[0] / energy.sum()) if energy.sum() > 0 else math.nan,
+                       n=len(x))
+            result.add(f"{label}/effective_rank", effective_rank(singular), n=len(x))
+            share = (grad.double() ** 2).sum(dim=[d for d in range(grad.dim()) if d != 1])
+            share = share / share.sum() if share.sum() > 0 else share
+            if name == INPUT:
+                channel_names = GRID_CHANNELS if env.obs == "grid" else ("red", "green", "blue")
+                for channel, value in zip(channel_names, share):
+                    result.add(f"input/channel_share/{channel}", value, n=len(x))
+            elif grad.dim() > 2:
+                for channel in torch.argsort(share, descending=True)[:cfg.top_k].tolist():
+                    result.add(f"{label}/channel_share/c{channel}", share[channel], n=len(x))
+        result.artifacts.append(self._plot(ctx, grads, tops, env.obs))
+        return result
+
+    @staticmethod
+    def _plot(ctx: EvalContext, grads: dict[str, torch.Tensor], tops: dict[str, torch.Tensor], obs: str) -> str:
+        """Input: mean |gradient| and the top singular vector per input channel. Layers: gradient
+        energy per channel, and the mean |gradient| summed over channels per cell."""
+        grad_in, top_in = grads[INPUT].double(), tops[INPUT]
+        channel_names = GRID_CHANNELS if obs == "grid" else ("red", "green", "blue")
+        spatial = [name for name in grads if name != INPUT and grads[name].dim() == 4]
+        rows, cols = 2 + len(spatial), len(channel_names)  # one row per input map, one per layer
+        fig, axes = new_panels(rows * cols, size_inches=3.2, rows=rows)
+        for row, (title, maps) in enumerate((("mean |∂logit/∂input|", grad_in.abs().mean(0)),
+                                             ("top singular vector", top_in))):
+            for channel, name in enumerate(channel_names):
+                ax = axes[row * cols + channel]
+                image = maps[channel].cpu().numpy()
+                limit = float(np.abs(image).max()) or 1.0
+                cmap, vmin = ("magma", 0.0) if row == 0 else ("RdBu_r", -limit)
+                shown = ax.imshow(image, cmap=cmap, vmin=vmin, vmax=limit, interpolation="nearest")
+                ax.set_title(f"{title}: {name}", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                fig.colorbar(shown, ax=ax, shrink=0.7)
+        for row, name in enumerate(spatial, start=2):
+            grad = grads[name].double()
+            energy = (grad ** 2).sum(dim=(0, 2, 3))
+            ax = axes[row * cols]
+            ax.bar(np.arange(len(energy)), (energy / energy.sum()).cpu().numpy() if energy.sum() > 0 else energy)
+            ax.set_title(f"{short_name(name)}: gradient energy per channel", fontsize=8)
+            ax.set_xlabel("channel", fontsize=7)
+            ax = axes[row * cols + 1]
+            shown = ax.imshow(grad.abs().mean(0).sum(0).cpu().numpy(), cmap="magma", interpolation="nearest")
+            ax.set_title(f"{short_name(name)}: mean |gradient| per cell", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(shown, ax=ax, shrink=0.7)
+            for ax in axes[row * cols + 2:(row + 1) * cols]:
+                ax.set_visible(False)
+        fig.tight_layout()
+        return save_figure(fig, ctx.artifact("saliency_pca.png"))

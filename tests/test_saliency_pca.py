@@ -1,0 +1,81 @@
+"""saliency_pca (the cross-maze SVD of per-maze gradients): per-input gradients match
+torch.autograd.functional.jacobian (input) and central finite differences (a layer), for the
+greedy action, a fixed action and a folded move; the SVD and effective rank."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evals.saliency_pca import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
+from models.hooks import add, hooked
+from models.impala import ImpalaPolicy
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+LAYER = "embedder.block2.res1.resadd_out"
+
+
+@pytest.fixture(scope="module")
+def model() -> ImpalaPolicy:
+    torch.manual_seed(0)
+    policy = ImpalaPolicy(scale=1, image_size=15).double().eval()
+    with torch.no_grad():
+        policy.fc_policy.weight.mul_(100.0)
+    return policy
+
+
+@pytest.fixture(scope="module")
+def x() -> torch.Tensor:
+    return torch.rand(3, 3, 15, 15, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+
+def _target(model, x, action):
+    logits = model(x)[0]
+    return target_logits(logits, action, chosen_actions(model(x)[0].detach(), action))
+
+
+@pytest.mark.parametrize("action", ["greedy", 4, "right"])
+def test_input_gradients_match_the_autograd_jacobian(model, x, action):
+    chosen = chosen_actions(model(x)[0].detach(), action)
+    function = lambda inputs: target_logits(model(inputs)[0], action, chosen)  # noqa: E731
+    jacobian = torch.autograd.functional.jacobian(function, x)  # (N, N, C, H, W)
+    expected = torch.stack([jacobian[i, i] for i in range(len(x))])
+    assert jacobian[0, 1].abs().max() == 0  # inputs do not interact
+    grads = gradients(model, x, [INPUT, LAYER], action)
+    torch.testing.assert_close(grads[INPUT], expected)
+
+
+@pytest.mark.parametrize("action", ["greedy", "up"])
+def test_layer_gradients_match_finite_differences(model, x, action):
+    grads = gradients(model, x, [LAYER], action)[LAYER]
+    chosen = chosen_actions(model(x)[0].detach(), action)
+    eps = 1e-6
+    for channel, row, col in ((0, 0, 0), (5, 2, 1), (31, 3, 3)):
+        bump = torch.zeros(32, 4, 4, dtype=torch.float64)
+        bump[channel, row, col] = eps
+        with torch.no_grad():
+            with hooked(model, edits={LAYER: add(bump, 1.0)}):
+                up = target_logits(model(x)[0], action, chosen)
+            with hooked(model, edits={LAYER: add(bump, -1.0)}):
+                down = target_logits(model(x)[0], action, chosen)
+        torch.testing.assert_close(grads[:, channel, row, col], (up - down) / (2 * eps), rtol=1e-4, atol=1e-7)
+
+
+def test_gradients_leave_no_hooks_and_work_under_inference_mode(model, x):
+    with torch.inference_mode():
+        grads = gradients(model, x, [INPUT, LAYER])
+    assert grads[INPUT].shape == x.shape and grads[LAYER].shape == (3, 32, 4, 4)
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_spectrum_and_effective_rank():
+    generator = torch.Generator().manual_seed(0)
+    grad = torch.randn(6, 2, 3, 3, generator=generator, dtype=torch.float64)
+    singular, vectors = spectrum(grad)
+    torch.testing.assert_close(singular, torch.linalg.svdvals(grad.reshape(6, -1)))
+    assert vectors.shape == (6, 2, 3, 3)
+    torch.testing.assert_close((vectors.reshape(6, -1) ** 2).sum(1), torch.ones(6, dtype=torch.float64))
+    rank_one = torch.outer(torch.arange(1.0, 5.0), torch.randn(7, generator=generator)).double()
+    assert effective_rank(spectrum(rank_one)[0]) == pytest.approx(1.0, abs=1e-9)
+    assert effective_rank(torch.ones(4, dtype=torch.float64)) == pytest.approx(4.0)
