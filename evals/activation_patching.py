@@ -1,25 +1,41 @@
-"""Activation patching on clean/corrupted maze pairs: which layers and channels carry the cheese.
+"""Activation patching on clean/corrupted maze pairs: do the cheese channels, at the cheese's cells,
+carry where the cheese is?
 
 A pair is one seeded maze (the mouse at its decision square, or at the start) with the cheese at
 its own square (clean) and moved to another open square of the same maze (corrupted) whose first
 move from the mouse differs from the clean cheese's. The metric is the logit difference
 ``LD = F[towards clean cheese] − F[towards corrupted cheese]``, where F are the folded move
 logits (logsumexp of each move's procgen action logits, so LD is the log-ratio of the two moves'
-probabilities). The corrupted run is repeated with one layer's activation (or one channel of it)
-replaced by the clean run's, and the normalised recovery
+probabilities). The corrupted run is repeated with some activations replaced by the clean run's,
+and the normalised recovery
 
     (mean LD_patched − mean LD_corrupted) / (mean LD_clean − mean LD_corrupted)
 
 is 1 when the patch restores the clean behaviour and 0 when it changes nothing (a ratio of means
 over pairs, so pairs with a tiny clean − corrupted gap do not blow up). Pairs whose
 |LD_clean − LD_corrupted| is below ``min_logit_gap`` are skipped and counted.
+
+The hypothesis is channel-level: at ``layer`` the cheese channels (``channels: auto``, the
+default: the ``top_channels`` channels the cheese raises most on this checkpoint, by
+``maze_interp_common.cheese_channel_scores``; ``published``: the published scale-4 list; or a
+list) carry the cheese at the cheese's cells (the activation cells of the clean and the corrupted
+cheese squares, and the cells within ``radius`` of them, Chebyshev distance). Metrics:
+
+* ``recovery/cheese_channels/cheese_cells`` — the hypothesis;
+* ``recovery/cheese_channels/all_cells`` and ``recovery/all_channels/cheese_cells`` — one of the
+  two restrictions lifted;
+* ``channel/LAYER/cK`` (and ``/max``) — each channel of ``channel_layers`` alone, at the cheese's
+  cells;
+* ``control/whole_layer/LAYER`` — every value of the layer patched. For a layer every path runs
+  through (a ``resadd_out``, ``maxpool_out``, ``relu3_out``, ``relufc_out``) this hands the clean
+  run over whole, so the recovery is 1 by construction: a check of the patching, never a finding.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,15 +44,15 @@ from tqdm import tqdm
 
 from envs import maze_state
 from evals.context import EvalContext
-from evals.maze_inputs import (cached_activations, check_layers, hook_points, interp_mazes, move_logits,
-                               open_squares, short_name)
-from evals.maze_interp_common import first_move, new_panels, policy_input, save_figure, train_env
+from evals.maze_inputs import cached_activations, check_layers, interp_mazes, move_logits, open_squares, short_name
+from evals.maze_interp_common import (DEFAULT_LAYER, cell_of, cheese_channel_metrics, cheese_channel_states,
+                                      check_channel_spec, first_move, new_panels, policy_input,
+                                      resolve_cheese_channels, save_figure, train_env)
 from evals.registry import register
 from evals.results import Result, write_json_atomic
-from models.hooks import Channels, hooked, patch
+from models.hooks import Channels, Edit, hooked, patch
 
-DEFAULT_CHANNEL_LAYERS = tuple(f"embedder.block{b}.{point}" for b in (1, 2, 3)
-                               for point in ("maxpool_out", "res1.resadd_out", "res2.resadd_out"))
+Square = tuple[int, int]
 
 
 def logit_difference(logits: torch.Tensor, towards_clean: torch.Tensor, towards_corrupted: torch.Tensor
@@ -47,10 +63,30 @@ def logit_difference(logits: torch.Tensor, towards_clean: torch.Tensor, towards_
     return moves[rows, towards_clean] - moves[rows, towards_corrupted]
 
 
+def patch_mask(shape: Sequence[int], channels: Optional[Sequence[int]], cells: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) bool: ``channels`` (all when None) at each input's ``cells`` ((N, H, W) bool)."""
+    chosen = torch.zeros(shape[1], dtype=torch.bool)
+    chosen[slice(None) if channels is None else list(channels)] = True
+    return chosen[None, :, None, None] & cells[:, None].bool()
+
+
+def masked_patch(source: torch.Tensor, mask: torch.Tensor) -> Edit:
+    """Values where ``mask`` is True copied from ``source`` (same shape): per-input cells."""
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(mask.to(x.device), source.to(x.dtype), x)
+    return edit
+
+
 def patched_logits(model: nn.Module, target: torch.Tensor, layer: str, source: torch.Tensor,
-                   channels: Channels = None) -> torch.Tensor:
-    """Logits of ``model`` on ``target`` with ``layer`` (or its ``channels``) replaced by ``source``."""
-    with torch.inference_mode(), hooked(model, edits={layer: patch(source, channels)}):
+                   channels: Channels = None, cells: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Logits of ``model`` on ``target`` with ``layer`` (its ``channels``; at each input's ``cells``,
+    an (N, H, W) bool mask, when given) replaced by ``source``."""
+    if cells is None:
+        edit = patch(source, channels)
+    else:
+        listed = None if channels is None else [int(c) for c in np.atleast_1d(channels)]
+        edit = masked_patch(source, patch_mask(source.shape, listed, cells))
+    with torch.inference_mode(), hooked(model, edits={layer: edit}):
         out = model(target)
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -63,20 +99,29 @@ def recovery(patched: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor
 
 @dataclass
 class Pairs:
-    """Clean and corrupted inputs with the two moves each pair compares."""
+    """Clean and corrupted inputs with the two moves each pair compares, and where the two cheeses are."""
 
     clean: torch.Tensor
     corrupted: torch.Tensor
     towards_clean: torch.Tensor  # (N,) folded move index
     towards_corrupted: torch.Tensor
     without_corruption: int  # mazes where no square gives a different first move
+    clean_states: list[bytes] = field(default_factory=list)
+    corrupted_cheese: list[Square] = field(default_factory=list)  # the corrupted run's cheese square
+
+    def subset(self, keep: torch.Tensor) -> "Pairs":
+        """The pairs where the bool mask ``keep`` is True."""
+        index = keep.nonzero().flatten().tolist()
+        return Pairs(self.clean[keep], self.corrupted[keep], self.towards_clean[keep], self.towards_corrupted[keep],
+                     self.without_corruption, [self.clean_states[i] for i in index],
+                     [self.corrupted_cheese[i] for i in index])
 
 
 def make_pairs(policy: nn.Module, states: Sequence[bytes], obs: str, seed: int) -> Pairs:
     """Clean states and their cheese-moved corruptions (another open square whose first move from
     the mouse differs), as policy inputs."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-    clean, corrupted, to_clean, to_corrupted, skipped = [], [], [], [], 0
+    clean, corrupted, to_clean, to_corrupted, squares, skipped = [], [], [], [], [], 0
     for state in states:
         inner = maze_state.inner_grid(state)
         mouse, cheese = maze_state.mouse_square(state), maze_state.cheese_square(state)
@@ -91,102 +136,164 @@ def make_pairs(policy: nn.Module, states: Sequence[bytes], obs: str, seed: int) 
         corrupted.append(maze_state.with_cheese_at(state, square))
         to_clean.append(move)
         to_corrupted.append(other_move)
+        squares.append(square)
     return Pairs(policy_input(policy, clean, obs), policy_input(policy, corrupted, obs),
-                 torch.tensor(to_clean), torch.tensor(to_corrupted), skipped)
+                 torch.tensor(to_clean), torch.tensor(to_corrupted), skipped, clean, squares)
+
+
+def cheese_cells(pairs: Pairs, obs: str, side: int, radius: int) -> torch.Tensor:
+    """(N, side, side) bool: the activation cells of each pair's clean and corrupted cheese squares
+    and the cells within ``radius`` of them (Chebyshev distance)."""
+    mask = torch.zeros(len(pairs.clean_states), side, side, dtype=torch.bool)
+    for index, (state, moved) in enumerate(zip(pairs.clean_states, pairs.corrupted_cheese)):
+        for square in (maze_state.cheese_square(state), moved):
+            row, col = cell_of(state, square, obs, side)
+            mask[index, max(0, row - radius):row + radius + 1, max(0, col - radius):col + radius + 1] = True
+    return mask
+
+
+class Patcher:
+    """Recovery of patches of the clean run's activations (at ``layers``) into the corrupted run."""
+
+    def __init__(self, model: nn.Module, pairs: Pairs, obs: str, layers: Sequence[str]):
+        self.model, self.pairs, self.obs = model, pairs, obs
+        clean_logits, self.clean_acts = cached_activations(model, pairs.clean, list(dict.fromkeys(layers)))
+        corrupted_logits, _ = cached_activations(model, pairs.corrupted, [])
+        self.moves = (pairs.towards_clean, pairs.towards_corrupted)
+        self.clean_ld = logit_difference(clean_logits, *self.moves)
+        self.corrupted_ld = logit_difference(corrupted_logits, *self.moves)
+
+    def cells(self, layer: str, radius: int) -> torch.Tensor:
+        """The pairs' cheese cells (see :func:`cheese_cells`) at ``layer``; ValueError for a flat layer."""
+        activation = self.clean_acts[layer]
+        if activation.dim() != 4:
+            raise ValueError(f"activation_patching: {layer} has no cells (shape {tuple(activation.shape[1:])}); "
+                             "choose a convolutional layer")
+        return cheese_cells(self.pairs, self.obs, activation.shape[-1], radius)
+
+    def recovery(self, layer: str, channels: Optional[Sequence[int]] = None, radius: Optional[int] = None) -> float:
+        """Recovery with ``layer`` (its ``channels``; at the cheese cells within ``radius`` unless
+        None: every cell) patched from the clean run."""
+        cells = None if radius is None else self.cells(layer, radius)
+        logits = patched_logits(self.model, self.pairs.corrupted, layer, self.clean_acts[layer], channels, cells)
+        return recovery(logit_difference(logits, *self.moves), self.clean_ld, self.corrupted_ld)
+
+    def hypothesis(self, layer: str, channels: Sequence[int], radius: int) -> dict[str, float]:
+        """The cheese-channel hypothesis and the two patches that lift one of its restrictions."""
+        return {"cheese_channels/cheese_cells": self.recovery(layer, channels, radius),
+                "cheese_channels/all_cells": self.recovery(layer, channels),
+                "all_channels/cheese_cells": self.recovery(layer, None, radius)}
 
 
 @register("activation_patching")
 class ActivationPatching:
-    """Normalised logit-difference recovery when one layer or one channel of the corrupted run is
-    patched with the clean run's activation."""
+    """Logit-difference recovery when the cheese channels at the cheese's cells of the corrupted
+    run are patched with the clean run's (whole-layer patches only as controls)."""
 
     kinds = ("ppo_maze",)
 
     @dataclass
     class Config:
-        """Pairs, layers (None: every HookPoint) and the channel-by-channel layers."""
+        """Pairs, the hypothesis (layer, cheese channels, cells) and the control and sweep layers."""
 
         pairs: int = 64
         mouse: str = "decision"  # decision (mazes with a decision square) or start
-        layers: Optional[list[str]] = None
-        channel_layers: list[str] = field(default_factory=lambda: list(DEFAULT_CHANNEL_LAYERS))
+        layer: str = DEFAULT_LAYER  # where the cheese-channel hypothesis is tested
+        channels: Any = "auto"  # auto (chosen on the checkpoint), published (128-channel layers) or [c, ...]
+        top_channels: int = 11  # how many channels auto chooses (the published list has 11)
+        channel_mazes: int = 64  # seeded mazes (mouse on the start) auto scores the channels on
+        radius: int = 0  # cells within this distance of the two cheese cells are patched too
+        layers: Optional[list[str]] = None  # whole-layer controls (None: layer)
+        channel_layers: Optional[list[str]] = None  # every channel alone at the cheese cells (None: layer)
         min_logit_gap: float = 0.05
-        top_channels: int = 5  # channels per channel layer reported as metrics (all go to patching.json)
+        report_channels: int = 5  # top sweep channels per channel layer reported as metrics (all in patching.json)
 
         def __post_init__(self) -> None:
             if self.mouse not in ("decision", "start"):
                 raise ValueError(f"activation_patching.mouse must be decision or start, got {self.mouse!r}")
             if self.min_logit_gap < 0:
                 raise ValueError(f"activation_patching.min_logit_gap must be >= 0, got {self.min_logit_gap}")
+            check_channel_spec(self.channels, "activation_patching.channels")
+            if min(self.pairs, self.top_channels, self.channel_mazes) < 1 or self.radius < 0:
+                raise ValueError("activation_patching pairs, top_channels and channel_mazes must be >= 1 "
+                                 f"and radius >= 0; got {self.pairs}, {self.top_channels}, {self.channel_mazes}, "
+                                 f"{self.radius}")
 
     def __init__(self, config: "ActivationPatching.Config"):
         self.config = config
 
     def run(self, ctx: EvalContext) -> Result:
-        """Build pairs, then patch every layer and every channel of the channel layers."""
+        """Choose the cheese channels, build pairs, patch the hypothesis, the sweep and the controls."""
         cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
-        layers = list(cfg.layers) if cfg.layers is not None else hook_points(policy)
-        check_layers(policy, [*layers, *cfg.channel_layers])
+        controls = list(cfg.layers) if cfg.layers is not None else [cfg.layer]
+        channel_layers = list(cfg.channel_layers) if cfg.channel_layers is not None else [cfg.layer]
+        check_layers(policy, [cfg.layer, *controls, *channel_layers])
+        scored = ctx.count(cfg.channel_mazes) if cfg.channels == "auto" else 1  # named: one maze for the shape
+        channel_states = cheese_channel_states(env, scored, ctx.seed + 1)
+        channels, scores = resolve_cheese_channels(policy, cfg.channels, cfg.layer, env.obs, channel_states,
+                                                   cfg.top_channels)
+        result = Result()
+        for name, value in cheese_channel_metrics(channels, scores).items():
+            result.add(name, value, n=len(channel_states))
         mazes = interp_mazes(env, ctx.count(cfg.pairs), ctx.seed, cfg.mouse)
         pairs = make_pairs(policy, [m.state for m in mazes], env.obs, ctx.seed)
-        result = Result()
         result.add("mazes_without_corruption", pairs.without_corruption, n=len(mazes))
-        wanted = list(dict.fromkeys([*layers, *cfg.channel_layers]))
-        clean_logits, clean_acts = cached_activations(policy, pairs.clean, wanted)
+        clean_logits, _ = cached_activations(policy, pairs.clean, [])
         corrupted_logits, _ = cached_activations(policy, pairs.corrupted, [])
         moves = (pairs.towards_clean, pairs.towards_corrupted)
-        clean_ld, corrupted_ld = logit_difference(clean_logits, *moves), logit_difference(corrupted_logits, *moves)
-        keep = (clean_ld - corrupted_ld).abs() > cfg.min_logit_gap
+        gap = logit_difference(clean_logits, *moves) - logit_difference(corrupted_logits, *moves)
+        keep = gap.abs() > cfg.min_logit_gap
         used = int(keep.sum())
         result.add("pairs_used", used, n=len(keep))
         result.add("pairs_skipped_small_gap", len(keep) - used, n=len(keep))
         if used == 0:
             return result
-        x = pairs.corrupted[keep]
-        moves = (pairs.towards_clean[keep], pairs.towards_corrupted[keep])
-        clean_ld, corrupted_ld = clean_ld[keep], corrupted_ld[keep]
-        result.add("clean_logit_diff", clean_ld.mean(), n=used)
-        result.add("corrupted_logit_diff", corrupted_ld.mean(), n=used)
-
-        def recovered(layer: str, channels: Channels = None) -> float:
-            logits = patched_logits(policy, x, layer, clean_acts[layer][keep], channels)
-            return recovery(logit_difference(logits, *moves), clean_ld, corrupted_ld)
-
-        bar = tqdm(total=len(layers) + sum(clean_acts[layer].shape[1] for layer in cfg.channel_layers),
+        patcher = Patcher(policy, pairs.subset(keep), env.obs, [cfg.layer, *controls, *channel_layers])
+        result.add("clean_logit_diff", patcher.clean_ld.mean(), n=used)
+        result.add("corrupted_logit_diff", patcher.corrupted_ld.mean(), n=used)
+        hypothesis = patcher.hypothesis(cfg.layer, channels, cfg.radius)
+        for name, value in hypothesis.items():
+            result.add(f"recovery/{name}", value, n=used, higher_is_better=True)
+        bar = tqdm(total=len(controls) + sum(patcher.clean_acts[layer].shape[1] for layer in channel_layers),
                    desc="activation_patching", disable=not ctx.progress)
-        per_layer = {}
-        for layer in layers:
-            per_layer[layer] = recovered(layer)
+        whole = {}
+        for layer in controls:
+            whole[layer] = patcher.recovery(layer)
+            result.add(f"control/whole_layer/{short_name(layer)}", whole[layer], n=used)
             bar.update(1)
-        for layer, value in per_layer.items():
-            result.add(f"layer/{short_name(layer)}", value, n=used)
         per_channel = {}
-        for layer in cfg.channel_layers:
+        for layer in channel_layers:
             per_channel[layer] = []
-            for channel in range(clean_acts[layer].shape[1]):
-                per_channel[layer].append(recovered(layer, [channel]))
+            for channel in range(patcher.clean_acts[layer].shape[1]):
+                per_channel[layer].append(patcher.recovery(layer, [channel], cfg.radius))
                 bar.update(1)
         bar.close()
         for layer, values in per_channel.items():
-            order = np.argsort(values)[::-1]
+            order = np.argsort(values, kind="stable")[::-1]
             result.add(f"channel/{short_name(layer)}/max", values[order[0]], n=used)
-            for channel in order[:cfg.top_channels]:
+            for channel in order[:cfg.report_channels]:
                 result.add(f"channel/{short_name(layer)}/c{channel}", values[channel], n=used)
-        write_json_atomic(ctx.artifact("patching.json"), {"pairs_used": used, "layers": per_layer,
-                                                          "channels": per_channel})
-        result.artifacts += [ctx.artifact("patching.json"), self._plot(ctx, per_layer, per_channel, used)]
+        write_json_atomic(ctx.artifact("patching.json"), {
+            "pairs_used": used, "layer": cfg.layer, "cheese_channels": channels, "radius": cfg.radius,
+            "recovery": hypothesis, "channels_at_cheese_cells": per_channel,
+            "control_whole_layer": {"note": "recovery 1 by construction for a layer every path runs through",
+                                    "recovery": whole}})
+        result.artifacts += [ctx.artifact("patching.json"),
+                             self._plot(ctx, hypothesis, whole, per_channel, channels, used)]
         return result
 
-    @staticmethod
-    def _plot(ctx: EvalContext, per_layer: dict[str, float], per_channel: dict[str, list[float]], used: int) -> str:
-        """Per-layer bars and a channel-layers × channels heatmap of the recovery."""
+    def _plot(self, ctx: EvalContext, hypothesis: dict[str, float], whole: dict[str, float],
+              per_channel: dict[str, list[float]], channels: list[int], used: int) -> str:
+        """Bars for the hypothesis patches (controls in grey) and a channel-layers × channels heatmap."""
         fig, (bars, heat) = new_panels(2, size_inches=6.0)
-        names = [short_name(layer) for layer in per_layer]
-        bars.bar(np.arange(len(names)), list(per_layer.values()), color="C0")
+        names = list(hypothesis) + [f"control: whole {short_name(layer)}" for layer in whole]
+        colours = ["C0"] * len(hypothesis) + ["0.6"] * len(whole)
+        bars.bar(np.arange(len(names)), [*hypothesis.values(), *whole.values()], color=colours)
         bars.axhline(1.0, color="0.5", lw=0.8, ls="--")
-        bars.set_xticks(np.arange(len(names)), names, rotation=75, ha="right", fontsize=6)
+        bars.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=7)
         bars.set_ylabel("logit-difference recovery")
-        bars.set_title(f"whole-layer patching ({used} pairs)")
+        bars.set_title(f"cheese channels {channels} of {short_name(self.config.layer)}, radius {self.config.radius} "
+                       f"({used} pairs)", fontsize=8)
         width = max((len(v) for v in per_channel.values()), default=1)
         grid = np.full((len(per_channel), width), np.nan)
         for row, values in enumerate(per_channel.values()):
@@ -194,7 +301,7 @@ class ActivationPatching:
         limit = max(float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0, 1e-6)
         image = heat.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
         heat.set_yticks(np.arange(len(per_channel)), [short_name(layer) for layer in per_channel], fontsize=7)
-        heat.set_xlabel("channel")
+        heat.set_xlabel("channel (patched alone at the cheese cells)")
         heat.set_title("single-channel patching")
         fig.colorbar(image, ax=heat, shrink=0.8, label="recovery")
         fig.tight_layout()

@@ -11,14 +11,25 @@ input. Source activations come from plain forward passes of the resampled inputs
 different layers do not feed each other). The random baseline resamples the same activations from
 inputs that differ in the named features.
 
+The default hypotheses are channel-level, at ``layer``: a scrub's ``channels`` may be ``cheese``
+(the cheese channels: ``channels: auto`` chooses the ``top_channels`` channels the cheese raises
+most on this checkpoint by ``maze_interp_common.cheese_channel_scores``; ``published`` the
+published scale-4 list; or a list) or ``other`` (the rest of the layer). Scrubbing a whole layer
+that every path runs through only measures how the behaviour depends on the features, not a
+mechanism, so it is reported as a control: ``control/whole_layer/all_features`` resamples from the
+input itself (loss recovered 1 by construction) and ``control/whole_layer/cheese_location`` is
+the behaviour's dependence on the cheese square alone.
+
 Losses, per input, against the original policy π(·|x):
 
 * ``kl`` — KL(π(·|x) ‖ π_scrubbed(·|x)) over the 15 actions; the original's loss is 0. Every
   per-input change is ≥ 0 here, so cancellation cannot happen and
   |E[L] − E[L_scrubbed]| = E[|L − L_scrubbed|];
-* ``nll`` — −log π_scrubbed(a*|x) with a* the original greedy action; the original's loss is
-  −log π(a*|x). A scrub can lower it on some inputs and raise it on others, so the mean can hide
-  changes: compare |E[L] − E[L_scrubbed]| with E[|L − L_scrubbed|] and the worst increase.
+* ``nll`` — −log P_scrubbed(m*|x), P the folded move probabilities (left, down, up, right, noop)
+  and m* the original policy's most likely folded move (not the raw 15-way argmax, which favours
+  up and down, whose probability sits on one action each); the original's loss is −log P(m*|x).
+  A scrub can lower it on some inputs and raise it on others, so the mean can hide changes:
+  compare |E[L] − E[L_scrubbed]| with E[|L − L_scrubbed|] and the worst increase.
 
 Loss recovered = (E[L_scrubbed] − E[L_random]) / (E[L_original] − E[L_random]): 1 when the
 hypothesis explains the behaviour, 0 when scrubbing is as bad as resampling at random.
@@ -28,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -37,34 +48,61 @@ from tqdm import tqdm
 
 from envs import maze_state
 from evals.context import EvalContext
-from evals.maze_inputs import (PUBLISHED_LAYER, action_kl, cached_activations, check_layers,
-                               check_mouse_placement, interp_mazes, random_square, short_name)
-from evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
+from evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, interp_mazes,
+                               move_logits, random_square, short_name)
+from evals.maze_interp_common import (DEFAULT_LAYER, cheese_channel_metrics, cheese_channel_states,
+                                      check_channel_spec, layer_activations, new_panels, policy_input,
+                                      resolve_cheese_channels, save_figure, train_env)
 from evals.registry import register
 from evals.results import Result
 from models.hooks import Edit, compose, hooked, patch
 
 FEATURES = ("cheese_location", "mouse_location", "maze_layout")
 LOSSES = ("kl", "nll")
+CHANNEL_GROUPS = ("cheese", "other")  # a scrub's channels by name: the cheese channels or the rest
 
 
 @dataclass
 class Scrub:
     """One scrubbed activation: a layer (all channels and cells unless named) and the input
-    features it is hypothesised to depend on."""
+    features it is hypothesised to depend on. ``channels`` is a list, ``cheese`` (the eval's
+    cheese channels at this layer) or ``other`` (the layer's remaining channels)."""
 
     layer: str
     features: list[str]
-    channels: Optional[list[int]] = None
+    channels: Any = None
     cells: Optional[list[list[int]]] = None  # [[row, col], ...]
 
 
-DEFAULT_HYPOTHESES = {
-    "cheese": [Scrub(PUBLISHED_LAYER, ["cheese_location"])],
-    "mouse": [Scrub(PUBLISHED_LAYER, ["mouse_location"])],
-    "layout": [Scrub(PUBLISHED_LAYER, ["maze_layout"])],
-    "layout_and_mouse": [Scrub(PUBLISHED_LAYER, ["maze_layout", "mouse_location"])],
-}
+def default_hypotheses(layer: str) -> dict[str, list[Scrub]]:
+    """Channel-level hypotheses at ``layer``: the cheese channels depend only on the cheese (and the
+    layout), the other channels only on the layout and the mouse, and both together."""
+    cheese = Scrub(layer, ["cheese_location"], channels="cheese")
+    other = Scrub(layer, ["maze_layout", "mouse_location"], channels="other")
+    return {"cheese_channels": [cheese],
+            "cheese_channels_and_layout": [Scrub(layer, ["cheese_location", "maze_layout"], channels="cheese")],
+            "other_channels": [other],
+            "cheese_and_other_channels": [cheese, other]}
+
+
+def control_hypotheses(layer: str) -> dict[str, list[Scrub]]:
+    """Whole-layer scrubs, reported as controls: every path runs through ``layer``, so resampling
+    it all from an input agreeing on every feature (the input itself) recovers 1 by construction,
+    and resampling it from an input with the same cheese square measures the behaviour, not a mechanism."""
+    return {"control/whole_layer/all_features": [Scrub(layer, list(FEATURES))],
+            "control/whole_layer/cheese_location": [Scrub(layer, ["cheese_location"])]}
+
+
+def resolve_channels(scrub: Scrub, cheese: Sequence[int], channel_count: int) -> Scrub:
+    """``scrub`` with ``cheese``/``other`` replaced by channel lists (``cheese`` the cheese channels
+    at its layer, which has ``channel_count`` channels)."""
+    if scrub.channels == "cheese":
+        channels: Optional[list[int]] = list(cheese)
+    elif scrub.channels == "other":
+        channels = [c for c in range(channel_count) if c not in set(cheese)]
+    else:
+        return scrub
+    return Scrub(scrub.layer, list(scrub.features), channels, scrub.cells)
 
 
 # -- resampling inputs -------------------------------------------------------------------------------
@@ -121,13 +159,18 @@ def scrubbed_logits(model: nn.Module, x: torch.Tensor, scrubs: Sequence[tuple[Sc
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def folded_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 5) log folded move probabilities (left, down, up, right, noop), float64."""
+    return move_logits(torch.log_softmax(logits.double(), -1))
+
+
 def per_input_loss(original_logits: torch.Tensor, logits: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-input loss of ``logits`` against the original policy (``kl`` or ``nll``, see the module doc)."""
     if loss == "kl":
         return action_kl(original_logits, logits)
     if loss == "nll":
-        greedy = original_logits.argmax(-1)
-        return -torch.log_softmax(logits.double(), -1).gather(-1, greedy[:, None]).squeeze(-1)
+        greedy = folded_log_probs(original_logits).argmax(-1)
+        return -folded_log_probs(logits).gather(-1, greedy[:, None]).squeeze(-1)
     raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
 
 
@@ -144,29 +187,56 @@ def cancellation(original: torch.Tensor, scrubbed: torch.Tensor) -> dict[str, fl
             "worst_increase": float(change.max())}
 
 
+def scrub_metrics(original_logits: torch.Tensor, scrubbed: torch.Tensor, random: torch.Tensor
+                  ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """({LOSS/metric: value}, {LOSS: per-input L_scrubbed − L}) for both losses: loss recovered,
+    the mean original, scrubbed and random losses and the cancellation numbers."""
+    metrics, changes = {}, {}
+    for loss in LOSSES:
+        original_loss = per_input_loss(original_logits, original_logits, loss)
+        scrubbed_loss = per_input_loss(original_logits, scrubbed, loss)
+        random_loss = per_input_loss(original_logits, random, loss)
+        metrics[f"{loss}/loss_recovered"] = loss_recovered(original_loss, scrubbed_loss, random_loss)
+        metrics[f"{loss}/original"] = float(original_loss.mean())
+        metrics[f"{loss}/scrubbed"] = float(scrubbed_loss.mean())
+        metrics[f"{loss}/random"] = float(random_loss.mean())
+        metrics.update({f"{loss}/{key}": value for key, value in cancellation(original_loss, scrubbed_loss).items()})
+        changes[loss] = scrubbed_loss - original_loss
+    return metrics, changes
+
+
 @register("causal_scrubbing")
 class CausalScrubbing:
-    """Loss recovered by hypotheses about which input features activations depend on."""
+    """Loss recovered by channel-level hypotheses about which input features activations depend on
+    (whole-layer scrubs only as controls)."""
 
     kinds = ("ppo_maze",)
 
     @dataclass
     class Config:
-        """Inputs and hypotheses (name → scrubs); an empty ``hypotheses`` runs the defaults at
-        embedder.block2.res1.resadd_out (cheese, mouse, layout, layout_and_mouse)."""
+        """Inputs, the cheese channels and hypotheses (name → scrubs); an empty ``hypotheses`` runs
+        the channel-level defaults at ``layer`` (:func:`default_hypotheses`)."""
 
         inputs: int = 64
         resamples: int = 2  # source draws per input
         mouse: str = "random"  # where the original inputs put the mouse: start, decision or random
+        layer: str = DEFAULT_LAYER  # of the default hypotheses and the whole-layer controls
+        channels: Any = "auto"  # the cheese channels: auto (chosen on the checkpoint), published or [c, ...]
+        top_channels: int = 11  # how many channels auto chooses (the published list has 11)
+        channel_mazes: int = 64  # seeded mazes (mouse on the start) auto scores the channels on
+        controls: bool = True  # also scrub the whole layer (control/whole_layer/...)
         hypotheses: dict[str, list[Scrub]] = field(default_factory=dict)
 
         def __post_init__(self) -> None:
             check_mouse_placement(self.mouse)
-            if self.resamples < 1 or self.inputs < 2:
-                raise ValueError("causal_scrubbing needs inputs >= 2 and resamples >= 1")
+            check_channel_spec(self.channels, "causal_scrubbing.channels")
+            if self.resamples < 1 or self.inputs < 2 or self.top_channels < 1 or self.channel_mazes < 1:
+                raise ValueError("causal_scrubbing needs inputs >= 2 and resamples, top_channels, channel_mazes >= 1")
             for name, scrubs in self.hypotheses.items():
                 if not scrubs:
                     raise ValueError(f"causal_scrubbing hypothesis {name!r} has no scrubs")
+                if name.startswith("control/"):
+                    raise ValueError(f"causal_scrubbing hypothesis {name!r}: names starting control/ are the controls'")
                 for scrub in scrubs:
                     unknown = [f for f in scrub.features if f not in FEATURES]
                     if unknown or not scrub.features:
@@ -174,18 +244,42 @@ class CausalScrubbing:
                                          f"{', '.join(FEATURES)}; got {list(scrub.features)}")
                     if scrub.cells is not None and any(len(cell) != 2 for cell in scrub.cells):
                         raise ValueError(f"causal_scrubbing hypothesis {name!r}: cells are [row, col] pairs")
+                    if scrub.channels is not None and scrub.channels not in CHANNEL_GROUPS:
+                        check_channel_spec(scrub.channels, f"causal_scrubbing hypothesis {name!r} channels "
+                                                           "(cheese, other or a list)")
 
     def __init__(self, config: "CausalScrubbing.Config"):
         self.config = config
 
-    def run(self, ctx: EvalContext) -> Result:
-        """Scrub each hypothesis and its random baseline over the same inputs."""
+    def hypotheses(self, ctx: EvalContext, result: Result) -> dict[str, list[Scrub]]:
+        """The configured (or default) hypotheses and the controls, ``cheese``/``other`` resolved to
+        channel lists; the cheese channels are recorded as metrics."""
         cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
-        hypotheses = cfg.hypotheses or DEFAULT_HYPOTHESES
+        hypotheses = dict(cfg.hypotheses or default_hypotheses(cfg.layer))
+        if cfg.controls:
+            hypotheses.update(control_hypotheses(cfg.layer))
         check_layers(policy, [scrub.layer for scrubs in hypotheses.values() for scrub in scrubs])
+        named = {scrub.layer for scrubs in hypotheses.values() for scrub in scrubs if scrub.channels in CHANNEL_GROUPS}
+        scored = ctx.count(cfg.channel_mazes) if cfg.channels == "auto" else 1  # named: one maze for the shapes
+        states = cheese_channel_states(env, scored, ctx.seed + 1) if named else []
+        resolved = {}
+        for layer in sorted(named, key=lambda name: name != cfg.layer):  # cfg.layer first
+            channels, scores = resolve_cheese_channels(policy, cfg.channels, layer, env.obs, states, cfg.top_channels)
+            resolved[layer] = channels
+            prefix = "" if layer == cfg.layer else f"{short_name(layer)}/"
+            for name, value in cheese_channel_metrics(channels, scores).items():
+                result.add(prefix + name, value, n=len(states))
+        counts = {layer: layer_activations(policy, states[:1], env.obs, layer).shape[1] for layer in named}
+        return {name: [resolve_channels(scrub, resolved.get(scrub.layer, ()), counts.get(scrub.layer, 0))
+                       for scrub in scrubs] for name, scrubs in hypotheses.items()}
+
+    def run(self, ctx: EvalContext) -> Result:
+        """Scrub each hypothesis (and control) and its random baseline over the same inputs."""
+        cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
+        result, summary = Result(), {}
+        hypotheses = self.hypotheses(ctx, result)
         mazes = interp_mazes(env, max(2, ctx.count(cfg.inputs)), ctx.seed, cfg.mouse)
         pool = MazePool([m.state for m in mazes])
-        result, summary = Result(), {}
         for hypothesis_index, (name, scrubs) in enumerate(tqdm(hypotheses.items(), desc="causal_scrubbing",
                                                                disable=not ctx.progress)):
             rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 3, hypothesis_index]))
@@ -210,19 +304,13 @@ class CausalScrubbing:
                                                    for scrub, sources in zip(scrubs, agreeing)])
             random = scrubbed_logits(policy, x, [(scrub, policy_input(policy, sources, env.obs))
                                                  for scrub, sources in zip(scrubs, differing)])
+            metrics, changes = scrub_metrics(original_logits, scrubbed, random)
+            n = len(inputs)
+            for key, value in metrics.items():
+                better = {"loss_recovered": True, "scrubbed": False}.get(key.split("/")[-1])
+                result.add(f"{name}/{key}", value, n=n, higher_is_better=better)
             for loss in LOSSES:
-                original_loss = per_input_loss(original_logits, original_logits, loss)
-                scrubbed_loss = per_input_loss(original_logits, scrubbed, loss)
-                random_loss = per_input_loss(original_logits, random, loss)
-                recovered = loss_recovered(original_loss, scrubbed_loss, random_loss)
-                n = len(inputs)
-                result.add(f"{name}/{loss}/loss_recovered", recovered, n=n, higher_is_better=True)
-                result.add(f"{name}/{loss}/original", original_loss.mean(), n=n)
-                result.add(f"{name}/{loss}/scrubbed", scrubbed_loss.mean(), n=n, higher_is_better=False)
-                result.add(f"{name}/{loss}/random", random_loss.mean(), n=n)
-                for key, value in cancellation(original_loss, scrubbed_loss).items():
-                    result.add(f"{name}/{loss}/{key}", value, n=n)
-                summary[(name, loss)] = (recovered, (scrubbed_loss - original_loss).numpy())
+                summary[(name, loss)] = (metrics[f"{loss}/loss_recovered"], changes[loss].numpy())
         if summary:
             result.artifacts.append(self._plot(ctx, summary, hypotheses))
         return result
@@ -232,19 +320,20 @@ class CausalScrubbing:
         """Loss recovered per hypothesis and the per-input loss changes (where cancellation shows)."""
         fig, axes = new_panels(1 + len(LOSSES), size_inches=4.5)
         names = list(dict.fromkeys(name for name, _ in summary))
+        labels = [name.replace("control/whole_layer/", "control: whole layer, ") for name in names]
         width = 0.8 / len(LOSSES)
         for k, loss in enumerate(LOSSES):
             values = [summary.get((name, loss), (math.nan, None))[0] for name in names]
             axes[0].bar(np.arange(len(names)) + k * width, values, width, label=loss)
         axes[0].axhline(1.0, color="0.5", lw=0.8, ls="--")
-        axes[0].set_xticks(np.arange(len(names)) + width / 2, names, rotation=30, ha="right", fontsize=8)
+        axes[0].set_xticks(np.arange(len(names)) + width / 2, labels, rotation=30, ha="right", fontsize=8)
         axes[0].set_title("loss recovered")
         axes[0].legend(fontsize=8)
         for ax, loss in zip(axes[1:], LOSSES):
             changes = [summary[(name, loss)][1] for name in names if (name, loss) in summary]
             ax.boxplot(changes, showfliers=True)
             ax.axhline(0.0, color="0.5", lw=0.8)
-            ax.set_xticks(np.arange(1, len(changes) + 1), names, rotation=30, ha="right", fontsize=8)
+            ax.set_xticks(np.arange(1, len(changes) + 1), labels[:len(changes)], rotation=30, ha="right", fontsize=8)
             ax.set_title(f"per-input L_scrubbed − L ({loss})")
         layers = sorted({short_name(s.layer) for scrubs in hypotheses.values() for s in scrubs})
         fig.suptitle("causal scrubbing at " + ", ".join(layers), fontsize=9)

@@ -210,3 +210,74 @@ def new_panels(count: int, size_inches: float = 4.0, rows: int = 1) -> tuple[Fig
 def save_figure(fig: Figure, path: Union[str, os.PathLike]) -> str:
     """Write ``fig`` as a PNG atomically (see envs.maze_render.write_png_atomic)."""
     return str(write_png_atomic(fig, path))
+
+
+# -- cheese-channel hypotheses (activation_patching, causal_scrubbing) -------------------------------
+# FACTS: the cheese channels of the published scale-4 policy at embedder.block2.res1.resadd_out
+PUBLISHED_CHEESE_CHANNELS = (7, 8, 42, 44, 55, 77, 82, 88, 89, 99, 113)
+PUBLISHED_CHANNEL_COUNT = 128
+CHANNEL_CHOICES = ("auto", "published")
+
+
+def check_channel_spec(spec: object, where: str) -> None:
+    """One-line ValueError unless ``spec`` is ``auto``, ``published`` or a non-empty list of
+    distinct non-negative channel indices; ``where`` names the config key in the message."""
+    if isinstance(spec, str):
+        if spec not in CHANNEL_CHOICES:
+            raise ValueError(f"{where} must be auto, published or a list of channel indices; got {spec!r}")
+        return
+    if (not isinstance(spec, (list, tuple)) or not spec
+            or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in spec)
+            or len(set(spec)) != len(spec)):
+        raise ValueError(f"{where} must be auto, published or a non-empty list of distinct channel indices "
+                         f">= 0; got {spec!r}")
+
+
+def named_channels(spec: object, channel_count: int, layer: str) -> Optional[list[int]]:
+    """The channels an explicit ``spec`` names at a ``layer`` of ``channel_count`` channels (None
+    for ``auto``, which needs the policy): ``published`` only where the layer has the published
+    policy's 128 channels, a list only of channels the layer has."""
+    check_channel_spec(spec, "channels")
+    if spec == "auto":
+        return None
+    if spec == "published":
+        if channel_count != PUBLISHED_CHANNEL_COUNT:
+            raise ValueError(f"channels: published names channels of the scale-4 policy's 128-channel "
+                             f"{DEFAULT_LAYER}, but {layer} has {channel_count}; use channels: auto or a list")
+        return list(PUBLISHED_CHEESE_CHANNELS)
+    if max(spec) >= channel_count:
+        raise ValueError(f"channels {list(spec)} include indices >= {channel_count}, the channel count of {layer}")
+    return [int(c) for c in spec]
+
+
+def cheese_channel_states(env: TrainEnv, n: int, seed: int) -> list[bytes]:
+    """The seeded mazes (cheese anywhere, the checkpoint's mode and sizes) the ``auto`` cheese
+    channels are scored on."""
+    from envs.eval_mazes import eval_mazes  # evals-only dependency, kept out of the steering imports
+
+    return [m.state for m in eval_mazes(n, seed, cheese="anywhere", max_size=env.max_size, mode=env.mode)]
+
+
+def resolve_cheese_channels(policy: nn.Module, spec: object, layer: str, obs: str, states: Sequence[bytes],
+                            count: int) -> tuple[list[int], Optional[np.ndarray]]:
+    """(channels, scores): the ``count`` channels the cheese raises most at ``layer`` on ``states``
+    (:func:`cheese_channel_scores`, :func:`choose_channels`) for ``auto``, else the named ones
+    (scores None)."""
+    channel_count = layer_activations(policy, states[:1], obs, layer).shape[1]
+    named = named_channels(spec, channel_count, layer)
+    if named is not None:
+        return named, None
+    scores = cheese_channel_scores(policy, states, obs, layer)
+    return choose_channels(scores, min(count, channel_count), 1.0), scores
+
+
+def cheese_channel_metrics(channels: Sequence[int], scores: Optional[np.ndarray]) -> dict[str, float]:
+    """The cheese channels as metrics: ``cheese_channel/rank=R`` is the channel index (and
+    ``cheese_channel/rank=R/score`` its mean with-minus-without cheese, when they were chosen on
+    this checkpoint)."""
+    metrics: dict[str, float] = {}
+    for rank, channel in enumerate(channels):
+        metrics[f"cheese_channel/rank={rank}"] = float(channel)
+        if scores is not None:
+            metrics[f"cheese_channel/rank={rank}/score"] = float(scores[channel])
+    return metrics

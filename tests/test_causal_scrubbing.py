@@ -1,18 +1,28 @@
 """Causal scrubbing: resampled inputs agree (and differ) in exactly the named features; scrubbing
 from the input itself recovers the original loss (loss recovered 1); scrubbed logits match a
-plain-torch forward with the activation swapped in; the loss and cancellation numbers."""
+plain-torch forward with the activation swapped in; loss recovered and the cancellation numbers
+of the channel-level default hypotheses match a plain-torch recomputation; the NLL targets the
+folded move; the defaults scrub the cheese channels chosen on the checkpoint, whole layers only as
+controls."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from envs import maze_state
-from evals.causal_scrubbing import (FEATURES, MazePool, Scrub, cancellation, loss_recovered, per_input_loss,
-                                    scrubbed_logits)
+from envs.maze import MOVE_GROUPS
+from evals.causal_scrubbing import (FEATURES, CausalScrubbing, MazePool, Scrub, cancellation, default_hypotheses,
+                                    loss_recovered, per_input_loss, resolve_channels, scrub_metrics, scrubbed_logits)
+from evals.context import EvalContext
 from evals.maze_inputs import action_kl, cached_activations, interp_mazes
-from evals.maze_interp_common import TrainEnv, policy_input
+from evals.maze_interp_common import (TrainEnv, cheese_channel_scores, cheese_channel_states, choose_channels,
+                                      policy_input)
+from evals.results import Result
 from models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
 
@@ -72,7 +82,9 @@ def test_scrubbing_from_the_input_itself_recovers_the_original_loss(model, pool)
     same = scrubbed_logits(model, x, [(scrub, x)])
     assert torch.equal(same, original)
     assert torch.equal(scrubbed_logits(model, x, []), original)
-    other = scrubbed_logits(model, x, [(scrub, x.roll(1, 0))])  # every activation from another maze
+    # every activation from the mirrored mazes (not a reordering of the inputs: with one folded
+    # greedy move for all inputs, a reordering leaves the mean NLL unchanged and the ratio 0/0)
+    other = scrubbed_logits(model, x, [(scrub, x.flip(-1))])
     for loss in ("kl", "nll"):
         base = per_input_loss(original, original, loss)
         assert loss_recovered(base, per_input_loss(original, same, loss), per_input_loss(original, other, loss)) == 1.0
@@ -111,14 +123,143 @@ def test_losses_and_cancellation_numbers():
     kl = per_input_loss(original, other, "kl")
     torch.testing.assert_close(kl, action_kl(original, other))
     assert kl[1] == 0 and kl[0] > 0
-    nll = per_input_loss(original, other, "nll")  # greedy action 2
-    torch.testing.assert_close(nll, -torch.log_softmax(other.double(), -1)[:, 2])
     numbers = cancellation(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0]))
     assert numbers == {"abs_mean_change": 0.0, "mean_abs_change": 1.0, "worst_increase": 1.0}
     assert loss_recovered(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([3.0])) == pytest.approx(0.5)
     assert np.isnan(loss_recovered(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([1.0])))
     with pytest.raises(ValueError, match="loss must be"):
         per_input_loss(original, other, "mse")
+
+
+def test_nll_targets_the_most_likely_folded_move_not_the_raw_argmax():
+    # 'right' has 3 × 0.2 = 0.6 over actions 6, 7, 8; 'up' has 0.3 on action 5, the raw argmax
+    probs = np.full(15, 0.1 / 11)
+    probs[[6, 7, 8]], probs[5] = 0.2, 0.3
+    original = torch.tensor(np.log(probs))[None].repeat(2, 1)
+    assert original[0].argmax() == 5
+    other = torch.randn(2, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    other_probs = other.softmax(-1)
+    right = other_probs[:, list(MOVE_GROUPS[3])].sum(-1)
+    torch.testing.assert_close(per_input_loss(original, other, "nll"), -right.log(), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(per_input_loss(original, other, "nll"), -other_probs[:, 5].log())  # the old target
+    torch.testing.assert_close(per_input_loss(original, original, "nll"), torch.full((2,), -np.log(0.6),
+                                                                                     dtype=torch.float64))
+
+
+# -- the channel-level defaults against a plain-torch recomputation ------------------------------------
+CHEESE = [1, 4, 9]
+
+
+def _plain_metrics(original: np.ndarray, scrubbed: np.ndarray, random: np.ndarray) -> dict[str, float]:
+    """The eval's numbers from logits, in numpy: KL over 15 actions, folded NLL, loss recovered, cancellation."""
+    def log_probs(logits):
+        shifted = logits - logits.max(-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+    def folded(logits):
+        return np.stack([np.exp(log_probs(logits))[:, list(group)].sum(-1) for group in MOVE_GROUPS], -1)
+
+    target = folded(original).argmax(-1)
+    rows = np.arange(len(original))
+    losses = {"kl": lambda z: (np.exp(log_probs(original)) * (log_probs(original) - log_probs(z))).sum(-1),
+              "nll": lambda z: -np.log(folded(z)[rows, target])}
+    out = {}
+    for name, loss in losses.items():
+        base, scrub, rand = loss(original), loss(scrubbed), loss(random)
+        change = scrub - base
+        out.update({f"{name}/loss_recovered": (scrub.mean() - rand.mean()) / (base.mean() - rand.mean()),
+                    f"{name}/original": base.mean(), f"{name}/scrubbed": scrub.mean(), f"{name}/random": rand.mean(),
+                    f"{name}/abs_mean_change": abs(change.mean()), f"{name}/mean_abs_change": np.abs(change).mean(),
+                    f"{name}/worst_increase": change.max()})
+    return out
+
+
+@pytest.mark.parametrize("hypothesis", ["cheese_channels", "other_channels", "cheese_and_other_channels"])
+def test_default_hypothesis_metrics_match_a_plain_torch_recomputation(model, pool, hypothesis):
+    model = copy.deepcopy(model).double()  # float64 on both sides
+    x = policy_input(model, pool.states, "grid").double()
+    scrubs = [resolve_channels(scrub, CHEESE, 32) for scrub in default_hypotheses(LAYER)[hypothesis]]
+    agreeing = [x.roll(1 + k, 0) for k in range(len(scrubs))]  # stand-ins for the resampled inputs
+    differing = [x.roll(5 + k, 0) for k in range(len(scrubs))]
+    channel_sets = [CHEESE if s.channels == CHEESE else [c for c in range(32) if c not in CHEESE] for s in scrubs]
+
+    def plain(sources):
+        with torch.no_grad():
+            source_acts = [plain_forward(model, source)[2][LAYER] for source in sources]
+
+            def swap(activation):
+                out = activation.clone()
+                for channels, acts in zip(channel_sets, source_acts):
+                    for channel in channels:
+                        out[:, channel] = acts[:, channel]
+                return out
+            return plain_forward(model, x, override={LAYER: swap})[0].numpy()
+
+    with torch.no_grad():
+        original = plain_forward(model, x)[0].numpy()
+    expected = _plain_metrics(original, plain(agreeing), plain(differing))
+    original_logits, _ = cached_activations(model, x, [])
+    got, _ = scrub_metrics(original_logits, scrubbed_logits(model, x, list(zip(scrubs, agreeing))),
+                           scrubbed_logits(model, x, list(zip(scrubs, differing))))
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+@pytest.fixture(scope="module")
+def ctx(model, tmp_path_factory) -> EvalContext:
+    train_config = OmegaConf.create({"env": {"obs": "grid", "distribution_mode": "easy", "max_maze_size": 9}})
+    return EvalContext(model, train_config, str(tmp_path_factory.mktemp("scrubbing")), seed=0, progress=False)
+
+
+def test_default_hypotheses_scrub_the_cheese_channels_chosen_on_the_checkpoint(model, ctx):
+    config = CausalScrubbing.Config(inputs=8, resamples=1, channel_mazes=8, top_channels=3)
+    assert config.channels == "auto" and config.layer == LAYER
+    result = Result()
+    hypotheses = CausalScrubbing(config).hypotheses(ctx, result)
+    scores = cheese_channel_scores(model, cheese_channel_states(TrainEnv("grid", "easy", 9), 8, 1), "grid", LAYER)
+    cheese = choose_channels(scores, 3, 1.0)
+    assert [m.value for m in result.metrics if "/" not in m.name.removeprefix("cheese_channel/")] == cheese
+    others = [c for c in range(32) if c not in cheese]
+    assert {name: [(s.features, s.channels) for s in scrubs] for name, scrubs in hypotheses.items()} == {
+        "cheese_channels": [(["cheese_location"], cheese)],
+        "cheese_channels_and_layout": [(["cheese_location", "maze_layout"], cheese)],
+        "other_channels": [(["maze_layout", "mouse_location"], others)],
+        "cheese_and_other_channels": [(["cheese_location"], cheese), (["maze_layout", "mouse_location"], others)],
+        "control/whole_layer/all_features": [(list(FEATURES), None)],
+        "control/whole_layer/cheese_location": [(["cheese_location"], None)]}
+    assert all(s.layer == LAYER for scrubs in hypotheses.values() for s in scrubs)
+
+
+def test_the_whole_layer_scrub_is_a_control_that_recovers_one(ctx):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        config = CausalScrubbing.Config(inputs=8, resamples=1, channel_mazes=8, top_channels=3)
+        result = CausalScrubbing(config).run(ctx)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = {m.name: m.value for m in result.metrics}
+    for loss in ("kl", "nll"):
+        assert metrics[f"control/whole_layer/all_features/{loss}/loss_recovered"] == 1.0
+        assert metrics[f"control/whole_layer/all_features/{loss}/mean_abs_change"] == 0.0
+        assert f"cheese_channels/{loss}/loss_recovered" in metrics
+    assert not [name for name in metrics if name.split("/")[0] in ("cheese", "mouse", "layout", "layout_and_mouse")]
+
+
+def test_published_channels_need_a_128_channel_layer(ctx):
+    with pytest.raises(ValueError, match="has 32; use channels: auto"):
+        config = CausalScrubbing.Config(inputs=8, channels="published", channel_mazes=2)
+        CausalScrubbing(config).hypotheses(ctx, Result())
+
+
+@pytest.mark.parametrize("bad", [{"channels": "cheesy"}, {"channels": [2, 2]},
+                                 {"hypotheses": {"h": [Scrub(LAYER, ["cheese_location"], channels="rest")]}},
+                                 {"hypotheses": {"control/x": [Scrub(LAYER, ["cheese_location"])]}}])
+def test_bad_channel_configs_are_one_line_value_errors(bad):
+    with pytest.raises(ValueError) as error:
+        CausalScrubbing.Config(**bad)
+    assert "\n" not in str(error.value)
 
 
 def test_a_maze_without_a_same_size_partner_cannot_swap_layouts(pool):
