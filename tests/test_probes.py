@@ -1,18 +1,27 @@
-"""The cheese-location probes on planted signals (near 100%) and shuffled labels (near chance), the
-activation cells a maze covers, and the activation cache against a plain-torch forward."""
+"""The probes on planted signals (near 100%) and shuffled labels (near chance), the activation cells
+a maze covers, the activation cache against a plain-torch forward; the regularisation chosen by
+grouped CV on the training mazes (against sklearn's cross_val_score), the layout-disjoint split,
+the shuffled conv control (masks move with the labels), and the outcome probe's labels on a policy
+whose outcome is known."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
+from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.preprocessing import StandardScaler
 
+from envs import maze_build, maze_state
+from envs.eval_mazes import EvalMaze, eval_mazes
+from envs.maze import MOVE_GROUPS
+from envs.maze_generate import random_maze
 from evals.maze_inputs import cached_activations, maze_cells
-from evals.maze_interp_common import activation_square_cell
-from evals.probes import classification_probe, convolutional_probe, regression_probe
+from evals.maze_interp_common import TrainEnv, activation_square_cell
+from evals.probes import (_Labels, chance_accuracy, classification_probe, convolutional_probe, episode_outcomes,
+                          layout_ids, layout_split, regression_probe, score_probe)
 from models.impala import ImpalaPolicy
 from plain_impala import plain_forward
 
@@ -30,13 +39,14 @@ def test_classification_probe_finds_a_planted_label_and_not_shuffled_ones():
     features = rng.normal(size=(n, 40))
     features[np.arange(n), labels] += 6.0  # the label, one-hot, in the first 8 features
     train, test = _split(n)
-    predicted = classification_probe(features[train], labels[train], features[test], regularization=1.0)
+    groups = np.arange(n)[train] // 3
+    predicted, _ = classification_probe(features[train], labels[train], features[test], groups)
     assert (predicted == labels[test]).mean() >= 0.95
     shuffled = rng.permutation(labels)
-    predicted = classification_probe(features[train], shuffled[train], features[test], regularization=1.0)
+    predicted, _ = classification_probe(features[train], shuffled[train], features[test], groups)
     assert (predicted == shuffled[test]).mean() < 0.3  # chance is 1/8
-    only = classification_probe(features[train], np.zeros(len(train), int), features[test])
-    assert np.all(only == 0)
+    only, c = classification_probe(features[train], np.zeros(len(train), int), features[test], groups)
+    assert np.all(only == 0) and np.isnan(c)
 
 
 def test_regression_probe_recovers_planted_coordinates():
@@ -46,10 +56,11 @@ def test_regression_probe_recovers_planted_coordinates():
     features = np.concatenate([tiles @ rng.normal(size=(2, 10)), rng.normal(size=(n, 20))], 1)
     features += 0.01 * rng.normal(size=features.shape)
     train, test = _split(n)
-    predicted = regression_probe(features[train], tiles[train], features[test])
+    groups = np.arange(len(train))
+    predicted, _ = regression_probe(features[train], tiles[train], features[test], groups)
     assert (np.rint(predicted) == tiles[test]).all(1).mean() >= 0.95
     shuffled = tiles[rng.permutation(n)]
-    predicted = regression_probe(features[train], shuffled[train], features[test])
+    predicted, _ = regression_probe(features[train], shuffled[train], features[test], groups)
     assert (np.rint(predicted) == shuffled[test]).all(1).mean() < 0.1
 
 
@@ -101,10 +112,126 @@ def test_rotating_wide_features_onto_the_training_span_changes_no_prediction():
     tiles = features[:, :3] @ rng.normal(size=(3, 2)) + 0.1 * rng.normal(size=(n, 2))
     labels = (features[:, 0] > 0).astype(int) + (features[:, 1] > 0)
     train, test = _split(n)
-    direct = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13))).fit(features[train], tiles[train])
-    np.testing.assert_allclose(regression_probe(features[train], tiles[train], features[test]),
-                               direct.predict(features[test]), rtol=1e-6, atol=1e-8)
+    groups = np.arange(len(train))
+    direct = make_pipeline(StandardScaler(), Ridge(alpha=10.0)).fit(features[train], tiles[train])
+    predicted, alpha = regression_probe(features[train], tiles[train], features[test], groups, grid=[0.1])
+    assert alpha == 10.0
+    np.testing.assert_allclose(predicted, direct.predict(features[test]), rtol=1e-6, atol=1e-8)
     direct = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-8))
     direct.fit(features[train], labels[train])
-    predicted = classification_probe(features[train], labels[train], features[test], regularization=0.1)
+    predicted, _ = classification_probe(features[train], labels[train], features[test], groups, grid=[0.1])
     assert (predicted == direct.predict(features[test])).mean() >= 0.9
+
+
+# -- cross-validated regularisation, layout split, shuffled conv control, outcome probe -----------
+def test_the_regularization_is_chosen_by_grouped_cv_on_the_training_mazes_only():
+    rng = np.random.default_rng(2)
+    n, grid = 160, [0.001, 0.01, 0.1, 1.0, 10.0]
+    layouts = np.arange(n) // 2  # two mazes per layout
+    labels = (rng.random(n) < 0.5).astype(int)
+    features = rng.normal(size=(n, 5))
+    features[:, 0] += 0.8 * labels  # a weak planted signal among noise
+    features[:, 1] -= 0.4 * labels
+    train, test = np.arange(120), np.arange(120, n)
+    predicted, chosen = classification_probe(features[train], labels[train], features[test], layouts[train], grid)
+    # independent: sklearn's cross_val_score per C on the same grouped folds, then a direct fit
+    pipeline = lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))  # noqa: E731
+    cv = [cross_val_score(pipeline(c), features[train], labels[train], groups=layouts[train],
+                          cv=GroupKFold(n_splits=3)).mean() for c in grid]
+    assert chosen == grid[int(np.argmax(cv))]
+    assert chosen != 0.1  # the strength the probe used before, for every layer and condition
+    direct = pipeline(chosen).fit(features[train], labels[train])
+    np.testing.assert_array_equal(predicted, direct.predict(features[test]))
+    # the test mazes play no part in the choice
+    _, again = classification_probe(features[train], labels[train], rng.normal(size=(40, 5)), layouts[train], grid)
+    assert again == chosen
+
+
+def _maze(template: bytes, inner: np.ndarray, cheese: tuple[int, int], index: int) -> EvalMaze:
+    state = maze_state.with_cheese_at(maze_build.with_maze(template, inner), cheese)
+    return EvalMaze(state, 0, index, (index, 0), inner.shape[0], cheese, None)
+
+
+def test_the_split_keeps_mazes_with_the_same_walls_together(template):
+    rng = np.random.default_rng(6)
+    inners = [random_maze(5, rng) for _ in range(8)]
+    mazes = []
+    for index in range(48):  # each layout six times, with different cheese squares
+        inner = inners[index % 8]
+        ys, xs = np.nonzero(inner != maze_state.WALL)
+        k = int(rng.integers(1, len(xs)))
+        mazes.append(_maze(template, inner, (int(xs[k]), int(ys[k])), index))
+    layouts = layout_ids(mazes)
+    walls = [(maze_state.inner_grid(m.state) == maze_state.WALL).tobytes() for m in mazes]
+    for i in range(len(mazes)):
+        for j in range(len(mazes)):
+            assert (layouts[i] == layouts[j]) == (walls[i] == walls[j])
+    assert len(np.unique(layouts)) == len({w.tobytes() for w in inners})
+    train, test = layout_split(layouts, 0.25, seed=0)
+    assert len(train) + len(test) == 48 and len(test) > 0
+    assert not set(layouts[train]) & set(layouts[test])
+    # the old split (a random permutation of mazes) mixes layouts on these mazes
+    order = np.random.default_rng(0).permutation(48)
+    assert set(layouts[order[:12]]) & set(layouts[order[12:]])
+
+
+def test_the_shuffled_conv_control_moves_the_candidate_cells_with_the_cheese():
+    n, side, layer = 80, 5, "layer"
+    left = np.arange(n) % 2 == 0  # half the mazes cover the left two columns, half the right two
+    masks = np.zeros((n, side, side), bool)
+    masks[left, :, :2] = True
+    masks[~left, :, 3:] = True
+    cells = np.where(left[:, None], [[2, 0]], [[2, 4]])  # each kind keeps its cheese in one cell
+    acts = np.zeros((n, 3, side, side))
+    acts[:, 0] = masks  # the input knows its own maze's cells
+    acts[:, 1, 2, 0] = acts[:, 2, 2, 4] = 1.0  # and where those two cells are, nothing more
+    labels = _Labels(np.zeros((n, 2)), {layer: cells}, {layer: masks}, np.full(n, 5), 5, np.arange(n))
+    train, test = np.arange(60), np.arange(60, n)
+    rng = np.random.default_rng(7)
+    perm = np.arange(n)
+    perm[train], perm[test] = rng.permutation(train), rng.permutation(test)
+    right, extra = score_probe("conv", layer, acts, labels, perm, train, test, grid=[1.0])
+    chance = chance_accuracy("conv", layer, labels, train, test)
+    assert chance == 1.0  # the best constant guess: that kind's cell among the candidates
+    assert right.mean() == chance and extra["regularization"] == 1.0
+    # with the masks left in place, a shuffled cheese cell lies outside the candidates whenever the
+    # partner is of the other kind: the control fell to the same-kind fraction, inflating selectivity
+    old = convolutional_probe(acts[train], cells[perm][train], masks[train], acts[test], masks[test], 1.0)
+    same_kind = (left[test] == left[perm[test]]).mean()
+    assert (old == cells[perm][test]).all(1).mean() == same_kind < 1.0
+
+
+def _always_right_policy() -> ImpalaPolicy:
+    torch.manual_seed(0)
+    policy = ImpalaPolicy(scale=1, image_size=15).eval()
+    with torch.no_grad():
+        policy.fc_policy.weight.zero_()
+        policy.fc_policy.bias.zero_()
+        policy.fc_policy.bias[list(MOVE_GROUPS[3])] = 50.0  # right, whatever it sees
+    return policy
+
+
+def test_the_outcome_probe_on_a_policy_whose_outcome_is_known():
+    mazes = eval_mazes(40, seed=3, cheese="quadrant:bottom_right", max_size=7, mode="easy")
+    reached = episode_outcomes(_always_right_policy(), [m.state for m in mazes], TrainEnv("grid", "easy", 7), seed=0)
+    # walking right from (0, 0) reaches the cheese exactly when it lies on the bottom row with no
+    # wall before it
+    known = []
+    for maze in mazes:
+        inner = maze_state.inner_grid(maze.state)
+        x, y = maze.cheese
+        known.append(y == 0 and all(inner[0, k] != maze_state.WALL for k in range(x + 1)))
+    np.testing.assert_array_equal(reached, known)
+    assert 0 < reached.sum() < len(mazes)
+    # the probe on a feature that encodes the outcome (plus noise), against a direct sklearn fit
+    rng = np.random.default_rng(8)
+    n = len(mazes)
+    features = np.concatenate([reached[:, None] + 0.3 * rng.normal(size=(n, 1)), rng.normal(size=(n, 4))], 1)
+    labels = _Labels(np.zeros((n, 2)), {}, {}, np.full(n, 7), 15, layout_ids(mazes), reached)
+    train, test = layout_split(labels.layouts, 0.3, seed=0)
+    right, extra = score_probe("outcome", "x", features, labels, np.arange(n), train, test)
+    direct = make_pipeline(StandardScaler(), LogisticRegression(C=extra["regularization"], max_iter=1000))
+    direct.fit(features[train], reached[train])
+    np.testing.assert_array_equal(right, direct.predict(features[test]) == reached[test])
+    majority = reached[train].mean() >= 0.5
+    assert chance_accuracy("outcome", "x", labels, train, test) == np.mean(reached[test] == majority)
