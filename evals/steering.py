@@ -12,7 +12,11 @@ vectors) and measuring the action probabilities at the decision square.
 
 Each vector is applied on the maze it was computed on ("same maze"), transferred from other mazes,
 and (the cheese vector) to the same maze with the cheese moved k = 1..K path steps away; a random
-vector of the same norm per maze is the control. The metric is the folded action probability of
+vector of the same norm per maze is the control. The cheese vector's transfer is also grouped by
+the distance, in world tiles, between the source maze's cheese and the steered maze's cheese
+(published: it transfers only within about 2 tiles): ``cheese_vector/transfer/distance<=2/…``,
+``…/distance=2-4/…``, ``…/distance>8/…`` for ``transfer_distance_edges: [2, 4, 8]``, each over
+the (source, steered maze) pairs in that bin (n = pairs). The metric is the folded action probability of
 the first move of the shortest path from the decision square to the cheese (``p_cheese``) and to
 the inner top-right corner (``p_top_right``), reported as median and mean ± stderr over seeded
 mazes with a decision square, with the paired change against the unedited policy.
@@ -110,6 +114,63 @@ def decision_probs(policy: torch.nn.Module, decisions: DecisionSet, obs: str, la
     return probs[rows, decisions.cheese_move], probs[rows, decisions.top_right_move]
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """Every (source, steered maze) pair of a transfer run: maze ``target[p]`` steered by the
+    vector of maze ``source[p]``, its cheese ``distance[p]`` world tiles from the source's cheese."""
+
+    target: np.ndarray
+    source: np.ndarray
+    distance: np.ndarray
+    p_cheese: np.ndarray
+    p_top_right: np.ndarray
+
+    def per_maze(self) -> tuple[np.ndarray, np.ndarray]:
+        """(P(cheese), P(top-right)) of each steered maze, averaged over its sources."""
+        count = np.bincount(self.target)
+        return (np.bincount(self.target, self.p_cheese) / count, np.bincount(self.target, self.p_top_right) / count)
+
+
+def cheese_distance(source: bytes, target: bytes) -> float:
+    """Euclidean distance in world tiles between two mazes' cheeses (the activations are laid out
+    over the world, so mazes of different sizes are compared where their cheeses sit in it)."""
+    squares = []
+    for state in (source, target):
+        margin = maze_state.layout(state).margin
+        x, y = maze_state.cheese_square(state)
+        squares.append((x + margin, y + margin))
+    return maze_geometry.euclidean(*squares)
+
+
+def transfer(policy: torch.nn.Module, decisions: DecisionSet, states: list[bytes], obs: str, layer: str,
+             vectors: torch.Tensor, coefficient: float, sources: int) -> Optional[Transfer]:
+    """Each maze steered by the vectors of the ``sources`` mazes before it (cyclically); None with
+    fewer than two mazes."""
+    n = len(vectors)
+    shifts = range(1, min(sources, n - 1) + 1)
+    if not shifts:
+        return None
+    parts = []
+    for shift in shifts:
+        source = (np.arange(n) - shift) % n  # torch.roll(vectors, shift)[i] is vectors[i − shift]
+        p_cheese, p_top_right = decision_probs(policy, decisions, obs, layer, torch.roll(vectors, shift, dims=0),
+                                               coefficient)
+        distance = np.array([cheese_distance(states[j], states[i]) for i, j in enumerate(source)])
+        parts.append((np.arange(n), source, distance, p_cheese, p_top_right))
+    return Transfer(*(np.concatenate(column) for column in zip(*parts)))
+
+
+def distance_bins(edges: list[float]) -> list[str]:
+    """Labels of the distance bins [0, e0], (e0, e1], ..., (e_last, ∞)."""
+    inner = [f"distance={low:g}-{high:g}" for low, high in zip(edges, edges[1:])]
+    return [f"distance<={edges[0]:g}", *inner, f"distance>{edges[-1]:g}"]
+
+
+def bin_of(distances: np.ndarray, edges: list[float]) -> np.ndarray:
+    """The bin index (into :func:`distance_bins`) of each distance."""
+    return np.searchsorted(np.asarray(edges, dtype=float), distances, side="left")
+
+
 def moved_cheese(maze: EvalMaze, shift: int, rng: np.random.Generator) -> Optional[bytes]:
     """The maze with its cheese moved to a random square ``shift`` path steps from where it was
     (not the start, and still with a decision square); None if there is no such square."""
@@ -139,6 +200,7 @@ class Steering:
         cheese_coefficient: float = -1.0
         top_right_coefficient: float = 1.0
         transfer_sources: int = 4  # vectors from this many other mazes are applied to each maze
+        transfer_distance_edges: list[float] = field(default_factory=lambda: [2.0, 4.0, 8.0])  # tiles
         max_shift: int = 3  # K: the cheese vector applied with the cheese moved 1..K path steps
         coefficients: list[float] = field(default_factory=lambda: [-10.0, -5.0, -2.0, -1.0, -0.5, 0.0,
                                                                    0.5, 1.0, 2.0, 5.0, 10.0])
@@ -151,6 +213,9 @@ class Steering:
                 raise ValueError("steering needs mazes >= 1 and at least one coefficient")
             if min(self.transfer_sources, self.max_shift, self.field_mazes) < 0:
                 raise ValueError("steering transfer_sources, max_shift and field_mazes must be >= 0")
+            edges = self.transfer_distance_edges
+            if not edges or min(edges) < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
+                raise ValueError(f"steering transfer_distance_edges must be increasing distances >= 0, got {edges}")
 
     def __init__(self, config: "Steering.Config"):
         self.config = config
@@ -186,9 +251,12 @@ class Steering:
             bar.update(1)
             self._add(result, f"{name}/random", measure(noise, coeff), original)
             bar.update(1)
-            transfer = self._transfer(measure, vecs, coeff, cfg.transfer_sources)
-            if transfer is not None:
-                self._add(result, f"{name}/transfer", transfer, original)
+            pairs = transfer(policy, decisions, states, env.obs, cfg.layer, vecs, coeff, cfg.transfer_sources)
+            if pairs is not None:
+                self._add(result, f"{name}/transfer", pairs.per_maze(), original)
+                if name == "cheese_vector":
+                    by_distance = self._add_by_distance(result, f"{name}/transfer", pairs, original)
+                    result.artifacts.append(self._distance_png(ctx, by_distance))
         self._moved(result, ctx, mazes, vectors.cheese, bar)
         self._scan(result, ctx, measure, vectors, random, bar)
         for index in range(min(cfg.field_mazes, len(mazes))):
@@ -197,16 +265,42 @@ class Steering:
         bar.close()
         return result
 
-    @staticmethod
-    def _transfer(measure, vectors: torch.Tensor, coefficient: float, sources: int
-                  ) -> Optional[tuple[np.ndarray, np.ndarray]]:
-        """Each maze steered by the vectors of the ``sources`` mazes before it (cyclically),
-        averaged per maze; None with fewer than two mazes."""
-        shifts = range(1, min(sources, len(vectors) - 1) + 1)
-        if not shifts:
-            return None
-        runs = [measure(torch.roll(vectors, shift, dims=0), coefficient) for shift in shifts]
-        return np.mean([r[0] for r in runs], 0), np.mean([r[1] for r in runs], 0)
+    def _add_by_distance(self, result: Result, prefix: str, pairs: Transfer,
+                         original: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[common.Summary, common.Summary]]:
+        """Per distance bin: P(cheese) and P(top-right) over its pairs (median, mean ± stderr, n) and
+        the paired change from the steered maze's unedited probabilities; returns the P(cheese)
+        summaries and changes for the PNG."""
+        edges = list(self.config.transfer_distance_edges)
+        bins = bin_of(pairs.distance, edges)
+        shown = {}
+        for index, label in enumerate(distance_bins(edges)):
+            mask = bins == index
+            before = (original[0][pairs.target[mask]], original[1][pairs.target[mask]])
+            self._add(result, f"{prefix}/{label}", (pairs.p_cheese[mask], pairs.p_top_right[mask]), before)
+            shown[label] = (common.summarise(pairs.p_cheese[mask]), common.summarise(pairs.p_cheese[mask] - before[0]))
+        return shown
+
+    def _distance_png(self, ctx: EvalContext, by_distance: dict) -> str:
+        """The transferred cheese vector's P(cheese) and its change, per cheese-distance bin."""
+        fig, axes = common.new_panels(2, size_inches=4.5)
+        labels = list(by_distance)
+        positions = np.arange(len(labels))
+        for ax, position, ylabel in ((axes[0], 0, "P(cheese) at the decision square (mean ± stderr)"),
+                                     (axes[1], 1, "change from the unedited policy (mean ± stderr)")):
+            stats = [by_distance[label][position] for label in labels]
+            ax.bar(positions, [s.mean for s in stats], yerr=np.nan_to_num([s.stderr for s in stats]),
+                   color="#d4a017", capsize=2)
+            for x, s in zip(positions, stats):
+                ax.annotate(f"n={s.n}", (x, 0), ha="center", va="bottom", fontsize=7)
+            ax.set_xticks(positions, [label.removeprefix("distance") for label in labels], fontsize=8)
+            ax.set_xlabel("distance between the source's and the steered maze's cheese (tiles)", fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.axhline(0, color="black", lw=0.6)
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle(f"cheese vector × {self.config.cheese_coefficient:g} from other mazes, {self.config.layer}",
+                     fontsize=9)
+        fig.tight_layout()
+        return common.save_figure(fig, ctx.artifact("transfer_by_distance.png"))
 
     def _moved(self, result: Result, ctx: EvalContext, mazes: list[EvalMaze], vectors: torch.Tensor,
                bar: tqdm) -> None:

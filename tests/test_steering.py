@@ -21,6 +21,7 @@ from envs.maze_views import grid_observations
 from evals import cli as shardlab
 from evals import maze_interp_common as common
 from evals import steering
+from evals.results import Result
 from evals.vector_field import DOWN, LEFT, RIGHT, UP
 from models.hooks import add, hooked
 from models.impala import ImpalaPolicy
@@ -196,6 +197,78 @@ def test_steering_end_to_end(checkpoint, tmp_path):
     assert rows["scan/cheese_vector/coeff=0/p_cheese/mean"]["value"] == rows["original/p_cheese/mean"]["value"]
     assert rows["scan/cheese_vector/coeff=-1/p_cheese/mean"]["value"] == rows["cheese_vector/p_cheese/mean"]["value"]
     assert rows["original/p_cheese/mean"]["n"] == 4 and rows["original/p_cheese/mean"]["stderr"] is not None
+    # the transfer pairs (4 mazes × 2 sources) split over the distance bins, with stderr where n > 1
+    labels = ["distance<=2", "distance=2-4", "distance=4-8", "distance>8"]
+    counts = [rows[f"cheese_vector/transfer/{label}/p_cheese/mean"]["n"] for label in labels]
+    assert sum(counts) == 8
+    for label, count in zip(labels, counts):
+        row = rows[f"cheese_vector/transfer/{label}/p_cheese/mean"]
+        assert (row["stderr"] is not None) == (count > 1)
+        assert (row["value"] is None) == (count == 0)
     pngs = document["artifacts"]["steering"]
-    assert {os.path.basename(p) for p in pngs} == {"coefficient_scan.png", "vector_fields_maze0.png"}
+    assert {os.path.basename(p) for p in pngs} == {"coefficient_scan.png", "vector_fields_maze0.png",
+                                                   "transfer_by_distance.png"}
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+# -- transfer grouped by cheese distance ---------------------------------------------------------------
+# decision square (0, 0): right along the bottom to the cheese, up to the top-right corner
+MAZE_C = """
+.....
+.####
+.####
+.####
+M...C
+"""
+
+
+def test_transfer_grouped_by_cheese_distance_matches_a_hand_assignment(policy, mazes, template):
+    """Cheeses A (4, 2), B (3, 2), C (4, 0), all 5×5 mazes: |AB| = 1, |AC| = 2, |BC| = √5 tiles.
+    With edges [1.5, 2.1] the bins are by hand {A↔B}, {A↔C}, {B↔C}, each with both directions."""
+    states = [*mazes, with_maze(template, *parse_ascii(MAZE_C))]
+    assert steering.cheese_distance(states[0], states[1]) == 1.0
+    assert steering.cheese_distance(states[0], states[2]) == 2.0
+    assert steering.cheese_distance(states[2], states[1]) == pytest.approx(5 ** 0.5, abs=1e-12)
+    decisions = steering.DecisionSet.of(states)
+    vectors = steering.cheese_vector(policy, states, "grid", LAYER)
+    pairs = steering.transfer(policy, decisions, states, "grid", LAYER, vectors, -1.0, sources=2)
+    A, B, C = 0, 1, 2
+    # shift 1 steers maze i with maze i − 1's vector, shift 2 with maze i − 2's
+    assert list(zip(pairs.target, pairs.source)) == [(A, C), (B, A), (C, B), (A, B), (B, C), (C, A)]
+    hand_bin = {frozenset((A, B)): 0, frozenset((A, C)): 1, frozenset((B, C)): 2}
+    edges = [1.5, 2.1]
+    assert steering.bin_of(pairs.distance, edges).tolist() == [hand_bin[frozenset(p)] for p in
+                                                                 zip(pairs.target, pairs.source)]
+    assert steering.distance_bins(edges) == ["distance<=1.5", "distance=1.5-2.1", "distance>2.1"]
+
+    # P(cheese-ward move) of every pair by a plain forward with the source's vector subtracted
+    logits_of = lambda target, source: plain_forward(policy, [decisions.states[target]],
+                                                     edit=lambda x: x - vectors[source:source + 1])[0]
+    cheese_group = lambda t: GROUPS[int(decisions.cheese_move[t])]
+    p_cheese = {(t, s): float(torch.softmax(logits_of(t, s)[0].double(), -1)[cheese_group(t)].sum())
+                for t in range(3) for s in range(3) if t != s}
+    original_logits, _ = plain_forward(policy, decisions.states)
+    original_probs = torch.softmax(original_logits.double(), -1).numpy()
+    original = (np.array([original_probs[i, GROUPS[int(decisions.cheese_move[i])]].sum() for i in range(3)]),
+                np.array([original_probs[i, GROUPS[int(decisions.top_right_move[i])]].sum() for i in range(3)]))
+    evaluation = steering.Steering(steering.Steering.Config(transfer_distance_edges=edges))
+    result = Result()
+    evaluation._add_by_distance(result, "cheese_vector/transfer", pairs, original)
+    rows = {m.name: m for m in result.metrics}
+    for label, members in (("distance<=1.5", [(A, B), (B, A)]), ("distance=1.5-2.1", [(A, C), (C, A)]),
+                           ("distance>2.1", [(B, C), (C, B)])):
+        values = np.array([p_cheese[m] for m in members])
+        changes = values - np.array([original[0][t] for t, _ in members])
+        mean = rows[f"cheese_vector/transfer/{label}/p_cheese/mean"]
+        assert mean.n == 2
+        assert mean.value == pytest.approx(values.mean(), abs=1e-6)
+        assert mean.stderr == pytest.approx(values.std(ddof=1) / 2 ** 0.5, abs=1e-6)
+        change = rows[f"cheese_vector/transfer/{label}/p_cheese/change"]
+        assert change.value == pytest.approx(changes.mean(), abs=1e-6) and change.n == 2
+    # the per-maze transfer average is the mean over each maze's pairs
+    np.testing.assert_allclose(pairs.per_maze()[0], [np.mean([p_cheese[t, s] for s in range(3) if s != t])
+                                                     for t in range(3)], atol=1e-6)
+
+
+def test_bins_put_each_edge_in_the_bin_below():
+    assert steering.bin_of(np.array([0.0, 2.0, 2.01, 4.0, 8.0, 8.5]), [2, 4, 8]).tolist() == [0, 0, 1, 1, 2, 3]
