@@ -3,7 +3,11 @@
 
 The checkpoint's own training config is reused with the cheese placed anywhere (procgen's own
 placement, the same maze sizes) and a constant learning rate; the out-of-region P(cheese) is
-measured on fixed seeded test mazes before fine-tuning and every ``eval_every`` env steps.
+measured on fixed seeded selection mazes before fine-tuning and every ``eval_every`` env steps.
+``steps_to_target`` is the first of those points where the selection mazes reach ``target``; the
+weights at that point are then measured on a second, confirmation set of mazes (another seed, and
+no maze layout shared with the selection set), so the reported compute fraction is not judged on
+the mazes that chose it: ``confirmation/at_steps_to_target/p_cheese`` and ``confirmed``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 
-from envs.eval_mazes import eval_mazes  # noqa: E402
+from envs import maze_state  # noqa: E402
+from envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
 from envs.maze import Episode, MazeEnvConfig  # noqa: E402
 from envs.maze_render import write_png_atomic  # noqa: E402
 from evals.context import EvalContext  # noqa: E402
@@ -80,6 +85,26 @@ def relative_weight_change(before: dict[str, torch.Tensor], after: dict[str, tor
     return change
 
 
+def layout_key(maze: EvalMaze) -> tuple[int, bytes]:
+    """A maze's size and wall layout, whatever its cheese."""
+    return maze.maze_dim, (maze_state.inner_grid(maze.state) == maze_state.WALL).tobytes()
+
+
+def disjoint_mazes(n: int, seed: int, exclude: list[EvalMaze], **filters) -> list[EvalMaze]:
+    """The first ``n`` mazes of ``eval_mazes(..., seed, **filters)`` whose layout is not one of
+    ``exclude``'s (drawing more until ``n`` are left); RuntimeError if too few layouts remain."""
+    taken = {layout_key(m) for m in exclude}
+    draw = 2 * n
+    while True:
+        kept = [m for m in eval_mazes(draw, seed, **filters) if layout_key(m) not in taken][:n]
+        if len(kept) == n:
+            return kept
+        if draw >= 64 * max(n, 1):
+            raise RuntimeError(f"only {len(kept)} of {n} confirmation mazes have layouts outside the selection "
+                               f"set in {draw} draws; the maze filters allow too few layouts")
+        draw *= 2
+
+
 @register("finetune_to_cheese")
 class FinetuneToCheese:
     """PPO fine-tuning with the cheese anywhere: learning curve, steps to target, weight change."""
@@ -93,7 +118,8 @@ class FinetuneToCheese:
         steps: int = 1_000_000  # fine-tuning budget in env steps
         target: float = 0.9  # out-of-region P(cheese) that counts as a cheese-seeker
         eval_every: int = 100_000  # env steps between test-maze evaluations
-        eval_mazes: int = 100
+        eval_mazes: int = 100  # selection mazes: the curve and steps_to_target
+        confirm_mazes: Optional[int] = None  # confirmation mazes (other seed, disjoint layouts); default eval_mazes
         reward: str = "cheese"  # cheese: +10 at the cheese; avoid_cheese: −10 at the cheese
         lr: Optional[float] = None  # default: the checkpoint's ppo.lr, held constant
         stop_at_target: bool = True
@@ -130,28 +156,39 @@ class FinetuneToCheese:
         cfg = self._finetune_config(ctx)
         region = train_env.rand_region if train_env.rand_region is not None else 5
         max_size = train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
-        mazes = eval_mazes(ctx.count(c.eval_mazes), ctx.seed, cheese="outside_region", region=region,
-                           max_size=max_size, mode=train_env.distribution_mode)
-        test_env = MazeEnvConfig(**{**OmegaConf.to_container(train_env), "num_envs": len(mazes), "seed": ctx.seed,
-                                    "rand_region": None, "max_maze_size": None})
+        filters = dict(cheese="outside_region", region=region, max_size=max_size, mode=train_env.distribution_mode)
+        mazes = eval_mazes(ctx.count(c.eval_mazes), ctx.seed, **filters)
+        seeking = c.reward == "cheese"
+        confirm_count = ctx.count(c.confirm_mazes if c.confirm_mazes is not None else c.eval_mazes)
+        confirm_set = disjoint_mazes(confirm_count, ctx.seed + 1, mazes, **filters) if seeking else []
         curve: list[CurvePoint] = []
+        confirmation: dict[str, CurvePoint] = {}  # initial, at_steps_to_target, final
 
-        def evaluate(policy: nn.Module, env_steps: int) -> CurvePoint:
+        def measure(policy: nn.Module, env_steps: int, maze_set: list[EvalMaze]) -> CurvePoint:
+            test_env = MazeEnvConfig(**{**OmegaConf.to_container(train_env), "num_envs": len(maze_set),
+                                        "seed": ctx.seed, "rand_region": None, "max_maze_size": None})
             was_training = policy.training
             policy.eval()
             episodes = first_episodes(policy, test_env, greedy=c.greedy,
                                       channels_last=ctx.train_config.model.channels_last,
-                                      states=[m.state for m in mazes])
+                                      states=[m.state for m in maze_set])
             policy.train(was_training)
             n = len(episodes)
-            point = CurvePoint(env_steps, sum(e.reached_cheese for e in episodes) / n,
-                               sum(e.reached_corner for e in episodes) / n, episodes)
+            return CurvePoint(env_steps, sum(e.reached_cheese for e in episodes) / n,
+                              sum(e.reached_corner for e in episodes) / n, episodes)
+
+        def evaluate(policy: nn.Module, env_steps: int) -> CurvePoint:
+            point = measure(policy, env_steps, mazes)
             curve.append(point)
+            if seeking and point.p_cheese >= c.target and "at_steps_to_target" not in confirmation:
+                # these weights are the selected ones: confirm them on mazes that did not select them
+                confirmation["at_steps_to_target"] = measure(policy, env_steps, confirm_set)
             return point
 
         before = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+        if seeking:
+            confirmation["initial"] = measure(ctx.model, 0, confirm_set)
         evaluate(ctx.model, 0)
-        seeking = c.reward == "cheese"
         stop = lambda point: seeking and c.stop_at_target and point.p_cheese >= c.target
         run_dir = ctx.artifact("run")
         shutil.rmtree(run_dir, ignore_errors=True)  # this eval's own output from an earlier suite run
@@ -160,13 +197,16 @@ class FinetuneToCheese:
         if not stop(curve[0]):
             module = fit(cfg, run_dir, init_weights=before,
                          callbacks=[_EvaluateDuringTraining(c.eval_every, evaluate, stop)])
-            after = getattr(module, module.model_attr).state_dict()
+            tuned = getattr(module, module.model_attr)
+            after = tuned.state_dict()
         else:
-            after = before
-        return self._result(ctx, curve, relative_weight_change(before, after), seeking, region)
+            tuned, after = ctx.model, before
+        if seeking:
+            confirmation["final"] = measure(tuned, curve[-1].env_steps, confirm_set)
+        return self._result(ctx, curve, relative_weight_change(before, after), seeking, region, confirmation)
 
     def _result(self, ctx: EvalContext, curve: list[CurvePoint], change: dict[str, float], seeking: bool,
-                region: int) -> Result:
+                region: int, confirmation: Optional[dict[str, CurvePoint]] = None) -> Result:
         c, result = self.config, Result()
         n = len(curve[0].episodes)
         for point in curve:
@@ -185,6 +225,18 @@ class FinetuneToCheese:
                 if ctx.train_steps:
                     result.add("steps_to_target/fraction_of_training", reached[0].env_steps / ctx.train_steps,
                                higher_is_better=False)
+            confirmation = confirmation or {}
+            for name in ("initial", "at_steps_to_target", "final"):
+                if name in confirmation:
+                    point = confirmation[name]
+                    m = len(point.episodes)
+                    result.add(f"confirmation/{name}/p_cheese", point.p_cheese, n=m, higher_is_better=True,
+                               stderr=math.sqrt(point.p_cheese * (1 - point.p_cheese) / m))
+                    result.add(f"confirmation/{name}/p_corner", point.p_corner, n=m)
+            # the selected step holds only if the mazes that did not choose it reach the target too
+            selected = confirmation.get("at_steps_to_target")
+            result.add("confirmed", float(selected is not None and selected.p_cheese >= c.target),
+                       higher_is_better=True)
         else:
             self._where_it_ends(result, final.episodes, region)
         for layer, value in change.items():
