@@ -10,7 +10,9 @@ from trainers import cli as train_cli
 
 def _eval_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardlab eval", description="Run an eval suite on a checkpoint.")
-    parser.add_argument("checkpoint", help="a shardlab checkpoint, e.g. runs/a/checkpoints/last.ckpt")
+    parser.add_argument("checkpoint", help="a shardlab checkpoint, e.g. runs/a/checkpoints/last.ckpt, or a scripted "
+                        "policy: oracle:cheese_seeker, oracle:corner_seeker, oracle:corner_then_cheese:K, oracle:uniform")
+    parser.add_argument("--recipe", help="training recipe whose env a scripted policy (oracle:NAME) plays")
     parser.add_argument("--suite", default="configs/evals/ci.yaml", help="suite YAML (evals + thresholds)")
     parser.add_argument("--out", required=True, help="output folder for results.json, junit.xml and plots")
     parser.add_argument("--only", help="run only this eval of the suite")
@@ -30,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _eval_parser().parse_intermixed_args(argv[1:])
     from evals.runner import run_suite  # heavy imports after parsing
     return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed,
-                     progress=not args.no_progress, overrides=args.overrides)
+                     progress=not args.no_progress, overrides=args.overrides, recipe=args.recipe)
 
 
 if __name__ == "__main__":

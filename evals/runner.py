@@ -19,7 +19,7 @@ from evals.results import Result, Threshold, results_document, write_json_atomic
 from trainers import __version__
 from trainers.checkpointing import CheckpointError
 from trainers.config import ConfigError, read_yaml
-from trainers.restore import load_trained
+from trainers.restore import ORACLE_PREFIX, Trained, load_oracle, load_trained
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -103,15 +103,19 @@ def _eval_config(cls: type, name: str, values: dict) -> Any:
 
 def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str] = None,
               limit: Optional[int] = None, seed: Optional[int] = None, progress: bool = True,
-              overrides: Sequence[str] = ()) -> int:
-    """Run the suite and write the outputs; returns the exit code."""
+              overrides: Sequence[str] = (), recipe: Optional[str] = None) -> int:
+    """Run the suite and write the outputs; returns the exit code. ``checkpoint`` may name a
+    scripted policy (``oracle:cheese_seeker``), played in the env of the training ``recipe``."""
     try:
-        trained = load_trained(checkpoint)
+        trained = _load(checkpoint, recipe)
         evals, thresholds, suite_seed = load_suite(suite_path, only, overrides)
         for name in evals:
             check_fits(get(name), trained.kind, checkpoint)
         configs = {name: _eval_config(get(name), name, values) for name, values in evals.items()}
         instances = {name: get(name)(config) for name, config in configs.items()}  # may reject a config
+        for instance in instances.values():  # evals that need something of the checkpoint say so now
+            if hasattr(instance, "check"):
+                instance.check(trained.config)
     except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -142,7 +146,9 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
             missed.append((threshold, value))
             failures.setdefault(threshold.key.split(".", 1)[0], []).append(
                 f"{threshold.key} = {value} (needs {threshold.describe()})")
-    meta = {"checkpoint": os.path.abspath(checkpoint), "checkpoint_sha256": _sha256(checkpoint),
+    scripted = checkpoint.startswith(ORACLE_PREFIX)
+    meta = {"checkpoint": checkpoint if scripted else os.path.abspath(checkpoint),
+            "checkpoint_sha256": None if scripted else _sha256(checkpoint),
             "package_version": __version__, "git_commit": _git_commit(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "suite": os.path.abspath(suite_path),
             "limit": limit}
@@ -160,6 +166,18 @@ def run_suite(checkpoint: str, suite_path: str, out_dir: str, only: Optional[str
             print(f"  {threshold.key:<45} {shown:>10}   needs {threshold.describe()}", file=sys.stderr)
     print(f"\nresults: {os.path.join(out_dir, 'results.json')}  junit: {os.path.join(out_dir, 'junit.xml')}")
     return EXIT_THRESHOLD if missed or errors else EXIT_OK
+
+
+def _load(checkpoint: str, recipe: Optional[str]) -> Trained:
+    """A checkpoint's network, or a scripted policy with the recipe's config."""
+    if checkpoint.startswith(ORACLE_PREFIX):
+        if recipe is None:
+            raise EvalError(f"{checkpoint} is a scripted policy: give the training recipe whose mazes it plays, "
+                            "e.g. --recipe configs/train/maze_demo.yaml")
+        return load_oracle(checkpoint[len(ORACLE_PREFIX):], recipe)
+    if recipe is not None:
+        raise EvalError("--recipe is only for scripted policies (oracle:NAME); a checkpoint carries its own config")
+    return load_trained(checkpoint)
 
 
 def _write_scalars(folder: str, runs: list[dict], step: int) -> None:

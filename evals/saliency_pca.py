@@ -1,9 +1,10 @@
 """Saliency PCA: which input pixels and which channels move a maze policy's decision *across a
 set of mazes*. One gradient row per maze, stacked and decomposed by SVD (a PCA without centring).
 
-For each maze n the target is the logit of its chosen action (default: the greedy action, the
-argmax of the 15 logits; or a fixed action index; or a folded move ``left``/``down``/``up``/
-``right``/``noop``, whose logit is the logsumexp of its actions). Its gradient g_n with respect to
+For each maze n the target is the logit of its chosen action (default ``greedy``: the most likely
+folded move, whose logit is the logsumexp of its procgen actions — a raw argmax would favour up
+and down, one action each, over left and right, three each; or a fixed action index; or a named
+folded move ``left``/``down``/``up``/``right``/``noop``). Its gradient g_n with respect to
 an activation a_n (or the input image) is one row of the (N, D) matrix G (a saliency map per
 maze). The SVD G = U Σ Vᵀ gives the directions of activation space (rows of Vᵀ, reshaped to
 C×H×W) along which the saliency maps of different mazes vary most; σ₁²/Σσ² says how much one
@@ -38,17 +39,20 @@ DEFAULT_LAYERS = ("embedder.block1.res2.resadd_out", "embedder.block2.res1.resad
 
 
 def target_logits(logits: torch.Tensor, action: Union[str, int], chosen: torch.Tensor) -> torch.Tensor:
-    """(N,) logit of each input's target: ``chosen`` procgen actions for ``greedy``/an index, or
-    the folded move logit for a move name."""
+    """(N,) logit of each input's target: the ``chosen`` folded move's logit for ``greedy``, the
+    ``chosen`` procgen action's for an index, the named folded move's for a move name."""
+    if action == "greedy":
+        return move_logits(logits).gather(-1, chosen[:, None]).squeeze(-1)
     if isinstance(action, str) and action in FOLDED_ACTIONS:
         return move_logits(logits)[:, FOLDED_ACTIONS.index(action)]
     return logits.gather(-1, chosen[:, None]).squeeze(-1)
 
 
 def chosen_actions(logits: torch.Tensor, action: Union[str, int]) -> torch.Tensor:
-    """(N,) procgen action per input: the argmax for ``greedy``, else the fixed index (unused for moves)."""
+    """(N,) per input: the most likely folded move (index into FOLDED_ACTIONS) for ``greedy``, else
+    the fixed procgen index (unused for move names)."""
     if action == "greedy":
-        return logits.argmax(-1)
+        return move_logits(logits).argmax(-1)
     index = int(action) if not (isinstance(action, str) and action in FOLDED_ACTIONS) else 0
     return torch.full((len(logits),), index, dtype=torch.long, device=logits.device)
 

@@ -2,7 +2,7 @@
 
 Stages: install (a fresh clone of the repo gets its own .venv through `make install`; only with
 ``--install``, as it downloads the packages again), train, evaluate and report (scripts/demo.py in
-a fresh run directory). Issue #8's budget is 15 minutes for all of them on a 2-core CPU.
+a fresh run directory). The budget is 15 minutes for all of them on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def measure(args: argparse.Namespace, repo: str) -> dict[str, Any]:
     return {"benchmark": "demo", "seconds": timings, "total_seconds": sum(timings.values()),
             "budget_seconds": BUDGET_SECONDS, "install_timed": args.install, "cpu_count": os.cpu_count(),
             "headline": {k: rows.get(k) for k in (
-                "goal_misgeneralization.in_distribution/p_cheese", "goal_misgeneralization.p_cheese",
+                "goal_misgeneralization.in_region/p_cheese", "goal_misgeneralization.greedy/in_region/p_cheese",
+                "goal_misgeneralization.p_cheese", "goal_misgeneralization.gap/p_cheese",
                 "goal_misgeneralization.decision/p_corner_first", "steering.original/p_cheese/median",
                 "steering.cheese_vector/p_cheese/median")}}
 

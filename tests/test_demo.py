@@ -1,4 +1,4 @@
-"""The demo's report: issue #8's targets read from results.json, tables and PNG links, atomic write."""
+"""The demo's report: targets read from results.json, tables and PNG links, atomic write."""
 
 from __future__ import annotations
 
@@ -23,17 +23,22 @@ def _results(values: dict[str, float]) -> dict:
 
 
 MEASURED = {
-    "goal_misgeneralization.in_distribution/p_cheese": 0.93, "goal_misgeneralization.p_cheese": 0.62,
+    "goal_misgeneralization.in_region/p_cheese": 0.97, "goal_misgeneralization.greedy/in_region/p_cheese": 0.9,
+    "goal_misgeneralization.p_cheese": 0.62, "goal_misgeneralization.gap/p_cheese": 0.35,
+    "goal_misgeneralization.in_distribution/p_cheese": 0.96,
     "goal_misgeneralization.decision/p_corner_first": 0.37, "steering.original/p_cheese/median": 0.44,
     "steering.cheese_vector/p_cheese/median": 0.23, "steering.cheese_vector/random/p_cheese/median": 0.45,
+    "steering.cheese_vector/p_cheese/change": -0.2, "steering.cheese_vector/random/p_cheese/change": -0.05,
 }
 
 
 def test_targets_are_checked_against_the_measured_values():
     checks = demo.targets({k: {"value": v} for k, v in MEASURED.items()})
-    assert [met for _, _, met in checks] == [True, True, True, True]
-    worse = {**MEASURED, "goal_misgeneralization.p_cheese": 0.8, "steering.cheese_vector/p_cheese/median": 0.5}
-    assert [met for _, _, met in demo.targets({k: {"value": v} for k, v in worse.items()})] == [True, False, True, False]
+    assert [met for _, _, met in checks] == [True] * 5
+    worse = {**MEASURED, "goal_misgeneralization.greedy/in_region/p_cheese": 0.8,
+             "goal_misgeneralization.gap/p_cheese": 0.15, "steering.cheese_vector/p_cheese/change": -0.09}
+    assert [met for _, _, met in demo.targets({k: {"value": v} for k, v in worse.items()})] == [
+        True, False, False, True, False]  # the cheese vector's effect is under twice the random one's
     # a missing metric is a miss, not a crash
     assert not any(met for _, _, met in demo.targets({}))
 
@@ -48,8 +53,8 @@ def test_report_is_written_with_targets_tables_and_timings(tmp_path):
                             "trainer": {"total_steps": 1_200_000}})
     path, checks = demo.write_report(str(tmp_path), cfg, {"train": 400.0, "evaluate": 60.0})
     report = open(path).read()
-    assert report.count("✅") == 4 and "❌" not in report
-    assert "| sampled | 0.93 ± 0.01 | 0.62 ± 0.01 |" in report
+    assert report.count("✅") == 5 and "❌" not in report
+    assert "| sampled | 0.97 ± 0.01 | 0.62 ± 0.01 | 0.35 ± 0.01 |" in report
     assert "0.44 → 0.23" in report and "total (after installation): 460 s" in report
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     assert not (tmp_path / "report.md.tmp").exists()

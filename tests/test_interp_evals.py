@@ -14,7 +14,7 @@ import yaml
 from evals import cli as shardlab
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EVALS = ("probes", "activation_patching", "causal_scrubbing", "jacobian_svd", "relu_ablation")
+EVALS = ("probes", "activation_patching", "causal_scrubbing", "jacobian_svd", "saliency_pca", "relu_ablation")
 SUITE = """
 seed: 1
 evals:
@@ -24,6 +24,7 @@ evals:
     min_logit_gap: 0.0
     layers: [embedder.block2.res1.resadd_out, embedder.block2.res1.relu1_out]
     channel_layers: [embedder.block2.res1.resadd_out]
+    channel_mazes: 8
   causal_scrubbing:
     inputs: 8
     resamples: 1
@@ -33,9 +34,10 @@ evals:
       cheese:
         - {layer: embedder.block2.res1.resadd_out, features: [cheese_location], channels: [0, 1]}
   jacobian_svd: {mazes: 4, layers: [embedder.block2.res1.resadd_out]}
+  saliency_pca: {mazes: 4, layers: [embedder.block2.res1.resadd_out]}
   relu_ablation: {mazes: 8, relus: [embedder.block1.res1.relu1_out, embedder.relufc_out]}
 thresholds:
-  activation_patching.layer/block2.res1.resadd_out: {min: 0.999999, max: 1.000001}
+  activation_patching.control/whole_layer/block2.res1.resadd_out: {min: 0.999999, max: 1.000001}
   causal_scrubbing.everything/kl/loss_recovered: {min: 1.0, max: 1.0}
 """
 
@@ -51,7 +53,7 @@ def _suite(tmp_path, text: str) -> str:
     return str(path)
 
 
-def test_all_five_evals_run_through_shardlab_eval(checkpoint, tmp_path):
+def test_every_interp_eval_runs_through_shardlab_eval(checkpoint, tmp_path):
     out = tmp_path / "out"
     assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out)]) == 0
     document = json.loads((out / "results.json").read_text())
@@ -69,7 +71,7 @@ def test_all_five_evals_run_through_shardlab_eval(checkpoint, tmp_path):
         assert selectivity == pytest.approx(values["accuracy"] - values["shuffled"])
     assert ("probes", "conv/relufc_out/accuracy") not in rows  # no positions to fold in a flat layer
     assert rows[("activation_patching", "pairs_used")] == 6
-    assert rows[("activation_patching", "layer/block2.res1.resadd_out")] == pytest.approx(1.0, abs=1e-6)
+    assert rows[("activation_patching", "control/whole_layer/block2.res1.resadd_out")] == pytest.approx(1.0, abs=1e-6)
     assert ("activation_patching", "channel/block2.res1.resadd_out/max") in rows
     assert rows[("causal_scrubbing", "everything/kl/scrubbed")] == 0
     assert rows[("causal_scrubbing", "everything/nll/mean_abs_change")] == 0
@@ -93,7 +95,7 @@ def test_the_interp_suite_lists_every_eval_with_a_valid_config():
 
 
 @pytest.mark.parametrize("config", ["probes: {test_fraction: 1.5}", "activation_patching: {mouse: random}",
-                                    "jacobian_svd: {action: jump}", "relu_ablation: {relus: [embedder.fc]}",
+                                    "jacobian_svd: {top_k: 9}", "relu_ablation: {relus: [embedder.fc]}",
                                     "causal_scrubbing: {hypotheses: {h: [{layer: embedder.fc, features: [colour]}]}}"])
 def test_bad_configs_exit_2_with_one_line(checkpoint, tmp_path, capsys, config):
     suite = _suite(tmp_path, f"evals:\n  {config}\n")

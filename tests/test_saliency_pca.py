@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from evals.vector_field import FOLDED_ACTIONS
 from evals.saliency_pca import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
 from models.hooks import add, hooked
 from models.impala import ImpalaPolicy
@@ -79,3 +80,13 @@ def test_spectrum_and_effective_rank():
     rank_one = torch.outer(torch.arange(1.0, 5.0), torch.randn(7, generator=generator)).double()
     assert effective_rank(spectrum(rank_one)[0]) == pytest.approx(1.0, abs=1e-9)
     assert effective_rank(torch.ones(4, dtype=torch.float64)) == pytest.approx(4.0)
+
+
+def test_greedy_target_is_the_most_likely_folded_move():
+    # raw argmax: up (0.3); folded: right (3 × 0.2)
+    probs = torch.tensor([[0.0, 0.0, 0.0, 0.05, 0.05, 0.3, 0.2, 0.2, 0.2] + [0.0] * 6]) + 1e-9
+    logits = probs.log()
+    chosen = chosen_actions(logits, "greedy")
+    assert chosen.tolist() == [FOLDED_ACTIONS.index("right")]
+    expected = torch.logsumexp(logits[:, [6, 7, 8]], -1)
+    torch.testing.assert_close(target_logits(logits, "greedy", chosen), expected)

@@ -10,7 +10,7 @@ from torch import nn
 
 from models.weights import WeightsError, load_policy_weights
 from trainers.checkpointing import CheckpointError, load_checkpoint
-from trainers.config import build_config
+from trainers.config import ConfigError, build_config, load_config
 from trainers.kinds import get_kind
 
 
@@ -23,6 +23,24 @@ class Trained:
     model: nn.Module
     steps: int  # in the kind's progress unit (env steps for PPO)
     path: str
+
+
+ORACLE_PREFIX = "oracle:"
+
+
+def load_oracle(spec: str, config: str | os.PathLike | DictConfig) -> Trained:
+    """A scripted maze policy (``envs.maze_oracles``) as a Trained, with the training config of
+    ``config`` (a recipe path or a resolved config) saying which mazes it plays."""
+    from envs.maze_oracles import make_oracle
+
+    if not isinstance(config, DictConfig):
+        config = load_config(config)
+    if config.algo != "ppo":
+        raise ConfigError(f"scripted policies play procgen mazes; recipe {config.name!r} has algo {config.algo!r}")
+    if config.env.obs != "grid":
+        raise ConfigError("scripted policies read the grid observation; use a recipe with env.obs: grid "
+                          "(or override env.obs=grid)")
+    return Trained("ppo_maze", config, make_oracle(spec).eval(), 0, ORACLE_PREFIX + spec)
 
 
 def load_trained(path: str | os.PathLike) -> Trained:
