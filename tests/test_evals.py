@@ -15,6 +15,7 @@ from evals import cli as shardlab
 from evals import registry
 from evals.results import SCHEMA_VERSION
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ import yaml
 
 from evals import cli as shardlab
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVALS = ("probes", "activation_patching", "causal_scrubbing", "jacobian_svd", "saliency_pca", "relu_ablation")
 SUITE = """
