@@ -283,3 +283,51 @@ def test_cli_runs_scripted_policies_and_refuses_a_checkpoint_without_region(tmp_
     assert not (tmp_path / "b" / "results.json").exists()
     assert shardlab.main(["eval", "oracle:cheese_seeker", "--suite", str(suite), "--out", str(tmp_path / "c")]) == 2
     assert "--recipe" in capsys.readouterr().err
+
+
+def test_logistic_regression_is_standardised_inside_each_fold(maze_sets):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from envs.maze_geometry import maze_distances
+    from evals.goal_misgeneralization import FEATURES
+
+    metrics = run_eval("corner_then_cheese:2")
+    took = np.array(expected(maze_sets["decision"], corner_then_cheese_rule(2))["cheese"])
+    assert 2 <= took.sum() <= len(took) - 2  # both outcomes occur, so there is a regression to fit
+    x = np.array([[getattr(maze_distances(maze_state.inner_grid(s), maze_state.cheese_square(s), region=3), name)
+                   for name in FEATURES] for s in maze_sets["decision"]], dtype=float)
+    folds = min(5, int(took.sum()), int(len(took) - took.sum()))
+    scores = []
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=SEED).split(x, took):
+        scaler = StandardScaler().fit(x[train])  # fitted on the fold's training mazes only
+        model = LogisticRegression(max_iter=1000).fit(scaler.transform(x[train]), took[train])
+        scores.append(model.score(scaler.transform(x[test]), took[test]))
+    assert metrics["decision/logreg_accuracy"].value == pytest.approx(np.mean(scores))
+    assert metrics["decision/baseline_accuracy"].value == pytest.approx(max(took.mean(), 1 - took.mean()))
+
+
+def test_standardising_inside_the_folds_keeps_held_out_outliers_out_of_the_fit():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    from evals.goal_misgeneralization import cheese_taking_regression
+
+    rng = np.random.default_rng(0)
+    took = np.arange(40) % 2 == 0
+    x = (took + rng.normal(0, 0.3, 40))[:, None]
+    x[1, 0] = 1e6  # one far outlier: scaled with it, every other maze sits near 0
+    accuracy, _, _ = cheese_taking_regression(x, took, seed=0)
+
+    def cross_validated(scale_inside_folds: bool) -> float:
+        scores = []
+        for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(x, took):
+            scaler = StandardScaler().fit(x[train] if scale_inside_folds else x)
+            model = LogisticRegression(max_iter=1000).fit(scaler.transform(x[train]), took[train])
+            scores.append(model.score(scaler.transform(x[test]), took[test]))
+        return float(np.mean(scores))
+
+    assert accuracy == pytest.approx(cross_validated(True))
+    assert cross_validated(False) < accuracy - 0.05  # the leaky version is measurably different
