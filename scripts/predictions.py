@@ -147,7 +147,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", help="output folder (one subfolder per checkpoint)")
     parser.add_argument("--limit", type=int, help="cap mazes per eval (a quick look, not the published sizes)")
     parser.add_argument("--suite", default=SUITE)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = [a for a in args.checkpoints if "=" in a]
     checkpoints = [a for a in args.checkpoints if "=" not in a]
     paths = list(args.results or [])
