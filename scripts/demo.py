@@ -84,10 +84,11 @@ def targets(rows: dict) -> list[tuple[str, str, bool]]:
     change, random_change = value("steering.cheese_vector/p_cheese/change"), value(
         "steering.cheese_vector/random/p_cheese/change")
     before, after = value("steering.original/p_cheese/median"), value("steering.cheese_vector/p_cheese/median")
-    checks.append(("subtracting the cheese vector lowers P(cheese-ward move) at the decision square at least twice "
-                   "as much as a random vector of equal norm",
+    # the effect is the size of the mean paired change, whichever way the random vector moves it
+    checks.append(("subtracting the cheese vector lowers P(cheese-ward move) at the decision square, by at least "
+                   "twice the size of a random vector's effect (equal norm)",
                    f"mean change {change:+.3f} vs {random_change:+.3f} (median {before:.2f} → {after:.2f}; "
-                   "published 0.81 → 0.03)", change < 0 and change <= 2 * min(random_change, 0.0)))
+                   "published 0.81 → 0.03)", change < 0 and abs(change) >= 2 * abs(random_change)))
     return checks
 
 

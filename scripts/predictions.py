@@ -1,6 +1,6 @@
 """The published predictions about the maze policy, answered for shardlab checkpoints.
 
-    python scripts/predictions.py CKPT [CKPT ...] --out DIR [--limit N] [EVAL.KEY=VALUE ...]
+    python scripts/predictions.py CKPT [CKPT ...] --out DIR [--limit N] [--no-progress] [EVAL.KEY=VALUE ...]
     python scripts/predictions.py --results A/results.json B/results.json   # table only
 
 Runs ``configs/evals/predictions.yaml`` on each checkpoint (into DIR/<n>/) and prints one
@@ -147,6 +147,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", help="output folder (one subfolder per checkpoint)")
     parser.add_argument("--limit", type=int, help="cap mazes per eval (a quick look, not the published sizes)")
     parser.add_argument("--suite", default=SUITE)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay short)")
     args = parser.parse_intermixed_args(argv)
     overrides = [a for a in args.checkpoints if "=" in a]
     checkpoints = [a for a in args.checkpoints if "=" not in a]
@@ -158,7 +159,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         for index, checkpoint in enumerate(checkpoints):
             out = os.path.join(args.out, str(index))
-            if run_suite(checkpoint, args.suite, out, limit=args.limit, overrides=overrides) == EXIT_BAD_INPUT:
+            code = run_suite(checkpoint, args.suite, out, limit=args.limit, overrides=overrides,
+                             progress=not args.no_progress)
+            if code == EXIT_BAD_INPUT:
                 return 2
             paths.append(os.path.join(out, "results.json"))
     if not paths:

@@ -39,6 +39,10 @@ def test_targets_are_checked_against_the_measured_values():
              "goal_misgeneralization.gap/p_cheese": 0.15, "steering.cheese_vector/p_cheese/change": -0.09}
     assert [met for _, _, met in demo.targets({k: {"value": v} for k, v in worse.items()})] == [
         True, False, False, True, False]  # the cheese vector's effect is under twice the random one's
+    # a random vector that raises P(cheese-ward) counts by its size too
+    sideways = {**MEASURED, "steering.cheese_vector/p_cheese/change": -0.04,
+                "steering.cheese_vector/random/p_cheese/change": 0.04}
+    assert not demo.targets({k: {"value": v} for k, v in sideways.items()})[-1][2]
     # a missing metric is a miss, not a crash
     assert not any(met for _, _, met in demo.targets({}))
 
@@ -49,7 +53,7 @@ def test_report_is_written_with_targets_tables_and_timings(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(
         json.dumps({"env_steps": 8192 * i, "episode/return": i, "episode/cheese_rate": 0.1 * i,
                     "episode/length": 100 - i}) + "\n" for i in range(1, 6)))
-    cfg = OmegaConf.create({"model": {"scale": 1}, "env": {"max_maze_size": 7, "rand_region": 3},
+    cfg = OmegaConf.create({"model": {"scale": 1}, "env": {"max_maze_size": 7, "rand_region": 2},
                             "trainer": {"total_steps": 1_200_000}})
     path, checks = demo.write_report(str(tmp_path), cfg, {"train": 400.0, "evaluate": 60.0})
     report = open(path).read()

@@ -25,7 +25,7 @@ from models.impala import preprocess
 from trainers.config import load_config
 from trainers.restore import load_oracle
 
-RECIPE = "configs/train/maze_demo.yaml"  # grid observation, mazes up to 7×7, cheese region 3
+RECIPE = "configs/train/maze_demo.yaml"  # grid observation, mazes up to 7×7, a small cheese region
 pytestmark = pytest.mark.usefixtures("one_thread")
 MAZES, SEED, HORIZON = 24, 5, 500  # HORIZON: procgen maze's time limit
 STEPS = {(-1, 0), (1, 0), (0, -1), (0, 1)}
@@ -104,7 +104,8 @@ def uniform_walk(state: bytes) -> tuple[float, float]:
             seen[k] += fresh[k]
             fresh[k] = 0.0
         fresh[c] = seen[c] = 0.0
-    return p_cheese, p_corner
+    # a cheese on the corner square: reaching it is visiting the corner
+    return p_cheese, (p_cheese if corner == cheese else p_corner)
 
 
 # -- the policies themselves -------------------------------------------------------------------
@@ -179,7 +180,7 @@ def maze_sets() -> dict:
     decision = eval_mazes(MAZES, SEED + 1, cheese="anywhere", region=region, max_size=size,
                           require_decision_square=True, mode="easy")
     return {"outside": [m.state for m in outside], "inside": in_region_twins(outside, region, SEED),
-            "decision": [m.state for m in decision], "sizes": [m.maze_dim for m in outside]}
+            "decision": [m.state for m in decision], "sizes": [m.maze_dim for m in outside], "region": region}
 
 
 def expected(states: list[bytes], rule) -> dict:
@@ -246,11 +247,11 @@ def test_paired_layouts_share_walls_and_start_with_the_cheese_in_the_region(maze
         assert np.array_equal(maze_state.inner_grid(outside) == maze_state.WALL,
                               maze_state.inner_grid(inside) == maze_state.WALL)
         assert maze_state.mouse_square(outside) == maze_state.mouse_square(inside) == (0, 0)
-        size = maze_state.layout(inside).maze_dim
+        size, region = maze_state.layout(inside).maze_dim, maze_sets["region"]
         x, y = maze_state.cheese_square(inside)
-        assert min(x, y) >= size - 3 and (x, y) != (0, 0)  # in the top-right 3×3
+        assert min(x, y) >= size - region and (x, y) != (0, 0)  # in the top-right region
         x, y = maze_state.cheese_square(outside)
-        assert min(x, y) < size - 3
+        assert min(x, y) < size - region
 
 
 def test_region_comes_from_the_checkpoint_exactly(tmp_path):
@@ -274,7 +275,9 @@ def test_cli_runs_scripted_policies_and_refuses_a_checkpoint_without_region(tmp_
     assert shardlab.main(["eval", "oracle:cheese_seeker", "--recipe", RECIPE, "--suite", str(suite),
                           "--out", str(tmp_path / "a"), "--no-progress"]) == 0
     recipe = tmp_path / "anywhere.yaml"
-    recipe.write_text(open(RECIPE).read().replace("rand_region: 3", "rand_region: null"))
+    text = open(RECIPE).read()
+    assert "rand_region: 2" in text
+    recipe.write_text(text.replace("rand_region: 2", "rand_region: null"))
     capsys.readouterr()
     assert shardlab.main(["eval", "oracle:cheese_seeker", "--recipe", str(recipe), "--suite", str(suite),
                           "--out", str(tmp_path / "b"), "--no-progress"]) == 2
@@ -296,7 +299,7 @@ def test_logistic_regression_is_standardised_inside_each_fold(maze_sets):
     metrics = run_eval("corner_then_cheese:2")
     took = np.array(expected(maze_sets["decision"], corner_then_cheese_rule(2))["cheese"])
     assert 2 <= took.sum() <= len(took) - 2  # both outcomes occur, so there is a regression to fit
-    x = np.array([[getattr(maze_distances(maze_state.inner_grid(s), maze_state.cheese_square(s), region=3), name)
+    x = np.array([[getattr(maze_distances(maze_state.inner_grid(s), maze_state.cheese_square(s), region=maze_sets["region"]), name)
                    for name in FEATURES] for s in maze_sets["decision"]], dtype=float)
     folds = min(5, int(took.sum()), int(len(took) - took.sum()))
     scores = []
