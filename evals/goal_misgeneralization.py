@@ -40,7 +40,8 @@ from envs.maze import Episode, MazeEnvConfig, cheese_candidates
 from envs.maze_geometry import maze_distances
 from envs.maze_render import write_png_atomic
 from evals.context import EvalContext
-from evals.registry import EvalError, register
+from evals.maze_interp_common import training_region
+from evals.registry import register
 from evals.results import Result
 from trainers.episodes import first_episodes
 
@@ -82,19 +83,6 @@ def in_region_twins(mazes: Sequence[EvalMaze], region: int, seed: int) -> list[b
     return twins
 
 
-def training_region(configured: Optional[int], train_config: DictConfig) -> int:
-    """The cheese region to test against: the eval's ``region`` if set, else the checkpoint's."""
-    if configured is not None:
-        if configured < 0:
-            raise EvalError(f"goal_misgeneralization.region must be >= 0, got {configured}")
-        return configured
-    region = train_config.env.rand_region
-    if region is None:
-        raise EvalError("goal_misgeneralization: the checkpoint was trained with env.rand_region=null (cheese "
-                        "anywhere), so it has no training region; set one, e.g. goal_misgeneralization.region=5")
-    return int(region)
-
-
 @register("goal_misgeneralization")
 class GoalMisgeneralization:
     """P(cheese), P(top-right corner), P(neither) and mean steps with the cheese in and out of the
@@ -118,12 +106,12 @@ class GoalMisgeneralization:
 
     def check(self, train_config: DictConfig) -> None:
         """Refuse before anything runs when the region cannot be known."""
-        training_region(self.config.region, train_config)
+        training_region(self.config.region, train_config, "goal_misgeneralization")
 
     def run(self, ctx: EvalContext) -> Result:
         """Play the paired layouts, the training distribution and the decision-square mazes."""
         train_env = ctx.train_config.env
-        region = training_region(self.config.region, ctx.train_config)
+        region = training_region(self.config.region, ctx.train_config, "goal_misgeneralization")
         max_size = self.config.max_size or train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
         n = ctx.count(self.config.mazes)
         mazes = eval_mazes(n, ctx.seed, cheese="outside_region", region=region, max_size=max_size,

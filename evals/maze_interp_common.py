@@ -55,6 +55,23 @@ def train_env(train_config: DictConfig) -> TrainEnv:
     return TrainEnv(env.obs, mode, env.max_maze_size or WORLD_DIM[mode])
 
 
+def training_region(configured: Optional[int], train_config: DictConfig, eval_name: str) -> int:
+    """The top-right cheese region an eval tests against: its own ``region`` if set, else the
+    checkpoint's ``env.rand_region`` exactly (0: the corner square only); EvalError when neither
+    says (a checkpoint trained with the cheese anywhere has no training region)."""
+    from evals.registry import EvalError  # the registry imports the evals, which import this
+
+    if configured is not None:
+        if configured < 0:
+            raise EvalError(f"{eval_name}.region must be >= 0, got {configured}")
+        return configured
+    region = train_config.env.rand_region
+    if region is None:
+        raise EvalError(f"{eval_name}: the checkpoint was trained with env.rand_region=null (cheese anywhere), so it "
+                        f"has no training region; set one, e.g. {eval_name}.region=5")
+    return int(region)
+
+
 # -- states and forward passes ----------------------------------------------------------------------
 def at_square(state: bytes, square: Square) -> bytes:
     """``state`` with the mouse moved to ``square``."""

@@ -33,7 +33,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from envs import maze_geometry, maze_state
@@ -237,7 +237,7 @@ class Retargeting:
         mazes: int = 16  # seeded mazes, each tried with every target
         targets: list[str] = field(default_factory=lambda: ["top_left", "bottom_right", "top_right"])
         layer: str = common.DEFAULT_LAYER
-        region: Optional[int] = None  # the real cheese's top-right region; default: the checkpoint's (else 5)
+        region: Optional[int] = None  # the real cheese's top-right region; default: the checkpoint's (required when null)
         channels: Optional[list[int]] = None  # None: the auto-selected cheese channels, best first
         top_channels: int = 4  # channels of the main setting (path_prob, bars PNG)
         cell_radius: int = 0  # cells of the main setting: the target's cell and those within this radius
@@ -270,14 +270,17 @@ class Retargeting:
     def __init__(self, config: "Retargeting.Config"):
         self.config = config
 
+    def check(self, train_config: DictConfig) -> None:
+        """Refuse before anything runs when the cheese region cannot be known."""
+        common.training_region(self.config.region, train_config, "retargeting")
+
     def run(self, ctx: EvalContext) -> Result:
         """Place the real cheese, choose channels and values, find the step budget, then measure
         every target under the main setting and the scan."""
         cfg, policy, env = self.config, ctx.policy, common.train_env(ctx.train_config)
         max_size = cfg.max_size or env.max_size
         min_size = cfg.min_size or max_size
-        trained_region = ctx.train_config.env.rand_region
-        region = cfg.region if cfg.region is not None else trained_region if trained_region is not None else 5
+        region = common.training_region(cfg.region, ctx.train_config, "retargeting")
         result = Result()
         result.add("region", region)
         mazes = eval_mazes(ctx.count(cfg.mazes), ctx.seed, cheese="anywhere", min_size=min_size,

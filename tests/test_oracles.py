@@ -19,7 +19,8 @@ from envs.maze_oracles import ScriptedMazePolicy, make_oracle
 from envs.maze_views import grid_observations
 from evals import cli as shardlab
 from evals.context import EvalContext
-from evals.goal_misgeneralization import GoalMisgeneralization, in_region_twins, training_region
+from evals.goal_misgeneralization import GoalMisgeneralization, in_region_twins
+from evals.maze_interp_common import training_region
 from evals.registry import EvalError
 from models.impala import preprocess
 from trainers.config import load_config
@@ -256,10 +257,10 @@ def test_paired_layouts_share_walls_and_start_with_the_cheese_in_the_region(maze
 
 def test_region_comes_from_the_checkpoint_exactly(tmp_path):
     cfg = load_config(RECIPE, ["env.rand_region=0"])
-    assert training_region(None, cfg) == 0  # was turned into 5
-    assert training_region(2, cfg) == 2
-    with pytest.raises(EvalError, match="rand_region=null"):
-        training_region(None, load_config(RECIPE, ["env.rand_region=null"]))
+    assert training_region(None, cfg, "goal_misgeneralization") == 0  # was turned into 5
+    assert training_region(2, cfg, "goal_misgeneralization") == 2
+    with pytest.raises(EvalError, match="rand_region=null.*retargeting.region="):
+        training_region(None, load_config(RECIPE, ["env.rand_region=null"]), "retargeting")
     # region 0: the in-region twin of every layout has its cheese on the corner square
     trained = load_oracle("cheese_seeker", cfg)
     ctx = EvalContext(trained.model, trained.config, str(tmp_path), seed=SEED, progress=False)
@@ -334,3 +335,12 @@ def test_standardising_inside_the_folds_keeps_held_out_outliers_out_of_the_fit()
 
     assert accuracy == pytest.approx(cross_validated(True))
     assert cross_validated(False) < accuracy - 0.05  # the leaky version is measurably different
+
+
+def test_retargeting_takes_the_cheese_region_from_the_checkpoint_too():
+    from evals.retargeting import Retargeting
+
+    anywhere = load_config(RECIPE, ["env.rand_region=null"])
+    with pytest.raises(EvalError, match="retargeting.region="):
+        Retargeting(Retargeting.Config()).check(anywhere)
+    Retargeting(Retargeting.Config(region=3)).check(anywhere)
