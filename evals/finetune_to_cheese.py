@@ -5,9 +5,9 @@ The checkpoint's own training config is reused with the cheese placed anywhere (
 placement, the same maze sizes) and a constant learning rate; the out-of-region P(cheese) is
 measured on fixed seeded selection mazes before fine-tuning and every ``eval_every`` env steps.
 ``steps_to_target`` is the first of those points where the selection mazes reach ``target``; the
-weights at that point are then measured on a second, confirmation set of mazes (another seed, and
-no maze layout shared with the selection set), so the reported compute fraction is not judged on
-the mazes that chose it: ``confirmation/at_steps_to_target/p_cheese`` and ``confirmed``.
+weights at that point are then measured on a second, confirmation set of mazes (no maze layout
+shared with the selection set, the same mix of maze sizes), so the reported compute fraction is
+not judged on the mazes that chose it: ``confirmation/at_steps_to_target/p_cheese`` and ``confirmed``.
 """
 
 from __future__ import annotations
@@ -90,18 +90,32 @@ def layout_key(maze: EvalMaze) -> tuple[int, bytes]:
     return maze.maze_dim, (maze_state.inner_grid(maze.state) == maze_state.WALL).tobytes()
 
 
-def disjoint_mazes(n: int, seed: int, exclude: list[EvalMaze], **filters) -> list[EvalMaze]:
-    """The first ``n`` mazes of ``eval_mazes(..., seed, **filters)`` whose layout is not one of
-    ``exclude``'s (drawing more until ``n`` are left); RuntimeError if too few layouts remain."""
-    taken = {layout_key(m) for m in exclude}
-    draw = 2 * n
+def split_by_layout(n_select: int, n_confirm: int, seed: int, **filters) -> tuple[list[EvalMaze], list[EvalMaze]]:
+    """Selection and confirmation mazes from one pool of ``eval_mazes(..., seed, **filters)`` with
+    no layout on both sides (drawing more until both are full); RuntimeError if too few layouts.
+
+    Every layout goes to one side, and within each maze size the layouts alternate between the
+    sides in proportion to the sizes asked for, so both sides keep the pool's mix of maze sizes
+    (skipping the selection set's layouts in a second draw would leave mostly the large mazes,
+    whose layouts rarely repeat, and make the confirmation set harder)."""
+    share = n_select / (n_select + n_confirm)
+    draw = 2 * (n_select + n_confirm)
     while True:
-        kept = [m for m in eval_mazes(draw, seed, **filters) if layout_key(m) not in taken][:n]
-        if len(kept) == n:
-            return kept
-        if draw >= 64 * max(n, 1):
-            raise RuntimeError(f"only {len(kept)} of {n} confirmation mazes have layouts outside the selection "
-                               f"set in {draw} draws; the maze filters allow too few layouts")
+        selection, confirmation = [], []
+        side: dict[tuple[int, bytes], bool] = {}
+        layouts, selected = Counter(), Counter()  # per maze size
+        for maze in eval_mazes(draw, seed, **filters):
+            key = layout_key(maze)
+            if key not in side:
+                layouts[maze.maze_dim] += 1
+                side[key] = selected[maze.maze_dim] < math.floor(share * layouts[maze.maze_dim] + 0.5)
+                selected[maze.maze_dim] += side[key]
+            (selection if side[key] else confirmation).append(maze)
+        if len(selection) >= n_select and len(confirmation) >= n_confirm:
+            return selection[:n_select], confirmation[:n_confirm]
+        if draw >= 64 * (n_select + n_confirm):
+            raise RuntimeError(f"only {len(selection)} selection and {len(confirmation)} confirmation mazes with "
+                               f"separate layouts in {draw} draws; the maze filters allow too few layouts")
         draw *= 2
 
 
@@ -119,7 +133,7 @@ class FinetuneToCheese:
         target: float = 0.9  # out-of-region P(cheese) that counts as a cheese-seeker
         eval_every: int = 100_000  # env steps between test-maze evaluations
         eval_mazes: int = 100  # selection mazes: the curve and steps_to_target
-        confirm_mazes: Optional[int] = None  # confirmation mazes (other seed, disjoint layouts); default eval_mazes
+        confirm_mazes: Optional[int] = None  # confirmation mazes (no layout shared with the selection set); default eval_mazes
         reward: str = "cheese"  # cheese: +10 at the cheese; avoid_cheese: −10 at the cheese
         lr: Optional[float] = None  # default: the checkpoint's ppo.lr, held constant
         stop_at_target: bool = True
@@ -157,10 +171,12 @@ class FinetuneToCheese:
         region = train_env.rand_region if train_env.rand_region is not None else 5
         max_size = train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
         filters = dict(cheese="outside_region", region=region, max_size=max_size, mode=train_env.distribution_mode)
-        mazes = eval_mazes(ctx.count(c.eval_mazes), ctx.seed, **filters)
         seeking = c.reward == "cheese"
-        confirm_count = ctx.count(c.confirm_mazes if c.confirm_mazes is not None else c.eval_mazes)
-        confirm_set = disjoint_mazes(confirm_count, ctx.seed + 1, mazes, **filters) if seeking else []
+        if seeking:
+            confirm_count = ctx.count(c.confirm_mazes if c.confirm_mazes is not None else c.eval_mazes)
+            mazes, confirm_set = split_by_layout(ctx.count(c.eval_mazes), confirm_count, ctx.seed, **filters)
+        else:
+            mazes, confirm_set = eval_mazes(ctx.count(c.eval_mazes), ctx.seed, **filters), []
         curve: list[CurvePoint] = []
         confirmation: dict[str, CurvePoint] = {}  # initial, at_steps_to_target, final
 

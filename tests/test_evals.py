@@ -242,27 +242,27 @@ def test_relative_weight_change_per_layer():
 
 
 def test_finetune_confirmation_mazes_share_no_layout_with_the_selection_mazes():
-    """3×3 mazes have four layouts, so two seeded sets of three nearly always share one; the
-    confirmation set is drawn from another seed and skips the selection set's layouts."""
+    """No layout on both sides, and both sides keep the pool's mix of maze sizes (a confirmation
+    set that merely skipped the selection set's layouts would lose most of the small mazes)."""
+    from collections import Counter
+
     from envs import maze_state
     from envs.eval_mazes import eval_mazes
-    from evals.finetune_to_cheese import disjoint_mazes
+    from evals.finetune_to_cheese import split_by_layout
 
-    filters = dict(cheese="outside_region", region=1, min_size=3, max_size=3, mode="hard")
-    selection = eval_mazes(3, 0, **filters)
-    confirmation = disjoint_mazes(3, 1, selection, **filters)
-    walls = lambda maze: (maze_state.inner_grid(maze.state) == maze_state.WALL).tobytes()
+    filters = dict(cheese="outside_region", region=2, min_size=3, max_size=7, mode="easy")
+    selection, confirmation = split_by_layout(40, 40, 0, **filters)
+    walls = lambda maze: (maze.maze_dim, (maze_state.inner_grid(maze.state) == maze_state.WALL).tobytes())
+    assert len(selection) == len(confirmation) == 40
     assert not {walls(m) for m in selection} & {walls(m) for m in confirmation}
-    assert len(confirmation) == 3 and all(m.seed == 1 for m in confirmation)
-    # the confirmation mazes are eval_mazes(seed 1)'s own mazes, in order, minus the shared layouts
-    seed_1 = eval_mazes(24, 1, **filters)
-    assert {walls(m) for m in selection} & {walls(m) for m in seed_1[:3]}  # a plain second seed overlaps
-    drawn = [m.state for m in seed_1 if walls(m) not in {walls(s) for s in selection}]
-    assert [m.state for m in confirmation] == drawn[:3]
-    everything = selection + seed_1
-    assert len({walls(m) for m in everything}) == 4  # every 3×3 layout
-    with pytest.raises(RuntimeError, match="layouts"):
-        disjoint_mazes(1, 2, everything, **filters)
+    pool = eval_mazes(160, 0, **filters)
+    assert {m.state for m in selection + confirmation} <= {m.state for m in pool}
+    # 3×3 mazes have four layouts: two go to each side
+    small = lambda mazes: {walls(m) for m in mazes if m.maze_dim == 3}
+    assert len(small(selection)) == len(small(confirmation)) == 2
+    sizes = lambda mazes: Counter(m.maze_dim for m in mazes)
+    for size in (3, 5, 7):
+        assert abs(sizes(selection)[size] - sizes(confirmation)[size]) <= 8, (sizes(selection), sizes(confirmation))
 
 
 def test_finetune_result_reports_the_selected_step_and_its_confirmation(tmp_path):
@@ -313,9 +313,11 @@ def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, monkeypatch, reward
     assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(out), "--no-progress"]) == 0
     document = json.loads((out / "results.json").read_text())
     rows = {row["name"]: row["value"] for row in document["results"]}
-    # the curve plays the selection mazes (seed 1); with the cheese reward the confirmation mazes
-    # (seed 2, no shared layout) are played before fine-tuning and after it
-    selection = [m.state for m in eval_mazes(4, 1, cheese="outside_region", region=5, max_size=9, mode="easy")]
+    # the curve plays the selection mazes; with the cheese reward the confirmation mazes (no shared
+    # layout) are played before fine-tuning and after it
+    filters = dict(cheese="outside_region", region=5, max_size=9, mode="easy")
+    selection = [m.state for m in (finetune_to_cheese.split_by_layout(4, 4, 1, **filters)[0] if reward == "cheese"
+                                   else eval_mazes(4, 1, **filters))]
     walls = lambda state: (maze_state.inner_grid(state) == maze_state.WALL).tobytes()
     curve_plays = [states for states in played if states == selection]
     assert len(curve_plays) == 3
