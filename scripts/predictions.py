@@ -140,6 +140,14 @@ def read_rows(path: str) -> Rows:
         return {f"{r['eval']}.{r['name']}": r for r in json.load(handle)["results"]}
 
 
+def _label(path: str) -> str:
+    """A column name for a results file: its folder, with the parent when the folder is a number
+    (this script's own DIR/<n>/results.json)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(folder)
+    return f"{os.path.basename(os.path.dirname(folder))}/{name}" if name.isdigit() else name
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="*", help="checkpoints to evaluate, or EVAL.KEY=VALUE overrides")
@@ -167,7 +175,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not paths:
         parser.error("give checkpoints (with --out) or --results")
     try:
-        results = [(os.path.basename(os.path.dirname(os.path.abspath(p))) or p, read_rows(p)) for p in paths]
+        results = [(_label(p), read_rows(p)) for p in paths]
     except (OSError, ValueError, KeyError) as exc:
         print(f"predictions: error: cannot read results: {exc}", file=sys.stderr)
         return 2
