@@ -33,11 +33,9 @@ from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes,
 from evals.maze_interp_common import new_panels, policy_input, save_figure, summarise, train_env
 from evals.registry import register
 from evals.results import Result
-from evals.saliency_pca import effective_rank
+from evals.saliency_pca import INPUT, effective_rank, output_gradients
 from evals.vector_field import FOLDED_ACTIONS
-from models.hooks import hooked
 
-INPUT = "input"
 MOVES = len(MOVE_GROUPS)  # rows 0-4 of a Jacobian: the folded moves; row 5: the value
 DEFAULT_LAYERS = ("embedder.block1.res2.resadd_out", "embedder.block2.res1.resadd_out",
                   "embedder.block3.res2.resadd_out")
@@ -51,28 +49,10 @@ def move_log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 def jacobians(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """Per-input Jacobians of (5 folded move log-probs, value) w.r.t. the input (``"input"``) and
-    each named activation: {name: (N, 6, ...)} (detached). The model must treat inputs
-    independently (no batch norm in train mode), so the gradient of a sum over the batch holds
-    every input's own row."""
-    layers = [name for name in names if name != INPUT]
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(name: str):
-        def edit(activation: torch.Tensor) -> torch.Tensor:
-            store[name] = activation  # the live tensor of the graph, not a detached copy
-            return activation
-        return edit
-
-    # autograd even when called under inference mode (the clone makes x a normal tensor)
-    with torch.inference_mode(False), torch.enable_grad(), hooked(model, edits={name: keep(name) for name in layers}):
-        x = x.clone().requires_grad_(INPUT in names)
-        logits, value = model(x)[:2]
-        outputs = torch.cat([move_log_probs(logits), value.reshape(len(x), 1)], 1)  # (N, 6)
-        wrt = [x] * (INPUT in names) + [store[name] for name in layers]
-        rows = [torch.autograd.grad(outputs[:, k].sum(), wrt, retain_graph=k < outputs.shape[1] - 1)
-                for k in range(outputs.shape[1])]
-    named = ([INPUT] if INPUT in names else []) + layers
-    return {name: torch.stack([row[i] for row in rows], 1).detach() for i, name in enumerate(named)}
+    each named activation: {name: (N, 6, ...)} (detached)."""
+    def moves_and_value(logits: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return torch.cat([move_log_probs(logits), value.reshape(len(logits), 1)], 1)  # (N, 6)
+    return output_gradients(model, x, names, moves_and_value)
 
 
 @dataclass

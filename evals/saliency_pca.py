@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -57,10 +57,12 @@ def chosen_actions(logits: torch.Tensor, action: Union[str, int]) -> torch.Tenso
     return torch.full((len(logits),), index, dtype=torch.long, device=logits.device)
 
 
-def gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], action: Union[str, int] = "greedy"
-              ) -> dict[str, torch.Tensor]:
-    """Per-input gradients of the target logit w.r.t. the input (``"input"``) and each named
-    activation, as {name: (N, ...)} tensors (float, detached)."""
+def output_gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str],
+                     outputs: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-input gradients of each column of ``outputs(logits, value)`` (N, K) w.r.t. the input
+    (``"input"``) and each named activation: {name: (N, K, ...)}, float, detached. Inputs must not
+    interact (no batch norm in train mode), so the gradient of a sum over the batch holds every
+    input's own row."""
     layers = [name for name in names if name != INPUT]
     store: dict[str, torch.Tensor] = {}
 
@@ -74,13 +76,22 @@ def gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], action: U
     with torch.inference_mode(False), torch.enable_grad(), hooked(model, edits={name: keep(name) for name in layers}):
         x = x.clone().requires_grad_(INPUT in names)
         out = model(x)
-        logits = out[0] if isinstance(out, (tuple, list)) else out
-        target = target_logits(logits, action, chosen_actions(logits.detach(), action))
+        logits, value = (out[0], out[1]) if isinstance(out, (tuple, list)) else (out, None)
+        columns = outputs(logits, value)
         wrt = [x] * (INPUT in names) + [store[name] for name in layers]
-        # inputs do not interact, so the gradient of the sum holds every input's own gradient
-        grads = torch.autograd.grad(target.sum(), wrt)
+        rows = [torch.autograd.grad(columns[:, k].sum(), wrt, retain_graph=k < columns.shape[1] - 1)
+                for k in range(columns.shape[1])]
     named = ([INPUT] if INPUT in names else []) + layers
-    return {name: grad.detach() for name, grad in zip(named, grads)}
+    return {name: torch.stack([row[i] for row in rows], 1).detach() for i, name in enumerate(named)}
+
+
+def gradients(model: nn.Module, x: torch.Tensor, names: Sequence[str], action: Union[str, int] = "greedy"
+              ) -> dict[str, torch.Tensor]:
+    """Per-input gradients of the target logit w.r.t. the input (``"input"``) and each named
+    activation, as {name: (N, ...)} tensors (float, detached)."""
+    def target(logits: torch.Tensor, value: Optional[torch.Tensor]) -> torch.Tensor:
+        return target_logits(logits, action, chosen_actions(logits.detach(), action))[:, None]
+    return {name: grad[:, 0] for name, grad in output_gradients(model, x, names, target).items()}
 
 
 def spectrum(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
