@@ -33,12 +33,10 @@ from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes,
 from evals.maze_interp_common import new_panels, policy_input, save_figure, summarise, train_env
 from evals.registry import register
 from evals.results import Result
-from evals.saliency_pca import INPUT, effective_rank, output_gradients
+from evals.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
 from evals.vector_field import FOLDED_ACTIONS
 
 MOVES = len(MOVE_GROUPS)  # rows 0-4 of a Jacobian: the folded moves; row 5: the value
-DEFAULT_LAYERS = ("embedder.block1.res2.resadd_out", "embedder.block2.res1.resadd_out",
-                  "embedder.block3.res2.resadd_out")
 
 
 def move_log_probs(logits: torch.Tensor) -> torch.Tensor:
