@@ -19,7 +19,9 @@ the distance, in world tiles, between the source maze's cheese and the steered m
 the (source, steered maze) pairs in that bin (n = pairs). The metric is the folded action probability of
 the first move of the shortest path from the decision square to the cheese (``p_cheese``) and to
 the inner top-right corner (``p_top_right``), reported as median and mean ± stderr over seeded
-mazes with a decision square, with the paired change against the unedited policy.
+mazes with a decision square, with the paired change against the unedited policy: in probability
+(``…/change``) and in log-probability (``…/log_change``, natural log), which still measures an
+edit where the policy is already nearly sure (P(cheese-ward) ~ 1e-6 cannot fall by 0.1).
 """
 
 from __future__ import annotations
@@ -112,6 +114,11 @@ def decision_probs(policy: torch.nn.Module, decisions: DecisionSet, obs: str, la
     probs = common.folded_probs(policy, decisions.states, obs, edits)
     rows = np.arange(len(decisions.states))
     return probs[rows, decisions.cheese_move], probs[rows, decisions.top_right_move]
+
+
+def log_probability(probs: np.ndarray) -> np.ndarray:
+    """Natural log of probabilities, floored at the smallest normal float32 (a softmax underflow)."""
+    return np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float32).tiny))
 
 
 @dataclass(frozen=True)
@@ -398,3 +405,8 @@ class Steering:
             if original is not None:
                 change = common.summarise(probs[position] - original[position])
                 result.add(f"{prefix}/{quantity}/change", change.mean, stderr=change.stderr, n=change.n)
+                # a sure policy sits on the floor of probability space (P ~ 1e-6 cannot fall 0.1);
+                # the log-probability change still shows what an edit does there
+                log_change = common.summarise(log_probability(probs[position]) - log_probability(original[position]))
+                result.add(f"{prefix}/{quantity}/log_change", log_change.mean, stderr=log_change.stderr,
+                           n=log_change.n)

@@ -83,12 +83,17 @@ def targets(rows: dict) -> list[tuple[str, str, bool]]:
          "(published GPU policy: 31%)", f"{corner_first:.1%}", corner_first >= 0.25)]
     change, random_change = value("steering.cheese_vector/p_cheese/change"), value(
         "steering.cheese_vector/random/p_cheese/change")
+    log_change, random_log_change = value("steering.cheese_vector/p_cheese/log_change"), value(
+        "steering.cheese_vector/random/p_cheese/log_change")
     before, after = value("steering.original/p_cheese/median"), value("steering.cheese_vector/p_cheese/median")
-    # the effect is the size of the mean paired change, whichever way the random vector moves it
-    checks.append(("subtracting the cheese vector lowers P(cheese-ward move) at the decision square, by at least "
-                   "twice the size of a random vector's effect (equal norm)",
-                   f"mean change {change:+.3f} vs {random_change:+.3f} (median {before:.2f} → {after:.2f}; "
-                   "published 0.81 → 0.03)", change < 0 and abs(change) >= 2 * abs(random_change)))
+    # measured in log-probability: at decision squares where the policy is already sure of the
+    # corner, P(cheese-ward) ~ 1e-6 has no room to fall in probability; the effect is the size of
+    # the mean paired change, whichever way the random vector moves it
+    checks.append(("subtracting the cheese vector lowers log P(cheese-ward move) at the decision square, by at "
+                   "least twice the size of a random vector's effect (equal norm)",
+                   f"mean change in log P {log_change:+.2f} vs {random_log_change:+.2f}; in P {change:+.3f} vs "
+                   f"{random_change:+.3f} (median P {before:.2g} → {after:.2g}; published 0.81 → 0.03)",
+                   log_change < 0 and abs(log_change) >= 2 * abs(random_log_change)))
     return checks
 
 

@@ -272,3 +272,29 @@ def test_transfer_grouped_by_cheese_distance_matches_a_hand_assignment(policy, m
 
 def test_bins_put_each_edge_in_the_bin_below():
     assert steering.bin_of(np.array([0.0, 2.0, 2.01, 4.0, 8.0, 8.5]), [2, 4, 8]).tolist() == [0, 0, 1, 1, 2, 3]
+
+
+def test_log_change_matches_a_plain_log_softmax(policy, mazes):
+    """``…/log_change`` is the mean paired change of log P(cheese-ward move), from log-softmax logits."""
+    decisions = steering.DecisionSet.of(mazes)
+    vectors = steering.cheese_vector(policy, mazes, "grid", LAYER)
+    original = steering.decision_probs(policy, decisions, "grid", LAYER)
+    steered = steering.decision_probs(policy, decisions, "grid", LAYER, vectors, -1.0)
+    result = Result()
+    steering.Steering._add(result, "cheese_vector", steered, original)
+    rows = {m.name: m for m in result.metrics}
+
+    def log_p_right(logits: torch.Tensor) -> np.ndarray:
+        return torch.logsumexp(torch.log_softmax(logits.double(), -1)[:, GROUPS[RIGHT]], -1).numpy()
+
+    before, _ = plain_forward(policy, decisions.states)
+    after, _ = plain_forward(policy, decisions.states, edit=lambda x: x - vectors)
+    expected = log_p_right(after) - log_p_right(before)
+    row = rows["cheese_vector/p_cheese/log_change"]
+    assert row.value == pytest.approx(expected.mean(), abs=1e-4) and row.n == len(mazes)
+    assert row.stderr == pytest.approx(expected.std(ddof=1) / np.sqrt(len(mazes)), abs=1e-4)
+
+
+def test_log_probability_floors_an_underflowed_softmax():
+    logs = steering.log_probability(np.array([0.5, 0.0]))
+    assert logs[0] == pytest.approx(np.log(0.5)) and np.isfinite(logs[1])
