@@ -27,8 +27,8 @@ from typing import Optional
 
 import numpy as np
 
-from envs import maze_geometry, maze_state
-from envs.maze import WORLD_DIM, ProcgenGym3Env
+from shardlab.envs import maze_geometry, maze_state
+from shardlab.envs.maze import WORLD_DIM, ProcgenGym3Env
 
 Square = tuple[int, int]
 QUADRANTS = ("top_left", "top_right", "bottom_left", "bottom_right")

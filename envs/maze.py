@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from envs import maze_build, maze_generate, maze_geometry, maze_state
+from shardlab.envs import maze_build, maze_generate, maze_geometry, maze_state
 
 # procgen imports the unmaintained gym, which prints a long notice to stderr on import
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -218,7 +218,7 @@ class MazeEnv:
     def _observation(self, procgen_obs: dict) -> torch.Tensor:
         if self.cfg.obs == "rgb":
             return torch.from_numpy(np.array(procgen_obs["rgb"]))
-        from envs import maze_views  # imports this module for procgen
+        from shardlab.envs import maze_views  # imports this module for procgen
         cheese = np.array([c if c is not None else (-1, -1) for c in self._cheese])
         cheese = np.where(cheese >= 0, cheese + self._margin[:, None], -1)
         return torch.from_numpy(maze_views.grid_view(self._walls, self._mouse, cheese))

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from envs import maze_state
-from envs.maze_state import CHEESE, EMPTY, WALL, StateError
+from shardlab.envs import maze_state
+from shardlab.envs.maze_state import CHEESE, EMPTY, WALL, StateError
 
 Square = tuple[int, int]
 _CODES = {"#": WALL, ".": EMPTY, "M": EMPTY, "C": CHEESE}
 
 if TYPE_CHECKING:
-    from envs.maze import MazeEnv
+    from shardlab.envs.maze import MazeEnv
 
 
 def parse_ascii(text: str) -> tuple[np.ndarray, Square]:
@@ -81,7 +81,7 @@ def load_maze_file(path: str | os.PathLike) -> MazeFile:
     """Read a YAML file with ``maze: |`` (ASCII art, see :func:`parse_ascii`) and optional
     ``mode: hard|easy`` (default hard); StateError naming the file and the problem if it is bad."""
     import yaml  # only needed here; keeps the module import light
-    from envs.maze import WORLD_DIM  # envs.maze imports this module, so import at call time
+    from shardlab.envs.maze import WORLD_DIM  # envs.maze imports this module, so import at call time
 
     path = os.fspath(path)
     with open(path, encoding="utf-8") as handle:
@@ -120,7 +120,7 @@ def make_env_from_maze(inner: np.ndarray, mouse: Square = (0, 0), cheese: Square
     re-reads the loaded state and keeps the maze; once the episode ends procgen moves on to its
     own levels. ``env.load_states([state])`` restarts it in the same maze.
     """
-    from envs.maze import MazeEnv, MazeEnvConfig  # envs.maze imports this module
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig  # envs.maze imports this module
 
     env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode=mode, rand_region=None, obs=obs))
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs import maze_geometry
-from envs.maze_state import EMPTY, WALL
+from shardlab.envs import maze_geometry
+from shardlab.envs.maze_state import EMPTY, WALL
 
 
 def random_maze(size: int, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from envs.maze_state import WALL
+from shardlab.envs.maze_state import WALL
 
 Square = tuple[int, int]  # (x, y) in inner-maze coordinates
 START: Square = (0, 0)

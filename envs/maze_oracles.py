@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.maze import MOVE_GROUPS
-from envs.maze_geometry import distances_from
-from envs.maze_state import EMPTY, WALL
+from shardlab.envs.maze import MOVE_GROUPS
+from shardlab.envs.maze_geometry import distances_from
+from shardlab.envs.maze_state import EMPTY, WALL
 
 ORACLES = ("cheese_seeker", "corner_seeker", "corner_then_cheese", "uniform")
 NUM_ACTIONS = 15

@@ -29,8 +29,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle, RegularPolygon
 from matplotlib.quiver import Quiver
 
-from envs import maze_state
-from envs.maze_state import CHEESE, WALL
+from shardlab.envs import maze_state
+from shardlab.envs.maze_state import CHEESE, WALL
 
 Square = tuple[int, int]
 IMAGE_SIZE = 64  # procgen's observation side, in pixels
@@ -312,7 +312,7 @@ def save_maze_png(path: Union[str, os.PathLike], state_or_inner: Union[bytes, ma
         mouse = maze_state.mouse_square(state) if state is not None and field is None else None
         plot_maze(ax, inner, mouse=mouse)
     else:
-        from envs.maze_views import render_rgb  # imports procgen, needed only here
+        from shardlab.envs.maze_views import render_rgb  # imports procgen, needed only here
         plot_agent_view(ax, render_rgb([state])[0], maze_dim, world_dim)
     if activation is not None:
         plot_activation(ax, activation, maze_dim, world_dim)

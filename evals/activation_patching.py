@@ -42,15 +42,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from envs import maze_state
-from evals.context import EvalContext
-from evals.maze_inputs import cached_activations, check_layers, interp_mazes, move_logits, open_squares, short_name
-from evals.maze_interp_common import (DEFAULT_LAYER, cell_of, cheese_channel_metrics, cheese_channel_states,
+from shardlab.envs import maze_state
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import cached_activations, check_layers, interp_mazes, move_logits, open_squares, short_name
+from shardlab.evals.maze_interp_common import (DEFAULT_LAYER, cell_of, cheese_channel_metrics, cheese_channel_states,
                                       check_channel_spec, first_move, new_panels, policy_input,
                                       resolve_cheese_channels, save_figure, train_env)
-from evals.registry import register
-from evals.results import Result, write_json_atomic
-from models.hooks import Channels, Edit, hooked, patch
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result, write_json_atomic
+from shardlab.models.hooks import Channels, Edit, hooked, patch
 
 Square = tuple[int, int]
 

@@ -46,16 +46,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from envs import maze_state
-from evals.context import EvalContext
-from evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, interp_mazes,
+from shardlab.envs import maze_state
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, interp_mazes,
                                move_logits, random_square, short_name)
-from evals.maze_interp_common import (DEFAULT_LAYER, cheese_channel_metrics, cheese_channel_states,
+from shardlab.evals.maze_interp_common import (DEFAULT_LAYER, cheese_channel_metrics, cheese_channel_states,
                                       check_channel_spec, layer_activations, new_panels, policy_input,
                                       resolve_cheese_channels, save_figure, train_env)
-from evals.registry import register
-from evals.results import Result
-from models.hooks import Edit, compose, hooked, patch
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.models.hooks import Edit, compose, hooked, patch
 
 FEATURES = ("cheese_location", "mouse_location", "maze_layout")
 LOSSES = ("kl", "nll")

@@ -14,13 +14,13 @@ from typing import Optional
 import numpy as np
 import torch
 
-from envs.maze_render import write_png_atomic
-from evals.context import EvalContext
-from evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
-from evals.registry import register
-from evals.results import Result
-from models.decision_transformer import DecisionTransformer
-from models.hooks import hooked
+from shardlab.envs.maze_render import write_png_atomic
+from shardlab.evals.context import EvalContext
+from shardlab.evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.models.decision_transformer import DecisionTransformer
+from shardlab.models.hooks import hooked
 
 KINDS = {"R": "rtg", "s": "state", "a": "action", "m": "mission"}
 

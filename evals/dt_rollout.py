@@ -18,10 +18,10 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from envs.minigrid import MiniGridEnv, MiniGridEnvConfig
-from models.decision_transformer import DecisionTransformer
-from models.hooks import Edit, hooked
-from trainers.dt_data import WindowBatch
+from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig
+from shardlab.models.decision_transformer import DecisionTransformer
+from shardlab.models.hooks import Edit, hooked
+from shardlab.trainers.dt_data import WindowBatch
 
 
 @dataclass

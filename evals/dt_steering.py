@@ -18,14 +18,14 @@ from typing import List, Optional
 
 import torch
 
-from envs.maze_render import write_png_atomic
-from evals.context import EvalContext
-from evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
-from evals.registry import register
-from evals.results import Result
-from models.decision_transformer import DecisionTransformer
-from models.hooks import Edit, add, hooked
-from trainers.dt_data import WindowBatch
+from shardlab.envs.maze_render import write_png_atomic
+from shardlab.evals.context import EvalContext
+from shardlab.evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.models.decision_transformer import DecisionTransformer
+from shardlab.models.hooks import Edit, add, hooked
+from shardlab.trainers.dt_data import WindowBatch
 
 
 def condition_batches(model: DecisionTransformer, windows: list[tuple[PlayedEpisode, list[int]]],

@@ -28,15 +28,15 @@ from omegaconf import OmegaConf  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 
-from envs import maze_state  # noqa: E402
-from envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
-from envs.maze import Episode, MazeEnvConfig  # noqa: E402
-from envs.maze_render import write_png_atomic  # noqa: E402
-from evals.context import EvalContext  # noqa: E402
-from evals.registry import EvalError, register  # noqa: E402
-from evals.results import Result  # noqa: E402
-from trainers.config import ConfigError, build_config, to_dict  # noqa: E402
-from trainers.episodes import first_episodes  # noqa: E402
+from shardlab.envs import maze_state  # noqa: E402
+from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
+from shardlab.envs.maze import Episode, MazeEnvConfig  # noqa: E402
+from shardlab.envs.maze_render import write_png_atomic  # noqa: E402
+from shardlab.evals.context import EvalContext  # noqa: E402
+from shardlab.evals.registry import EvalError, register  # noqa: E402
+from shardlab.evals.results import Result  # noqa: E402
+from shardlab.trainers.config import ConfigError, build_config, to_dict  # noqa: E402
+from shardlab.trainers.episodes import first_episodes  # noqa: E402
 
 REWARDS = ("cheese", "avoid_cheese")
 
@@ -155,6 +155,7 @@ class FinetuneToCheese:
             f"trainer.checkpoint_every={c.steps}", "trainer.keep_checkpoints=0", "trainer.devices=1",
             "trainer.num_nodes=1", f"trainer.accelerator={'gpu' if ctx.device.type == 'cuda' else 'cpu'}",
             f"trainer.progress_bar={str(ctx.progress).lower()}", f"trainer.seed={ctx.seed}",
+            "trainer.loggers=[tensorboard,csv]",  # never the checkpoint's wandb project from inside an eval
             f"env.seed={ctx.seed + 1_000_003}",  # fresh training levels, not the test mazes
             f"env.cheese_reward={-10.0 if c.reward == 'avoid_cheese' else 10.0}", *c.overrides]
         try:
@@ -164,7 +165,7 @@ class FinetuneToCheese:
 
     def run(self, ctx: EvalContext) -> Result:
         """Fine-tune, evaluating on the same test mazes along the way."""
-        from trainers.run import fit  # Lightning is only needed here
+        from shardlab.trainers.run import fit  # Lightning is only needed here
 
         c, train_env = self.config, ctx.train_config.env
         cfg = self._finetune_config(ctx)
@@ -208,7 +209,7 @@ class FinetuneToCheese:
         stop = lambda point: seeking and c.stop_at_target and point.p_cheese >= c.target
         run_dir = ctx.artifact("run")
         shutil.rmtree(run_dir, ignore_errors=True)  # this eval's own output from an earlier suite run
-        from trainers.run import prepare_run_dir
+        from shardlab.trainers.run import prepare_run_dir
         prepare_run_dir(cfg, run_dir)
         if not stop(curve[0]):
             module = fit(cfg, run_dir, init_weights=before,

@@ -34,16 +34,16 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from envs import maze_state
-from envs.eval_mazes import EvalMaze, eval_mazes
-from envs.maze import Episode, MazeEnvConfig, cheese_candidates
-from envs.maze_geometry import maze_distances
-from envs.maze_render import write_png_atomic
-from evals.context import EvalContext
-from evals.maze_interp_common import training_region
-from evals.registry import register
-from evals.results import Result
-from trainers.episodes import first_episodes
+from shardlab.envs import maze_state
+from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
+from shardlab.envs.maze import Episode, MazeEnvConfig, cheese_candidates
+from shardlab.envs.maze_geometry import maze_distances
+from shardlab.envs.maze_render import write_png_atomic
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_interp_common import training_region
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.trainers.episodes import first_episodes
 
 
 # the distance features of the published behavioural statistics (standardised before fitting)

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.maze import MOVE_GROUPS
-from envs.maze_views import GRID_CHANNELS
-from evals.context import EvalContext
-from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, short_name
-from evals.maze_interp_common import new_panels, policy_input, save_figure, summarise, train_env
-from evals.registry import register
-from evals.results import Result
-from evals.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
-from evals.vector_field import FOLDED_ACTIONS
+from shardlab.envs.maze import MOVE_GROUPS
+from shardlab.envs.maze_views import GRID_CHANNELS
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, short_name
+from shardlab.evals.maze_interp_common import new_panels, policy_input, save_figure, summarise, train_env
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.evals.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
+from shardlab.evals.vector_field import FOLDED_ACTIONS
 
 MOVES = len(MOVE_GROUPS)  # rows 0-4 of a Jacobian: the folded moves; row 5: the value
 

@@ -16,11 +16,11 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from envs import maze_state
-from envs.eval_mazes import EvalMaze, eval_mazes
-from evals.maze_interp_common import TrainEnv, activation_square_cell
-from evals.vector_field import ACTION_GROUPS
-from models.hooks import HookPoint, hooked
+from shardlab.envs import maze_state
+from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
+from shardlab.evals.maze_interp_common import TrainEnv, activation_square_cell
+from shardlab.evals.vector_field import ACTION_GROUPS
+from shardlab.models.hooks import HookPoint, hooked
 
 Square = tuple[int, int]
 MOUSE_PLACEMENTS = ("start", "decision", "random")
@@ -128,7 +128,7 @@ def action_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Ten
 def fresh_network(train_config: DictConfig, seed: int) -> nn.Module:
     """A randomly initialised network of the checkpoint's architecture (eval mode), seeded,
     without touching the global RNG."""
-    from trainers.kinds import get_kind  # evals → trainers; imported here to keep this module light
+    from shardlab.trainers.kinds import get_kind  # evals → trainers; imported here to keep this module light
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -21,12 +21,12 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import nn
 
-from envs import maze_geometry, maze_state
-from envs.maze import WORLD_DIM
-from envs.maze_render import activation_cell, write_png_atomic
-from evals.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
-from models.hooks import Edit, hooked
-from models.impala import pooled_size, preprocess
+from shardlab.envs import maze_geometry, maze_state
+from shardlab.envs.maze import WORLD_DIM
+from shardlab.envs.maze_render import activation_cell, write_png_atomic
+from shardlab.evals.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
+from shardlab.models.hooks import Edit, hooked
+from shardlab.models.impala import pooled_size, preprocess
 
 Square = tuple[int, int]
 DEFAULT_LAYER = "embedder.block2.res1.resadd_out"
@@ -59,7 +59,7 @@ def training_region(configured: Optional[int], train_config: DictConfig, eval_na
     """The top-right cheese region an eval tests against: its own ``region`` if set, else the
     checkpoint's ``env.rand_region`` exactly (0: the corner square only); EvalError when neither
     says (a checkpoint trained with the cheese anywhere has no training region)."""
-    from evals.registry import EvalError  # the registry imports the evals, which import this
+    from shardlab.evals.registry import EvalError  # the registry imports the evals, which import this
 
     if configured is not None:
         if configured < 0:
@@ -270,7 +270,7 @@ def named_channels(spec: object, channel_count: int, layer: str) -> Optional[lis
 def cheese_channel_states(env: TrainEnv, n: int, seed: int) -> list[bytes]:
     """The seeded mazes (cheese anywhere, the checkpoint's mode and sizes) the ``auto`` cheese
     channels are scored on."""
-    from envs.eval_mazes import eval_mazes  # evals-only dependency, kept out of the steering imports
+    from shardlab.envs.eval_mazes import eval_mazes  # evals-only dependency, kept out of the steering imports
 
     return [m.state for m in eval_mazes(n, seed, cheese="anywhere", max_size=env.max_size, mode=env.mode)]
 

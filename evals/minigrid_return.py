@@ -16,11 +16,11 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
-from evals.context import EvalContext
-from evals.registry import register
-from evals.results import Result
-from models.minigrid_policy import preprocess
+from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
+from shardlab.evals.context import EvalContext
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.models.minigrid_policy import preprocess
 
 LEVEL_OFFSET = 1_000_000
 

@@ -49,17 +49,17 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from envs import maze_geometry, maze_state
-from envs.eval_mazes import EvalMaze
-from envs.maze import MazeEnvConfig
-from evals.context import EvalContext
-from evals.maze_inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
+from shardlab.envs import maze_geometry, maze_state
+from shardlab.envs.eval_mazes import EvalMaze
+from shardlab.envs.maze import MazeEnvConfig
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
                                interp_mazes, maze_cells, short_name, world_tile)
-from evals.maze_interp_common import (TrainEnv, activation_square_cell, at_square, new_panels, policy_input,
+from shardlab.evals.maze_interp_common import (TrainEnv, activation_square_cell, at_square, new_panels, policy_input,
                                       save_figure, train_env)
-from evals.registry import register
-from evals.results import Result
-from trainers.episodes import first_episodes
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.trainers.episodes import first_episodes
 
 PROBES = ("cell", "xy", "conv", "outcome")
 CONDITIONS = ("trained", "random_init", "shuffled")

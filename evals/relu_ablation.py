@@ -26,13 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from evals.context import EvalContext
-from evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, hook_points,
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, hook_points,
                                interp_mazes, move_logits, short_name)
-from evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
-from evals.registry import register
-from evals.results import Result
-from models.hooks import Edit, hooked
+from shardlab.evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.models.hooks import Edit, hooked
 
 _PRE = ((re.compile(r"(.+)\.res1\.relu1_out"), r"\1.maxpool_out"),
         (re.compile(r"(.+)\.res2\.relu1_out"), r"\1.res1.resadd_out"),

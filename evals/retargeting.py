@@ -36,15 +36,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from envs import maze_geometry, maze_state
-from envs.eval_mazes import eval_mazes
-from envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
-from evals import maze_interp_common as common
-from evals.context import EvalContext
-from evals.registry import register
-from evals.results import Result
-from models.hooks import Edit, hooked
-from models.impala import preprocess
+from shardlab.envs import maze_geometry, maze_state
+from shardlab.envs.eval_mazes import eval_mazes
+from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
+from shardlab.evals import maze_interp_common as common
+from shardlab.evals.context import EvalContext
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.models.hooks import Edit, hooked
+from shardlab.models.impala import preprocess
 
 START = maze_geometry.START
 TARGETS = ("top_left", "top_right", "bottom_right", "center")

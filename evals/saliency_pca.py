@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs.maze_views import GRID_CHANNELS
-from evals.context import EvalContext
-from evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
-from evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
-from evals.registry import register
-from evals.results import Result
-from evals.vector_field import FOLDED_ACTIONS
-from models.hooks import hooked
+from shardlab.envs.maze_views import GRID_CHANNELS
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
+from shardlab.evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.evals.vector_field import FOLDED_ACTIONS
+from shardlab.models.hooks import hooked
 
 INPUT = "input"
 DEFAULT_LAYERS = ("embedder.block1.res2.resadd_out", "embedder.block2.res1.resadd_out",

@@ -42,10 +42,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from evals.context import EvalContext
-from evals.registry import register
-from evals.results import Result, write_json_atomic
-from models.hooks import hooked
+from shardlab.evals.context import EvalContext
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result, write_json_atomic
+from shardlab.models.hooks import hooked
 
 CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo_maze",), ("ppo_minigrid",)
 BATCH = 256
@@ -148,9 +148,9 @@ def activation_sites(model: nn.Module, kind: str) -> list[str]:
     """The names of a network's activations: classifier act{i}, IMPALA ReLU hook points."""
     if kind in CLASSIFIER_KINDS:
         return list(model.activation_sites)
-    from models.impala import RELU_SITES
+    from shardlab.models.impala import RELU_SITES
     if kind in MINIGRID_KINDS and model.kind != "impala":
-        from models.hooks import HookPoint
+        from shardlab.models.hooks import HookPoint
         return [name for name, module in model.named_modules() if isinstance(module, HookPoint)]
     return list(RELU_SITES)
 
@@ -162,7 +162,7 @@ def short_name(site: str) -> str:
 
 def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
     """``n`` uint8 observations (N, H, W, C) from seeded random rollouts of the training env."""
-    from envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 
     num_envs = min(n, 64)
     cfg = MazeEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed})
@@ -181,7 +181,7 @@ def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False
 
 def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
     """``n`` uint8 observations from seeded random rollouts of the training MiniGrid env."""
-    from envs.minigrid import MiniGridEnv, MiniGridEnvConfig
+    from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig
 
     num_envs = min(n, 16)
     grid = MiniGridEnv(MiniGridEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed}))
@@ -200,13 +200,13 @@ def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = F
 def _inputs(model_kind: str, train_config: DictConfig, samples: int, seed: int, split: str,
             progress: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     if model_kind in CLASSIFIER_KINDS:
-        from trainers.datasets import load_splits
+        from shardlab.trainers.datasets import load_splits
         splits = load_splits(train_config.data)
         x, y = splits.x[split], splits.y[split]
         return x[:samples], y[:samples]
     if model_kind in MINIGRID_KINDS:
         return minigrid_observations(train_config.env, samples, seed, progress).float(), None
-    from models.impala import preprocess
+    from shardlab.models.impala import preprocess
     obs = maze_observations(train_config.env, samples, seed, progress)
     return preprocess(obs, channels_last=False), None
 
@@ -278,7 +278,7 @@ def _save(fig, path: str) -> str:
     """Lay out ``fig``, write it as a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from envs.maze_render import write_png_atomic
+    from shardlab.envs.maze_render import write_png_atomic
 
     fig.tight_layout()
     write_png_atomic(fig, path, dpi=110)

@@ -33,15 +33,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs import maze_geometry, maze_state
-from envs.eval_mazes import EvalMaze, eval_mazes
-from envs.maze_render import mark_square, plot_maze, plot_vector_field
-from evals import maze_interp_common as common
-from evals.context import EvalContext
-from evals.registry import register
-from evals.results import Result
-from evals.vector_field import vector_field
-from models.hooks import add, hooked
+from shardlab.envs import maze_geometry, maze_state
+from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
+from shardlab.envs.maze_render import mark_square, plot_maze, plot_vector_field
+from shardlab.evals import maze_interp_common as common
+from shardlab.evals.context import EvalContext
+from shardlab.evals.registry import register
+from shardlab.evals.results import Result
+from shardlab.evals.vector_field import vector_field
+from shardlab.models.hooks import add, hooked
 
 START = maze_geometry.START
 

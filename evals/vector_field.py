@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs import maze_state
-from envs.maze import MOVE_GROUPS
-from models.impala import NUM_ACTIONS, preprocess
+from shardlab.envs import maze_state
+from shardlab.envs.maze import MOVE_GROUPS
+from shardlab.models.impala import NUM_ACTIONS, preprocess
 
 Square = tuple[int, int]
 FOLDED_ACTIONS = ("left", "down", "up", "right", "noop")
@@ -89,7 +89,7 @@ def mouse_squares(inner: np.ndarray, include_cheese: bool = False) -> list[Squar
 def observations(states: Sequence[bytes], obs: str = "rgb") -> np.ndarray:
     """(K, H, W, 3) uint8 observations of ``states``: procgen's image or the symbolic grid."""
     # imported here: maze_views creates procgen renderers, which only the observations need
-    from envs import maze_views
+    from shardlab.envs import maze_views
     if obs == "rgb":
         return maze_views.render_rgb(states)
     if obs == "grid":

@@ -1,5 +1,5 @@
 """nn.Modules: the IMPALA policy and checkpoint-weight loading."""
 
-from models.impala import ImpalaPolicy, preprocess
+from shardlab.models.impala import ImpalaPolicy, preprocess
 
 __all__ = ["ImpalaPolicy", "preprocess"]

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from models.sparse import make_activation
+from shardlab.models.sparse import make_activation
 
 ARCHS = ("mlp", "cnn")
 

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.hooks import HookPoint
-from models.sparse import make_activation
+from shardlab.models.hooks import HookPoint
+from shardlab.models.sparse import make_activation
 
 STATE_ENCODINGS = ("linear", "onehot")
 # MiniGrid's (H, W, 3) encoding: object (11 kinds), colour (6) and state (door open/closed/locked:

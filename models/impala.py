@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.hooks import HookPoint
-from models.sparse import make_activation
+from shardlab.models.hooks import HookPoint
+from shardlab.models.sparse import make_activation
 
 NUM_ACTIONS = 15
 # where ImpalaPolicy(activation=...) may replace a ReLU: the hook points that read its output

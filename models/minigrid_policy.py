@@ -24,9 +24,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from models.hooks import HookPoint
-from models.impala import ImpalaEmbedder, SiteActivations
-from models.sparse import make_activation
+from shardlab.models.hooks import HookPoint
+from shardlab.models.impala import ImpalaEmbedder, SiteActivations
+from shardlab.models.sparse import make_activation
 
 KINDS = ("cnn", "mlp", "impala")
 

@@ -43,7 +43,7 @@ def synthetic_dataset(path: str, episodes: int = 300, seed: int = 0) -> str:
     """Random DoorKey-shaped episodes (7×7×3 views, 7 actions, lengths 5–60) written to ``path``."""
     import numpy as np
 
-    from trainers.trajectories import from_episodes, save_trajectories
+    from shardlab.trainers.trajectories import from_episodes, save_trajectories
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(5, 61, episodes)
@@ -58,7 +58,7 @@ def synthetic_dataset(path: str, episodes: int = 300, seed: int = 0) -> str:
 
 
 def _config(args: argparse.Namespace, data: str, total_steps: int) -> Any:
-    from trainers.config import load_config
+    from shardlab.trainers.config import load_config
 
     return load_config(args.config, [*args.overrides, f"data.path={data}", f"trainer.total_steps={total_steps}",
                                      f"monitor.log_every={total_steps + 1}", f"monitor.validate_every={total_steps + 1}",
@@ -70,8 +70,8 @@ def measure_trainer(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback
 
-    from trainers.config import to_dict
-    from trainers.dt import DTModule
+    from shardlab.trainers.config import to_dict
+    from shardlab.trainers.dt import DTModule
 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = DTModule(to_dict(cfg))
@@ -98,8 +98,8 @@ def measure_plain(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
     """(wall, process CPU) seconds of ``steps`` timed optimizer steps of a plain PyTorch loop doing the same work."""
     import torch
 
-    from trainers.config import build_config, to_dict
-    from trainers.dt import (TrainingData, action_loss, batch_generator, build_decision_transformer, fill_spec,
+    from shardlab.trainers.config import build_config, to_dict
+    from shardlab.trainers.dt import (TrainingData, action_loss, batch_generator, build_decision_transformer, fill_spec,
                              make_optimizer, read_dataset)
 
     torch.manual_seed(cfg.trainer.seed)
@@ -127,8 +127,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved repeats of both measurements; rates in tokens/s and their median ratio."""
     import torch
 
-    from trainers.config import ConfigError, build_config, to_dict
-    from trainers.dt import build_decision_transformer, fill_spec, read_dataset
+    from shardlab.trainers.config import ConfigError, build_config, to_dict
+    from shardlab.trainers.dt import build_decision_transformer, fill_spec, read_dataset
 
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         raise ConfigError("--steps and --repeats must be >= 1 and --warmup >= 0")

@@ -33,9 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _policy(args: argparse.Namespace) -> tuple[Any, Any, int]:
     """(policy, training config, training steps) from --checkpoint or a random-init --config."""
-    from trainers.config import load_config
-    from trainers.ppo import build_policy
-    from trainers.restore import load_trained
+    from shardlab.trainers.config import load_config
+    from shardlab.trainers.ppo import build_policy
+    from shardlab.trainers.restore import load_trained
 
     if args.checkpoint:
         trained = load_trained(args.checkpoint)
@@ -48,9 +48,9 @@ def bare_rollout(policy: Any, env_cfg: Any, states: Optional[list[bytes]], chann
     """Play the first episode of every env with seeded sampled actions; returns episodes played."""
     import torch
 
-    from envs.maze import MazeEnv
-    from models.impala import preprocess
-    from trainers.episodes import MAX_EPISODE_STEPS
+    from shardlab.envs.maze import MazeEnv
+    from shardlab.models.impala import preprocess
+    from shardlab.trainers.episodes import MAX_EPISODE_STEPS
 
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
@@ -75,10 +75,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from omegaconf import OmegaConf
 
-    from envs.eval_mazes import eval_mazes
-    from envs.maze import MazeEnvConfig
-    from evals.context import EvalContext
-    from evals.goal_misgeneralization import GoalMisgeneralization
+    from shardlab.envs.eval_mazes import eval_mazes
+    from shardlab.envs.maze import MazeEnvConfig
+    from shardlab.evals.context import EvalContext
+    from shardlab.evals.goal_misgeneralization import GoalMisgeneralization
 
     policy, cfg, steps = _policy(args)
     eval_cfg = GoalMisgeneralization.Config(mazes=args.mazes, decision_mazes=args.mazes)

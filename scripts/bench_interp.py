@@ -59,7 +59,7 @@ def without_hookpoints(policy: Any) -> Any:
     same forward code and module calls, minus the HookPoints' own ``nn.Module.__call__``."""
     import copy
 
-    from models.hooks import HookPoint
+    from shardlab.models.hooks import HookPoint
 
     bare = copy.deepcopy(policy)
     for name, module in list(bare.named_modules()):
@@ -82,7 +82,7 @@ def _ways(policy: Any, x: Any, stack: Any) -> dict[str, Callable[[], None]]:
 
     import torch
 
-    from models.hooks import add, hooked
+    from shardlab.models.hooks import add, hooked
 
     with hooked(policy, cache=[LAYER]) as acts:
         policy(x)
@@ -106,7 +106,7 @@ def measure_one(scale: int, batch: int, image_size: int, repeats: int, min_time:
 
     import torch
 
-    from models.impala import ImpalaPolicy
+    from shardlab.models.impala import ImpalaPolicy
 
     torch.manual_seed(0)
     policy = ImpalaPolicy(scale=scale, image_size=image_size).eval().to(memory_format=torch.channels_last)
@@ -164,7 +164,7 @@ def component_costs(policy: Any, x: Any, repeats: int) -> dict[str, float]:
 
     import torch
 
-    from models.hooks import HookPoint, add, hooked
+    from shardlab.models.hooks import HookPoint, add, hooked
 
     points = [module for module in policy.modules() if isinstance(module, HookPoint)]
     with hooked(policy, cache=[LAYER]) as acts:
@@ -186,7 +186,7 @@ def component_costs(policy: Any, x: Any, repeats: int) -> dict[str, float]:
 
 
 def _enter_exit(policy: Any, vector: Any) -> None:
-    from models.hooks import add, hooked
+    from shardlab.models.hooks import add, hooked
 
     with hooked(policy, edits={LAYER: add(vector, 1.0)}, cache=[LAYER]):
         pass
@@ -240,7 +240,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every scale × batch size; the report format_report prints."""
     import torch
 
-    from trainers.config import ConfigError
+    from shardlab.trainers.config import ConfigError
 
     if min(args.scales) < 1 or min(args.batch_sizes) < 1 or args.repeats < 1 or args.min_time <= 0:
         raise ConfigError("--scales, --batch-sizes and --repeats must be >= 1 and --min-time > 0")

@@ -216,7 +216,7 @@ class PhaseTimer:
 def _device(cfg: "DictConfig") -> "torch.device":
     """The device the config's trainer.accelerator means (cpu or one CUDA GPU)."""
     import torch
-    from trainers.config import ConfigError
+    from shardlab.trainers.config import ConfigError
     accelerator = cfg.trainer.accelerator
     if accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
@@ -231,7 +231,7 @@ def _device(cfg: "DictConfig") -> "torch.device":
 def _autocast(cfg: "DictConfig", device: "torch.device") -> Callable[[], contextlib.AbstractContextManager]:
     """A context factory giving the plain loop and the ceiling the precision Lightning uses."""
     import torch
-    from trainers.config import ConfigError
+    from shardlab.trainers.config import ConfigError
     precision = str(cfg.trainer.precision)
     if precision in ("32-true", "32"):
         return contextlib.nullcontext
@@ -306,8 +306,8 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Callback
 
-    from trainers.config import to_dict
-    from trainers.ppo import PPOModule
+    from shardlab.trainers.config import to_dict
+    from shardlab.trainers.ppo import PPOModule
 
     t = cfg.trainer
     pl.seed_everything(t.seed, workers=True, verbose=False)
@@ -358,7 +358,7 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
 def _network(cfg: "DictConfig", device: "torch.device") -> tuple:
     """What the plain loop and the ceiling share: schedule, seeded policy, Adam + LR schedule,
     channels-last flag and autocast context."""
-    from trainers.ppo import Schedule, build_policy
+    from shardlab.trainers.ppo import Schedule, build_policy
 
     schedule = Schedule(cfg, world_size=1)
     _seed(cfg.trainer.seed)
@@ -372,7 +372,7 @@ def _ppo_epochs(cfg: "DictConfig", policy: Any, optimizer: Any, scheduler: Any, 
     """The epochs × minibatches update the plain loop and the ceiling share, so both do the same work."""
     import torch
 
-    from models.impala import preprocess
+    from shardlab.models.impala import preprocess
 
     total, mb = flat_obs.shape[0], cfg.ppo.minibatch_size
     for _ in range(cfg.ppo.epochs):
@@ -391,9 +391,9 @@ def measure_plain(cfg: "DictConfig", warmup: int, iterations: int, device: "torc
     import torch
     from omegaconf import OmegaConf
 
-    from envs.maze import MazeEnv, MazeEnvConfig, observation_shape
-    from models.impala import preprocess
-    from trainers.reward_norm import RewardNormalizer
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig, observation_shape
+    from shardlab.models.impala import preprocess
+    from shardlab.trainers.reward_norm import RewardNormalizer
 
     ppo, T, N = cfg.ppo, cfg.ppo.num_steps, cfg.env.num_envs
     schedule, policy, optimizer, scheduler, cl, autocast = _network(cfg, device)
@@ -458,8 +458,8 @@ def measure_ceiling(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     """Env-step-equivalents/s of the same forward/backward/Adam work on random data (no env)."""
     import torch
 
-    from envs.maze import observation_shape
-    from models.impala import NUM_ACTIONS, preprocess
+    from shardlab.envs.maze import observation_shape
+    from shardlab.models.impala import NUM_ACTIONS, preprocess
 
     T, N = cfg.ppo.num_steps, cfg.env.num_envs
     schedule, policy, optimizer, scheduler, cl, autocast = _network(cfg, device)
@@ -604,7 +604,7 @@ def add_ppo_arguments(parser: argparse.ArgumentParser) -> None:
             add_arguments=add_ppo_arguments)
 def run_ppo(args: argparse.Namespace) -> int:
     """Run the three PPO measurements, print the table, optionally write JSON."""
-    from trainers.config import ConfigError, load_config
+    from shardlab.trainers.config import ConfigError, load_config
 
     only = tuple(name.strip() for name in args.only.split(",") if name.strip())
     unknown = [name for name in only if name not in PPO_MEASUREMENTS]
@@ -675,13 +675,13 @@ def run_learn(args: argparse.Namespace) -> int:
     """Train the recipe, evaluate every step-N checkpoint and a random policy on the same held-out mazes."""
     from omegaconf import OmegaConf
 
-    from envs.maze import MazeEnvConfig
-    from models.weights import load_policy_weights
-    from trainers import cli
-    from trainers.checkpointing import step_checkpoints
-    from trainers.config import load_config
-    from trainers.episodes import first_episodes, summarise
-    from trainers.ppo import build_policy
+    from shardlab.envs.maze import MazeEnvConfig
+    from shardlab.models.weights import load_policy_weights
+    from shardlab import cli
+    from shardlab.trainers.checkpointing import step_checkpoints
+    from shardlab.trainers.config import load_config
+    from shardlab.trainers.episodes import first_episodes, summarise
+    from shardlab.trainers.ppo import build_policy
 
     start = time.perf_counter()
     length = [f"trainer.total_steps={args.steps}", f"trainer.checkpoint_every={args.checkpoint_every}",
@@ -731,8 +731,8 @@ def _median_timing(function: Callable[[], Any], repeats: int) -> tuple[float, li
 
 def _measure_state_edits(state: bytes, reps: int, repeats: int) -> dict[str, Any]:
     """(a) edits/s of layout + with_cheese_at + set_state on one env, and each part alone."""
-    from envs import maze_geometry, maze_state
-    from envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs import maze_geometry, maze_state
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 
     env = MazeEnv(MazeEnvConfig(num_envs=1, rand_region=None))
     try:
@@ -768,8 +768,8 @@ def _measure_vector_field(state: bytes, repeats: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from envs import maze_state, maze_views
-    from models.impala import ImpalaPolicy, preprocess
+    from shardlab.envs import maze_state, maze_views
+    from shardlab.models.impala import ImpalaPolicy, preprocess
 
     where = maze_state.layout(state)
     inner = maze_state.inner_grid(state, where)
@@ -805,7 +805,7 @@ def _measure_env_steps(num_envs: int, steps: int, repeats: int, seed: int) -> di
     """(c) env steps/s of MazeEnv with grid vs rgb observations, random actions, alternating order."""
     import torch
 
-    from envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 
     envs = {obs: MazeEnv(MazeEnvConfig(num_envs=num_envs, obs=obs, seed=seed)) for obs in ("grid", "rgb")}
     rates: dict[str, list[float]] = {obs: [] for obs in envs}
@@ -883,8 +883,8 @@ def run_maze(args: argparse.Namespace) -> int:
     """Time state editing, one vector field (render + forward) and grid vs rgb env stepping."""
     import torch
 
-    from envs.eval_mazes import eval_mazes
-    from trainers.config import ConfigError
+    from shardlab.envs.eval_mazes import eval_mazes
+    from shardlab.trainers.config import ConfigError
 
     if min(args.reps, args.steps, args.num_envs, args.repeats) < 1:
         raise ConfigError("--reps, --steps, --num-envs and --repeats must be >= 1")
@@ -917,7 +917,7 @@ import bench_evals  # noqa: E402  (scripts/ is on sys.path when this file runs)
             add_arguments=bench_evals.add_arguments)
 def run_evals(args: argparse.Namespace) -> int:
     """Time the eval against the bare rollout, interleaved."""
-    from trainers.config import ConfigError
+    from shardlab.trainers.config import ConfigError
 
     if args.mazes < 2 or args.repeats < 1:
         raise ConfigError("--mazes must be >= 2 and --repeats >= 1")
@@ -993,13 +993,13 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"{args.command} takes no overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    from trainers.allocator import keep_freed_memory
+    from shardlab.trainers.allocator import keep_freed_memory
     # the trainer does this at start-up; doing it here gives all measurements the same allocator
     keep_freed_memory()
     try:
         return SUBCOMMANDS[args.command].run(args)
     except Exception as exc:
-        from trainers.config import ConfigError
+        from shardlab.trainers.config import ConfigError
         if isinstance(exc, ConfigError):
             print(f"benchmark {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT

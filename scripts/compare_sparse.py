@@ -15,11 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from evals.results import Result, write_json_atomic  # noqa: E402
-from evals.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
-from trainers.checkpointing import CheckpointError  # noqa: E402
-from trainers.config import ConfigError  # noqa: E402
-from trainers.restore import load_trained  # noqa: E402
+from shardlab.evals.results import Result, write_json_atomic  # noqa: E402
+from shardlab.evals.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
+from shardlab.trainers.checkpointing import CheckpointError  # noqa: E402
+from shardlab.trainers.config import ConfigError  # noqa: E402
+from shardlab.trainers.restore import load_trained  # noqa: E402
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 # rows of the markdown table: the metrics that sum a network up

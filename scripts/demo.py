@@ -24,8 +24,8 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from envs.maze_render import write_png_atomic  # noqa: E402
-from trainers import cli  # noqa: E402
+from shardlab.envs.maze_render import write_png_atomic  # noqa: E402
+from shardlab import cli  # noqa: E402
 
 RECIPE = "configs/train/maze_demo.yaml"
 SUITE = "configs/evals/demo.yaml"
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     timings["train"] = time.perf_counter() - start
 
-    from evals.runner import EXIT_BAD_INPUT, run_suite
-    from trainers.config import load_config
+    from shardlab.evals.runner import EXIT_BAD_INPUT, run_suite
+    from shardlab.trainers.config import load_config
 
     checkpoint = os.path.join(args.run_dir, "checkpoints", "last.ckpt")
     start = time.perf_counter()

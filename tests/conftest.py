@@ -24,7 +24,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def template() -> bytes:
     """A hard-mode procgen maze state to build hand-made mazes into."""
-    from envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 
     env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode="hard", rand_region=None))
     yield env.get_state(0)
@@ -37,7 +37,7 @@ def tiny_maze_checkpoint(tmp_path_factory) -> str:
     once per test session for the eval tests, which only read it."""
     import os
 
-    from evals import cli as shardlab
+    from shardlab import cli as shardlab
 
     recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs", "train", "maze_ppo_cpu.yaml")

@@ -56,7 +56,7 @@ def plain_forward(model: nn.Module, x: torch.Tensor, override: Optional[Override
 def peaked_policy(seed: int = 0, image_size: int = 15, gain: float = 100.0) -> nn.Module:
     """A seeded random-init ImpalaPolicy in eval mode whose policy head is scaled by ``gain``, so its
     action distribution is far from uniform and edits visibly move logits and probabilities."""
-    from models.impala import ImpalaPolicy
+    from shardlab.models.impala import ImpalaPolicy
 
     torch.manual_seed(seed)
     policy = ImpalaPolicy(scale=1, image_size=image_size).eval()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from evals import cli as shardlab
-from models.classifier import Classifier
-from trainers.checkpointing import load_checkpoint
-from trainers.classify import stream_indices
-from trainers.config import ConfigError, build_config, load_config
-from trainers.datasets import DataError, load_folder, load_npz, load_splits
+from shardlab import cli as shardlab
+from shardlab.models.classifier import Classifier
+from shardlab.trainers.checkpointing import load_checkpoint
+from shardlab.trainers.classify import stream_indices
+from shardlab.trainers.config import ConfigError, build_config, load_config
+from shardlab.trainers.datasets import DataError, load_folder, load_npz, load_splits
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -201,7 +201,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 def test_ddp_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
-    base = [sys.executable, "-m", "trainers.cli"]
+    base = [sys.executable, "-m", "shardlab.trainers.cli"]
     args = ["trainer.accelerator=cpu", "trainer.devices=2", *TINY]
     result = subprocess.run([*base, "train", KWTA, *args, "trainer.total_steps=1024", "--run-dir", str(run_dir)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -236,7 +236,7 @@ def test_sparsity_eval_on_a_classifier(runs, tmp_path):
 
 
 def test_pixel_noise_sets_exactly_the_fraction_of_values():
-    from evals.sparsity import with_pixel_noise
+    from shardlab.evals.sparsity import with_pixel_noise
     x = torch.zeros(5, 1, 8, 8)
     noisy = with_pixel_noise(x, 0.25, 0.75, torch.Generator().manual_seed(0))
     assert (noisy == 0.75).sum(dim=(1, 2, 3)).tolist() == [16] * 5 and (x == 0).all()
@@ -244,7 +244,7 @@ def test_pixel_noise_sets_exactly_the_fraction_of_values():
 
 
 def test_k_inference_factor_config_reaches_the_network_and_checks(tmp_path):
-    from trainers.classify import build_classifier
+    from shardlab.trainers.classify import build_classifier
     config = load_config(KWTA, ["model.k_inference_factor=1.5", "data.shape=[1,8,8]", "data.num_classes=10"])
     model = build_classifier(config).eval()
     assert model.act1.k_inference_factor == 1.5

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import cli
-from trainers.config import build_config, to_dict
-from trainers.kinds import get_kind
-from trainers.trajectories import load_trajectories
+from shardlab import cli
+from shardlab.trainers.config import build_config, to_dict
+from shardlab.trainers.kinds import get_kind
+from shardlab.trainers.trajectories import load_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FORWARD = 2

@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from trainers.cli import main
-from trainers.config import ConfigError, build_config, load_config, to_dict
+from shardlab.trainers.cli import main
+from shardlab.trainers.config import ConfigError, build_config, load_config, to_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CPU_RECIPE = REPO / "configs" / "train" / "maze_ppo_cpu.yaml"
@@ -67,7 +67,7 @@ BAD_TRAIN = {
     "lr-not-a-float": (None, ["ppo.lr=abc"], ["'ppo.lr'", "float", "abc"]),
     "num-envs-not-an-int": (None, ["env.num_envs=1.5"], ["'env.num_envs'", "int", "1.5"]),
     "yaml-wrong-type": ("env:\n  num_envs: many\n", [], ["'env.num_envs'", "int", "many"]),
-    "missing-file": ("MISSING", [], ["not found", "missing.yaml"]),
+    "missing-file": ("MISSING", [], ["no such file", "missing.yaml"]),
     "invalid-yaml": ("env: {num_envs: 4\nppo: [\n", [], ["not valid YAML", "recipe.yaml"]),
     "yaml-not-a-mapping": ("- 1\n- 2\n", [], ["mapping", "recipe.yaml"]),
     "override-without-equals": (None, ["ppo.lr"], ["'ppo.lr'", "dotted.key=value"]),
@@ -171,7 +171,7 @@ def test_train_refuses_a_used_run_dir_and_leaves_it_untouched(tmp_path, capsys, 
 
 
 def test_prepare_run_dir_writes_a_config_that_loads_back(tmp_path):
-    from trainers import run
+    from shardlab.trainers import run
 
     cfg = load_config(CPU_RECIPE, ["ppo.lr=3e-4", "env.rand_region=null", "trainer.seed=7"])
     run_dir = tmp_path / "fresh"

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from envs.maze import MazeEnv, MazeEnvConfig
-from trainers.checkpointing import load_checkpoint
+from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+from shardlab.trainers.checkpointing import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
@@ -18,7 +18,7 @@ def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
     tiny = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",
             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.checkpoint_every=256",
             "trainer.progress_bar=false"]
-    base = [sys.executable, "-m", "trainers.cli"]
+    base = [sys.executable, "-m", "shardlab.trainers.cli"]
     result = subprocess.run([*base, "train", RECIPE, *tiny, "trainer.total_steps=512",
                              "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)

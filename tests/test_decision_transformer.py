@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.decision_transformer import DecisionTransformer, build_vocabulary
-from models.hooks import HookError, add, hook_names, hooked, set_value
+from shardlab.models.decision_transformer import DecisionTransformer, build_vocabulary
+from shardlab.models.hooks import HookError, add, hook_names, hooked, set_value
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MISSIONS = ["go to the red ball", "open the yellow door"]

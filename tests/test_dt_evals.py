@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from evals import cli as shardlab
-from evals import dt_rollout
+from shardlab import cli as shardlab
+from shardlab.evals import dt_rollout
 from tests.test_dt_trainer import RECIPE, ROOT, tiny_args, tiny_dataset
-from trainers.restore import load_trained
+from shardlab.trainers.restore import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SUITE = """
@@ -133,7 +133,7 @@ class ScriptedEnv:
         return ["get to the goal"] * self.num_envs
 
     def step(self, actions):
-        from envs.minigrid import Episode
+        from shardlab.envs.minigrid import Episode
         self.t += 1
         done = torch.full((self.num_envs,), self.t % 3 == 0)
         finished = [Episode(0.75, 3, True, True, False, "get to the goal")] * self.num_envs if done[0] else []

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.decision_transformer import DecisionTransformer
-from trainers import cli
-from trainers.checkpointing import load_checkpoint
-from trainers.config import ConfigError, build_config
-from trainers.dt import action_loss, lr_factor
-from trainers.dt_data import EpisodeWindows, split_episodes
-from trainers.restore import load_trained
-from trainers.trajectories import from_episodes, save_trajectories
+from shardlab.models.decision_transformer import DecisionTransformer
+from shardlab import cli
+from shardlab.trainers.checkpointing import load_checkpoint
+from shardlab.trainers.config import ConfigError, build_config
+from shardlab.trainers.dt import action_loss, lr_factor
+from shardlab.trainers.dt_data import EpisodeWindows, split_episodes
+from shardlab.trainers.restore import load_trained
+from shardlab.trainers.trajectories import from_episodes, save_trajectories
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +57,7 @@ def rows(run_dir) -> list[dict]:
 
 
 def test_windows_are_left_padded_within_one_episode(tmp_path):
-    from trainers.trajectories import load_trajectories
+    from shardlab.trainers.trajectories import load_trajectories
     traj = load_trajectories(tiny_dataset(tmp_path / "d.npz"))
     windows = EpisodeWindows(traj, np.array([1, 2]), context=4)
     start = int(traj.episode_starts[1])
@@ -83,7 +83,7 @@ def test_episode_split_is_seeded_and_disjoint():
 
 
 def test_loss_and_accuracy_count_real_steps_only(tmp_path):
-    from trainers.trajectories import load_trajectories
+    from shardlab.trainers.trajectories import load_trajectories
     traj = load_trajectories(tiny_dataset(tmp_path / "d.npz"))
     windows = EpisodeWindows(traj, np.arange(traj.num_episodes), context=4)
     batch = windows.sample(32, torch.Generator().manual_seed(1))
@@ -159,7 +159,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     # resuming on a dataset with other observations is refused before training
     run_dir = tmp_path / "run"
     assert cli.main(["train", RECIPE, *tiny_args(data, steps=10), "--run-dir", str(run_dir)]) == 0
-    from trainers.trajectories import load_trajectories
+    from shardlab.trainers.trajectories import load_trajectories
     traj = load_trajectories(data)
     traj.metadata["max_steps"] = 100
     save_trajectories(data, traj)
@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 def test_onehot_encoding_needs_index_observations():
     cfg = build_config({"algo": "dt", "spec": {"obs_shape": [7, 7, 20], "num_actions": 7, "obs": "onehot"}})
-    from trainers.dt import DTModule
+    from shardlab.trainers.dt import DTModule
     with pytest.raises(ConfigError, match="state_encoding=linear"):
         DTModule.build_model(cfg)
 
@@ -178,7 +178,7 @@ def test_onehot_encoding_needs_index_observations():
 def test_ddp_two_cpu_processes(tmp_path):
     data = tiny_dataset(tmp_path / "d.npz")
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "trainers.cli", "train", RECIPE, *tiny_args(data, steps=10),
+    result = subprocess.run([sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *tiny_args(data, steps=10),
                              "trainer.accelerator=cpu", "trainer.devices=2", "--run-dir", str(run_dir)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -198,7 +198,7 @@ def test_doorkey_planner_data_spreads_returns(tmp_path):
     assert planner.metadata["max_steps"] == 250 and planner.obs_shape == (7, 7, 3)
     out = tmp_path / "mix.npz"
     assert script.main(["--out", str(out), "--epsilons", "0", "1", "--episodes", "2", "--seed", "9"]) == 0
-    from trainers.trajectories import load_trajectories
+    from shardlab.trainers.trajectories import load_trajectories
     data = load_trajectories(out)
     assert data.num_episodes == 4 and len(data.metadata["parts"]) == 2
 

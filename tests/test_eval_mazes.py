@@ -13,11 +13,11 @@ import warnings
 import numpy as np
 import pytest
 
-from envs import eval_mazes as em
-from envs import maze_geometry as mg
-from envs import maze_state as ms
-from envs.eval_mazes import EvalMaze, eval_mazes
-from envs.maze_generate import is_on_distribution, random_maze
+from shardlab.envs import eval_mazes as em
+from shardlab.envs import maze_geometry as mg
+from shardlab.envs import maze_state as ms
+from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
+from shardlab.envs.maze_generate import is_on_distribution, random_maze
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.hooks import (HookError, HookPoint, add, clamp, compose, hook_names, hooked, patch, replace,
+from shardlab.models.hooks import (HookError, HookPoint, add, clamp, compose, hook_names, hooked, patch, replace,
                           run_with_cache, set_value)
-from models.impala import ImpalaPolicy
+from shardlab.models.impala import ImpalaPolicy
 from plain_impala import plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import yaml
 
-from evals import cli as shardlab
+from shardlab import cli as shardlab
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
 
@@ -87,8 +87,8 @@ def test_every_interp_eval_runs_through_shardlab_eval(checkpoint, tmp_path):
 
 
 def test_the_interp_suite_lists_every_eval_with_a_valid_config():
-    from evals.registry import get
-    from evals.runner import _eval_config
+    from shardlab.evals.registry import get
+    from shardlab.evals.suite import eval_config as _eval_config
 
     with open(os.path.join(ROOT, "configs", "evals", "interp.yaml")) as handle:
         suite = yaml.safe_load(handle)

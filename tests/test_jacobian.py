@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from envs.maze import MOVE_GROUPS
-from evals.context import EvalContext
-from evals.jacobian_svd import INPUT, JacobianSVD, decompose, jacobians
-from evals.maze_inputs import interp_mazes
-from evals.maze_interp_common import policy_input, train_env
+from shardlab.envs.maze import MOVE_GROUPS
+from shardlab.evals.context import EvalContext
+from shardlab.evals.jacobian_svd import INPUT, JacobianSVD, decompose, jacobians
+from shardlab.evals.maze_inputs import interp_mazes
+from shardlab.evals.maze_interp_common import policy_input, train_env
 from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

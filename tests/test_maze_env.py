@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from envs import maze_state as ms
-from envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
+from shardlab.envs import maze_state as ms
+from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -585,7 +585,7 @@ def test_tracked_mouse_matches_procgen_state(mode):
 def test_greedy_moves_fold_the_split_actions():
     import torch
 
-    from envs.maze import MOVE_GROUPS, greedy_move_actions
+    from shardlab.envs.maze import MOVE_GROUPS, greedy_move_actions
 
     # right holds 0.5 spread over three actions (0.167 each), up 0.3 on its one action
     probs = torch.full((15,), 0.2 / 11)

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from envs import maze_render as mr
-from envs import maze_state as ms
-from envs.maze_build import parse_ascii, with_maze
-from envs.maze_generate import random_maze
-from envs.maze_geometry import decision_square, shortest_path
-from envs.maze_views import render_rgb
+from shardlab.envs import maze_render as mr
+from shardlab.envs import maze_state as ms
+from shardlab.envs.maze_build import parse_ascii, with_maze
+from shardlab.envs.maze_generate import random_maze
+from shardlab.envs.maze_geometry import decision_square, shortest_path
+from shardlab.envs.maze_views import render_rgb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from envs import maze_build, maze_geometry as mg, maze_state as ms, maze_views
-from envs.maze import MazeEnv, MazeEnvConfig
-from envs.maze_generate import is_on_distribution, random_maze
-from envs.maze_state import MazeState, StateError
+from shardlab.envs import maze_build, maze_geometry as mg, maze_state as ms, maze_views
+from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+from shardlab.envs.maze_generate import is_on_distribution, random_maze
+from shardlab.envs.maze_state import MazeState, StateError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

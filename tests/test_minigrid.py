@@ -10,14 +10,14 @@ import sys
 import pytest
 import torch
 
-from envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
-from evals import cli as shardlab
-from models.hooks import hook_names, hooked
-from models.minigrid_policy import MiniGridPolicy, preprocess
-from trainers import cli
-from trainers.checkpointing import load_checkpoint
-from trainers.config import ConfigError, build_config, load_config
-from trainers.restore import load_trained
+from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
+from shardlab import cli as shardlab
+from shardlab.models.hooks import hook_names, hooked
+from shardlab.models.minigrid_policy import MiniGridPolicy, preprocess
+from shardlab import cli
+from shardlab.trainers.checkpointing import load_checkpoint
+from shardlab.trainers.config import ConfigError, build_config, load_config
+from shardlab.trainers.restore import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -229,7 +229,7 @@ class ScriptedPolicy(torch.nn.Module):
 
 
 def test_minigrid_return_plays_each_level_once():
-    from evals.minigrid_return import play_levels
+    from shardlab.evals.minigrid_return import play_levels
     cfg = MiniGridEnvConfig("MiniGrid-Empty-5x5-v0", max_steps=6)
     # turning left forever never reaches the goal: every level times out after exactly 6 steps
     episodes = play_levels(ScriptedPolicy(0), cfg, episodes=3, seed=0, greedy=True)
@@ -238,7 +238,7 @@ def test_minigrid_return_plays_each_level_once():
 
 def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "trainers.cli", "train", RECIPE, *TINY,
+    result = subprocess.run([sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *TINY,
                              "trainer.accelerator=cpu", "trainer.devices=2", "trainer.total_steps=512",
                              "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from models.impala import NUM_ACTIONS, ImpalaPolicy, preprocess
-from models.weights import WeightsError, load_policy_weights, read_state_dict
+from shardlab.models.impala import NUM_ACTIONS, ImpalaPolicy, preprocess
+from shardlab.models.weights import WeightsError, load_policy_weights, read_state_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -221,8 +221,8 @@ def test_load_shardlab_lightning_checkpoint(tmp_path, batch):
     """read_state_dict says a shardlab/Lightning checkpoint ({"state_dict": {"policy.…": …}}) loads.
     A PPOModule's state_dict also holds the torchrl loss's buffers and its copies of the heads
     ("loss.clip_epsilon", "loss.actor_network.module.0.module.weight", ...), which must be ignored."""
-    from trainers.config import build_config, to_dict
-    from trainers.ppo import PPOModule
+    from shardlab.trainers.config import build_config, to_dict
+    from shardlab.trainers.ppo import PPOModule
 
     cfg = build_config({"env": {"num_envs": 2}, "ppo": {"num_steps": 4, "minibatch_size": 8}})
     module = PPOModule(to_dict(cfg))

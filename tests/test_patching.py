@@ -14,16 +14,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from envs import maze_state
-from envs.eval_mazes import eval_mazes
-from evals.activation_patching import (ActivationPatching, Patcher, logit_difference, make_pairs, patched_logits,
+from shardlab.envs import maze_state
+from shardlab.envs.eval_mazes import eval_mazes
+from shardlab.evals.activation_patching import (ActivationPatching, Patcher, logit_difference, make_pairs, patched_logits,
                                        recovery)
-from evals.context import EvalContext
-from evals.maze_inputs import cached_activations, hook_points, interp_mazes
-from evals.maze_interp_common import (PUBLISHED_CHEESE_CHANNELS, TrainEnv, cheese_channel_scores,
+from shardlab.evals.context import EvalContext
+from shardlab.evals.maze_inputs import cached_activations, hook_points, interp_mazes
+from shardlab.evals.maze_interp_common import (PUBLISHED_CHEESE_CHANNELS, TrainEnv, cheese_channel_scores,
                                       cheese_channel_states, choose_channels, first_move, named_channels)
-from evals.vector_field import ACTION_GROUPS
-from models.impala import ImpalaPolicy
+from shardlab.evals.vector_field import ACTION_GROUPS
+from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

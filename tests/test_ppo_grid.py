@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from models.weights import load_policy_weights
-from trainers import cli
-from trainers.checkpointing import load_checkpoint
-from trainers.config import build_config, load_config
-from trainers.ppo import build_policy
+from shardlab.models.weights import load_policy_weights
+from shardlab import cli
+from shardlab.trainers.checkpointing import load_checkpoint
+from shardlab.trainers.config import build_config, load_config
+from shardlab.trainers.ppo import build_policy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")

@@ -17,10 +17,10 @@ from tensordict import TensorDict
 from torch.distributions import Categorical
 from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
-from envs.maze import Episode
-from models.impala import preprocess
-from trainers.config import build_config, to_dict
-from trainers.ppo import PPOModule
+from shardlab.envs.maze import Episode
+from shardlab.models.impala import preprocess
+from shardlab.trainers.config import build_config, to_dict
+from shardlab.trainers.ppo import PPOModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

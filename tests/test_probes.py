@@ -14,15 +14,15 @@ from sklearn.pipeline import make_pipeline
 from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.preprocessing import StandardScaler
 
-from envs import maze_build, maze_state
-from envs.eval_mazes import EvalMaze, eval_mazes
-from envs.maze import MOVE_GROUPS
-from envs.maze_generate import random_maze
-from evals.maze_inputs import cached_activations, maze_cells
-from evals.maze_interp_common import TrainEnv, activation_square_cell
-from evals.probes import (_Labels, chance_accuracy, classification_probe, convolutional_probe, episode_outcomes,
+from shardlab.envs import maze_build, maze_state
+from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
+from shardlab.envs.maze import MOVE_GROUPS
+from shardlab.envs.maze_generate import random_maze
+from shardlab.evals.maze_inputs import cached_activations, maze_cells
+from shardlab.evals.maze_interp_common import TrainEnv, activation_square_cell
+from shardlab.evals.probes import (_Labels, chance_accuracy, classification_probe, convolutional_probe, episode_outcomes,
                           layout_ids, layout_split, regression_probe, score_probe)
-from models.impala import ImpalaPolicy
+from shardlab.models.impala import ImpalaPolicy
 from plain_impala import plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

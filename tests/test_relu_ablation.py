@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import evals.relu_ablation as relu_ablation
-from evals.maze_inputs import action_kl
-from evals.relu_ablation import ablated_logits, agreement, check_relu_sites, pre_relu_site, relu_sites
-from models.hooks import hook_names
-from models.impala import ImpalaPolicy
+import shardlab.evals.relu_ablation as relu_ablation
+from shardlab.evals.maze_inputs import action_kl
+from shardlab.evals.relu_ablation import ablated_logits, agreement, check_relu_sites, pre_relu_site, relu_sites
+from shardlab.models.hooks import hook_names
+from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
-from trainers import cli
-from trainers.checkpointing import load_checkpoint, step_checkpoints
+from shardlab import cli
+from shardlab.trainers.checkpointing import load_checkpoint, step_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
@@ -73,7 +73,7 @@ def test_checkpoint_carries_resolved_config(tmp_path):
 
 def test_sigkill_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "trainers.cli", "train", RECIPE, *TINY,
+    command = [sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *TINY,
                "trainer.total_steps=1280", "--run-dir", str(run_dir)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = run_dir / "checkpoints"

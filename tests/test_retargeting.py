@@ -21,20 +21,20 @@ import pytest
 import torch
 from torch import nn
 
-from envs import maze_geometry
-from envs import maze_state as ms
-from envs.eval_mazes import eval_mazes
-from envs.maze import MazeEnvConfig
-from envs.maze_build import parse_ascii, with_maze
-from envs.maze_views import grid_observations
-from evals import cli as shardlab
-from evals import maze_interp_common as common
-from evals import retargeting
-from evals.results import Result
-from models.hooks import set_value
-from models.impala import ImpalaPolicy
+from shardlab.envs import maze_geometry
+from shardlab.envs import maze_state as ms
+from shardlab.envs.eval_mazes import eval_mazes
+from shardlab.envs.maze import MazeEnvConfig
+from shardlab.envs.maze_build import parse_ascii, with_maze
+from shardlab.envs.maze_views import grid_observations
+from shardlab import cli as shardlab
+from shardlab.evals import maze_interp_common as common
+from shardlab.evals import retargeting
+from shardlab.evals.results import Result
+from shardlab.models.hooks import set_value
+from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
-from trainers.restore import load_trained
+from shardlab.trainers.restore import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

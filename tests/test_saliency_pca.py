@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evals.vector_field import FOLDED_ACTIONS
-from evals.saliency_pca import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
-from models.hooks import add, hooked
-from models.impala import ImpalaPolicy
+from shardlab.evals.vector_field import FOLDED_ACTIONS
+from shardlab.evals.saliency_pca import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
+from shardlab.models.hooks import add, hooked
+from shardlab.models.impala import ImpalaPolicy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = "embedder.block2.res1.resadd_out"

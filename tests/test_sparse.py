@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from models.hooks import hook_names, hooked
-from models.impala import RELU_SITES, ImpalaPolicy, sparse_sites
-from models.sparse import KWinners, L1ReLU, TopK, l1_penalty, make_activation
-from models.weights import WeightsError, load_policy_weights
-from trainers.config import ConfigError, build_config, to_dict
+from shardlab.models.hooks import hook_names, hooked
+from shardlab.models.impala import RELU_SITES, ImpalaPolicy, sparse_sites
+from shardlab.models.sparse import KWinners, L1ReLU, TopK, l1_penalty, make_activation
+from shardlab.models.weights import WeightsError, load_policy_weights
+from shardlab.trainers.config import ConfigError, build_config, to_dict
 from tests.test_model import published_keys
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -222,7 +222,7 @@ class ZeroLoss(torch.nn.Module):
 
 
 def test_ppo_loss_adds_the_l1_penalty(monkeypatch):
-    from trainers.ppo import PPOModule
+    from shardlab.trainers.ppo import PPOModule
 
     recipe = {"env": {"num_envs": 2}, "model": {"channels_last": False, "activation": "l1", "l1_coef": 0.5},
               "ppo": {"num_steps": 4, "minibatch_size": 4, "epochs": 1}, "trainer": {"total_steps": 8}}

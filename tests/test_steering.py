@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from envs import maze_state as ms
-from envs.maze_build import parse_ascii, with_maze
-from envs.maze_views import grid_observations
-from evals import cli as shardlab
-from evals import maze_interp_common as common
-from evals import steering
-from evals.results import Result
-from evals.vector_field import DOWN, LEFT, RIGHT, UP
-from models.hooks import add, hooked
-from models.impala import ImpalaPolicy
+from shardlab.envs import maze_state as ms
+from shardlab.envs.maze_build import parse_ascii, with_maze
+from shardlab.envs.maze_views import grid_observations
+from shardlab import cli as shardlab
+from shardlab.evals import maze_interp_common as common
+from shardlab.evals import steering
+from shardlab.evals.results import Result
+from shardlab.evals.vector_field import DOWN, LEFT, RIGHT, UP
+from shardlab.models.hooks import add, hooked
+from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from trainers.trajectories import (SCHEMA_VERSION, DatasetError, Trajectories, concat, from_episodes,
+from shardlab.trainers.trajectories import (SCHEMA_VERSION, DatasetError, Trajectories, concat, from_episodes,
                                    load_trajectories, returns_to_go, save_trajectories)
 
 META = {"env_id": "MiniGrid-Empty-5x5-v0", "obs": "image", "num_actions": 7, "policy": "test", "seeds": [0]}

@@ -1,8 +1,5 @@
 """LightningModules, their data, checkpointing and the ``shardlab train|resume`` CLI."""
 
-from importlib import metadata
+from shardlab import __version__
 
-try:
-    __version__ = metadata.version("shardlab")
-except metadata.PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0+unknown"
+__all__ = ["__version__"]

@@ -13,13 +13,15 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import nn
 
+from shardlab.trainers.loggers import write_row
+
 
 class ShardlabModule(pl.LightningModule):
     """Base class: subclasses set the class attributes and implement the methods below."""
 
     kind: str = ""  # stored in checkpoint["shardlab"]["kind"]; evals say which kinds they fit
     model_attr: str = "model"  # the attribute holding the network; its state_dict prefix
-    progress_key: str = "steps"  # the x-axis of metrics.jsonl and TensorBoard (env_steps, samples, ...)
+    progress_key: str = "steps"  # the x-axis of metrics.jsonl rows and the loggers (env_steps, samples, ...)
     progress_unit: str = "step"
     resume_fixed_keys: tuple[str, ...] = ("model",)  # config keys a resumed run may not change
     metrics_path: Optional[str] = None
@@ -61,8 +63,13 @@ class ShardlabModule(pl.LightningModule):
         """Extra weights_only-safe state for checkpoint["shardlab"] (counters, RNGs, ...)."""
         return {}
 
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Record one metrics row (metrics.jsonl and every Lightning logger) on global rank 0."""
+        if self.global_rank == 0:
+            write_row(row, int(row[self.progress_key]), self.metrics_path, self.loggers)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Write the ``shardlab`` block: format, version, kind, progress and the subclass's state."""
-        from trainers import __version__
+        from shardlab.trainers import __version__
         checkpoint["shardlab"] = {"format": 1, "version": __version__, "kind": self.kind,
                                   self.progress_key: self.progress(self.global_step), **self.shardlab_state()}

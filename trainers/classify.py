@@ -8,7 +8,6 @@ step's global batch, so a run is the same whether it is resumed or not and ranks
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
@@ -18,12 +17,12 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from models.classifier import ARCHS, Classifier, layer_names, sparse_names
-from models.sparse import l1_penalty
-from trainers.base import ShardlabModule
-from trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need, to_dict,
+from shardlab.models.classifier import ARCHS, Classifier, layer_names, sparse_names
+from shardlab.models.sparse import l1_penalty
+from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need, to_dict,
                              validate_sparse_options)
-from trainers.datasets import SOURCES, DataError, Splits, load_splits
+from shardlab.trainers.datasets import SOURCES, DataError, Splits, load_splits
 
 
 @dataclass
@@ -213,14 +212,7 @@ class ClassifyModule(ShardlabModule):
         if self.cfg.model.l1_coef:
             row["train/l1_penalty"] = stats[2].item()
         self.last_metrics = row
-        if self.global_rank == 0:
-            if self.logger is not None:
-                for key, value in row.items():
-                    if "/" in key and not math.isnan(value):
-                        self.logger.experiment.add_scalar(key, value, row["samples"])
-            if self.metrics_path:
-                with open(self.metrics_path, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+        self.log_row(row)
 
     def configure_optimizers(self) -> dict:
         """Adam with cosine (or constant) learning rate per optimizer step."""

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from envs.minigrid import OBSERVATIONS, MiniGridEnv, MiniGridEnvConfig, check_config, make_single
-from trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,
+from shardlab.envs.minigrid import OBSERVATIONS, MiniGridEnv, MiniGridEnvConfig, check_config, make_single
+from shardlab.trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,
                                    save_trajectories)
 
 SETTING_SEED_STRIDE = 10_007  # env seeds of setting k start at seed + k·stride
@@ -174,8 +174,8 @@ def _check_bot_env(env_cfg: MiniGridEnvConfig) -> None:
 
 def _load_checkpoint_policy(path: str) -> tuple[torch.nn.Module, dict, str]:
     """(model, env config dict, description) of a ppo_minigrid checkpoint; CollectError otherwise."""
-    from trainers.checkpointing import CheckpointError
-    from trainers.restore import load_trained
+    from shardlab.trainers.checkpointing import CheckpointError
+    from shardlab.trainers.restore import load_trained
 
     try:
         trained = load_trained(path)
@@ -220,7 +220,7 @@ def collect(args: argparse.Namespace) -> Trajectories:
     if source == "bot":
         _check_bot_env(env_cfg)
     if model is not None:
-        from models.minigrid_policy import preprocess
+        from shardlab.models.minigrid_policy import preprocess
 
         if tuple(model.obs_shape) != _obs_shape(env_cfg):
             raise CollectError(f"checkpoint {source} takes observations of shape {tuple(model.obs_shape)} but "
@@ -273,7 +273,7 @@ def _check_appendable(existing: Trajectories, env_cfg: MiniGridEnvConfig, path: 
 
 
 def _obs_shape(env_cfg: MiniGridEnvConfig) -> tuple[int, ...]:
-    from envs.minigrid import observation_shape
+    from shardlab.envs.minigrid import observation_shape
 
     return observation_shape(env_cfg)
 

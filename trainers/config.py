@@ -5,19 +5,22 @@ with a one-line message naming the key and the fix."""
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from envs.maze import DISTRIBUTION_MODES, OBSERVATIONS, MazeEnvConfig
-from trainers.kinds import get_kind
+from shardlab.envs.maze import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig
+from shardlab.trainers.kinds import get_kind
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+LOGGERS = ("tensorboard", "csv", "wandb")  # trainer.loggers: Lightning loggers built by trainers/loggers.py
+DEFAULT_LOGGERS = ("tensorboard", "csv")
 
 
 class ConfigError(ValueError):
@@ -91,6 +94,8 @@ class TrainerConfig:
     keep_checkpoints: int = 3  # step-*.ckpt files kept besides last.ckpt
     seed: int = 0
     progress_bar: bool = True
+    # where metric rows go besides metrics.jsonl: tensorboard (<run_dir>/tb), csv (<run_dir>/csv), wandb
+    loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))
 
 
 @dataclass
@@ -157,8 +162,10 @@ def read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path} not found; pass a YAML recipe such as "
                           "configs/train/maze_ppo_cpu.yaml")
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle)
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; pass a YAML recipe") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -223,6 +230,11 @@ def validate_trainer(trainer: DictConfig) -> None:
          f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
     need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 step")
     need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
+    unknown = [name for name in trainer.loggers if name not in LOGGERS]
+    need(not unknown, f"trainer.loggers has unknown logger {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(LOGGERS)}")
+    need(len(set(trainer.loggers)) == len(trainer.loggers),
+         f"trainer.loggers names a logger twice: {list(trainer.loggers)}")
 
 
 def validate_ppo(cfg: DictConfig) -> None:
@@ -236,6 +248,10 @@ def validate_ppo(cfg: DictConfig) -> None:
          f"env.distribution_mode must be one of {', '.join(DISTRIBUTION_MODES)}, got {env.distribution_mode!r}")
     need(env.rand_region is None or env.rand_region >= 0,
          f"env.rand_region must be >= 0 (0 = the top-right corner) or null, got {env.rand_region}")
+    world = WORLD_DIM.get(env.distribution_mode)
+    need(env.rand_region is None or world is None or env.rand_region <= world,
+         f"env.rand_region {env.rand_region} is larger than the {world}×{world} {env.distribution_mode}-mode "
+         f"world; use at most {world} (or null for the cheese anywhere)")
     need(env.obs in OBSERVATIONS, f"env.obs must be one of {', '.join(OBSERVATIONS)}, got {env.obs!r}")
     need(env.max_maze_size is None or (env.max_maze_size >= 3 and env.max_maze_size % 2 == 1),
          f"env.max_maze_size must be odd and >= 3 (or null), got {env.max_maze_size}")
@@ -259,7 +275,7 @@ def validate_ppo_section(ppo: DictConfig, num_envs: int) -> None:
 
 def validate_sparse(model: DictConfig) -> None:
     """Checks of the sparse-activation keys of ModelConfig."""
-    from models.impala import sparse_sites  # deferred, as in check_runnable: models import torch
+    from shardlab.models.impala import sparse_sites  # deferred, as in check_runnable: models import torch
 
     validate_sparse_options(model)
     need(model.activation == "relu" or bool(sparse_sites(model.sparse_layers)),
@@ -270,7 +286,7 @@ def validate_sparse(model: DictConfig) -> None:
 def validate_sparse_options(model: DictConfig) -> None:
     """Checks of the activation options every network's model section shares (activation,
     percent_on, boost_strength, k_inference_factor, duty_cycle_period, l1_coef)."""
-    from models.sparse import KINDS
+    from shardlab.models.sparse import KINDS
 
     need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
@@ -293,6 +309,17 @@ def check_runnable(cfg: DictConfig) -> None:
         if available < devices:
             raise ConfigError(f"trainer.accelerator={accelerator} with trainer.devices={devices} but this "
                               f"machine has {available} CUDA GPU(s); use trainer.accelerator=cpu or fewer devices")
+    check_loggers_installed(cfg.trainer.loggers)
+
+
+def check_loggers_installed(names: Sequence[str]) -> None:
+    """ConfigError when a chosen logger's optional package is missing (wandb is an extra)."""
+    if "wandb" in names:
+        try:
+            importlib.import_module("wandb")  # only whether it imports; a run imports it later
+        except ImportError:
+            raise ConfigError("trainer.loggers has wandb but wandb is not installed; "
+                              "pip install 'shardlab[wandb]' or drop it") from None
 
 
 def to_dict(cfg: DictConfig) -> dict:

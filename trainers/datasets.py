@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.config import ConfigError
+from shardlab.trainers.config import ConfigError
 
 SOURCES = ("digits", "npz", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -27,13 +27,13 @@ from omegaconf import DictConfig
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from models.decision_transformer import STATE_ENCODINGS, DecisionTransformer, build_vocabulary, mission_words
-from models.sparse import KINDS as ACTIVATIONS
-from models.sparse import l1_penalty
-from trainers.base import ShardlabModule
-from trainers.config import ConfigError, TrainerConfig, build_config, need
-from trainers.dt_data import EpisodeWindows, WindowBatch, split_episodes
-from trainers.trajectories import DatasetError, Trajectories, load_trajectories
+from shardlab.models.decision_transformer import STATE_ENCODINGS, DecisionTransformer, build_vocabulary, mission_words
+from shardlab.models.sparse import KINDS as ACTIVATIONS
+from shardlab.models.sparse import l1_penalty
+from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.config import ConfigError, TrainerConfig, build_config, need
+from shardlab.trainers.dt_data import EpisodeWindows, WindowBatch, split_episodes
+from shardlab.trainers.trajectories import DatasetError, Trajectories, load_trajectories
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def validate_dt(cfg: DictConfig) -> None:
     if not cfg.spec.obs_shape:  # a config to train from: its dataset must be there (a checkpoint's need not)
         _check_dataset(cfg)
     try:  # a wrong option name should stop the run before anything is written
-        from models.sparse import make_activation
+        from shardlab.models.sparse import make_activation
         make_activation(model.mlp_activation, **dict(model.mlp_activation_options))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.mlp_activation_options: {exc}") from None
@@ -208,7 +208,7 @@ def dataset_spec(traj: Trajectories, use_mission: bool) -> dict[str, Any]:
 
 def _env_step_limit(env_id: str) -> int:
     """The episode step limit of a registered MiniGrid env (0 if the id is unknown)."""
-    from envs.minigrid import MiniGridEnvConfig, check_config, make_single
+    from shardlab.envs.minigrid import MiniGridEnvConfig, check_config, make_single
 
     cfg = MiniGridEnvConfig(env_id=env_id, num_envs=1)
     try:
@@ -414,14 +414,7 @@ class DTModule(ShardlabModule):
         self._stats.clear()
         self._window_start, self._window_steps = time.perf_counter(), 0
         self.last_metrics = row
-        if self.global_rank == 0:
-            if self.logger is not None:
-                for key, value in row.items():
-                    if "/" in key:
-                        self.logger.experiment.add_scalar(key, value, step)
-            if self.metrics_path:
-                with open(self.metrics_path, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+        self.log_row(row)
 
     # -- the shared run loop's interface (trainers/base.py) -------------------------------------
     @staticmethod

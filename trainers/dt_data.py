@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from trainers.trajectories import Trajectories
+from shardlab.trainers.trajectories import Trajectories
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
-from models.impala import ImpalaPolicy, preprocess
+from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
+from shardlab.models.impala import ImpalaPolicy, preprocess
 
 MAX_EPISODE_STEPS = 500  # procgen maze's own time limit
 

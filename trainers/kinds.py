@@ -29,15 +29,15 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "ppo": Kind("ppo", "trainers.config:TrainConfig", "trainers.config:validate_ppo",
-                "trainers.ppo:PPOModule", "PPO on the procgen maze with an IMPALA policy"),
-    "ppo_minigrid": Kind("ppo_minigrid", "trainers.ppo_minigrid:MiniGridPPOConfig",
-                         "trainers.ppo_minigrid:validate_ppo_minigrid", "trainers.ppo_minigrid:PPOMiniGridModule",
+    "ppo": Kind("ppo", "shardlab.trainers.config:TrainConfig", "shardlab.trainers.config:validate_ppo",
+                "shardlab.trainers.ppo:PPOModule", "PPO on the procgen maze with an IMPALA policy"),
+    "ppo_minigrid": Kind("ppo_minigrid", "shardlab.trainers.ppo_minigrid:MiniGridPPOConfig",
+                         "shardlab.trainers.ppo_minigrid:validate_ppo_minigrid", "shardlab.trainers.ppo_minigrid:PPOMiniGridModule",
                          "PPO on a MiniGrid/BabyAI env with a small CNN or MLP"),
-    "dt": Kind("dt", "trainers.dt:DTTrainConfig", "trainers.dt:validate_dt", "trainers.dt:DTModule",
+    "dt": Kind("dt", "shardlab.trainers.dt:DTTrainConfig", "shardlab.trainers.dt:validate_dt", "shardlab.trainers.dt:DTModule",
                "decision transformer on a trajectory dataset (offline RL)"),
-    "classify": Kind("classify", "trainers.classify:ClassifyConfig", "trainers.classify:validate_classify",
-                     "trainers.classify:ClassifyModule", "image classifier (MLP/CNN) with dense or sparse activations"),
+    "classify": Kind("classify", "shardlab.trainers.classify:ClassifyConfig", "shardlab.trainers.classify:validate_classify",
+                     "shardlab.trainers.classify:ClassifyModule", "image classifier (MLP/CNN) with dense or sparse activations"),
 }
 
 
@@ -46,7 +46,7 @@ def get_kind(algo: Any, source: str = "config") -> Kind:
     if algo not in KINDS:
         close = difflib.get_close_matches(str(algo), KINDS, n=2, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        from trainers.config import ConfigError  # the config module imports this one
+        from shardlab.trainers.config import ConfigError  # the config module imports this one
         raise ConfigError(f"algo {algo!r} in {source} is not a training kind; {hint}"
                           f"known: {', '.join(sorted(KINDS))}")
     return KINDS[algo]

@@ -26,12 +26,12 @@ from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
-from envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
-from models.impala import ImpalaPolicy, preprocess
-from models.sparse import l1_penalty
-from trainers.base import ShardlabModule
-from trainers.config import activation_options, build_config
-from trainers.reward_norm import RewardNormalizer
+from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
+from shardlab.models.impala import ImpalaPolicy, preprocess
+from shardlab.models.sparse import l1_penalty
+from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.config import activation_options, build_config
+from shardlab.trainers.reward_norm import RewardNormalizer
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
               "clip_fraction", "value_clip_fraction", "explained_variance")
@@ -263,14 +263,7 @@ class PPOModule(ShardlabModule):
         row["perf/rollout_fraction"] = self._rollout_seconds / elapsed
         self._stats.clear()
         self.last_metrics = row
-        if self.global_rank == 0:
-            if self.logger is not None:
-                for key, value in row.items():
-                    if "/" in key:
-                        self.logger.experiment.add_scalar(key, value, env_steps)
-            if self.metrics_path:
-                with open(self.metrics_path, "a") as handle:
-                    handle.write(json.dumps(row) + "\n")
+        self.log_row(row)
 
     def episode_sums(self, episodes: list) -> list[float]:
         """[return sum, length sum, cheese count, corner count, episodes] of this rank's episodes."""

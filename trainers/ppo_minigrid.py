@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
-from models.minigrid_policy import MiniGridPolicy, preprocess
-from trainers.config import (ActivationConfig, PPOConfig, TrainerConfig, activation_options, need,
+from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
+from shardlab.models.minigrid_policy import MiniGridPolicy, preprocess
+from shardlab.trainers.config import (ActivationConfig, PPOConfig, TrainerConfig, activation_options, need,
                              validate_ppo_section, validate_sparse_options)
-from trainers.ppo import PPOModule
+from shardlab.trainers.ppo import PPOModule
 
 @dataclass
 class MiniGridModelConfig(ActivationConfig):
@@ -41,8 +41,8 @@ class MiniGridPPOConfig:
 
 def validate_ppo_minigrid(cfg: DictConfig) -> None:
     """Checks of a MiniGrid PPO config."""
-    from models.impala import sparse_sites  # deferred like trainers.config's sparse checks
-    from models.minigrid_policy import KINDS as MODEL_KINDS
+    from shardlab.models.impala import sparse_sites  # deferred like trainers.config's sparse checks
+    from shardlab.models.minigrid_policy import KINDS as MODEL_KINDS
 
     try:
         check_config(MiniGridEnvConfig(**OmegaConf.to_container(cfg.env)))

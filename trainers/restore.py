@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from typing import Optional
 
 from omegaconf import DictConfig
 from torch import nn
 
-from models.weights import WeightsError, load_policy_weights
-from trainers.checkpointing import CheckpointError, load_checkpoint
-from trainers.config import ConfigError, build_config, load_config
-from trainers.kinds import get_kind
+from shardlab.models.weights import WeightsError, load_policy_weights
+from shardlab.trainers.checkpointing import CheckpointError, load_checkpoint
+from shardlab.trainers.config import ConfigError, build_config, load_config
+from shardlab.trainers.kinds import get_kind
 
 
 @dataclass
@@ -22,7 +24,18 @@ class Trained:
     config: DictConfig
     model: nn.Module
     steps: int  # in the kind's progress unit (env steps for PPO)
-    path: str
+    path: str  # the checkpoint or weights file, ``oracle:NAME`` or ``<network>``
+
+    @property
+    def sha256(self) -> Optional[str]:
+        """The SHA-256 of the file it was loaded from (None for scripted policies and networks)."""
+        if not os.path.isfile(self.path):
+            return None
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
 
 ORACLE_PREFIX = "oracle:"
@@ -31,16 +44,40 @@ ORACLE_PREFIX = "oracle:"
 def load_oracle(spec: str, config: str | os.PathLike | DictConfig) -> Trained:
     """A scripted maze policy (``envs.maze_oracles``) as a Trained, with the training config of
     ``config`` (a recipe path or a resolved config) saying which mazes it plays."""
-    from envs.maze_oracles import make_oracle
+    from shardlab.envs.maze_oracles import make_oracle
 
-    if not isinstance(config, DictConfig):
-        config = load_config(config)
+    config = _config_of(config)
     if config.algo != "ppo":
         raise ConfigError(f"scripted policies play procgen mazes; recipe {config.name!r} has algo {config.algo!r}")
     if config.env.obs != "grid":
         raise ConfigError("scripted policies read the grid observation; use a recipe with env.obs: grid "
                           "(or override env.obs=grid)")
     return Trained("ppo_maze", config, make_oracle(spec).eval(), 0, ORACLE_PREFIX + spec)
+
+
+def _config_of(config: str | os.PathLike | DictConfig) -> DictConfig:
+    return config if isinstance(config, DictConfig) else load_config(config)
+
+
+def wrap_policy(model: nn.Module, config: str | os.PathLike | DictConfig, steps: int = 0) -> Trained:
+    """A network object with the training config (recipe path or resolved config) its evals read."""
+    config = _config_of(config)
+    module_cls = get_kind(config.algo, str(config.get("name", "recipe"))).load("module")
+    return Trained(module_cls.kind, config, model.eval(), steps, "<network>")
+
+
+def load_weights(path: str | os.PathLike, config: str | os.PathLike | DictConfig) -> Trained:
+    """A published weights file (bare state_dict or ``{'model_state_dict': ...}``, e.g. procgen-tools'
+    maze policies) loaded into the network the training config builds; CheckpointError naming the
+    keys when the file does not fit."""
+    config = _config_of(config)
+    module_cls = get_kind(config.algo, str(config.get("name", "recipe"))).load("module")
+    model = module_cls.build_model(config)
+    try:
+        load_policy_weights(model, path, prefix=module_cls.model_attr + ".")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    return Trained(module_cls.kind, config, model.eval(), 0, os.fspath(path))
 
 
 def load_trained(path: str | os.PathLike) -> Trained:

@@ -1,4 +1,5 @@
-"""Start or resume a training run in a run directory: runs/<name>/{config.yaml, checkpoints/, tb/}."""
+"""Start or resume a training run in a run directory: runs/<name>/{config.yaml, checkpoints/,
+metrics.jsonl, and the folders of trainer.loggers: tb/, csv/, wandb/}."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import warnings
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.loggers import TensorBoardLogger
 
-from trainers.allocator import keep_freed_memory
-from trainers.checkpointing import LAST, AtomicCheckpointIO, PeriodicCheckpoint, load_checkpoint
-from trainers.base import ShardlabModule
-from trainers.config import ConfigError, build_config, read_yaml, to_dict
-from trainers.kinds import get_kind
-from trainers.progress import StepProgressBar
+from shardlab.trainers.allocator import keep_freed_memory
+from shardlab.trainers.checkpointing import LAST, AtomicCheckpointIO, PeriodicCheckpoint, load_checkpoint
+from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.config import ConfigError, build_config, read_yaml, to_dict
+from shardlab.trainers.kinds import get_kind
+from shardlab.trainers.loggers import build_loggers
+from shardlab.trainers.progress import StepProgressBar
 
-CONFIG_FILE, CHECKPOINTS, TB, METRICS = "config.yaml", "checkpoints", "tb", "metrics.jsonl"
+CONFIG_FILE, CHECKPOINTS, METRICS = "config.yaml", "checkpoints", "metrics.jsonl"
 
 
 def is_launched_worker() -> bool:
@@ -30,6 +31,9 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str) -> None:
     """Create a new run directory holding the resolved config; refuse to reuse a used one."""
     if is_launched_worker():
         return
+    blocker = next((p for p in _ancestors(run_dir) if os.path.exists(p) and not os.path.isdir(p)), None)
+    if blocker is not None:
+        raise ConfigError(f"--run-dir {run_dir}: {blocker} is a file, not a folder; pick another --run-dir")
     if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) or os.path.isdir(os.path.join(run_dir, CHECKPOINTS)):
         raise ConfigError(f"run directory {run_dir} is already used; continue it with "
                           f"`shardlab resume {run_dir}` or pick another --run-dir")
@@ -38,6 +42,17 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str) -> None:
     with open(tmp, "w") as handle:
         handle.write(OmegaConf.to_yaml(cfg))
     os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and every folder above it."""
+    path, found = os.path.abspath(path), []
+    while True:
+        found.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return found
+        path = parent
 
 
 def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
@@ -78,6 +93,12 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
         getattr(module, module.model_attr).load_state_dict(init_weights)
     module.metrics_path = os.path.join(run_dir, METRICS)
     checkpoints = os.path.join(run_dir, CHECKPOINTS)
+    # the resume point, on the process that writes logs (DDP workers re-run this function)
+    resumed_at = (load_checkpoint(ckpt_path)["shardlab"][module.progress_key]
+                  if ckpt_path and not is_launched_worker() else None)
+    if resumed_at is not None:
+        _drop_metrics_after(module.metrics_path, module.progress_key, resumed_at)
+    loggers = build_loggers(t.loggers, run_dir, cfg.name, resumed_at=resumed_at)
     callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints), *(callbacks or [])]
     if t.progress_bar:
         callbacks.append(StepProgressBar())
@@ -86,13 +107,13 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
         precision=t.precision, max_steps=module.max_optimizer_steps(), max_epochs=-1,
         gradient_clip_val=module.gradient_clip_val(), gradient_clip_algorithm="norm",
-        logger=TensorBoardLogger(run_dir, name=TB, version="", default_hp_metric=False),
+        # metric rows reach the loggers through module.log_row at the module's progress (env
+        # steps, samples); anything a module self.log()s goes to them every 50 optimizer steps
+        logger=loggers or False, log_every_n_steps=50,
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=50,
+        enable_progress_bar=False, enable_model_summary=False,
         default_root_dir=run_dir, use_distributed_sampler=False)
     if ckpt_path and trainer.is_global_zero:
-        _drop_metrics_after(module.metrics_path, module.progress_key,
-                            load_checkpoint(ckpt_path)["shardlab"][module.progress_key])
         for name in os.listdir(checkpoints):  # temp files of a save that was killed half-way
             if ".tmp-" in name:
                 os.remove(os.path.join(checkpoints, name))

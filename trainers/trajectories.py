@@ -176,7 +176,7 @@ def return_stats(traj: Trajectories) -> dict[str, float]:
 
 def summary_metadata(traj: Trajectories) -> dict[str, Any]:
     """The metadata entries computed from the arrays (counts, shape, return statistics)."""
-    from trainers import __version__
+    from shardlab.trainers import __version__
 
     return {"obs_shape": list(traj.obs_shape), "episodes": traj.num_episodes, "steps": traj.num_steps,
             "return_stats": return_stats(traj), "shardlab_version": __version__}

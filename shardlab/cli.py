@@ -1,0 +1,204 @@
+"""The ``shardlab`` command: one parser for train, resume, collect, eval, list and config.
+
+Every subcommand exits 0 on success and 2 on bad input (one line on stderr, nothing written);
+``eval`` exits 1 when a threshold is missed or an eval crashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from shardlab import __version__
+
+EXIT_OK, EXIT_BAD_INPUT = 0, 2
+ORACLES = "oracle:cheese_seeker, oracle:corner_seeker, oracle:corner_then_cheese:K, oracle:uniform"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give one or more eval names separated by commas")
+    return names
+
+
+def _logger_names(text: str) -> list[str]:
+    return [] if text.strip() == "none" else _names(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The full command line."""
+    top = _Parser(prog="shardlab", description="Train toy agents and transformers, then test what they learned.")
+    top.add_argument("--version", action="version", version=f"shardlab {__version__}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    train = sub.add_parser("train", help="start a run from a recipe (a shipped name such as maze_demo, or a YAML path)")
+    train.add_argument("config", metavar="RECIPE", help="recipe name (`shardlab list recipes`) or YAML path")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. ppo.lr=3e-4")
+    train.add_argument("--run-dir", help="run directory (default: runs/<name>)")
+
+    resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume.add_argument("run_dir", help="a run directory made by `shardlab train`")
+    resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.total_steps=2000000")
+
+    from shardlab.trainers.collect import add_arguments as add_collect_arguments
+    add_collect_arguments(sub.add_parser("collect", help="roll out a policy on MiniGrid/BabyAI and write a "
+                                         "trajectory dataset"))
+
+    ev = sub.add_parser("eval", help="run an eval suite on a checkpoint, a scripted policy or published weights")
+    ev.add_argument("checkpoint", nargs="?", help=f"a shardlab checkpoint, or a scripted policy: {ORACLES}")
+    ev.add_argument("--suite", default="ci", help="suite name (`shardlab list suites`) or YAML path (default: ci)")
+    ev.add_argument("--out", required=True, help="output folder for results.json, junit.xml and plots")
+    ev.add_argument("--recipe", help="training recipe for a scripted policy or a --weights file")
+    ev.add_argument("--weights", help="a published weights file (e.g. procgen-tools' maze .pth), with --recipe")
+    ev.add_argument("--only", type=_names, help="run only these evals of the suite, comma-separated")
+    ev.add_argument("--limit", type=_positive_int, help="cap the number of mazes/episodes per eval (quick CI runs)")
+    ev.add_argument("--seed", type=int, help="override the suite's seed")
+    ev.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    ev.add_argument("--loggers", type=_logger_names, default=["tensorboard"],
+                    help="where metrics and PNGs also go under --out: tensorboard (default), csv, wandb; "
+                         "comma-separated, or none")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay short)")
+    ev.add_argument("overrides", nargs="*", metavar="EVAL.KEY=VALUE",
+                    help="change an eval's config, e.g. retargeting.max_steps=500 steering.mazes=200")
+
+    listing = sub.add_parser("list", help="list the shipped recipes, suites or the registered evals")
+    listing.add_argument("what", choices=["recipes", "suites", "evals"])
+
+    config = sub.add_parser("config", help="print a recipe's resolved config (defaults and overrides filled in)")
+    config.add_argument("config", metavar="RECIPE", help="recipe name or YAML path")
+    config.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand and return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    top = parser()
+    if argv and argv[0] == "eval":  # overrides may sit between the options
+        args = _parse_eval(top, argv)
+    else:
+        args, extra = top.parse_known_args(argv)
+        if extra:
+            if args.command in ("train", "resume", "config") and all("=" in e and not e.startswith("-") for e in extra):
+                args.overrides = [*args.overrides, *extra]
+            else:
+                top.error(f"unrecognized arguments: {' '.join(extra)}")
+    handler = {"train": _train, "resume": _train, "collect": _collect, "eval": _eval, "list": _list,
+               "config": _config}[args.command]
+    return handler(args)
+
+
+def _parse_eval(top: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    subparsers = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    args = subparsers.choices["eval"].parse_intermixed_args(argv[1:])
+    args.command = "eval"
+    return args
+
+
+def _train(args: argparse.Namespace) -> int:
+    from shardlab.trainers.checkpointing import CheckpointError
+    from shardlab.trainers.config import ConfigError, check_runnable, load_config
+
+    try:
+        from shardlab.trainers import run  # heavy imports only after argument parsing
+        if args.command == "train":
+            cfg = load_config(_recipe(args.config), args.overrides)
+            check_runnable(cfg)
+            run_dir = args.run_dir or os.path.join("runs", cfg.name)
+            run.prepare_run_dir(cfg, run_dir)
+            ckpt = None
+        else:
+            run_dir = args.run_dir
+            cfg, ckpt = run.load_run(run_dir, args.overrides)
+            check_runnable(cfg)
+        if not run.is_launched_worker():
+            print(f"run directory: {run_dir}", file=sys.stderr)
+        module = run.fit(cfg, run_dir, ckpt)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"shardlab {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if module.global_rank == 0:
+        print(f"checkpoint: {os.path.join(run_dir, 'checkpoints', 'last.ckpt')}\n"
+              f"tensorboard: tensorboard --logdir {os.path.join(run_dir, 'tb')}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _recipe(name_or_path: str) -> str:
+    from shardlab import configs
+    from shardlab.trainers.config import ConfigError
+
+    try:
+        return configs.resolve("recipe", name_or_path)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from shardlab.trainers import collect
+
+    return collect.main(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from shardlab.evals.runner import run_suite  # heavy imports after parsing
+
+    return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed,
+                     progress=not args.no_progress, overrides=args.overrides, recipe=args.recipe,
+                     weights=args.weights, device=args.device, loggers=args.loggers)
+
+
+def _list(args: argparse.Namespace) -> int:
+    if args.what == "evals":
+        from shardlab.evals.registry import available, get
+
+        rows = [(name, _first_line(get(name).__doc__)) for name in available()]
+    else:
+        from shardlab import configs
+
+        rows = [(entry.name, entry.summary) for entry in configs.shipped(args.what[:-1])]
+    width = max((len(name) for name, _ in rows), default=0)
+    for name, summary in rows:
+        print(f"{name:<{width}}  {summary}".rstrip())
+    return EXIT_OK
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+
+
+def _config(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from shardlab.trainers.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(_recipe(args.config), args.overrides)
+    except ConfigError as exc:
+        print(f"shardlab config: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(OmegaConf.to_yaml(cfg), end="")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

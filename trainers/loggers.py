@@ -1,0 +1,131 @@
+"""Lightning loggers of a run (``trainer.loggers``) and the one writer of its metric rows.
+
+A metric row is a flat dict such as ``{"env_steps": 2048, "iteration": 1, "episode/return": 3.5}``:
+:func:`write_row` appends it to ``metrics.jsonl`` (the run's own record, read by tests, the demo
+report and resume) and sends its ``section/name`` scalars to every Lightning logger at the row's
+progress value, so TensorBoard, the CSV file and wandb show the same numbers as the JSONL file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import os
+import warnings
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+
+from shardlab.trainers.config import DEFAULT_LOGGERS, check_loggers_installed
+
+TB, CSV = "tb", "csv"  # <run_dir>/tb holds the event files directly (README: tensorboard --logdir runs/x/tb)
+
+
+def build_loggers(names: Sequence[str], run_dir: str, run_name: str = "shardlab",
+                  resumed_at: Optional[int] = None) -> list[Logger]:
+    """The Lightning loggers ``names`` (trainer.loggers) writing under ``run_dir``.
+
+    ``resumed_at`` (the checkpoint's progress when resuming; pass it on global rank 0 only) drops
+    what the interrupted session logged after it, from TensorBoard's view and from the CSV, so a
+    resumed curve has each step once, as metrics.jsonl does.
+    """
+    check_loggers_installed(names)
+    loggers: list[Logger] = []
+    for name in names:
+        if name == "tensorboard":
+            purge = {} if resumed_at is None else {"purge_step": resumed_at + 1}
+            loggers.append(TensorBoardLogger(run_dir, name=TB, version="", default_hp_metric=False, **purge))
+        elif name == "csv":
+            loggers.append(CSVLogger(run_dir, name=CSV, version=""))
+            if resumed_at is not None:
+                keep_csv_rows(loggers[-1], until=resumed_at)
+        elif name == "wandb":
+            from pytorch_lightning.loggers import WandbLogger
+
+            loggers.append(WandbLogger(name=run_name, save_dir=run_dir,
+                                       project=os.environ.get("WANDB_PROJECT", "shardlab")))
+    return loggers
+
+
+def scalars(row: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics of a row that loggers get: ``section/name`` keys, NaN (no value) left out.
+
+    Keys without a slash (env_steps, iteration, samples) are counters: the x-axis, not curves.
+    """
+    return {key: float(value) for key, value in row.items()
+            if "/" in key and isinstance(value, numbers.Real) and not math.isnan(value)}
+
+
+def send(loggers: Sequence[Logger], metrics: Mapping[str, float], step: int) -> None:
+    """``metrics`` at ``step`` to every logger, flushed so a killed run keeps them (rows are rare)."""
+    if not metrics:
+        return
+    for logger in loggers:
+        logger.log_metrics(dict(metrics), step)
+        logger.save()  # CSVLogger otherwise buffers until (step + 1) % 100 == 0 or the end of fit
+
+
+def write_row(row: Mapping[str, Any], step: int, metrics_path: Optional[str], loggers: Sequence[Logger]) -> None:
+    """Append ``row`` to metrics.jsonl and send its scalars to ``loggers``; call on global rank 0 only."""
+    if metrics_path:
+        with open(metrics_path, "a") as handle:
+            handle.write(json.dumps(dict(row)) + "\n")
+    send(loggers, scalars(row), step)
+
+
+def keep_csv_rows(logger: CSVLogger, until: Optional[int] = None) -> None:
+    """Open ``logger``'s writer keeping the rows of its existing metrics.csv (those at step <= ``until``).
+
+    Lightning's CSV writer deletes an existing metrics.csv when it opens, which would cut a resumed
+    run's CSV at the checkpoint and an eval folder's at the last eval. The file is moved aside,
+    the writer opened on no file, and the kept rows logged again: correct whether or not the
+    installed Lightning deletes. Call on global rank 0 only.
+    """
+    path = os.path.join(logger.log_dir, "metrics.csv")
+    aside = path + ".kept"  # left behind only by a process killed during this function
+    if os.path.isfile(path):
+        os.replace(path, aside)
+    if not os.path.isfile(aside):
+        return
+    with open(aside, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with warnings.catch_warnings():  # "logs directory exists and is not empty": expected here
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        logger.experiment
+    for row in rows:
+        step = int(float(row.pop("step")))
+        metrics = {key: float(value) for key, value in row.items() if value not in ("", None)}
+        if metrics and (until is None or step <= until):
+            logger.log_metrics(metrics, step)
+    logger.save()
+    os.remove(aside)
+
+
+def eval_scalars(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``eval/metric`` → value for the runs of an eval suite (``Results.runs``), NaN left out."""
+    return {f"{run['eval']}/{m.name}": float(m.value) for run in runs for m in run["result"].metrics
+            if m.value == m.value}
+
+
+def log_eval_metrics(target: Union[str, os.PathLike, Sequence[Logger]], runs: Sequence[Mapping[str, Any]],
+                     step: int, names: Sequence[str] = DEFAULT_LOGGERS) -> dict[str, float]:
+    """Send eval results as ``eval/metric`` scalars at ``step`` (the checkpoint's training progress).
+
+    ``target`` is a list of Lightning loggers (e.g. a run's, from :func:`build_loggers`) or a folder,
+    for which the loggers ``names`` are built (TensorBoard events in ``<folder>/tb``, the CSV in
+    ``<folder>/csv/metrics.csv``) and finalized. Returns the scalars sent.
+    """
+    metrics = eval_scalars(runs)
+    if isinstance(target, (str, os.PathLike)):
+        loggers = build_loggers(names, os.fspath(target))
+        for logger in loggers:
+            if isinstance(logger, CSVLogger):
+                keep_csv_rows(logger)  # evals of successive checkpoints add rows to one file
+        send(loggers, metrics, step)
+        for logger in loggers:
+            logger.finalize("success")
+    else:
+        send(target, metrics, step)
+    return metrics
