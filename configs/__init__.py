@@ -38,6 +38,9 @@ def resolve(what: str, name_or_path: str) -> str:
     """
     if os.path.isfile(name_or_path):
         return name_or_path
+    if os.path.isdir(name_or_path):
+        raise FileNotFoundError(f"{what} {name_or_path!r} is a folder; pass a YAML file or a shipped {what} name "
+                                f"(`shardlab list {what}s`)")
     stem = os.path.basename(name_or_path)
     stem = stem[:-len(".yaml")] if stem.endswith(".yaml") else stem
     names = {entry.name: entry.path for entry in shipped(what)}

@@ -165,6 +165,13 @@ def _check_cheese_mode(cheese: str) -> None:
         raise ValueError(f"cheese must be one of {', '.join(CHEESE_MODES)}; got {cheese!r}")
 
 
+def check_filters(cheese: str, region: int, min_size: int = 3, max_size: int = 25,
+                  require_decision_square: bool = False, mode: str = "hard") -> None:
+    """The ValueError :func:`eval_mazes` would raise for these filters (none when some maze can pass),
+    so an eval can refuse a config before it plays anything."""
+    _check_filters(1, cheese, region, min_size, max_size, require_decision_square, mode)
+
+
 def _check_filters(n: int, cheese: str, region: int, min_size: int, max_size: int,
                    require_decision_square: bool, mode: str) -> list[int]:
     """The maze sizes to keep; ValueError naming the problem when no maze can pass."""

@@ -69,6 +69,8 @@ def check_config(cfg: MiniGridEnvConfig) -> None:
         raise ValueError(f"env.num_envs must be >= 1, got {cfg.num_envs}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError(f"env.max_steps must be >= 1 or null, got {cfg.max_steps}")
+    if cfg.seed < 0:
+        raise ValueError(f"env.seed must be >= 0 (gymnasium seeds are non-negative), got {cfg.seed}")
 
 
 def make_single(cfg: MiniGridEnvConfig) -> gym.Env:

@@ -51,6 +51,7 @@ from shardlab.evals.maze_interp_common import (DEFAULT_LAYER, cell_of, cheese_ch
 from shardlab.evals.registry import register
 from shardlab.evals.results import Result, write_json_atomic
 from shardlab.models.hooks import Channels, Edit, hooked, patch
+from shardlab.trainers.bars import progress_kwargs
 
 Square = tuple[int, int]
 
@@ -191,6 +192,7 @@ class ActivationPatching:
     run are patched with the clean run's (whole-layer patches only as controls)."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -220,7 +222,19 @@ class ActivationPatching:
                                  f"{self.radius}")
 
     def __init__(self, config: "ActivationPatching.Config"):
+        if config.report_channels < 0:
+            raise ValueError(f"activation_patching.report_channels must be >= 0, got {config.report_channels}")
         self.config = config
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer or channel."""
+        from shardlab.evals.maze_interp_common import require_channels, require_layers
+
+        cfg = self.config
+        require_layers(policy, {"activation_patching.layer": [cfg.layer],
+                                "activation_patching.layers": cfg.layers or [],
+                                "activation_patching.channel_layers": cfg.channel_layers or []})
+        require_channels(policy, train_config, "activation_patching.channels", cfg.channels, cfg.layer)
 
     def run(self, ctx: EvalContext) -> Result:
         """Choose the cheese channels, build pairs, patch the hypothesis, the sweep and the controls."""
@@ -255,7 +269,7 @@ class ActivationPatching:
         for name, value in hypothesis.items():
             result.add(f"recovery/{name}", value, n=used, higher_is_better=True)
         bar = tqdm(total=len(controls) + sum(patcher.clean_acts[layer].shape[1] for layer in channel_layers),
-                   desc="activation_patching", disable=not ctx.progress)
+                   desc="activation_patching", disable=not ctx.progress, **progress_kwargs())
         whole = {}
         for layer in controls:
             whole[layer] = patcher.recovery(layer)

@@ -56,6 +56,7 @@ from shardlab.evals.maze_interp_common import (DEFAULT_LAYER, cheese_channel_met
 from shardlab.evals.registry import register
 from shardlab.evals.results import Result
 from shardlab.models.hooks import Edit, compose, hooked, patch
+from shardlab.trainers.bars import progress_kwargs
 
 FEATURES = ("cheese_location", "mouse_location", "maze_layout")
 LOSSES = ("kl", "nll")
@@ -211,6 +212,7 @@ class CausalScrubbing:
     (whole-layer scrubs only as controls)."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -251,6 +253,20 @@ class CausalScrubbing:
     def __init__(self, config: "CausalScrubbing.Config"):
         self.config = config
 
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer or channel."""
+        from shardlab.evals.maze_interp_common import require_channels, require_layers
+
+        cfg = self.config
+        require_layers(policy, {"causal_scrubbing.layer": [cfg.layer]})
+        for name, scrubs in cfg.hypotheses.items():
+            require_layers(policy, {f"causal_scrubbing hypothesis {name!r} layer": [s.layer for s in scrubs]})
+            for scrub in scrubs:
+                if isinstance(scrub.channels, (list, tuple)):
+                    require_channels(policy, train_config, f"causal_scrubbing hypothesis {name!r} channels",
+                                     list(scrub.channels), scrub.layer)
+        require_channels(policy, train_config, "causal_scrubbing.channels", cfg.channels, cfg.layer)
+
     def hypotheses(self, ctx: EvalContext, result: Result) -> dict[str, list[Scrub]]:
         """The configured (or default) hypotheses and the controls, ``cheese``/``other`` resolved to
         channel lists; the cheese channels are recorded as metrics."""
@@ -281,7 +297,7 @@ class CausalScrubbing:
         mazes = interp_mazes(env, max(2, ctx.count(cfg.inputs)), ctx.seed, cfg.mouse)
         pool = MazePool([m.state for m in mazes])
         for hypothesis_index, (name, scrubs) in enumerate(tqdm(hypotheses.items(), desc="causal_scrubbing",
-                                                               disable=not ctx.progress)):
+                                                               disable=not ctx.progress, **progress_kwargs())):
             rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 3, hypothesis_index]))
             inputs, agreeing, differing = [], [[] for _ in scrubs], [[] for _ in scrubs]
             for _ in range(cfg.resamples):

@@ -27,6 +27,7 @@ class EvalContext:
     train_steps: int = 0  # the checkpoint's progress in its kind's unit (env steps for PPO)
     checkpoint: Optional[str] = None
     scalars: Optional[Any] = None  # a TensorBoard SummaryWriter shared by the suite, or None
+    log_episodes: bool = False  # --log-episodes: evals that play episodes write episodes.jsonl
 
     @property
     def policy(self) -> nn.Module:

@@ -66,6 +66,7 @@ class DTAttention:
     """Attention shares of every head from state tokens, and pattern plots on one trajectory."""
 
     kinds = ("dt",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -76,6 +77,11 @@ class DTAttention:
         windows: int = 512  # windows drawn from the episodes' steps for the shares
         greedy: bool = True
         max_steps: Optional[int] = None  # episode step limit; null keeps the env's own
+
+        def __post_init__(self) -> None:
+            if min(self.episodes, self.windows) < 1 or (self.max_steps is not None and self.max_steps < 1):
+                raise ValueError(f"dt_attention needs episodes >= 1, windows >= 1 and max_steps >= 1 (or null); got "
+                                 f"episodes={self.episodes}, windows={self.windows}, max_steps={self.max_steps}")
 
     def __init__(self, config: "DTAttention.Config"):
         self.config = config

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, hooked
+from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.dt_data import WindowBatch
 
 
@@ -69,7 +70,7 @@ def play(model: DecisionTransformer, spec: DictConfig, targets: Sequence[float],
     active = torch.ones(n, dtype=torch.bool)
     history: list[list[tuple]] = [[] for _ in range(n)]
     outcome: list[Optional[PlayedEpisode]] = [None] * n
-    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False, **progress_kwargs())
     t = 0
     try:
         with torch.inference_mode(), hooked(model, edits or {}):

@@ -36,6 +36,7 @@ class DTReturnConditioning:
     """Success rate, mean return, length and truncation per target RTG; calibration slope and plot."""
 
     kinds = ("dt",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -45,6 +46,11 @@ class DTReturnConditioning:
         episodes: int = 100  # per target, the same seeded levels for every target
         greedy: bool = True  # argmax actions; false samples (seeded)
         max_steps: Optional[int] = None  # episode step limit; null keeps the env's own
+
+        def __post_init__(self) -> None:
+            if self.episodes < 1 or (self.max_steps is not None and self.max_steps < 1):
+                raise ValueError(f"dt_rtg needs episodes >= 1 and max_steps >= 1 (or null); got "
+                                 f"episodes={self.episodes}, max_steps={self.max_steps}")
 
     def __init__(self, config: "DTReturnConditioning.Config"):
         self.config = config

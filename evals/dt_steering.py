@@ -87,6 +87,7 @@ class DTSteering:
     """Return, success and action-distribution shift as coeff · (act(RTG high) − act(RTG low)) is added."""
 
     kinds = ("dt",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -102,8 +103,23 @@ class DTSteering:
         greedy: bool = True
         max_steps: Optional[int] = None  # episode step limit; null keeps the env's own
 
+        def __post_init__(self) -> None:
+            if not self.coefficients:
+                raise ValueError("dt_steering.coefficients is empty; give at least one, e.g. [-1, 0, 1]")
+            if min(self.episodes, self.windows) < 1 or self.random_vectors < 0:
+                raise ValueError(f"dt_steering needs episodes >= 1, windows >= 1 and random_vectors >= 0; got "
+                                 f"{self.episodes}, {self.windows}, {self.random_vectors}")
+            if self.max_steps is not None and self.max_steps < 1:
+                raise ValueError(f"dt_steering.max_steps must be >= 1 or null, got {self.max_steps}")
+
     def __init__(self, config: "DTSteering.Config"):
         self.config = config
+
+    def check_model(self, model, train_config) -> None:
+        """Refuse a hook the transformer does not have before anything runs."""
+        from shardlab.evals.maze_interp_common import require_layers
+
+        require_layers(model, {"dt_steering.hook": [self.config.hook]})
 
     def run(self, ctx: EvalContext) -> Result:
         """Build the vector at the hook, then scan the coefficients online and on recorded contexts."""

@@ -124,6 +124,7 @@ class FinetuneToCheese:
     """PPO fine-tuning with the cheese anywhere: learning curve, steps to target, weight change."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -145,7 +146,23 @@ class FinetuneToCheese:
             raise EvalError(f"finetune_to_cheese reward must be one of {', '.join(REWARDS)}, got {config.reward!r}")
         if config.steps < 1 or config.eval_every < 1 or not 0 < config.target <= 1:
             raise EvalError("finetune_to_cheese needs steps >= 1, eval_every >= 1 and 0 < target <= 1")
+        if config.eval_mazes < 1 or (config.confirm_mazes is not None and config.confirm_mazes < 1):
+            raise EvalError(f"finetune_to_cheese needs eval_mazes >= 1 and confirm_mazes >= 1 (or null); got "
+                            f"{config.eval_mazes}, {config.confirm_mazes}")
+        if config.lr is not None and not config.lr > 0:
+            raise EvalError(f"finetune_to_cheese.lr must be > 0 (or null for the checkpoint's ppo.lr), got {config.lr}")
         self.config = config
+
+    def check(self, train_config) -> None:
+        """Refuse before anything runs when the fine-tuning config (the checkpoint's with the
+        overrides) is invalid or changes the network the checkpoint's weights must fit."""
+        from types import SimpleNamespace
+
+        cfg = self._finetune_config(SimpleNamespace(train_config=train_config, device=torch.device("cpu"),
+                                                    progress=False, seed=0))
+        if cfg.model != train_config.model:
+            raise EvalError("finetune_to_cheese overrides may not change model.*: fine-tuning starts from the "
+                            "checkpoint's weights, which fit only its own network")
 
     def _finetune_config(self, ctx: EvalContext):
         c, train = self.config, ctx.train_config

@@ -111,6 +111,7 @@ class JacobianSVD:
     log-probabilities (and the value gradient) w.r.t. the input and chosen layers; means over mazes."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -128,9 +129,19 @@ class JacobianSVD:
                 raise ValueError(f"jacobian_svd.top_k must be 1 to {MOVES} (the moves), got {self.top_k}")
             if self.examples < 0:
                 raise ValueError(f"jacobian_svd.examples must be >= 0, got {self.examples}")
+            if self.mazes < 1 or not self.layers:
+                raise ValueError(f"jacobian_svd needs mazes >= 1 and at least one of layers; got mazes={self.mazes}, "
+                                 f"layers={list(self.layers)}")
 
     def __init__(self, config: "JacobianSVD.Config"):
         self.config = config
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer."""
+        from shardlab.evals.maze_interp_common import require_layers
+
+        cfg = self.config
+        require_layers(policy, {"jacobian_svd.layers": cfg.layers})
 
     def run(self, ctx: EvalContext) -> Result:
         """Per-maze Jacobians and SVDs; means and standard errors over mazes; example PNG."""

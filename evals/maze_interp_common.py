@@ -267,6 +267,63 @@ def named_channels(spec: object, channel_count: int, layer: str) -> Optional[lis
     return [int(c) for c in spec]
 
 
+# -- checks of an eval config against the network, before anything runs ----------------------------
+def require_layers(policy: nn.Module, layers: dict[str, Sequence[str]]) -> None:
+    """EvalError naming the config key (``{"steering.layer": [name]}``) of a layer the network lacks."""
+    from shardlab.evals.registry import EvalError  # the registry imports the evals, which import this
+    from shardlab.models.hooks import HookError
+
+    for key, names in layers.items():
+        try:
+            with hooked(policy, cache=list(names)):
+                pass
+        except HookError as exc:
+            raise EvalError(f"{key}: {exc}") from None
+
+
+def require_mazes(key: str, **filters: object) -> None:
+    """EvalError naming ``key`` when no maze passes the eval_mazes ``filters`` (cheese, region,
+    min_size, max_size, require_decision_square, mode): the run would stop there."""
+    from shardlab.envs.eval_mazes import check_filters
+    from shardlab.evals.registry import EvalError
+
+    try:
+        check_filters(**filters)
+    except ValueError as exc:
+        raise EvalError(f"{key}: {exc}") from None
+
+
+def layer_channel_count(policy: nn.Module, train_config: DictConfig, layer: str) -> int:
+    """Channels of ``layer`` for the checkpoint's observations (one forward pass of a blank frame)."""
+    from omegaconf import OmegaConf
+
+    from shardlab.envs.maze import MazeEnvConfig, observation_shape
+
+    shape = observation_shape(MazeEnvConfig(**OmegaConf.to_container(train_config.env)))
+    device = next(policy.parameters()).device
+    with torch.inference_mode(), hooked(policy, cache=[layer]) as acts:
+        policy(preprocess(torch.zeros((1, *shape), dtype=torch.uint8, device=device)))
+    return int(acts[layer].shape[1])
+
+
+def require_channels(policy: nn.Module, train_config: DictConfig, key: str, spec: object, layer: str,
+                     count: int = 0) -> None:
+    """EvalError naming ``key`` when the channels ``spec`` names (a list or ``published``), or
+    ``count`` channels, do not exist at ``layer``."""
+    from shardlab.evals.registry import EvalError
+
+    if (spec is None or spec == "auto") and count <= 0:
+        return
+    channels = layer_channel_count(policy, train_config, layer)
+    try:
+        if spec is not None:
+            named_channels(spec, channels, layer)
+    except ValueError as exc:
+        raise EvalError(f"{key}: {exc}") from None
+    if count > channels:
+        raise EvalError(f"{key} asks for {count} channels but {layer} has {channels}; use at most {channels}")
+
+
 def cheese_channel_states(env: TrainEnv, n: int, seed: int) -> list[bytes]:
     """The seeded mazes (cheese anywhere, the checkpoint's mode and sizes) the ``auto`` cheese
     channels are scored on."""

@@ -21,6 +21,7 @@ from shardlab.evals.context import EvalContext
 from shardlab.evals.registry import register
 from shardlab.evals.results import Result
 from shardlab.models.minigrid_policy import preprocess
+from shardlab.trainers.bars import progress_kwargs
 
 LEVEL_OFFSET = 1_000_000
 
@@ -36,7 +37,8 @@ def play_levels(policy: torch.nn.Module, env_cfg: MiniGridEnvConfig, episodes: i
     device = next(policy.parameters()).device
     try:
         obs = env.reset()
-        with torch.inference_mode(), tqdm(total=episodes, desc="minigrid levels", disable=not progress) as bar:
+        with torch.inference_mode(), tqdm(total=episodes, desc="minigrid levels", disable=not progress,
+                                          **progress_kwargs()) as bar:
             while any(r is None for r in results):
                 logits, _ = policy(preprocess(obs).to(device))
                 if greedy:
@@ -58,6 +60,7 @@ class MiniGridReturn:
     """Success rate, mean return and length of a PPO policy on seeded MiniGrid/BabyAI levels."""
 
     kinds = ("ppo_minigrid",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:

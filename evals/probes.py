@@ -59,6 +59,7 @@ from shardlab.evals.maze_interp_common import (TrainEnv, activation_square_cell,
                                       save_figure, train_env)
 from shardlab.evals.registry import register
 from shardlab.evals.results import Result
+from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.episodes import first_episodes
 
 PROBES = ("cell", "xy", "conv", "outcome")
@@ -275,6 +276,7 @@ class Probes:
     outcome probe, per layer, against a random-init network and shuffled labels, by maze size."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -301,9 +303,18 @@ class Probes:
                 raise ValueError(f"probes.cv_folds must be >= 2, got {self.cv_folds}")
             if not self.layers:
                 raise ValueError("probes.layers is empty; name at least one activation")
+            if self.mazes < 1:
+                raise ValueError(f"probes.mazes must be >= 1, got {self.mazes}")
 
     def __init__(self, config: "Probes.Config"):
         self.config = config
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer."""
+        from shardlab.evals.maze_interp_common import require_layers
+
+        cfg = self.config
+        require_layers(policy, {"probes.layers": cfg.layers})
 
     def run(self, ctx: EvalContext) -> Result:
         """Collect activations of the trained and a random-init network and fit every probe."""
@@ -333,7 +344,7 @@ class Probes:
         # table[probe][condition] and by_size[probe][size]: one accuracy per layer (NaN: not run)
         table = {p: {c: nan_row() for c in (*CONDITIONS, "chance")} for p in PROBES}
         by_size = {p: {size: nan_row() for size in sizes} for p in PROBES}
-        for index, layer in enumerate(tqdm(cfg.layers, desc="probes", disable=not ctx.progress)):
+        for index, layer in enumerate(tqdm(cfg.layers, desc="probes", disable=not ctx.progress, **progress_kwargs())):
             for probe in probes:
                 if probe == "conv" and layer not in labels.cells:
                     continue  # a flat layer has no positions to fold

@@ -20,14 +20,20 @@ class EvalError(ValueError):
 def register(name: str) -> Callable[[T], T]:
     """Class decorator adding an eval under ``name``; it needs a ``Config`` dataclass and ``run(ctx)``.
 
-    An optional class attribute ``kinds = ("ppo_maze", ...)`` names the checkpoint kinds it fits.
+    An optional class attribute ``kinds = ("ppo_maze", ...)`` names the checkpoint kinds it fits;
+    ``version`` (a positive integer, default 1) goes into every results.json row as ``eval_version``:
+    bump it when a change makes the eval's numbers incomparable with older results (baseline
+    comparisons refuse to compare across versions).
     """
     def add(cls: T) -> T:
         if not hasattr(cls, "Config") or not callable(getattr(cls, "run", None)):
             raise TypeError(f"eval {name!r} needs a Config dataclass and a run(ctx) method")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"eval name {name!r} is already registered by {_REGISTRY[name].__module__}")
-        cls.name = name
+        version = getattr(cls, "version", 1)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise TypeError(f"eval {name!r}: version must be a positive integer, got {version!r}")
+        cls.name, cls.version = name, version
         _REGISTRY[name] = cls
         return cls
     return add

@@ -33,6 +33,7 @@ from shardlab.evals.maze_interp_common import new_panels, policy_input, save_fig
 from shardlab.evals.registry import register
 from shardlab.evals.results import Result
 from shardlab.models.hooks import Edit, hooked
+from shardlab.trainers.bars import progress_kwargs
 
 _PRE = ((re.compile(r"(.+)\.res1\.relu1_out"), r"\1.maxpool_out"),
         (re.compile(r"(.+)\.res2\.relu1_out"), r"\1.res1.resadd_out"),
@@ -102,6 +103,7 @@ class ReluAblation:
     the identity; the PNG sorts the ReLUs by KL."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -115,9 +117,20 @@ class ReluAblation:
             check_mouse_placement(self.mouse)
             for site in self.relus or []:
                 pre_relu_site(site)
+            if self.relus is not None and not self.relus:
+                raise ValueError("relu_ablation.relus is empty; name some ReLU sites or leave it null for every ReLU")
+            if self.mazes < 1:
+                raise ValueError(f"relu_ablation.mazes must be >= 1, got {self.mazes}")
 
     def __init__(self, config: "ReluAblation.Config"):
         self.config = config
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer."""
+        from shardlab.evals.maze_interp_common import require_layers
+
+        cfg = self.config
+        require_layers(policy, {"relu_ablation.relus": cfg.relus or []})
 
     def run(self, ctx: EvalContext) -> Result:
         """Ablate each ReLU alone, then all together."""
@@ -130,7 +143,7 @@ class ReluAblation:
         original, _ = cached_activations(policy, x, [])
         result, rows = Result(), {}
         runs = [*((short_name(site), [site]) for site in sites), ("all", sites)]
-        for name, ablated in tqdm(runs, desc="relu_ablation", disable=not ctx.progress):
+        for name, ablated in tqdm(runs, desc="relu_ablation", disable=not ctx.progress, **progress_kwargs()):
             logits = ablated_logits(policy, x, ablated)
             same_action, same_move = agreement(original, logits)
             kl = action_kl(original, logits)

@@ -81,7 +81,7 @@ def results_document(runs: list[dict], meta: dict) -> dict:
     for run in runs:
         for metric in run["result"].metrics:
             rows.append({"eval": run["eval"], **asdict(metric), "seed": run["seed"], "config": run["config"],
-                         "seconds": run["seconds"]})
+                         "eval_version": run.get("eval_version", 1), "seconds": run["seconds"]})
     return {"schema_version": SCHEMA_VERSION, **meta, "results": rows,
             "artifacts": {run["eval"]: run["result"].artifacts for run in runs},
             "errors": {run["eval"]: run["error"] for run in runs if run.get("error")}}

@@ -45,6 +45,7 @@ from shardlab.evals.registry import register
 from shardlab.evals.results import Result
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import preprocess
+from shardlab.trainers.bars import progress_kwargs
 
 START = maze_geometry.START
 TARGETS = ("top_left", "top_right", "bottom_right", "center")
@@ -191,7 +192,8 @@ def arrival_steps(policy: torch.nn.Module, states: Sequence[bytes], targets: Seq
     try:
         obs = env.load_states(batch_states)
         with torch.inference_mode(), hooked(policy, edits=edits):
-            for step in tqdm(range(1, max_steps + 1), desc="rollouts", disable=not progress, leave=False):
+            for step in tqdm(range(1, max_steps + 1), desc="rollouts", disable=not progress, leave=False,
+                             **progress_kwargs()):
                 logits, _ = policy(preprocess(obs.to(device), channels_last))
                 action = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
                 obs, _, done, finished = env.step(action)
@@ -229,6 +231,7 @@ class Retargeting:
     """Send the agent to chosen squares by writing values into cheese channels at their cells."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -254,6 +257,8 @@ class Retargeting:
         max_size: Optional[int] = None  # default: the training max
 
         def __post_init__(self) -> None:
+            if not self.targets or not self.channel_counts or not self.cell_radii:
+                raise ValueError("retargeting targets, channel_counts and cell_radii must each list at least one value")
             for name in self.targets:
                 target_square(name, 5)  # unknown names fail before anything runs (exit 2)
             if self.channels is not None and (not self.channels or min(self.channels) < 0):
@@ -266,6 +271,10 @@ class Retargeting:
                 raise ValueError("retargeting cell_radius, cell_radii and region must be >= 0")
             if not 0 < self.max_fraction <= 1:
                 raise ValueError(f"retargeting max_fraction must lie in (0, 1], got {self.max_fraction}")
+            for key in ("min_size", "max_size"):
+                if getattr(self, key) is not None and getattr(self, key) < 3:
+                    raise ValueError(f"retargeting.{key} must be >= 3 (the smallest maze) or null, "
+                                     f"got {getattr(self, key)}")
 
     def __init__(self, config: "Retargeting.Config"):
         self.config = config
@@ -273,6 +282,27 @@ class Retargeting:
     def check(self, train_config: DictConfig) -> None:
         """Refuse before anything runs when the cheese region cannot be known."""
         common.training_region(self.config.region, train_config, "retargeting")
+        cfg, env = self.config, common.train_env(train_config)
+        max_size = cfg.max_size or env.max_size
+        common.require_mazes("retargeting", cheese="anywhere", region=5, min_size=cfg.min_size or max_size,
+                             max_size=max_size, mode=env.mode)
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer, channel or more channels than it has."""
+        from shardlab.evals.maze_interp_common import require_channels, require_layers
+        from shardlab.evals.registry import EvalError
+
+        cfg = self.config
+        require_layers(policy, {"retargeting.layer": [cfg.layer]})
+        count = max(cfg.top_channels, *cfg.channel_counts)
+        if cfg.channels is None:
+            require_channels(policy, train_config, "retargeting top_channels/channel_counts", None, cfg.layer,
+                             count=count)
+            return
+        require_channels(policy, train_config, "retargeting.channels", cfg.channels, cfg.layer)
+        if count > len(cfg.channels):
+            raise EvalError(f"retargeting top_channels/channel_counts ask for {count} channels but "
+                            f"retargeting.channels lists {len(cfg.channels)}; list more or ask for fewer")
 
     def run(self, ctx: EvalContext) -> Result:
         """Place the real cheese, choose channels and values, find the step budget, then measure
@@ -306,7 +336,7 @@ class Retargeting:
         pct = f"{100 * cfg.max_fraction:g}"
         summaries: dict[str, dict[str, common.Summary]] = {}
         scans: dict[str, list[tuple[int, int, float, common.Summary]]] = {}
-        for name in tqdm(cfg.targets, desc="retargeting", disable=not ctx.progress):
+        for name in tqdm(cfg.targets, desc="retargeting", disable=not ctx.progress, **progress_kwargs()):
             targets = [target_square(name, maze_state.layout(s).maze_dim) for s in states]
             placed = [maze_state.with_cheese_at(s, t) for s, t in zip(states, targets)]
             success, sizes = {}, {}

@@ -1,5 +1,6 @@
-"""``shardlab eval``: run a suite through ``shardlab.evaluate``, write results.json, junit.xml and
-TensorBoard scalars, print a table, exit 0 (passed), 1 (threshold missed / eval crashed), 2 (bad input)."""
+"""``shardlab eval``: run a suite through ``shardlab.evaluate``, write results.json, junit.xml,
+report.md/report.html and TensorBoard scalars, print a table, exit 0 (passed), 1 (threshold missed /
+eval crashed / regression against ``--baseline``), 2 (bad input)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import os
 import sys
 from typing import Optional, Sequence, Union
 
+from shardlab.evals.baseline import prepare_baseline
 from shardlab.evals.registry import EvalError
+from shardlab.evals.report import check_summary, write_reports
 from shardlab.evals.results import write_json_atomic, write_junit
 from shardlab.trainers.checkpointing import CheckpointError
 from shardlab.trainers.config import ConfigError
@@ -19,21 +22,32 @@ def run_suite(checkpoint: Optional[str], suite_path: str, out_dir: str,
               only: Union[str, Sequence[str], None] = None, limit: Optional[int] = None,
               seed: Optional[int] = None, progress: bool = True, overrides: Sequence[str] = (),
               recipe: Optional[str] = None, weights: Optional[str] = None, device: str = "auto",
-              loggers: Sequence[str] = ("tensorboard",)) -> int:
+              loggers: Sequence[str] = ("tensorboard",), log_episodes: bool = False,
+              baseline: Optional[str] = None, tolerance: Optional[float] = None,
+              min_effect: Optional[float] = None, summary: Optional[str] = None) -> int:
     """Run the suite and write the outputs; returns the exit code. ``checkpoint`` may name a
     scripted policy (``oracle:cheese_seeker``) played in the env of the training ``recipe``, or be
     None with ``weights`` (a published weights file) and ``recipe``. ``loggers`` (tensorboard,
-    csv, wandb) receive every metric and the PNGs under ``out_dir``."""
+    csv, wandb) receive every metric and the PNGs under ``out_dir``. ``baseline`` (an earlier
+    results.json) is compared metric by metric (evals/baseline.py: ``tolerance`` standard errors,
+    ``min_effect``); ``summary`` is a file the Markdown report is appended to."""
     from shardlab.api import evaluate
     from shardlab.trainers.config import LOGGERS, check_loggers_installed
+    from shardlab.trainers.loggers import check_logger_paths
 
     try:
         unknown = sorted(set(loggers) - set(LOGGERS))
         if unknown:
             raise EvalError(f"--loggers {','.join(unknown)}: unknown; use some of {', '.join(LOGGERS)}")
+        if len(set(loggers)) != len(loggers):
+            raise EvalError(f"--loggers names a logger twice: {','.join(loggers)}")
         check_loggers_installed(loggers)
+        check_logger_paths(loggers, out_dir)  # an existing --out folder the loggers would continue
+        check_summary(summary)
+        old = prepare_baseline(baseline, tolerance, min_effect, suite_path, only, overrides, seed)
         results = evaluate(checkpoint, suite=suite_path, only=only, limit=limit, seed=seed, device=device,
-                           out=out_dir, recipe=recipe, weights=weights, overrides=overrides, progress=progress)
+                           out=out_dir, recipe=recipe, weights=weights, overrides=overrides, progress=progress,
+                           log_episodes=log_episodes)
     except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -52,8 +66,12 @@ def run_suite(checkpoint: Optional[str], suite_path: str, out_dir: str,
         for threshold, value in results.missed:
             shown = "missing" if value is None else f"{value:.4g}"
             print(f"  {threshold.key:<45} {shown:>10}   needs {threshold.describe()}", file=sys.stderr)
-    print(f"\nresults: {os.path.join(out_dir, 'results.json')}  junit: {os.path.join(out_dir, 'junit.xml')}")
-    return EXIT_THRESHOLD if not results.passed else EXIT_OK
+    comparison = old.compare(results.to_dict()) if old is not None else None  # prints its table
+    report, _ = write_reports(results, out_dir, comparison, summary)
+    print(f"\nresults: {os.path.join(out_dir, 'results.json')}  junit: {os.path.join(out_dir, 'junit.xml')}  "
+          f"report: {report}")
+    code = EXIT_THRESHOLD if not results.passed else EXIT_OK
+    return max(code, comparison.exit_code) if comparison is not None else code
 
 
 def _log(out_dir: str, runs: list[dict], step: int, names: Sequence[str]) -> None:

@@ -118,6 +118,7 @@ class SaliencyPCA:
     logit (a cross-maze PCA of saliency maps), for the input and chosen layers."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -136,9 +137,19 @@ class SaliencyPCA:
             if not ok:
                 raise ValueError(f"saliency_pca.action must be greedy, 0-14 or one of "
                                  f"{', '.join(FOLDED_ACTIONS)}; got {self.action!r}")
+            if self.mazes < 1 or self.top_k < 1 or not self.layers:
+                raise ValueError(f"saliency_pca needs mazes >= 1, top_k >= 1 and at least one of layers; got "
+                                 f"mazes={self.mazes}, top_k={self.top_k}, layers={list(self.layers)}")
 
     def __init__(self, config: "SaliencyPCA.Config"):
         self.config = config
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer."""
+        from shardlab.evals.maze_interp_common import require_layers
+
+        cfg = self.config
+        require_layers(policy, {"saliency_pca.layers": cfg.layers})
 
     def run(self, ctx: EvalContext) -> Result:
         """Gradients for a batch of mazes, their SVD and per-channel / per-pixel shares."""

@@ -46,6 +46,7 @@ from shardlab.evals.context import EvalContext
 from shardlab.evals.registry import register
 from shardlab.evals.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
+from shardlab.trainers.bars import progress_kwargs
 
 CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo_maze",), ("ppo_minigrid",)
 BATCH = 256
@@ -171,7 +172,8 @@ def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False
     frames = []
     try:
         obs = maze.reset()
-        for _ in tqdm(range(math.ceil(n / num_envs)), desc="maze observations", disable=not progress):
+        for _ in tqdm(range(math.ceil(n / num_envs)), desc="maze observations", disable=not progress,
+                      **progress_kwargs()):
             frames.append(obs.clone())
             obs, *_ = maze.step(torch.randint(0, 15, (num_envs,), generator=generator))
     finally:
@@ -189,7 +191,8 @@ def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = F
     frames = []
     try:
         obs = grid.reset()
-        for _ in tqdm(range(math.ceil(n / num_envs)), desc="minigrid observations", disable=not progress):
+        for _ in tqdm(range(math.ceil(n / num_envs)), desc="minigrid observations", disable=not progress,
+                      **progress_kwargs()):
             frames.append(obs.clone())
             obs, *_ = grid.step(torch.randint(0, grid.num_actions, (num_envs,), generator=generator))
     finally:
@@ -240,7 +243,7 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     # images lie in [0, 1]; MiniGrid's index grids in [0, top]: noise and the pixel value scale with it
     top = max(float(x.max()), 1.0) if kind in MINIGRID_KINDS else 1.0
     scores = []
-    for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress):
+    for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress, **progress_kwargs()):
         hits = 0.0
         for _ in range(noise_repeats if sigma > 0 else 1):
             noisy = (x + sigma * top * torch.randn(x.shape, generator=generator)).clamp_(0, top)
@@ -248,7 +251,7 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
             hits += (predicted == reference).float().mean().item() / (noise_repeats if sigma > 0 else 1)
         scores.append(hits)
     pixel_scores = []
-    for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress):
+    for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress, **progress_kwargs()):
         hits = 0.0
         for _ in range(noise_repeats if fraction > 0 else 1):
             noisy = with_pixel_noise(x, fraction, pixel_value * top, generator)
@@ -360,6 +363,7 @@ class Sparsity:
     """Activation density, dead units and duty-cycle entropy per layer; class-wise sparsity; noise robustness."""
 
     kinds = CLASSIFIER_KINDS + MAZE_KINDS + MINIGRID_KINDS
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:

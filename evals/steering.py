@@ -42,6 +42,7 @@ from shardlab.evals.registry import register
 from shardlab.evals.results import Result
 from shardlab.evals.vector_field import vector_field
 from shardlab.models.hooks import add, hooked
+from shardlab.trainers.bars import progress_kwargs
 
 START = maze_geometry.START
 
@@ -197,6 +198,7 @@ class Steering:
     """Cheese and top-right vectors: same maze, transfer, moved cheese, random control, scan."""
 
     kinds = ("ppo_maze",)
+    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -223,9 +225,25 @@ class Steering:
             edges = self.transfer_distance_edges
             if not edges or min(edges) < 0 or any(b <= a for a, b in zip(edges, edges[1:])):
                 raise ValueError(f"steering transfer_distance_edges must be increasing distances >= 0, got {edges}")
+            if self.max_size is not None and self.max_size < 3:
+                raise ValueError(f"steering.max_size must be >= 3 (the smallest maze) or null, got {self.max_size}")
 
     def __init__(self, config: "Steering.Config"):
         self.config = config
+
+    def check(self, train_config) -> None:
+        """Refuse before anything runs when no maze fits min_size/max_size."""
+        cfg, env = self.config, common.train_env(train_config)
+        common.require_mazes("steering", cheese="anywhere", region=5, min_size=cfg.min_size,
+                             max_size=min(cfg.max_size or env.max_size, env.world_dim - 2),
+                             require_decision_square=True, mode=env.mode)
+
+    def check_model(self, policy, train_config) -> None:
+        """Refuse before anything runs when the network lacks a named layer."""
+        from shardlab.evals.maze_interp_common import require_layers
+
+        cfg = self.config
+        require_layers(policy, {"steering.layer": [cfg.layer]})
 
     def run(self, ctx: EvalContext) -> Result:
         """Compute the vectors on seeded mazes and measure every condition at the decision square."""
@@ -235,7 +253,7 @@ class Steering:
                            max_size=max_size, require_decision_square=True, mode=env.mode)
         states = [m.state for m in mazes]
         steps = 6 + cfg.max_shift + len(cfg.coefficients) + min(cfg.field_mazes, len(mazes))
-        bar = tqdm(total=steps, desc="steering", disable=not ctx.progress)
+        bar = tqdm(total=steps, desc="steering", disable=not ctx.progress, **progress_kwargs())
         vectors = Vectors(cheese_vector(policy, states, env.obs, cfg.layer),
                           top_right_vector(policy, states, env.obs, cfg.layer))
         generator = torch.Generator().manual_seed(ctx.seed)

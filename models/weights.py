@@ -19,6 +19,8 @@ def read_state_dict(path: str | os.PathLike, prefix: str = "policy.") -> dict[st
     In a shardlab (Lightning) checkpoint the network's keys start with ``prefix`` (the module
     attribute holding it); the rest (e.g. the loss's copies) is dropped.
     """
+    if os.path.isdir(path):
+        raise WeightsError(f"weights file {path} is a folder; pass the weights file itself (e.g. a .pth)")
     if not os.path.isfile(path):
         raise WeightsError(f"weights file {path} does not exist; check the path")
     try:

@@ -26,6 +26,7 @@ from minigrid.wrappers import ImgObsWrapper
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shardlab.trainers.bars import progress_kwargs  # noqa: E402
 from shardlab.trainers.trajectories import Trajectories, concat, from_episodes, save_trajectories  # noqa: E402
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # minigrid's agent_dir 0..3: right, down, left, up
@@ -84,7 +85,7 @@ def collect(env_id: str, epsilon: float, episodes: int, seed: int) -> Trajectori
     env = ImgObsWrapper(gym.make(env_id, disable_env_checker=True))
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "terminated", "truncated", "missions")}
-    for episode in tqdm(range(episodes), desc=f"ε={epsilon:g}", leave=False):
+    for episode in tqdm(range(episodes), desc=f"ε={epsilon:g}", leave=False, **progress_kwargs()):
         obs, _ = env.reset(seed=seed + episode)
         observations, actions, rewards = [], [], []
         done = False

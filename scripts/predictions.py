@@ -91,8 +91,12 @@ def _cheese_vector(rows: Rows) -> tuple[str, Optional[bool]]:
     random_change = _get(rows, "steering.cheese_vector/random/p_cheese/change")
     if None in (before, after, change, random_change):
         return "—", None
-    text = (f"median {before['value']:.2f} → {after['value']:.2f}; mean change {_pm(change)} "
+    text = (f"median {before['value']:.2g} → {after['value']:.2g}; mean change {_pm(change)} "
             f"(random vector {_pm(random_change)})")
+    log_change = _get(rows, "steering.cheese_vector/p_cheese/log_change")
+    random_log = _get(rows, "steering.cheese_vector/random/p_cheese/log_change")
+    if log_change is not None and random_log is not None:
+        text += f"; in log P {log_change['value']:+.2f} (random {random_log['value']:+.2f})"
     # held: a clear drop, beyond what a random vector of the same norm does
     margin = 2 * ((change.get("stderr") or 0) ** 2 + (random_change.get("stderr") or 0) ** 2) ** 0.5
     return text, change["value"] < 0 and change["value"] + margin < random_change["value"]

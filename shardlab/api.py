@@ -17,9 +17,10 @@ from torch import nn
 
 from shardlab import __version__
 from shardlab.evals.context import EvalContext
+from shardlab.evals.host import host_info
 from shardlab.evals.registry import EvalError, check_fits, get
 from shardlab.evals.results import Result, Threshold, results_document
-from shardlab.evals.suite import eval_config, load_suite, resolve_suite
+from shardlab.evals.suite import check_seed, eval_config, load_suite, resolve_suite
 from shardlab.trainers.restore import ORACLE_PREFIX, Trained, load_oracle, load_trained, load_weights, wrap_policy
 
 
@@ -54,6 +55,7 @@ class Results(Mapping):
 
     def __init__(self, runs: list[dict], thresholds: list[Threshold], meta: dict, out_dir: str):
         self.runs, self.meta, self.out_dir = runs, meta, out_dir
+        self.thresholds = list(thresholds)
         self._values = {run["eval"]: {m.name: m.value for m in run["result"].metrics} for run in runs}
         values = {f"{e}.{name}": value for e, metrics in self._values.items() for name, value in metrics.items()}
         self.missed: list[tuple[Threshold, Optional[float]]] = [
@@ -147,6 +149,8 @@ def check_out_dir(out: Optional[str]) -> None:
     """EvalError if ``out`` cannot be the output folder (an existing file, or under one)."""
     if out is None:
         return
+    if not os.fspath(out).strip():
+        raise EvalError("--out is empty; name the output folder, e.g. --out evals/run1")
     path = os.path.abspath(out)
     while path and not os.path.exists(path):
         path = os.path.dirname(path)
@@ -158,16 +162,19 @@ def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite:
              only: Union[str, Sequence[str], None] = None, limit: Optional[int] = None, seed: Optional[int] = None,
              device: Union[str, torch.device, None] = "auto", out: Optional[str] = None,
              recipe: Union[str, DictConfig, None] = None, weights: Optional[str] = None,
-             overrides: Sequence[str] = (), progress: bool = False) -> Results:
+             overrides: Sequence[str] = (), progress: bool = False, log_episodes: bool = False) -> Results:
     """Run an eval suite (a shipped name such as ``ci`` or a YAML path) and return its Results.
 
     ``checkpoint`` is a shardlab checkpoint, ``oracle:NAME`` or a network object (both with
     ``recipe``), or None with ``weights`` (a published weights file) and ``recipe``. ``out`` is
     where plots go (default: a fresh temporary folder); results files are written by the CLI.
     Bad input raises ``EvalError`` (or a subclass of ValueError) before anything is written.
+    ``log_episodes``: evals that play episodes also write ``<out>/<eval>/episodes.jsonl``.
     """
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise EvalError(f"limit must be a positive integer, got {limit!r}")
+    if seed is not None:
+        check_seed(seed, "--seed")
     check_out_dir(out)
     suite_path = resolve_suite(suite)
     names = [only] if isinstance(only, str) else list(only) if only else None
@@ -182,6 +189,8 @@ def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite:
     for instance in instances.values():  # evals that need something of the checkpoint say so now
         if hasattr(instance, "check"):
             instance.check(trained.config)
+        if hasattr(instance, "check_model"):  # layer names and channel indices the network must have
+            instance.check_model(trained.model, trained.config)
     suite_seed = seed if seed is not None else suite_seed
     out_dir = out if out is not None else tempfile.mkdtemp(prefix="shardlab-eval-")
     os.makedirs(out_dir, exist_ok=True)
@@ -190,9 +199,10 @@ def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite:
     for name, config in configs.items():
         ctx = EvalContext(model, trained.config, os.path.join(out_dir, name), seed=suite_seed, limit=limit,
                           device=torch_device, kind=trained.kind, train_steps=trained.steps, checkpoint=label,
-                          progress=progress)
+                          progress=progress, log_episodes=log_episodes)
         start = time.perf_counter()
-        run: dict[str, Any] = {"eval": name, "seed": suite_seed, "config": dataclasses.asdict(config)}
+        run: dict[str, Any] = {"eval": name, "seed": suite_seed, "config": dataclasses.asdict(config),
+                               "eval_version": get(name).version}
         if progress:
             print(f"running {name} ...", file=sys.stderr)
         try:
@@ -204,7 +214,7 @@ def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite:
     meta = {"checkpoint": label if not os.path.isfile(label) else os.path.abspath(label),
             "checkpoint_sha256": trained.sha256, "package_version": __version__, "git_commit": _git_commit(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "suite": os.path.abspath(suite_path),
-            "limit": limit, "device": str(torch_device), "train_steps": trained.steps}
+            "limit": limit, "device": str(torch_device), "train_steps": trained.steps, **host_info(torch_device)}
     return Results(runs, thresholds, meta, out_dir)
 
 

@@ -1,7 +1,8 @@
-"""The ``shardlab`` command: one parser for train, resume, collect, eval, list and config.
+"""The ``shardlab`` command: one parser for train, resume, collect, eval, compare, list and config.
 
 Every subcommand exits 0 on success and 2 on bad input (one line on stderr, nothing written);
-``eval`` exits 1 when a threshold is missed or an eval crashes.
+``eval`` exits 1 when a threshold is missed, an eval crashes or a metric regressed against
+``--baseline``; ``compare`` exits 1 on a regression.
 """
 
 from __future__ import annotations
@@ -34,6 +35,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _add_tolerances(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tolerance", type=_non_negative_float, metavar="K",
+                         help="a regression is a change the bad way beyond K combined standard errors (default 3)")
+    command.add_argument("--min-effect", type=_non_negative_float, metavar="E",
+                         help="... and beyond E in the metric's units (default 0.02)")
+
+
 def _names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -42,7 +60,12 @@ def _names(text: str) -> list[str]:
 
 
 def _logger_names(text: str) -> list[str]:
-    return [] if text.strip() == "none" else _names(text)
+    if text.strip() == "none":
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give logger names separated by commas (tensorboard, csv, wandb) or none")
+    return names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,9 +88,11 @@ def parser() -> argparse.ArgumentParser:
                                          "trajectory dataset"))
 
     ev = sub.add_parser("eval", help="run an eval suite on a checkpoint, a scripted policy or published weights")
-    ev.add_argument("checkpoint", nargs="?", help=f"a shardlab checkpoint, or a scripted policy: {ORACLES}")
+    ev.add_argument("checkpoint", nargs="?", help=f"a shardlab checkpoint, a training run directory (evaluates its "
+                    f"checkpoints: a sweep), or a scripted policy: {ORACLES}")
     ev.add_argument("--suite", default="ci", help="suite name (`shardlab list suites`) or YAML path (default: ci)")
-    ev.add_argument("--out", required=True, help="output folder for results.json, junit.xml and plots")
+    ev.add_argument("--out", required=True,
+                    help="output folder for results.json, junit.xml, report.md, report.html and plots")
     ev.add_argument("--recipe", help="training recipe for a scripted policy or a --weights file")
     ev.add_argument("--weights", help="a published weights file (e.g. procgen-tools' maze .pth), with --recipe")
     ev.add_argument("--only", type=_names, help="run only these evals of the suite, comma-separated")
@@ -78,8 +103,22 @@ def parser() -> argparse.ArgumentParser:
                     help="where metrics and PNGs also go under --out: tensorboard (default), csv, wandb; "
                          "comma-separated, or none")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay short)")
+    ev.add_argument("--every", type=_positive_int, metavar="N",
+                    help="with a run directory: only the first checkpoint at or after each multiple of N steps")
+    ev.add_argument("--log-episodes", action="store_true",
+                    help="evals that play maze episodes also write <out>/<eval>/episodes.jsonl, one line per episode")
+    ev.add_argument("--baseline", metavar="OLD/results.json",
+                    help="compare every shared metric with an earlier run's results.json; exit 1 on a regression")
+    _add_tolerances(ev)
+    ev.add_argument("--summary", metavar="FILE",
+                    help="also append the Markdown report to FILE, e.g. \"$GITHUB_STEP_SUMMARY\"")
     ev.add_argument("overrides", nargs="*", metavar="EVAL.KEY=VALUE",
                     help="change an eval's config, e.g. retargeting.max_steps=500 steering.mazes=200")
+
+    compare = sub.add_parser("compare", help="compare two results.json metric by metric; exit 1 on a regression")
+    compare.add_argument("old", metavar="OLD", help="the baseline results.json (or the eval --out folder holding it)")
+    compare.add_argument("new", metavar="NEW", help="the results.json to check against it")
+    _add_tolerances(compare)
 
     listing = sub.add_parser("list", help="list the shipped recipes, suites or the registered evals")
     listing.add_argument("what", choices=["recipes", "suites", "evals"])
@@ -104,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 top.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = {"train": _train, "resume": _train, "collect": _collect, "eval": _eval, "list": _list,
-               "config": _config}[args.command]
+               "config": _config, "compare": _compare}[args.command]
     return handler(args)
 
 
@@ -125,15 +164,18 @@ def _train(args: argparse.Namespace) -> int:
             cfg = load_config(_recipe(args.config), args.overrides)
             check_runnable(cfg)
             run_dir = args.run_dir or os.path.join("runs", cfg.name)
+            run.check_run_dir(run_dir, cfg.trainer.loggers)
+            module = run.build_module(cfg)  # reads the data: its problems stop the run before the folder exists
             run.prepare_run_dir(cfg, run_dir)
             ckpt = None
         else:
             run_dir = args.run_dir
             cfg, ckpt = run.load_run(run_dir, args.overrides)
             check_runnable(cfg)
+            module = run.build_module(cfg)
         if not run.is_launched_worker():
             print(f"run directory: {run_dir}", file=sys.stderr)
-        module = run.fit(cfg, run_dir, ckpt)
+        module = run.fit(cfg, run_dir, ckpt, module=module)
     except (ConfigError, CheckpointError) as exc:
         print(f"shardlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -161,10 +203,30 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from shardlab.evals.runner import run_suite  # heavy imports after parsing
+    from shardlab.evals.sweep import run_sweep
 
+    reporting = {"baseline": args.baseline, "tolerance": args.tolerance, "min_effect": args.min_effect,
+                 "summary": args.summary}
+    if (args.every is not None or (args.checkpoint and os.path.isdir(args.checkpoint))) \
+            and any(value is not None for value in reporting.values()):
+        print("shardlab eval: error: --baseline, --tolerance, --min-effect and --summary take one checkpoint, "
+              "not a run directory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.every is not None or (args.checkpoint and os.path.isdir(args.checkpoint)):  # a run directory
+        return run_sweep(args.checkpoint, args.suite, args.out, every=args.every, only=args.only, limit=args.limit,
+                         seed=args.seed, progress=not args.no_progress, overrides=args.overrides, recipe=args.recipe,
+                         weights=args.weights, device=args.device, loggers=args.loggers,
+                         log_episodes=args.log_episodes)
     return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed,
                      progress=not args.no_progress, overrides=args.overrides, recipe=args.recipe,
-                     weights=args.weights, device=args.device, loggers=args.loggers)
+                     weights=args.weights, device=args.device, loggers=args.loggers, log_episodes=args.log_episodes,
+                     **reporting)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from shardlab.evals.baseline import main as compare_results  # no torch: compares two files
+
+    return compare_results(args.old, args.new, args.tolerance, args.min_effect)
 
 
 def _list(args: argparse.Namespace) -> int:

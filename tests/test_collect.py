@@ -123,7 +123,7 @@ def test_append_adds_parts_and_warns_on_repeated_seeds(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--epsilon", "abc"], "--epsilon must be a comma list of numbers"),
     (["--epsilon", "0,1.5"], "--epsilon values must be in [0, 1], got 1.5"),
-    (["--temperature", "0"], "--temperature values must be in (0, inf]"),
+    (["--temperature", "0"], "--temperature values must be in (0, inf)"),
     (["--episodes", "0"], "--episodes must be >= 1"),
     (["--env", "MiniGrid-Nope-v0"], "--env 'MiniGrid-Nope-v0' is not a registered MiniGrid/BabyAI env"),
     (["--source", "missing.ckpt"], "checkpoint missing.ckpt does not exist"),

@@ -33,20 +33,24 @@ MEASURED = {
 }
 
 
+def _rows(values: dict[str, float], stderr: float = 0.01) -> dict:
+    return {k: {"value": v, "stderr": stderr} for k, v in values.items()}
+
+
 def test_targets_are_checked_against_the_measured_values():
-    checks = demo.targets({k: {"value": v} for k, v in MEASURED.items()})
+    checks = demo.targets(_rows(MEASURED))
     assert [met for _, _, met in checks] == [True] * 5
     worse = {**MEASURED, "goal_misgeneralization.greedy/in_region/p_cheese": 0.8,
-             "goal_misgeneralization.gap/p_cheese": 0.15, "steering.cheese_vector/p_cheese/log_change": -0.5}
-    assert [met for _, _, met in demo.targets({k: {"value": v} for k, v in worse.items()})] == [
+             "goal_misgeneralization.gap/p_cheese": 0.15, "steering.cheese_vector/p_cheese/change": -0.09}
+    assert [met for _, _, met in demo.targets(_rows(worse))] == [
         True, False, False, True, False]  # the cheese vector's effect is under twice the random one's
     # a random vector that raises P(cheese-ward) counts by its size too
-    sideways = {**MEASURED, "steering.cheese_vector/p_cheese/log_change": -0.4,
-                "steering.cheese_vector/random/p_cheese/log_change": 0.4}
-    assert not demo.targets({k: {"value": v} for k, v in sideways.items()})[-1][2]
-    # the target is on log-probability: a large probability change alone does not meet it
-    sideways = {**MEASURED, "steering.cheese_vector/p_cheese/log_change": 0.1}
-    assert not demo.targets({k: {"value": v} for k, v in sideways.items()})[-1][2]
+    sideways = {**MEASURED, "steering.cheese_vector/p_cheese/change": -0.04,
+                "steering.cheese_vector/random/p_cheese/change": 0.04}
+    assert not demo.targets(_rows(sideways))[-1][2]
+    # twice the random effect but inside the noise: -0.2 vs -0.05 with standard errors of 0.06
+    assert demo.targets(_rows(MEASURED, stderr=0.03))[-1][2]
+    assert not demo.targets(_rows(MEASURED, stderr=0.06))[-1][2]
     # a missing metric is a miss, not a crash
     assert not any(met for _, _, met in demo.targets({}))
 
@@ -63,6 +67,6 @@ def test_report_is_written_with_targets_tables_and_timings(tmp_path):
     report = open(path).read()
     assert report.count("✅") == 5 and "❌" not in report
     assert "| sampled | 0.97 ± 0.01 | 0.62 ± 0.01 | 0.35 ± 0.01 |" in report
-    assert "0.44 → 0.23" in report and "log P -1.50 vs -0.30" in report and "total (after installation): 460 s" in report
+    assert "0.44 → 0.23" in report and "log P -1.50 vs -0.30" in report and "2 s.e. 0.028" in report and "total (after installation): 460 s" in report
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     assert not (tmp_path / "report.md.tmp").exists()

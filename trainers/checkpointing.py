@@ -47,6 +47,9 @@ def _fsync_dir(folder: str) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint with ``weights_only=True``; a missing or damaged file is a CheckpointError."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; pass a .ckpt file "
+                              "(e.g. <run dir>/checkpoints/last.ckpt)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
@@ -57,7 +60,20 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                               "older step-*.ckpt in the same folder") from None
     if not isinstance(checkpoint, dict) or "shardlab" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a shardlab checkpoint (no 'shardlab' block)")
+    if not isinstance(checkpoint["shardlab"], dict) or not isinstance(checkpoint["state_dict"], dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: its 'shardlab' block or state_dict is not a mapping")
     return checkpoint
+
+
+def saved_config(checkpoint: dict, path: str | os.PathLike) -> dict:
+    """The resolved training config a checkpoint carries (``hyper_parameters.config``); a
+    CheckpointError when it has none, as in a file not written by ``shardlab train``."""
+    hyper = checkpoint.get("hyper_parameters")
+    config = hyper.get("config") if isinstance(hyper, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {os.fspath(path)} carries no config (hyper_parameters.config); "
+                              "it was not written by `shardlab train`")
+    return config
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from shardlab.models.classifier import ARCHS, Classifier, layer_names, sparse_names
 from shardlab.models.sparse import l1_penalty
 from shardlab.trainers.base import ShardlabModule
-from shardlab.trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need, to_dict,
-                             validate_sparse_options)
+from shardlab.trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need,
+                             need_finite, need_mixed_precision, need_seed, to_dict, validate_sparse_options)
 from shardlab.trainers.datasets import SOURCES, DataError, Splits, load_splits
 
 
@@ -85,7 +85,11 @@ def validate_classify(cfg: DictConfig) -> None:
          "data.val_fraction must be in [0, 1), data.test_fraction in (0, 1), and their sum < 1")
     need(data.channels in (1, 3), f"data.channels must be 1 (grayscale) or 3 (RGB), got {data.channels}")
     need(data.image_size >= 0, f"data.image_size must be >= 0 (0 keeps the size), got {data.image_size}")
-    need(data.shape is None or len(data.shape) == 3, f"data.shape must be [C, H, W] or null, got {data.shape}")
+    need(data.shape is None or (len(data.shape) == 3 and min(data.shape) >= 1),
+         f"data.shape must be [C, H, W] of positive sizes or null, got {data.shape}")
+    need(data.num_classes is None or data.num_classes >= 1,
+         f"data.num_classes must be >= 1 or null (read from the data), got {data.num_classes}")
+    need_seed(data.split_seed, "data.split_seed")
     need(model.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {model.arch!r}")
     need(all(w >= 1 for w in [*model.channels, *model.hidden]), "model.channels and model.hidden widths must be >= 1")
     need(model.arch == "mlp" or len(model.channels) >= 1, "model.arch=cnn needs at least one model.channels entry")
@@ -95,11 +99,13 @@ def validate_classify(cfg: DictConfig) -> None:
          f"model.sparse_layers {list(model.sparse_layers)} match none of this network's activations "
          f"({', '.join(names)}); use names or patterns such as '*' or 'act1'")
     need(0 < model.weight_density <= 1, f"model.weight_density must be in (0, 1], got {model.weight_density}")
+    need_finite(optim, "optim", ["lr", "weight_decay"])
     need(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
     need(optim.lr_schedule in ("cosine", "constant"),
          f"optim.lr_schedule must be cosine or constant, got {optim.lr_schedule!r}")
     need(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
     need(optim.batch_size >= 1 and optim.eval_every >= 1, "optim.batch_size and optim.eval_every must be >= 1")
+    need_mixed_precision(cfg.trainer, cfg.algo)
 
 
 def build_classifier(cfg: DictConfig) -> Classifier:

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from shardlab.envs.minigrid import OBSERVATIONS, MiniGridEnv, MiniGridEnvConfig, check_config, make_single
+from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,
                                    save_trajectories)
 
@@ -69,7 +70,8 @@ def parse_floats(text: str, name: str, low: float, high: float, low_open: bool =
     for value in values:
         if not (low < value if low_open else low <= value) or value > high or not np.isfinite(value):
             bracket = "(" if low_open else "["
-            raise CollectError(f"--{name} values must be in {bracket}{low:g}, {high:g}], got {value:g}")
+            close = ")" if high == float("inf") else "]"
+            raise CollectError(f"--{name} values must be in {bracket}{low:g}, {high:g}{close}, got {value:g}")
     return list(dict.fromkeys(values))
 
 
@@ -197,10 +199,21 @@ def collect(args: argparse.Namespace) -> Trajectories:
         raise CollectError(f"--episodes must be >= 1, got {args.episodes}")
     if args.num_envs < 1:
         raise CollectError(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.seed < 0:
+        raise CollectError(f"--seed must be >= 0 (gymnasium seeds are non-negative), got {args.seed}")
+    if args.append and args.force:
+        raise CollectError("--append and --force contradict each other: --append adds episodes to --out, "
+                           "--force replaces it; pass one")
+    if not args.out.strip():
+        raise CollectError("--out is empty; give a dataset file name such as data/doorkey.npz")
     epsilons = parse_floats(args.epsilon, "epsilon", 0.0, 1.0)
     temperatures = parse_floats(args.temperature, "temperature", 0.0, float("inf"), low_open=True)
     if os.path.isdir(args.out):
         raise CollectError(f"--out {args.out} is a directory; give a file name such as {args.out}/data.npz")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    blocker = next((p for p in _ancestors(folder) if os.path.exists(p) and not os.path.isdir(p)), None)
+    if blocker is not None:
+        raise CollectError(f"--out {args.out}: {blocker} is a file, not a folder; write the dataset elsewhere")
     if os.path.exists(args.out) and not (args.append or args.force):
         raise CollectError(f"{args.out} exists; pass --append to add episodes to it or --force to overwrite it")
     existing = load_trajectories(args.out) if args.append and os.path.exists(args.out) else None
@@ -216,7 +229,8 @@ def collect(args: argparse.Namespace) -> Trajectories:
     try:
         check_config(env_cfg)
     except ValueError as exc:
-        raise CollectError(str(exc).replace("env.env_id", "--env").replace("env.max_steps", "--max-steps")) from None
+        raise CollectError(str(exc).replace("env.env_id", "--env").replace("env.max_steps", "--max-steps")
+                           .replace("env.seed", "--seed")) from None
     if source == "bot":
         _check_bot_env(env_cfg)
     if model is not None:
@@ -235,7 +249,8 @@ def collect(args: argparse.Namespace) -> Trajectories:
                   "(pass another --seed for new ones)", file=sys.stderr)
     per_setting = np.full(len(settings), args.episodes // len(settings))
     per_setting[:args.episodes % len(settings)] += 1
-    bar = tqdm(total=args.episodes, desc="collect", unit="ep", disable=args.no_progress, file=sys.stderr)
+    bar = tqdm(total=args.episodes, desc="collect", unit="ep", disable=args.no_progress, file=sys.stderr,
+               **progress_kwargs())
     dataset: Optional[Trajectories] = None
     for k, (setting, episodes) in enumerate(zip(settings, per_setting)):
         if episodes == 0:
@@ -262,6 +277,14 @@ def collect(args: argparse.Namespace) -> Trajectories:
         dataset = part if dataset is None else concat(dataset, part)
     bar.close()
     return save_trajectories(args.out, dataset if existing is None else concat(existing, dataset))
+
+
+def _ancestors(path: str) -> list[str]:
+    """``path`` and every folder above it."""
+    found = [path]
+    while os.path.dirname(found[-1]) != found[-1]:
+        found.append(os.path.dirname(found[-1]))
+    return found
 
 
 def _check_appendable(existing: Trajectories, env_cfg: MiniGridEnvConfig, path: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -14,13 +16,18 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from shardlab.envs.maze import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig
+from shardlab.envs.maze import DISTRIBUTION_MODES, OBSERVATIONS, RANK_SEED_STRIDE, WORLD_DIM, MazeEnvConfig
 from shardlab.trainers.kinds import get_kind
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 LOGGERS = ("tensorboard", "csv", "wandb")  # trainer.loggers: Lightning loggers built by trainers/loggers.py
 DEFAULT_LOGGERS = ("tensorboard", "csv")
+# "*-true" precisions cast the whole network; the PPO and classification modules feed it float32
+# tensors they build themselves (rollouts, in-memory images), so only the decision transformer can
+TRUE_PRECISIONS = ("16-true", "bf16-true", "64-true")
+MAX_SEED = 2**32 - 1  # Lightning/numpy seeds are unsigned 32-bit
+MAX_INT32 = 2**31 - 1  # procgen's seed and level options are signed 32-bit
 
 
 class ConfigError(ValueError):
@@ -187,6 +194,18 @@ def parse_overrides(overrides: list[str]) -> dict:
         return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"bad override: {str(exc).splitlines()[0]}") from None
+    except yaml.YAMLError as exc:  # the value is parsed as YAML: an unclosed [ or {, a stray :
+        bad = next((item for item in overrides if not _parses(item.split("=", 1)[1])), overrides[0])
+        raise ConfigError(f"override '{bad}': the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                          "check its brackets and put a space after each colon, e.g. model.hidden=[64,64]") from None
+
+
+def _parses(value: str) -> bool:
+    try:
+        yaml.safe_load(value)
+    except yaml.YAMLError:
+        return False
+    return True
 
 
 def build_config(recipe: dict, overrides: list[str] = (), source: str = "config") -> DictConfig:
@@ -194,6 +213,8 @@ def build_config(recipe: dict, overrides: list[str] = (), source: str = "config"
 
     The ``algo`` key (default ``ppo``) picks the schema from :data:`trainers.kinds.KINDS`.
     """
+    if not isinstance(recipe, (dict, DictConfig)):
+        raise ConfigError(f"{source} must hold a mapping of config keys, not {type(recipe).__name__}")
     parsed = parse_overrides(list(overrides))
     algo = parsed.get("algo", recipe.get("algo", "ppo"))
     cfg = _merge(_schema(algo, source), recipe, source)
@@ -214,8 +235,32 @@ def need(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def need_finite(section: DictConfig, prefix: str, keys: Sequence[str]) -> None:
+    """ConfigError naming the first of ``keys`` of ``section`` that is NaN or infinite."""
+    for key in keys:
+        value = section[key]
+        need(value is None or math.isfinite(value), f"{prefix}.{key} must be a finite number, got {value}")
+
+
+def need_seed(value: int, key: str, high: int = MAX_SEED) -> None:
+    """ConfigError unless a seed lies in [0, high]."""
+    need(0 <= value <= high, f"{key} must be an integer in [0, {high}], got {value}")
+
+
+def need_mixed_precision(trainer: DictConfig, algo: str) -> None:
+    """ConfigError for a "*-true" precision, which casts the network but not the inputs a PPO or
+    classification module builds itself (the run would stop with a dtype error)."""
+    need(trainer.precision not in TRUE_PRECISIONS,
+         f"trainer.precision={trainer.precision} does not work with algo {algo} (its inputs stay float32); "
+         "use 32-true, 16-mixed or bf16-mixed")
+
+
 def validate(cfg: DictConfig) -> None:
     """Checks that types alone cannot express, by the kind's validator; raises ConfigError."""
+    name = cfg.name  # the default run directory is runs/<name>: a path here would write elsewhere
+    need(bool(name.strip()) and name not in (".", "..") and "/" not in name and "\\" not in name,
+         f"name must be a plain folder name, not a path (a run goes to runs/<name> unless --run-dir says "
+         f"otherwise), got {name!r}")
     validate_trainer(cfg.trainer)
     get_kind(cfg.algo).load("validate")(cfg)
 
@@ -230,6 +275,7 @@ def validate_trainer(trainer: DictConfig) -> None:
          f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
     need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 step")
     need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
+    need_seed(trainer.seed, "trainer.seed")
     unknown = [name for name in trainer.loggers if name not in LOGGERS]
     need(not unknown, f"trainer.loggers has unknown logger {', '.join(map(repr, unknown))}; "
                           f"allowed: {', '.join(LOGGERS)}")
@@ -255,18 +301,29 @@ def validate_ppo(cfg: DictConfig) -> None:
     need(env.obs in OBSERVATIONS, f"env.obs must be one of {', '.join(OBSERVATIONS)}, got {env.obs!r}")
     need(env.max_maze_size is None or (env.max_maze_size >= 3 and env.max_maze_size % 2 == 1),
          f"env.max_maze_size must be odd and >= 3 (or null), got {env.max_maze_size}")
+    need(env.max_maze_size is None or world is None or env.max_maze_size <= world,
+         f"env.max_maze_size {env.max_maze_size} is larger than the {world}×{world} {env.distribution_mode}-mode "
+         f"world; use at most {world} (or null for any size)")
     need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
+    need(env.num_levels <= MAX_INT32 and env.start_level <= MAX_INT32,
+         f"env.num_levels and env.start_level must be <= {MAX_INT32} (procgen's levels are 32-bit)")
+    ranks = cfg.trainer.devices * cfg.trainer.num_nodes  # rank r's envs are seeded env.seed + r·stride
+    need_seed(env.seed, "env.seed", MAX_INT32 - RANK_SEED_STRIDE * (ranks - 1))
+    need_finite(env, "env", ["cheese_reward"])
+    need_mixed_precision(cfg.trainer, cfg.algo)
     validate_ppo_section(ppo, env.num_envs)
 
 
 def validate_ppo_section(ppo: DictConfig, num_envs: int) -> None:
     """Checks of a ``ppo`` section (PPOConfig) for ``num_envs`` envs per rank."""
+    need_finite(ppo, "ppo", ["lr", "adam_eps", "gamma", "gae_lambda", "clip_eps", "value_coef", "entropy_coef"])
     need(ppo.lr > 0, f"ppo.lr must be > 0, got {ppo.lr}")
     need(ppo.lr_schedule in ("linear", "constant"),
          f"ppo.lr_schedule must be linear or constant, got {ppo.lr_schedule!r}")
     need(ppo.num_steps >= 1 and ppo.epochs >= 1, "ppo.num_steps and ppo.epochs must be >= 1")
     batch = num_envs * ppo.num_steps
-    need(ppo.minibatch_size >= 1 and batch % ppo.minibatch_size == 0,
+    need(ppo.minibatch_size >= 1, f"ppo.minibatch_size must be >= 1, got {ppo.minibatch_size}")
+    need(batch % ppo.minibatch_size == 0,
          f"ppo.minibatch_size {ppo.minibatch_size} must divide env.num_envs × ppo.num_steps = {batch}")
     need(0 < ppo.gamma <= 1 and 0 <= ppo.gae_lambda <= 1, "ppo.gamma must be in (0, 1] and ppo.gae_lambda in [0, 1]")
     for key in ("clip_eps", "value_coef", "entropy_coef", "max_grad_norm", "reward_clip", "adam_eps"):
@@ -289,6 +346,7 @@ def validate_sparse_options(model: DictConfig) -> None:
     from shardlab.models.sparse import KINDS
 
     need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
+    need_finite(model, "model", ["percent_on", "boost_strength", "k_inference_factor", "l1_coef"])
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
     need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")
     need(model.k_inference_factor >= 1 and model.percent_on * model.k_inference_factor <= 1,
@@ -309,6 +367,12 @@ def check_runnable(cfg: DictConfig) -> None:
         if available < devices:
             raise ConfigError(f"trainer.accelerator={accelerator} with trainer.devices={devices} but this "
                               f"machine has {available} CUDA GPU(s); use trainer.accelerator=cpu or fewer devices")
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("trainer.accelerator=mps but this machine has no Apple MPS device; "
+                          "use trainer.accelerator=cpu or auto")
+    if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
+        raise ConfigError("trainer.accelerator=tpu needs torch_xla, which is not installed; "
+                          "use trainer.accelerator=cpu or auto")
     check_loggers_installed(cfg.trainer.loggers)
 
 

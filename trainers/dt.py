@@ -31,7 +31,7 @@ from shardlab.models.decision_transformer import STATE_ENCODINGS, DecisionTransf
 from shardlab.models.sparse import KINDS as ACTIVATIONS
 from shardlab.models.sparse import l1_penalty
 from shardlab.trainers.base import ShardlabModule
-from shardlab.trainers.config import ConfigError, TrainerConfig, build_config, need
+from shardlab.trainers.config import ConfigError, TrainerConfig, build_config, need, need_finite, need_seed
 from shardlab.trainers.dt_data import EpisodeWindows, WindowBatch, split_episodes
 from shardlab.trainers.trajectories import DatasetError, Trajectories, load_trajectories
 
@@ -134,10 +134,13 @@ def validate_dt(cfg: DictConfig) -> None:
          f"model.state_encoding must be one of {', '.join(STATE_ENCODINGS)}, got {model.state_encoding!r}")
     need(model.mlp_activation in ACTIVATIONS,
          f"model.mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {model.mlp_activation!r}")
+    need_finite(model, "model", ["dropout", "rtg_scale"])
     need(model.rtg_scale > 0, f"model.rtg_scale must be > 0, got {model.rtg_scale}")
     need(bool(cfg.data.path), "data.path must name a trajectory dataset (.npz from `shardlab collect`)")
     need(0 <= cfg.data.validation_fraction < 1,
          f"data.validation_fraction must be in [0, 1), got {cfg.data.validation_fraction}")
+    need_seed(cfg.data.split_seed, "data.split_seed")
+    need_finite(optim, "optim", ["lr", "weight_decay", "min_lr_ratio", "max_grad_norm", "l1_coef"])
     need(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
     need(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
          f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)}")
@@ -149,6 +152,7 @@ def validate_dt(cfg: DictConfig) -> None:
          f"optim.l1_coef={optim.l1_coef} only acts with model.mlp_activation=l1 (got {model.mlp_activation!r})")
     need(monitor.log_every >= 1 and monitor.validate_every >= 1 and monitor.validation_windows >= 1
          and monitor.validation_batch_size >= 1, "monitor.* counts must be >= 1")
+    validate_spec(cfg)
     if not cfg.spec.obs_shape:  # a config to train from: its dataset must be there (a checkpoint's need not)
         _check_dataset(cfg)
     try:  # a wrong option name should stop the run before anything is written
@@ -156,6 +160,16 @@ def validate_dt(cfg: DictConfig) -> None:
         make_activation(model.mlp_activation, **dict(model.mlp_activation_options))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.mlp_activation_options: {exc}") from None
+
+
+def validate_spec(cfg: DictConfig) -> None:
+    """Checks of the ``spec`` section: empty entries are filled from the data, set ones must fit a network."""
+    spec = cfg.spec
+    need(all(n >= 1 for n in spec.obs_shape),
+         f"spec.obs_shape must list positive sizes (or be [] to read it from data.path), got {list(spec.obs_shape)}")
+    for key in ("num_actions", "max_timestep", "max_mission_tokens"):
+        need(spec[key] >= 0, f"spec.{key} must be >= 0 (0: read it from data.path), got {spec[key]}")
+    need_finite(spec, "spec", ["return_min", "return_max", "return_mean", "success_rate"])
 
 
 def _check_dataset(cfg: DictConfig) -> None:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
 from shardlab.models.impala import ImpalaPolicy, preprocess
+from shardlab.trainers.bars import progress_kwargs
 
 MAX_EPISODE_STEPS = 500  # procgen maze's own time limit
 
@@ -29,19 +30,21 @@ class Summary:
 
 def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greedy: bool = False,
                    channels_last: bool = True, progress: bool = False,
-                   states: Optional[Sequence[bytes]] = None) -> list[Episode]:
+                   states: Optional[Sequence[bytes]] = None, starts: Optional[list] = None) -> list[Episode]:
     """The first episode of each of ``env_cfg.num_envs`` seeded envs; ``policy=None`` acts randomly.
 
     Two calls with the same ``env_cfg`` play the same mazes with the same cheese squares, so
     policies can be compared episode for episode. With ``states`` (one per env) the episodes start
-    from those states instead.
+    from those states instead. A ``starts`` list receives each env's start state, in env order.
     """
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
     done = torch.zeros(env.num_envs, dtype=torch.bool)
     episodes: list[Optional[Episode]] = [None] * env.num_envs
     obs = env.reset() if states is None else env.load_states(states)
-    bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress)
+    if starts is not None:
+        starts.extend(env.get_state(index) for index in range(env.num_envs))
+    bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress, **progress_kwargs())
     try:
         with torch.inference_mode():
             for _ in range(MAX_EPISODE_STEPS + 1):

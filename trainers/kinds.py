@@ -43,7 +43,7 @@ KINDS: dict[str, Kind] = {
 
 def get_kind(algo: Any, source: str = "config") -> Kind:
     """The Kind for ``algo``; a one-line error listing the known ones otherwise."""
-    if algo not in KINDS:
+    if not isinstance(algo, str) or algo not in KINDS:  # a list or mapping is not hashable: no `in` test
         close = difflib.get_close_matches(str(algo), KINDS, n=2, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         from shardlab.trainers.config import ConfigError  # the config module imports this one

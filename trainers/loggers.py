@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from shardlab.trainers.config import DEFAULT_LOGGERS, check_loggers_installed
+from shardlab.trainers.config import DEFAULT_LOGGERS, ConfigError, check_loggers_installed
 
 TB, CSV = "tb", "csv"  # <run_dir>/tb holds the event files directly (README: tensorboard --logdir runs/x/tb)
 
@@ -47,6 +47,35 @@ def build_loggers(names: Sequence[str], run_dir: str, run_name: str = "shardlab"
             loggers.append(WandbLogger(name=run_name, save_dir=run_dir,
                                        project=os.environ.get("WANDB_PROJECT", "shardlab")))
     return loggers
+
+
+def check_logger_paths(names: Sequence[str], run_dir: str) -> None:
+    """ConfigError (nothing written) when the loggers ``names`` could not write under ``run_dir``:
+    their folder is a file, or the CSV they would continue is not a metrics table."""
+    folders = {"tensorboard": TB, "csv": CSV, "wandb": "wandb"}
+    for name in names:
+        folder = os.path.join(run_dir, folders.get(name, name))
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise ConfigError(f"{folder} is a file, but the {name} logger writes a folder there; "
+                              "move the file away or drop the logger")
+    if "csv" in names:
+        for path in (os.path.join(run_dir, CSV, "metrics.csv"), os.path.join(run_dir, CSV, "metrics.csv.kept")):
+            if os.path.exists(path):
+                _check_metrics_csv(path)
+
+
+def _check_metrics_csv(path: str) -> None:
+    """ConfigError unless ``path`` is a CSV of numbers with a step column (what keep_csv_rows reads)."""
+    problem = f"{path} is not a metrics table (a CSV with a step column); move it away and run again"
+    if not os.path.isfile(path):
+        raise ConfigError(problem)
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                float(row.pop("step"))
+                [float(value) for value in row.values() if value not in ("", None)]
+    except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError):
+        raise ConfigError(problem) from None
 
 
 def scalars(row: Mapping[str, Any]) -> dict[str, float]:

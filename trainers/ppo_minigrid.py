@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig, check_config, num_actions, observation_shape
 from shardlab.models.minigrid_policy import MiniGridPolicy, preprocess
 from shardlab.trainers.config import (ActivationConfig, PPOConfig, TrainerConfig, activation_options, need,
-                             validate_ppo_section, validate_sparse_options)
+                             need_mixed_precision, validate_ppo_section, validate_sparse_options)
 from shardlab.trainers.ppo import PPOModule
 
 @dataclass
@@ -56,6 +56,9 @@ def validate_ppo_minigrid(cfg: DictConfig) -> None:
     need(model.kind != "cnn" or len(model.channels) >= 1, "model.kind=cnn needs at least one of model.channels")
     need(model.scale >= 1, f"model.scale must be >= 1, got {model.scale}")
     validate_sparse_options(model)
+    need(model.kind == "impala" or list(model.sparse_layers) == ["*"],
+         f"model.sparse_layers {list(model.sparse_layers)} only applies to model.kind=impala (the {model.kind} "
+         "network makes every activation model.activation); drop it or use model.kind=impala")
     need(model.kind != "impala" or model.activation == "relu" or bool(sparse_sites(model.sparse_layers)),
          f"model.sparse_layers {list(model.sparse_layers)} match no ReLU of the IMPALA embedder; use hook-point "
          "names or patterns such as '*', '*relu2_out', 'embedder.relufc_out'")
@@ -63,6 +66,7 @@ def validate_ppo_minigrid(cfg: DictConfig) -> None:
         shape = observation_shape(_env_config(cfg))
         need(shape[0] == shape[1], f"model.kind=impala needs a square grid, but env.obs={cfg.env.obs} of "
              f"{cfg.env.env_id} is {shape[0]}×{shape[1]}; use env.obs=image (7×7) or a square env")
+    need_mixed_precision(cfg.trainer, cfg.algo)
     validate_ppo_section(cfg.ppo, cfg.env.num_envs)
 
 

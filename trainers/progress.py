@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
+
+from shardlab.trainers.bars import progress_kwargs
 
 
 class StepProgressBar(Callback):
@@ -21,7 +22,7 @@ class StepProgressBar(Callback):
         if trainer.is_global_zero:
             self.bar = tqdm(total=module.progress_total(), initial=module.progress(trainer.global_step),
                             unit=module.progress_unit, unit_scale=True, dynamic_ncols=True, desc="train",
-                            mininterval=0.5 if sys.stderr.isatty() else 30.0)
+                            **progress_kwargs(log_interval=30.0, terminal_interval=0.5))
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, *args: Any) -> None:
         """Move to the module's progress when a boundary is reached."""

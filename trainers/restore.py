@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from shardlab.models.weights import WeightsError, load_policy_weights
-from shardlab.trainers.checkpointing import CheckpointError, load_checkpoint
+from shardlab.trainers.checkpointing import CheckpointError, load_checkpoint, saved_config
 from shardlab.trainers.config import ConfigError, build_config, load_config
 from shardlab.trainers.kinds import get_kind
 
@@ -84,11 +84,7 @@ def load_trained(path: str | os.PathLike) -> Trained:
     """Load a checkpoint's network; CheckpointError (one line) if it is missing, corrupt or does not fit."""
     path = os.fspath(path)
     state = load_checkpoint(path)
-    try:
-        config = build_config(state["hyper_parameters"]["config"], source=path)
-    except KeyError:
-        raise CheckpointError(f"checkpoint {path} carries no config (hyper_parameters.config); "
-                              "it was not written by `shardlab train`") from None
+    config = build_config(saved_config(state, path), source=path)
     module_cls = get_kind(config.algo, path).load("module")
     model = module_cls.build_model(config)
     try:

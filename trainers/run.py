@@ -7,16 +7,19 @@ import json
 import logging
 import os
 import warnings
+from typing import Sequence
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from shardlab.trainers.allocator import keep_freed_memory
-from shardlab.trainers.checkpointing import LAST, AtomicCheckpointIO, PeriodicCheckpoint, load_checkpoint
+from shardlab.models.weights import WeightsError, load_policy_weights
+from shardlab.trainers.checkpointing import (LAST, AtomicCheckpointIO, CheckpointError, PeriodicCheckpoint, load_checkpoint,
+                                             saved_config)
 from shardlab.trainers.base import ShardlabModule
 from shardlab.trainers.config import ConfigError, build_config, read_yaml, to_dict
 from shardlab.trainers.kinds import get_kind
-from shardlab.trainers.loggers import build_loggers
+from shardlab.trainers.loggers import build_loggers, check_logger_paths
 from shardlab.trainers.progress import StepProgressBar
 
 CONFIG_FILE, CHECKPOINTS, METRICS = "config.yaml", "checkpoints", "metrics.jsonl"
@@ -31,17 +34,25 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str) -> None:
     """Create a new run directory holding the resolved config; refuse to reuse a used one."""
     if is_launched_worker():
         return
+    check_run_dir(run_dir, cfg.trainer.loggers)
+    os.makedirs(os.path.join(run_dir, CHECKPOINTS), exist_ok=True)
+    tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
+    with open(tmp, "w") as handle:
+        handle.write(OmegaConf.to_yaml(cfg))
+    os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+
+
+def check_run_dir(run_dir: str, loggers: Sequence[str] = ()) -> None:
+    """ConfigError unless ``run_dir`` can become a new run directory for ``loggers`` (nothing is created)."""
+    if is_launched_worker():
+        return
     blocker = next((p for p in _ancestors(run_dir) if os.path.exists(p) and not os.path.isdir(p)), None)
     if blocker is not None:
         raise ConfigError(f"--run-dir {run_dir}: {blocker} is a file, not a folder; pick another --run-dir")
     if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) or os.path.isdir(os.path.join(run_dir, CHECKPOINTS)):
         raise ConfigError(f"run directory {run_dir} is already used; continue it with "
                           f"`shardlab resume {run_dir}` or pick another --run-dir")
-    os.makedirs(os.path.join(run_dir, CHECKPOINTS), exist_ok=True)
-    tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(OmegaConf.to_yaml(cfg))
-    os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+    check_logger_paths(loggers, run_dir)
 
 
 def _ancestors(path: str) -> list[str]:
@@ -55,40 +66,81 @@ def _ancestors(path: str) -> list[str]:
         path = parent
 
 
+# what Lightning reads back from a checkpoint to continue training (a weights-only file lacks them)
+TRAINING_STATE = ("pytorch-lightning_version", "global_step", "epoch", "loops", "optimizer_states")
+
+
 def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
     """The config and last checkpoint of an existing run, validated before anything runs."""
     config_path = os.path.join(run_dir, CONFIG_FILE)
+    if os.path.isfile(run_dir):
+        raise ConfigError(f"{run_dir} is a file, not a run directory; pass the folder `shardlab train` made "
+                          "(the one holding config.yaml and checkpoints/)")
     if not os.path.isdir(run_dir):
         raise ConfigError(f"run directory {run_dir} does not exist; start it with `shardlab train`")
+    if os.path.exists(config_path) and not os.path.isfile(config_path):
+        raise ConfigError(f"{config_path} is not a file; it should hold the run's config (remove it to use "
+                          "the checkpoint's)")
     checkpoint_path = os.path.join(run_dir, CHECKPOINTS, LAST)
     checkpoint = load_checkpoint(checkpoint_path)  # named error if missing or corrupt
-    recipe = read_yaml(config_path) if os.path.isfile(config_path) else checkpoint["hyper_parameters"]["config"]
+    stored = saved_config(checkpoint, checkpoint_path)
+    recipe = read_yaml(config_path) if os.path.isfile(config_path) else stored
     cfg = build_config(recipe, overrides, source=config_path)
-    saved = build_config(checkpoint["hyper_parameters"]["config"], source=checkpoint_path)
+    saved = build_config(stored, source=checkpoint_path)
     if cfg.algo != saved.algo:
         raise ConfigError(f"algo differs between {config_path} ({cfg.algo}) and {checkpoint_path} "
                           f"({saved.algo}); a resumed run keeps its kind")
-    for key in get_kind(cfg.algo).load("module").resume_fixed_keys:
+    module_cls = get_kind(cfg.algo).load("module")
+    for key in module_cls.resume_fixed_keys:
         if OmegaConf.select(cfg, key) != OmegaConf.select(saved, key):
             raise ConfigError(f"{key} differs between {config_path} and {checkpoint_path}; "
                               "a resumed run must keep its model and batch shape")
+    _check_resumable(checkpoint, checkpoint_path, saved, module_cls)
+    _metric_rows(os.path.join(run_dir, METRICS), module_cls.progress_key)  # readable before anything is written
+    check_logger_paths(cfg.trainer.loggers, run_dir)
     return cfg, checkpoint_path
 
 
+def _check_resumable(checkpoint: dict, path: str, saved: DictConfig, module_cls: type) -> None:
+    """CheckpointError unless ``checkpoint`` holds what a resumed run reads: Lightning's training
+    state, the progress counter and weights that fit the network its config builds."""
+    missing = [key for key in TRAINING_STATE if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no training state ({', '.join(missing)}), so the run "
+                              "cannot continue from it; resume from a step-*.ckpt that `shardlab train` wrote")
+    progress = checkpoint["shardlab"].get(module_cls.progress_key)
+    if not isinstance(progress, int) or isinstance(progress, bool) or progress < 0:
+        raise CheckpointError(f"checkpoint {path} has no valid shardlab.{module_cls.progress_key} counter "
+                              f"(got {progress!r}); resume from an older step-*.ckpt in the same folder")
+    try:
+        load_policy_weights(module_cls.build_model(saved), path, prefix=module_cls.model_attr + ".")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def build_module(cfg: DictConfig) -> ShardlabModule:
+    """Seed and build the run's LightningModule. Kinds read their data here (classify, dt), so a
+    missing or unusable data set is a ConfigError before a run directory is made."""
+    t = cfg.trainer
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    return get_kind(cfg.algo).load("module")(to_dict(cfg), world_size=t.devices * t.num_nodes)
+
+
 def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weights: dict | None = None,
-        callbacks: list | None = None) -> ShardlabModule:
+        callbacks: list | None = None, module: ShardlabModule | None = None) -> ShardlabModule:
     """Build the Lightning trainer and train (or continue) until trainer.total_steps.
 
     ``init_weights`` (a state_dict of the network) starts a new run from trained weights, as
-    fine-tuning does; ``callbacks`` are extra Lightning callbacks (e.g. evaluations during training).
+    fine-tuning does; ``callbacks`` are extra Lightning callbacks (e.g. evaluations during training);
+    ``module`` is the LightningModule :func:`build_module` made (default: built here).
     """
     keep_freed_memory()
     # Lightning's start-up banner (accelerator lines, a cloud-logging tip) buries our progress bar
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     t = cfg.trainer
     world_size = t.devices * t.num_nodes
-    pl.seed_everything(t.seed, workers=True, verbose=False)
-    module = get_kind(cfg.algo).load("module")(to_dict(cfg), world_size=world_size)
+    if module is None:
+        module = build_module(cfg)
     if init_weights is not None:
         getattr(module, module.model_attr).load_state_dict(init_weights)
     module.metrics_path = os.path.join(run_dir, METRICS)
@@ -115,7 +167,7 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
         default_root_dir=run_dir, use_distributed_sampler=False)
     if ckpt_path and trainer.is_global_zero:
         for name in os.listdir(checkpoints):  # temp files of a save that was killed half-way
-            if ".tmp-" in name:
+            if ".tmp-" in name and os.path.isfile(os.path.join(checkpoints, name)):
                 os.remove(os.path.join(checkpoints, name))
     with warnings.catch_warnings():
         # an endless IterableDataset and mid-"epoch" resumes are by design here
@@ -125,12 +177,40 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
     return module
 
 
+def _metric_rows(path: str, key: str) -> list[tuple[int, str]]:
+    """(progress, line) of every row of a run's metrics.jsonl; ConfigError naming the line when the
+    file cannot be read. A last line without its newline (a run killed while writing) is dropped."""
+    if not os.path.exists(path):
+        return []
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} is not a file; remove it (it is the run's metric log) and resume again")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.readlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; remove it (it is the run's metric log) and resume again") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            steps = json.loads(line)[key]
+            if isinstance(steps, bool) or not isinstance(steps, (int, float)):
+                raise TypeError(steps)
+        except (ValueError, TypeError, KeyError, IndexError):
+            if number == len(lines) and not line.endswith("\n"):
+                continue  # cut off by a kill mid-write
+            raise ConfigError(f"{path} line {number} is not a metrics row with {key!r}; delete that line "
+                              "(or the file) and resume again") from None
+        rows.append((steps, line))
+    return rows
+
+
 def _drop_metrics_after(path: str, key: str, steps: int) -> None:
     """Forget logged rows newer than the checkpoint, so a resumed curve has no duplicates."""
     if not os.path.isfile(path):
         return
-    with open(path) as handle:
-        rows = [line for line in handle if line.strip() and json.loads(line)[key] <= steps]
+    rows = [line for row_steps, line in _metric_rows(path, key) if row_steps <= steps]
     tmp = path + ".tmp"
     with open(tmp, "w") as handle:
         handle.writelines(rows)

@@ -1,0 +1,121 @@
+"""The GitHub Actions workflow (.github/workflows/ci.yml) run locally through scripts/ci_local.py:
+its eval step passes on the committed fixture policy against the committed baseline, and it
+names only files the repository has."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("ci_local", os.path.join(ROOT, "scripts", "ci_local.py"))
+ci_local = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ci_local)
+
+CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "ci_policy.ckpt")
+BASELINE = os.path.join(ROOT, "tests", "fixtures", "ci_baseline.json")
+EVAL_OUTPUTS = ("junit.xml", "results.json", "report.md", "report.html")
+
+
+def _eval_command() -> list[str]:
+    commands = [shlex.split(step["run"]) for step in ci_local.run_steps(ci_local.load_workflow())]
+    evals = [words for words in commands if words[:2] == [ci_local.VENV_SHARDLAB, "eval"]]
+    assert len(evals) == 1, commands
+    return evals[0]
+
+
+def _option(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+def test_workflow_runs_make_test_then_the_eval_suite_against_the_baseline():
+    steps = ci_local.run_steps(ci_local.load_workflow())
+    assert [step["run"].split()[:2] for step in steps] == [["make", "test"], [ci_local.VENV_SHARDLAB, "eval"]]
+    assert steps[0]["env"]["CI"] == "true"
+    words = _eval_command()
+    assert words[2] == "tests/fixtures/ci_policy.ckpt"
+    assert (_option(words, "--suite"), _option(words, "--limit")) == ("ci", "50")
+    assert _option(words, "--baseline") == "tests/fixtures/ci_baseline.json"
+    assert _option(words, "--summary") == "$GITHUB_STEP_SUMMARY" and "--no-progress" in words
+
+
+def test_workflow_names_only_files_the_repository_has():
+    workflow = ci_local.load_workflow()
+    words = _eval_command()
+    out = _option(words, "--out")
+    missing = []
+    for step in ci_local.run_steps(workflow):
+        tokens = shlex.split(step["run"])
+        if tokens == ["make", "test"]:
+            with open(os.path.join(ROOT, "Makefile")) as handle:
+                assert re.search(r"^test:", handle.read(), re.M), "the Makefile has no test target"
+            continue
+        for previous, token in zip([""] + tokens, tokens):
+            if previous == "--out" or token.startswith(("-", "$", ".venv/")):  # outputs; .venv is made by make test
+                continue
+            if previous == "--suite" and "/" not in token:
+                token = os.path.join("configs", "evals", token + ".yaml")
+            if "/" in token and not os.path.exists(os.path.join(ROOT, token)):
+                missing.append(token)
+    assert not missing, f"the workflow names files the repository lacks: {missing}"
+    # the uploaded files are what the eval step writes into its --out folder
+    uploads = [step for job in workflow["jobs"].values() for step in job["steps"]
+               if str(step.get("uses", "")).startswith("actions/upload-artifact")]
+    assert len(uploads) == 1 and uploads[0].get("if") == "always()"
+    paths = uploads[0]["with"]["path"].split()
+    assert sorted(paths) == sorted(f"{out}/{name}" for name in EVAL_OUTPUTS)
+    # the fixture pair is committed (*.ckpt is ignored except under tests/fixtures) and small
+    assert os.path.getsize(CHECKPOINT) < 3 * 2**20
+    with open(os.path.join(ROOT, ".gitignore")) as handle:
+        assert "!tests/fixtures/*.ckpt" in handle.read().split()
+    with open(os.path.join(ROOT, ".ci", "run")) as handle:
+        assert "make test" in handle.read()
+
+
+def test_ci_local_stops_at_the_first_failing_step(tmp_path):
+    workflow = tmp_path / "ci.yml"
+    workflow.write_text("jobs:\n  test:\n    steps:\n      - uses: actions/checkout@v4\n"
+                        "      - run: make test\n      - run: echo \"## hello\" >> \"$GITHUB_STEP_SUMMARY\"\n"
+                        "      - run: exit 3\n      - run: touch after\n")
+    summary = tmp_path / "summary.md"
+    assert ci_local.main(["--workflow", str(workflow), "--skip-make-test", "--summary", str(summary),
+                          "--workdir", str(tmp_path / "work")]) == 3
+    assert summary.read_text() == "## hello\n"
+    assert not (tmp_path / "work" / "after").exists()
+
+
+@pytest.mark.skipif(not os.path.isfile(CHECKPOINT), reason="run scripts/make_ci_checkpoint.py")
+def test_the_workflow_passes_locally_on_the_committed_checkpoint(tmp_path):
+    """The eval step exits 0: the fixture still meets the CI thresholds and nothing regressed
+    against the committed baseline."""
+    summary = tmp_path / "summary.md"
+    work = tmp_path / "work"
+    assert ci_local.main(["--skip-make-test", "--summary", str(summary), "--workdir", str(work)]) == 0
+    out = work / _option(_eval_command(), "--out")
+    for name in EVAL_OUTPUTS:
+        assert (out / name).is_file(), name
+    markdown = summary.read_text()
+    assert markdown.startswith("# shardlab eval ✅") and "| metric | value ± stderr |" in markdown
+    assert "## Baseline comparison" in markdown and "no regressions in" in markdown
+    with open(out / "results.json") as handle:
+        new = json.load(handle)
+    with open(BASELINE) as handle:
+        old = json.load(handle)
+    assert new["checkpoint_sha256"] == old["checkpoint_sha256"]  # the baseline is this checkpoint's
+    assert new["limit"] == old["limit"] == 50 and not new["errors"]
+    assert "<testsuite" in (out / "junit.xml").read_text()
+
+
+def test_readme_shows_the_workflow_commands():
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        readme = handle.read()
+    section = readme[readme.index("### The eval suite in CI"):]
+    section = section[:section.index("\n### ", 1)]
+    shown = {line.strip() for line in section.splitlines()}
+    for step in ci_local.run_steps(ci_local.load_workflow()):
+        assert step["run"] in shown, step["run"]
