@@ -151,11 +151,11 @@ def check_out_dir(out: Optional[str]) -> None:
         return
     if not os.fspath(out).strip():
         raise EvalError("--out is empty; name the output folder, e.g. --out evals/run1")
-    path = os.path.abspath(out)
-    while path and not os.path.exists(path):
-        path = os.path.dirname(path)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise EvalError(f"--out {out}: {path} is a file, not a folder; choose another output folder")
+    from shardlab.trainers.paths import file_in_the_way
+
+    blocker = file_in_the_way(out)
+    if blocker is not None:
+        raise EvalError(f"--out {out}: {blocker} is a file, not a folder; choose another output folder")
 
 
 def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite: str = "ci",

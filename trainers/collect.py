@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from shardlab.envs.minigrid import OBSERVATIONS, MiniGridEnv, MiniGridEnvConfig, check_config, make_single
 from shardlab.trainers.bars import progress_kwargs
+from shardlab.trainers.paths import file_in_the_way
 from shardlab.trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,
                                    save_trajectories)
 
@@ -211,7 +212,7 @@ def collect(args: argparse.Namespace) -> Trajectories:
     if os.path.isdir(args.out):
         raise CollectError(f"--out {args.out} is a directory; give a file name such as {args.out}/data.npz")
     folder = os.path.dirname(os.path.abspath(args.out))
-    blocker = next((p for p in _ancestors(folder) if os.path.exists(p) and not os.path.isdir(p)), None)
+    blocker = file_in_the_way(folder)
     if blocker is not None:
         raise CollectError(f"--out {args.out}: {blocker} is a file, not a folder; write the dataset elsewhere")
     if os.path.exists(args.out) and not (args.append or args.force):
@@ -277,14 +278,6 @@ def collect(args: argparse.Namespace) -> Trajectories:
         dataset = part if dataset is None else concat(dataset, part)
     bar.close()
     return save_trajectories(args.out, dataset if existing is None else concat(existing, dataset))
-
-
-def _ancestors(path: str) -> list[str]:
-    """``path`` and every folder above it."""
-    found = [path]
-    while os.path.dirname(found[-1]) != found[-1]:
-        found.append(os.path.dirname(found[-1]))
-    return found
 
 
 def _check_appendable(existing: Trajectories, env_cfg: MiniGridEnvConfig, path: str) -> None:

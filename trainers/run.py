@@ -19,6 +19,7 @@ from shardlab.trainers.checkpointing import (LAST, AtomicCheckpointIO, Checkpoin
 from shardlab.trainers.base import ShardlabModule
 from shardlab.trainers.config import ConfigError, build_config, read_yaml, to_dict
 from shardlab.trainers.kinds import get_kind
+from shardlab.trainers.paths import file_in_the_way
 from shardlab.trainers.loggers import build_loggers, check_logger_paths
 from shardlab.trainers.progress import StepProgressBar
 
@@ -46,24 +47,13 @@ def check_run_dir(run_dir: str, loggers: Sequence[str] = ()) -> None:
     """ConfigError unless ``run_dir`` can become a new run directory for ``loggers`` (nothing is created)."""
     if is_launched_worker():
         return
-    blocker = next((p for p in _ancestors(run_dir) if os.path.exists(p) and not os.path.isdir(p)), None)
+    blocker = file_in_the_way(run_dir)
     if blocker is not None:
         raise ConfigError(f"--run-dir {run_dir}: {blocker} is a file, not a folder; pick another --run-dir")
     if os.path.exists(os.path.join(run_dir, CONFIG_FILE)) or os.path.isdir(os.path.join(run_dir, CHECKPOINTS)):
         raise ConfigError(f"run directory {run_dir} is already used; continue it with "
                           f"`shardlab resume {run_dir}` or pick another --run-dir")
     check_logger_paths(loggers, run_dir)
-
-
-def _ancestors(path: str) -> list[str]:
-    """``path`` and every folder above it."""
-    path, found = os.path.abspath(path), []
-    while True:
-        found.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            return found
-        path = parent
 
 
 # what Lightning reads back from a checkpoint to continue training (a weights-only file lacks them)
