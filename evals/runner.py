@@ -75,31 +75,11 @@ def run_suite(checkpoint: Optional[str], suite_path: str, out_dir: str,
 
 
 def _log(out_dir: str, runs: list[dict], step: int, names: Sequence[str]) -> None:
-    """Every metric as a scalar ``eval/metric`` at the checkpoint's training step (so evals of
-    successive checkpoints of a run line up as curves) and every PNG as an image, to the loggers
-    ``names`` under ``out_dir`` (TensorBoard in ``tb/``, CSV in ``csv/``)."""
-    if not names:
-        return
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+    """Metrics and PNGs to the loggers ``names`` under ``out_dir`` (TensorBoard in ``tb/``, CSV in ``csv/``)."""
+    if names:
+        from shardlab.trainers.loggers import log_eval_metrics
 
-    from shardlab.trainers.loggers import build_loggers, keep_csv_rows, log_eval_metrics
-
-    loggers = build_loggers(list(names), out_dir)
-    for logger in loggers:
-        if isinstance(logger, CSVLogger):
-            keep_csv_rows(logger)  # evals of successive checkpoints add rows to one file
-    log_eval_metrics(loggers, runs, step)
-    pngs = [(run["eval"], path) for run in runs for path in run["result"].artifacts if path.endswith(".png")]
-    for logger in loggers:
-        for eval_name, path in pngs:
-            tag = f"{eval_name}/{os.path.splitext(os.path.basename(path))[0]}"
-            if isinstance(logger, TensorBoardLogger):
-                import matplotlib.image
-
-                logger.experiment.add_image(tag, matplotlib.image.imread(path)[..., :3], step, dataformats="HWC")
-            elif type(logger).__name__ == "WandbLogger":
-                logger.log_image(key=tag, images=[path], step=step)
-        logger.finalize("success")
+        log_eval_metrics(out_dir, runs, step, list(names))
 
 
 def _print_table(runs: list[dict]) -> None:

@@ -140,21 +140,37 @@ def eval_scalars(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
 
 def log_eval_metrics(target: Union[str, os.PathLike, Sequence[Logger]], runs: Sequence[Mapping[str, Any]],
                      step: int, names: Sequence[str] = DEFAULT_LOGGERS) -> dict[str, float]:
-    """Send eval results as ``eval/metric`` scalars at ``step`` (the checkpoint's training progress).
+    """Send eval results as ``eval/metric`` scalars, and their PNGs as images, at ``step`` (the
+    checkpoint's training progress, so evals of successive checkpoints line up as curves).
 
     ``target`` is a list of Lightning loggers (e.g. a run's, from :func:`build_loggers`) or a folder,
     for which the loggers ``names`` are built (TensorBoard events in ``<folder>/tb``, the CSV in
     ``<folder>/csv/metrics.csv``) and finalized. Returns the scalars sent.
     """
     metrics = eval_scalars(runs)
-    if isinstance(target, (str, os.PathLike)):
-        loggers = build_loggers(names, os.fspath(target))
+    owned = isinstance(target, (str, os.PathLike))
+    loggers = build_loggers(names, os.fspath(target)) if owned else list(target)
+    if owned:
         for logger in loggers:
             if isinstance(logger, CSVLogger):
                 keep_csv_rows(logger)  # evals of successive checkpoints add rows to one file
-        send(loggers, metrics, step)
+    send(loggers, metrics, step)
+    _send_figures(loggers, runs, step)
+    if owned:
         for logger in loggers:
             logger.finalize("success")
-    else:
-        send(target, metrics, step)
     return metrics
+
+
+def _send_figures(loggers: Sequence[Logger], runs: Sequence[Mapping[str, Any]], step: int) -> None:
+    """Every PNG artifact of ``runs`` as an image ``eval/name`` (TensorBoard and wandb; CSV has none)."""
+    pngs = [(run["eval"], path) for run in runs for path in run["result"].artifacts if path.endswith(".png")]
+    for logger in loggers:
+        for eval_name, path in pngs:
+            tag = f"{eval_name}/{os.path.splitext(os.path.basename(path))[0]}"
+            if isinstance(logger, TensorBoardLogger):
+                import matplotlib.image
+
+                logger.experiment.add_image(tag, matplotlib.image.imread(path)[..., :3], step, dataformats="HWC")
+            elif type(logger).__name__ == "WandbLogger":
+                logger.log_image(key=tag, images=[path], step=step)
