@@ -13,6 +13,7 @@ from shardlab import cli
 from shardlab.evals.baseline import (IMPROVED, NO_DIRECTION, NO_STDERR, NOT_AVAILABLE, OK, REGRESSION, BaselineError,
                                      compare)
 from shardlab.evals.results import SCHEMA_VERSION
+from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the end-to-end tests run tiny forwards
 CONFIG = {"mazes": 200, "region": None}
@@ -208,13 +209,7 @@ def test_compare_is_a_listed_subcommand():
 
 # ----------------------------------------------------------------------------- shardlab eval --baseline
 
-SUITE = """
-seed: 3
-evals:
-  goal_misgeneralization: {mazes: 8, decision_mazes: 8}
-thresholds:
-  goal_misgeneralization.p_neither: {max: 1.0}
-"""
+SUITE = GOAL_MISGENERALIZATION
 
 
 @pytest.fixture(scope="module")

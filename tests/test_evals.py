@@ -14,6 +14,7 @@ import pytest
 from shardlab import cli as shardlab
 from shardlab.evals import registry
 from shardlab.evals.results import SCHEMA_VERSION
+from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
 
@@ -29,13 +30,7 @@ def _suite(tmp_path, text: str) -> str:
     return str(path)
 
 
-SUITE = """
-seed: 3
-evals:
-  goal_misgeneralization: {mazes: 8, decision_mazes: 8}
-thresholds:
-  goal_misgeneralization.p_neither: {max: 1.0}
-"""
+SUITE = GOAL_MISGENERALIZATION
 
 
 def test_suite_passes_and_writes_results(checkpoint, tmp_path):

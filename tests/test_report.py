@@ -15,17 +15,11 @@ from shardlab import cli
 from shardlab.api import Results
 from shardlab.evals import report
 from shardlab.evals.results import Result, Threshold
+from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SUITE = """
-seed: 3
-evals:
-  goal_misgeneralization: {mazes: 8, decision_mazes: 8}
-thresholds:
-  goal_misgeneralization.p_neither: {max: 1.0}
-  goal_misgeneralization.p_cheese: {min: 1.5}
-"""
+SUITE = GOAL_MISGENERALIZATION + "  goal_misgeneralization.p_cheese: {min: 1.5}\n"
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,11 @@ import torch
 from shardlab import cli as shardlab
 from shardlab.evals import runner, sweep
 from shardlab.evals.sweep import Point, run_checkpoints, select_every
+from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SUITE = """
-seed: 3
-evals:
-  goal_misgeneralization: {mazes: 8, decision_mazes: 8}
-thresholds:
-  goal_misgeneralization.p_neither: {max: 1.0}
-"""
+SUITE = GOAL_MISGENERALIZATION
 STEPS = [32, 64, 96]  # 2 envs × 16 steps per iteration, a checkpoint every 32 env steps
 HEADLINE = ["goal_misgeneralization.p_neither", "goal_misgeneralization.p_cheese",
             "goal_misgeneralization.in_region/p_cheese", "goal_misgeneralization.gap/p_cheese"]
