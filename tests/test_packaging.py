@@ -79,3 +79,38 @@ def test_help_list_train_and_eval_from_outside_the_repository(installed):
     assert evaluated.returncode in (0, 1), evaluated.stderr[-2000:]  # 1: a 32-step policy may miss the threshold
     document = json.loads(open(os.path.join(installed["cwd"], "ev", "results.json")).read())
     assert document["suite"].startswith(installed["site"]) and document["results"]
+
+
+def test_every_imported_third_party_module_is_a_declared_dependency():
+    """Each module the package imports is the standard library, shardlab, or a distribution that
+    setup.cfg names (install_requires or an extra)."""
+    import ast
+    import configparser
+    from importlib import metadata
+
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(ROOT, "setup.cfg"))
+    requirements = parser["options"]["install_requires"].splitlines()
+    requirements += [line for value in parser["options.extras_require"].values() for line in value.splitlines()]
+    declared = {re.split(r"[<>=;! \[]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+                for line in requirements if line.strip()}
+    # procgen-mirror installs the import name procgen; the marker picks one or the other
+    declared.add("procgen")
+    distributions = metadata.packages_distributions()
+    modules = set()
+    for folder in ("shardlab", "trainers", "envs", "models", "evals", "configs"):
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):
+            for file in files:
+                if file.endswith(".py"):
+                    tree = ast.parse(open(os.path.join(base, file)).read())
+                    for node in ast.walk(tree):
+                        if isinstance(node, ast.Import):
+                            modules |= {alias.name.split(".")[0] for alias in node.names}
+                        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                            modules.add(node.module.split(".")[0])
+    missing = {}
+    for module in sorted(modules - set(sys.stdlib_module_names) - {"shardlab", "__future__"}):
+        owners = {name.lower().replace("_", "-") for name in distributions.get(module, [module])}
+        if not owners & declared:
+            missing[module] = sorted(owners)
+    assert missing == {}, f"imported but not declared in setup.cfg: {missing}"
