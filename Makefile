@@ -19,8 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+# one torch thread per test process: the tests use tiny networks, and the DDP tests run two
+# processes on two cores, where more threads only contend
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py ppo
