@@ -29,6 +29,7 @@ from shardlab.envs.maze_render import write_png_atomic  # noqa: E402
 from shardlab import cli  # noqa: E402
 
 RECIPE = "configs/train/maze_demo.yaml"
+MIN_DROP = 0.01  # the smallest cheese-vector drop in P(cheese-ward) that counts (published: 0.78)
 SUITE = "configs/evals/demo.yaml"
 
 
@@ -93,11 +94,12 @@ def targets(rows: dict) -> list[tuple[str, str, bool]]:
     log_change, random_log_change = value("steering.cheese_vector/p_cheese/log_change"), value(
         "steering.cheese_vector/random/p_cheese/log_change")
     before, after = value("steering.original/p_cheese/median"), value("steering.cheese_vector/p_cheese/median")
-    # a drop, at least twice the random vector's effect in size, and clear of both vectors' noise
-    # (two combined standard errors); log P is shown because a sure policy's P has no room to fall
-    met = change < 0 and abs(change) >= 2 * abs(random_change) and change + spread < random_change
+    # a drop of at least a point, at least twice the random vector's effect in size, and clear of
+    # both vectors' noise (two combined standard errors); log P is shown because a sure policy's P
+    # has no room to fall
+    met = change <= -MIN_DROP and abs(change) >= 2 * abs(random_change) and change + spread < random_change
     checks.append(("subtracting the cheese vector lowers P(cheese-ward move) at the decision square, by at least "
-                   "twice a random vector's effect (equal norm) and beyond two combined standard errors",
+                   "twice a random vector's effect (equal norm), beyond two combined standard errors and by at least a point",
                    f"mean change {change:+.3f} vs {random_change:+.3f} (2 s.e. {spread:.3f}); in log P "
                    f"{log_change:+.2f} vs {random_log_change:+.2f} (median P {before:.2g} → {after:.2g}; "
                    "published 0.81 → 0.03)", met))

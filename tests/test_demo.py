@@ -51,6 +51,10 @@ def test_targets_are_checked_against_the_measured_values():
     # twice the random effect but inside the noise: -0.2 vs -0.05 with standard errors of 0.06
     assert demo.targets(_rows(MEASURED, stderr=0.03))[-1][2]
     assert not demo.targets(_rows(MEASURED, stderr=0.06))[-1][2]
+    # an untrained policy's negligible changes do not count, however small the noise
+    negligible = {**MEASURED, "steering.cheese_vector/p_cheese/change": -0.0004,
+                  "steering.cheese_vector/random/p_cheese/change": -0.0001}
+    assert not demo.targets(_rows(negligible, stderr=0.00001))[-1][2]
     # a missing metric is a miss, not a crash
     assert not any(met for _, _, met in demo.targets({}))
 
