@@ -25,6 +25,24 @@ def run(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
                           timeout=300, env=env)
 
 
+class Ran:
+    """What an in-process ``shardlab`` run returned and printed to stderr."""
+
+    def __init__(self, returncode: int, stderr: str):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run_here(capsys, monkeypatch, cwd, *argv: str) -> Ran:
+    """``shardlab ARGV`` in this process, from ``cwd`` (argparse errors exit through SystemExit)."""
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    return Ran(code, capsys.readouterr().err)
+
+
 def test_help_lists_every_subcommand_and_version_prints():
     out = run("--help")
     assert out.returncode == 0
@@ -78,9 +96,9 @@ def test_config_prints_the_resolved_recipe_with_overrides(capsys):
     (["eval", "x.ckpt", "--out", "OUT", "--device", "tpu"], "auto, cpu, cuda"),
     (["list", "things"], "invalid choice"),
 ])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, argv, needle):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, argv, needle):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]
-    out = run(*argv, cwd=str(tmp_path))
+    out = run_here(capsys, monkeypatch, tmp_path, *argv)
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
@@ -141,7 +159,9 @@ def test_repository_paths_of_shipped_files_work_anywhere(tmp_path, monkeypatch):
     assert configs.resolve("recipe", "mine.yaml") == "mine.yaml"  # an existing file wins
 
 
-def test_recipe_that_is_not_text_run_dir_that_is_a_file_and_a_region_larger_than_the_world(tmp_path):
+def test_recipe_that_is_not_text_run_dir_that_is_a_file_and_a_region_larger_than_the_world(tmp_path, capsys,
+                                                                                           monkeypatch):
+    run = lambda *argv, cwd: run_here(capsys, monkeypatch, cwd, *argv)  # noqa: E731
     binary = tmp_path / "recipe.yaml"
     binary.write_bytes(b"\xff\xfe\x00name: x\x80\x81")
     out = run("train", str(binary), cwd=str(tmp_path))
