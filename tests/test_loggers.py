@@ -15,20 +15,11 @@ from shardlab import cli as shardlab
 from shardlab.trainers.checkpointing import step_checkpoints
 from shardlab.trainers.config import ConfigError, build_config, check_runnable
 from shardlab.trainers.loggers import build_loggers, keep_csv_rows, log_eval_metrics, scalars, write_row
+from tiny_suites import MAZE_RECIPE, TINY_PPO, metrics_rows
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
-# 128 env steps and 2 optimizer steps per iteration
-TINY = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",
-        "env.distribution_mode=easy", "trainer.checkpoint_every=128", "trainer.progress_bar=false",
-        "trainer.keep_checkpoints=10"]
-
-
-def jsonl_rows(run_dir) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
-        return [json.loads(line) for line in handle]
+RECIPE, TINY = MAZE_RECIPE, TINY_PPO
 
 
 def csv_rows(folder) -> list[dict]:
@@ -126,7 +117,7 @@ def test_default_run_writes_tensorboard_and_csv_with_the_jsonl_values(tmp_path):
     run_dir = tmp_path / "run"
     assert shardlab.main(["train", RECIPE, *TINY, "trainer.total_steps=256", "--run-dir", str(run_dir)]) == 0
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir / "tb"))
-    rows, table = jsonl_rows(run_dir), csv_rows(run_dir)
+    rows, table = metrics_rows(run_dir), csv_rows(run_dir)
     assert [r["env_steps"] for r in rows] == [128, 256]
     # every CSV row is exactly its metrics.jsonl row's metrics, at the row's env steps
     assert [{"step": r["env_steps"], **scalars(r)} for r in rows] == table
@@ -141,7 +132,7 @@ def test_no_loggers_leaves_only_metrics_jsonl(tmp_path):
     run_dir = tmp_path / "run"
     assert shardlab.main(["train", RECIPE, *TINY, "trainer.total_steps=128", "trainer.loggers=[]",
                           "--run-dir", str(run_dir)]) == 0
-    assert [r["env_steps"] for r in jsonl_rows(run_dir)] == [128]
+    assert [r["env_steps"] for r in metrics_rows(run_dir)] == [128]
     assert not (run_dir / "tb").exists() and not (run_dir / "csv").exists()
 
 
@@ -157,7 +148,7 @@ def test_resume_keeps_each_step_once_in_every_logger(tmp_path):
             os.remove(path)
     os.link(checkpoints / "step-000000000128.ckpt", checkpoints / "last.ckpt")
     assert shardlab.main(["resume", str(run_dir), "trainer.total_steps=384"]) == 0
-    rows, table = jsonl_rows(run_dir), csv_rows(run_dir)
+    rows, table = metrics_rows(run_dir), csv_rows(run_dir)
     assert [r["env_steps"] for r in rows] == [128, 256, 384]
     assert [{"step": r["env_steps"], **scalars(r)} for r in rows] == table
     assert table[0] == before[0]  # the kept row survived the CSV writer's reopening

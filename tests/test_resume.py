@@ -3,7 +3,6 @@ checkpoint interval and leaves no corrupt checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,18 +14,10 @@ import torch
 
 from shardlab import cli
 from shardlab.trainers.checkpointing import load_checkpoint, step_checkpoints
+from tiny_suites import MAZE_RECIPE, TINY_PPO, metrics_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
-# 128 env steps and 2 optimizer steps per iteration
-TINY = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",
-        "env.distribution_mode=easy", "trainer.checkpoint_every=128", "trainer.progress_bar=false",
-        "trainer.keep_checkpoints=10"]
-
-
-def _metrics(run_dir) -> list[dict]:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
-        return [json.loads(line) for line in handle]
+RECIPE, TINY = MAZE_RECIPE, TINY_PPO
 
 
 def test_resume_continues_steps_lr_and_normaliser(tmp_path):
@@ -54,9 +45,9 @@ def test_resume_continues_steps_lr_and_normaliser(tmp_path):
     # the normaliser kept counting from where it was
     assert after["shardlab"]["reward_norm"]["count"] > before["shardlab"]["reward_norm"]["count"]
     # the learning curve has every iteration exactly once, with the same LRs as the straight run
-    rows = _metrics(split)
+    rows = metrics_rows(split)
     assert [r["env_steps"] for r in rows] == [128, 256, 384, 512]
-    assert [r["train/lr"] for r in rows] == pytest.approx([r["train/lr"] for r in _metrics(straight)])
+    assert [r["train/lr"] for r in rows] == pytest.approx([r["train/lr"] for r in metrics_rows(straight)])
 
 
 def test_checkpoint_carries_resolved_config(tmp_path):
@@ -94,7 +85,7 @@ def test_sigkill_then_resume(tmp_path):
     final = load_checkpoint(checkpoints / "last.ckpt")
     assert final["shardlab"]["env_steps"] == 1280
     assert not [n for n in os.listdir(checkpoints) if ".tmp-" in n]
-    steps = [r["env_steps"] for r in _metrics(run_dir)]
+    steps = [r["env_steps"] for r in metrics_rows(run_dir)]
     assert steps == sorted(set(steps)) and steps[-1] == 1280
 
 
