@@ -247,7 +247,8 @@ def format_table(summary: dict[str, Any], runs: list[Measurement], config: dict[
         f"  num_envs {c['num_envs']} × num_steps {c['num_steps']} = batch {c['batch']}, minibatch "
         f"{c['minibatch_size']} ({c['minibatches_per_epoch']}/epoch), epochs {c['epochs']}, "
         f"scale {c['scale']}, {'channels_last' if c['channels_last'] else 'channels_first'}, "
-        f"{c['precision']}, {c['distribution_mode']} mazes",
+        f"{c['precision']}" + (f" (plain and ceiling: {c['plain_precision']})" if c.get("plain_precision") else "")
+        + f", {c['distribution_mode']} mazes",
         f"  {c['device']}, torch threads {c['threads']} (interop {c['interop_threads']}, "
         f"{c['cpu_count']} CPUs), torch {c['torch']}, lightning {c['pytorch_lightning']}"
         + "".join(f", {k}={v}" for k, v in c["environment"].items()),
@@ -308,6 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", default=",".join(MEASUREMENTS),
                         help="comma-separated subset of trainer,plain,ceiling (default all)")
     parser.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
+    parser.add_argument("--plain-precision", metavar="P",
+                        help="trainer.precision for the plain loop and the ceiling only (e.g. 32-true, to race a "
+                             "bf16-mixed trainer against the fp32 eager loop); default: the config's")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value config overrides, e.g. ppo.num_steps=32")
 
 
@@ -341,13 +345,19 @@ def run(args: argparse.Namespace) -> int:
     if load_before > 0.5:
         progress(f"warning: load average is {load_before:.2f} before starting; another process may be "
                  "using the CPU and the numbers will be noisy")
+    plain_cfg = cfg
+    if args.plain_precision:
+        plain_cfg = load_config(config_path, [*args.overrides, f"trainer.precision={args.plain_precision}"])
+        ppo_reference.autocast_for(plain_cfg, device)
+        config["plain_precision"] = args.plain_precision
     runs: list[Measurement] = []
     for repeat in range(args.repeats):
         order = only if repeat % 2 == 0 else tuple(reversed(only))
         for name in order:
             progress(f"{name}: start (repeat {repeat + 1}/{args.repeats}, {args.warmup} warm-up + "
                      f"{args.iterations} timed iterations of {config['batch']} env steps)")
-            measurement = MEASURE[name](cfg, args.warmup, args.iterations, device, repeat)
+            measurement = MEASURE[name](cfg if name == "trainer" else plain_cfg, args.warmup, args.iterations,
+                                        device, repeat)
             progress(f"{name}: {measurement.rate:,.1f} env steps/s over {measurement.seconds:.1f} s")
             runs.append(measurement)
     load_after = os.getloadavg()[0]
