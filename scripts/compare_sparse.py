@@ -2,7 +2,7 @@
 
     python scripts/compare_sparse.py DENSE.ckpt SPARSE.ckpt --out DIR
 
-Both networks are measured by evals/sparsity.py on the same seeded inputs; DIR receives
+Both networks are measured by evals/sparsity/sparsity.py on the same seeded inputs; DIR receives
 ``comparison.md`` (a table), ``comparison.json`` (every metric of both), ``density_per_layer.png``
 and ``noise_curve.png``. Exit 0, or 2 with a one-line error on bad input.
 """
@@ -15,8 +15,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shardlab.evals.results import Result, write_json_atomic  # noqa: E402
-from shardlab.evals.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
+from shardlab.evals.sparsity.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
+from shardlab.evals.suite.results import Result, write_json_atomic  # noqa: E402
 from shardlab.trainers.checkpointing import CheckpointError  # noqa: E402
 from shardlab.trainers.config import ConfigError  # noqa: E402
 from shardlab.trainers.restore import load_trained  # noqa: E402

@@ -25,7 +25,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shardlab.envs.maze_render import write_png_atomic  # noqa: E402
+from shardlab.evals.maze.render import write_png_atomic  # noqa: E402
 from shardlab import cli  # noqa: E402
 
 RECIPE = "configs/train/maze_demo.yaml"
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
     timings["train"] = time.perf_counter() - start
 
-    from shardlab.evals.runner import EXIT_BAD_INPUT, run_suite
+    from shardlab.evals.suite.runner import EXIT_BAD_INPUT, run_suite
     from shardlab.trainers.config import load_config
 
     checkpoint = os.path.join(args.run_dir, "checkpoints", "last.ckpt")

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # one thread: the same checkpoint bit for bit, run after run
     importlib.import_module("shardlab.api")  # a broken eval import fails now, not after training
     from shardlab import cli
-    from shardlab.evals.runner import run_suite
+    from shardlab.evals.suite.runner import run_suite
 
     work = tempfile.mkdtemp(prefix="ci-checkpoint-")
     try:

@@ -167,7 +167,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if checkpoints:
         if not args.out:
             parser.error("--out is needed to evaluate checkpoints")
-        from shardlab.evals.runner import EXIT_BAD_INPUT, run_suite
+        from shardlab.evals.suite.runner import EXIT_BAD_INPUT, run_suite
 
         for index, checkpoint in enumerate(checkpoints):
             out = os.path.join(args.out, str(index))

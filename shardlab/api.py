@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from shardlab import __version__
-from shardlab.evals.context import EvalContext
-from shardlab.evals.host import host_info
-from shardlab.evals.registry import EvalError, check_fits, get
-from shardlab.evals.results import Result, Threshold, results_document
-from shardlab.evals.suite import check_seed, eval_config, load_suite, resolve_suite
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.host import host_info
+from shardlab.evals.suite.registry import EvalError, check_fits, get
+from shardlab.evals.suite.results import Result, Threshold, results_document
+from shardlab.evals.suite.suite_file import check_seed, eval_config, load_suite, resolve_suite
 from shardlab.trainers.restore import ORACLE_PREFIX, Trained, load_oracle, load_trained, load_weights, wrap_policy
 
 

@@ -202,8 +202,8 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from shardlab.evals.runner import run_suite  # heavy imports after parsing
-    from shardlab.evals.sweep import run_sweep
+    from shardlab.evals.suite.runner import run_suite  # heavy imports after parsing
+    from shardlab.evals.suite.sweep import run_sweep
 
     reporting = {"baseline": args.baseline, "tolerance": args.tolerance, "min_effect": args.min_effect,
                  "summary": args.summary}
@@ -224,14 +224,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from shardlab.evals.baseline import main as compare_results  # no torch: compares two files
+    from shardlab.evals.suite.baseline import main as compare_results  # no torch: compares two files
 
     return compare_results(args.old, args.new, args.tolerance, args.min_effect)
 
 
 def _list(args: argparse.Namespace) -> int:
     if args.what == "evals":
-        from shardlab.evals.registry import available, get
+        from shardlab.evals.suite.registry import available, get
 
         rows = [(name, _first_line(get(name).__doc__)) for name in available()]
     else:

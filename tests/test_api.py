@@ -11,7 +11,7 @@ import torch
 
 import shardlab
 from shardlab import cli
-from shardlab.evals.registry import EvalError
+from shardlab.evals.suite.registry import EvalError
 from shardlab.trainers.checkpointing import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,8 +172,8 @@ def test_devices(monkeypatch):
 
 def test_finetune_to_cheese_trains_on_the_eval_device(tiny_maze_checkpoint, tmp_path):
     """The fine-tuning run's Lightning accelerator follows the eval's device (cuda → gpu)."""
-    from shardlab.evals.context import EvalContext
-    from shardlab.evals.finetune_to_cheese import FinetuneToCheese
+    from shardlab.evals.suite.context import EvalContext
+    from shardlab.evals.maze.finetune_to_cheese import FinetuneToCheese
 
     model, config = shardlab.load(tiny_maze_checkpoint)
     finetune = FinetuneToCheese(FinetuneToCheese.Config())

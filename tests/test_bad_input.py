@@ -421,8 +421,8 @@ UNIT_EVAL_CONFIG = [
 @pytest.mark.parametrize("name, values, needle", UNIT_EVAL_CONFIG,
                          ids=[f"{n}-{next(iter(v))}" for n, v, _ in UNIT_EVAL_CONFIG])
 def test_eval_config_checks_without_a_checkpoint(name, values, needle):
-    from shardlab.evals.registry import EvalError, get
-    from shardlab.evals.suite import eval_config
+    from shardlab.evals.suite.registry import EvalError, get
+    from shardlab.evals.suite.suite_file import eval_config
 
     with pytest.raises((EvalError, ValueError)) as info:
         get(name)(eval_config(get(name), name, values))

@@ -10,9 +10,9 @@ import textwrap
 import pytest
 
 from shardlab import cli
-from shardlab.evals.baseline import (IMPROVED, NO_DIRECTION, NO_STDERR, NOT_AVAILABLE, OK, REGRESSION, BaselineError,
-                                     compare)
-from shardlab.evals.results import SCHEMA_VERSION
+from shardlab.evals.suite.baseline import (IMPROVED, NO_DIRECTION, NO_STDERR, NOT_AVAILABLE, OK, REGRESSION,
+                                           BaselineError, compare)
+from shardlab.evals.suite.results import SCHEMA_VERSION
 from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # the end-to-end tests run tiny forwards

@@ -16,13 +16,14 @@ from omegaconf import OmegaConf
 
 from shardlab.envs import maze_state
 from shardlab.envs.maze import MOVE_GROUPS
-from shardlab.evals.causal_scrubbing import (FEATURES, CausalScrubbing, MazePool, Scrub, cancellation, default_hypotheses,
-                                    loss_recovered, per_input_loss, resolve_channels, scrub_metrics, scrubbed_logits)
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import action_kl, cached_activations, interp_mazes
-from shardlab.evals.maze_interp_common import (TrainEnv, cheese_channel_scores, cheese_channel_states, choose_channels,
-                                      policy_input)
-from shardlab.evals.results import Result
+from shardlab.evals.maze.causal_scrubbing import (FEATURES, CausalScrubbing, MazePool, Scrub, cancellation,
+                                                  default_hypotheses, loss_recovered, per_input_loss, resolve_channels,
+                                                  scrub_metrics, scrubbed_logits)
+from shardlab.evals.maze.common import (TrainEnv, cheese_channel_scores, cheese_channel_states, choose_channels,
+                                        policy_input)
+from shardlab.evals.maze.inputs import action_kl, cached_activations, interp_mazes
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.results import Result
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest
 
 from shardlab import cli
-from shardlab.evals import registry
+from shardlab.evals.suite import registry
 from shardlab.trainers.bars import LOG_INTERVAL, TERMINAL_INTERVAL, progress_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

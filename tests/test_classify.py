@@ -236,7 +236,7 @@ def test_sparsity_eval_on_a_classifier(runs, tmp_path):
 
 
 def test_pixel_noise_sets_exactly_the_fraction_of_values():
-    from shardlab.evals.sparsity import with_pixel_noise
+    from shardlab.evals.sparsity.sparsity import with_pixel_noise
     x = torch.zeros(5, 1, 8, 8)
     noisy = with_pixel_noise(x, 0.25, 0.75, torch.Generator().manual_seed(0))
     assert (noisy == 0.75).sum(dim=(1, 2, 3)).tolist() == [16] * 5 and (x == 0).all()

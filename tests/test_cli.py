@@ -70,7 +70,7 @@ def test_list_prints_every_shipped_file_once(capsys, what, folder):
 
 
 def test_list_evals_names_the_registered_evals(capsys):
-    from shardlab.evals.registry import available
+    from shardlab.evals.suite.registry import available
 
     assert cli.main(["list", "evals"]) == 0
     lines = capsys.readouterr().out.splitlines()

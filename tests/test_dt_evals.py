@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from shardlab import cli as shardlab
-from shardlab.evals import dt_rollout
+from shardlab.evals.dt import rollout as dt_rollout
 from tests.test_dt_trainer import RECIPE, ROOT, tiny_args, tiny_dataset
 from shardlab.trainers.restore import load_trained
 

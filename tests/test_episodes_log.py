@@ -14,7 +14,7 @@ from shardlab import cli as shardlab
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import eval_mazes
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig
-from shardlab.evals.goal_misgeneralization import in_region_twins
+from shardlab.evals.maze.goal_misgeneralization import in_region_twins
 from shardlab.trainers.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

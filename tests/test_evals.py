@@ -12,8 +12,8 @@ from xml.etree import ElementTree
 import pytest
 
 from shardlab import cli as shardlab
-from shardlab.evals import registry
-from shardlab.evals.results import SCHEMA_VERSION
+from shardlab.evals.suite import registry
+from shardlab.evals.suite.results import SCHEMA_VERSION
 from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
@@ -142,8 +142,8 @@ def test_plugin_evals_are_discovered_through_entry_points(tmp_path, monkeypatch)
     (package / "shardlab_plugin_demo").mkdir(parents=True)
     (package / "shardlab_plugin_demo" / "__init__.py").write_text(textwrap.dedent("""
         from dataclasses import dataclass
-        from shardlab.evals.registry import register
-        from shardlab.evals.results import Result
+        from shardlab.evals.suite.registry import register
+        from shardlab.evals.suite.results import Result
 
         @register("plugin_constant")
         class Constant:
@@ -190,7 +190,7 @@ def test_suite_writes_png_and_tensorboard_scalars(checkpoint, tmp_path):
 
 
 def test_results_json_is_strict_json(tmp_path):
-    from shardlab.evals.results import write_json_atomic
+    from shardlab.evals.suite.results import write_json_atomic
 
     write_json_atomic(str(tmp_path / "r.json"), {"a": float("nan"), "b": [float("inf"), 1.5]})
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c)) \
@@ -229,7 +229,7 @@ def test_eval_for_another_checkpoint_kind_exits_2(checkpoint, tmp_path, capsys):
 def test_relative_weight_change_per_layer():
     import torch
 
-    from shardlab.evals.finetune_to_cheese import relative_weight_change
+    from shardlab.evals.maze.finetune_to_cheese import relative_weight_change
 
     before = {"a.weight": torch.tensor([3.0, 4.0]), "a.bias": torch.tensor([0.0]), "b.weight": torch.ones(4)}
     after = {"a.weight": torch.tensor([3.0, 4.0]), "a.bias": torch.tensor([5.0]), "b.weight": torch.ones(4)}
@@ -243,7 +243,7 @@ def test_finetune_confirmation_mazes_share_no_layout_with_the_selection_mazes():
 
     from shardlab.envs import maze_state
     from shardlab.envs.eval_mazes import eval_mazes
-    from shardlab.evals.finetune_to_cheese import split_by_layout
+    from shardlab.evals.maze.finetune_to_cheese import split_by_layout
 
     filters = dict(cheese="outside_region", region=2, min_size=3, max_size=7, mode="easy")
     selection, confirmation = split_by_layout(40, 40, 0, **filters)
@@ -261,8 +261,8 @@ def test_finetune_confirmation_mazes_share_no_layout_with_the_selection_mazes():
 
 
 def test_finetune_result_reports_the_selected_step_and_its_confirmation(tmp_path):
-    from shardlab.evals.context import EvalContext
-    from shardlab.evals.finetune_to_cheese import CurvePoint, FinetuneToCheese
+    from shardlab.evals.suite.context import EvalContext
+    from shardlab.evals.maze.finetune_to_cheese import CurvePoint, FinetuneToCheese
 
     class Episode:
         def __init__(self, cheese: bool):
@@ -290,7 +290,7 @@ def test_finetune_result_reports_the_selected_step_and_its_confirmation(tmp_path
 def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, monkeypatch, reward):
     from shardlab.envs import maze_state
     from shardlab.envs.eval_mazes import eval_mazes
-    from shardlab.evals import finetune_to_cheese
+    from shardlab.evals.maze import finetune_to_cheese
 
     played = []
     real_first_episodes = finetune_to_cheese.first_episodes

@@ -87,8 +87,8 @@ def test_every_interp_eval_runs_through_shardlab_eval(checkpoint, tmp_path):
 
 
 def test_the_interp_suite_lists_every_eval_with_a_valid_config():
-    from shardlab.evals.registry import get
-    from shardlab.evals.suite import eval_config as _eval_config
+    from shardlab.evals.suite.registry import get
+    from shardlab.evals.suite.suite_file import eval_config as _eval_config
 
     with open(os.path.join(ROOT, "configs", "evals", "interp.yaml")) as handle:
         suite = yaml.safe_load(handle)

@@ -12,10 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from shardlab.envs.maze import MOVE_GROUPS
-from shardlab.evals.context import EvalContext
-from shardlab.evals.jacobian_svd import INPUT, JacobianSVD, decompose, jacobians
-from shardlab.evals.maze_inputs import interp_mazes
-from shardlab.evals.maze_interp_common import policy_input, train_env
+from shardlab.evals.maze.common import policy_input, train_env
+from shardlab.evals.maze.inputs import interp_mazes
+from shardlab.evals.maze.jacobian_svd import INPUT, JacobianSVD, decompose, jacobians
+from shardlab.evals.suite.context import EvalContext
 from plain_impala import peaked_policy, plain_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -172,7 +172,7 @@ def test_keep_csv_rows_drops_rows_after_the_resume_point(tmp_path):
 # -- eval metrics ---------------------------------------------------------------------------------------
 
 def eval_runs(value: float) -> list[dict]:
-    from shardlab.evals.results import Result
+    from shardlab.evals.suite.results import Result
 
     result = Result()
     result.add("p_cheese", value)

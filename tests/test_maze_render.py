@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from shardlab.envs import maze_render as mr
 from shardlab.envs import maze_state as ms
 from shardlab.envs.maze_build import parse_ascii, with_maze
 from shardlab.envs.maze_generate import random_maze
 from shardlab.envs.maze_geometry import decision_square, shortest_path
 from shardlab.envs.maze_views import render_rgb
+from shardlab.evals.maze import render as mr
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

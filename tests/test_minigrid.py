@@ -229,7 +229,7 @@ class ScriptedPolicy(torch.nn.Module):
 
 
 def test_minigrid_return_plays_each_level_once():
-    from shardlab.evals.minigrid_return import play_levels
+    from shardlab.evals.minigrid.minigrid_return import play_levels
     cfg = MiniGridEnvConfig("MiniGrid-Empty-5x5-v0", max_steps=6)
     # turning left forever never reaches the goal: every level times out after exactly 6 steps
     episodes = play_levels(ScriptedPolicy(0), cfg, episodes=3, seed=0, greedy=True)

@@ -18,10 +18,10 @@ from shardlab.envs.maze_build import parse_ascii, with_maze
 from shardlab.envs.maze_oracles import ScriptedMazePolicy, make_oracle
 from shardlab.envs.maze_views import grid_observations
 from shardlab import cli as shardlab
-from shardlab.evals.context import EvalContext
-from shardlab.evals.goal_misgeneralization import GoalMisgeneralization, in_region_twins
-from shardlab.evals.maze_interp_common import training_region
-from shardlab.evals.registry import EvalError
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.maze.goal_misgeneralization import GoalMisgeneralization, in_region_twins
+from shardlab.evals.maze.common import training_region
+from shardlab.evals.suite.registry import EvalError
 from shardlab.models.impala import preprocess
 from shardlab.trainers.config import load_config
 from shardlab.trainers.restore import load_oracle
@@ -295,7 +295,7 @@ def test_logistic_regression_is_standardised_inside_each_fold(maze_sets):
     from sklearn.preprocessing import StandardScaler
 
     from shardlab.envs.maze_geometry import maze_distances
-    from shardlab.evals.goal_misgeneralization import FEATURES
+    from shardlab.evals.maze.goal_misgeneralization import FEATURES
 
     metrics = run_eval("corner_then_cheese:2")
     took = np.array(expected(maze_sets["decision"], corner_then_cheese_rule(2))["cheese"])
@@ -317,7 +317,7 @@ def test_standardising_inside_the_folds_keeps_held_out_outliers_out_of_the_fit()
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    from shardlab.evals.goal_misgeneralization import cheese_taking_regression
+    from shardlab.evals.maze.goal_misgeneralization import cheese_taking_regression
 
     rng = np.random.default_rng(0)
     took = np.arange(40) % 2 == 0
@@ -338,7 +338,7 @@ def test_standardising_inside_the_folds_keeps_held_out_outliers_out_of_the_fit()
 
 
 def test_retargeting_takes_the_cheese_region_from_the_checkpoint_too():
-    from shardlab.evals.retargeting import Retargeting
+    from shardlab.evals.maze.retargeting import Retargeting
 
     anywhere = load_config(RECIPE, ["env.rand_region=null"])
     with pytest.raises(EvalError, match="retargeting.region="):

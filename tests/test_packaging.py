@@ -52,6 +52,9 @@ def test_the_wheel_holds_one_shardlab_package_with_its_recipes_and_license(insta
     assert tops == {"shardlab"}
     for folder in ("trainers", "envs", "models", "evals"):
         assert f"shardlab/{folder}/__init__.py" in names
+        for base, _, files in os.walk(os.path.join(ROOT, folder)):  # its subpackages (evals/maze, ...) too
+            package = os.path.relpath(base, ROOT).replace(os.sep, "/")
+            assert "__init__.py" not in files or f"shardlab/{package}/__init__.py" in names, package
     assert "shardlab/configs/train/maze_demo.yaml" in names and "shardlab/configs/evals/ci.yaml" in names
     assert any(re.search(r"dist-info/(licenses/)?LICENSE$", name) for name in names)
 

@@ -16,13 +16,13 @@ from omegaconf import OmegaConf
 
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import eval_mazes
-from shardlab.evals.activation_patching import (ActivationPatching, Patcher, logit_difference, make_pairs, patched_logits,
-                                       recovery)
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import cached_activations, hook_points, interp_mazes
-from shardlab.evals.maze_interp_common import (PUBLISHED_CHEESE_CHANNELS, TrainEnv, cheese_channel_scores,
-                                      cheese_channel_states, choose_channels, first_move, named_channels)
-from shardlab.evals.vector_field import ACTION_GROUPS
+from shardlab.evals.maze.activation_patching import (ActivationPatching, Patcher, logit_difference, make_pairs,
+                                                     patched_logits, recovery)
+from shardlab.evals.maze.common import (PUBLISHED_CHEESE_CHANNELS, TrainEnv, cheese_channel_scores,
+                                        cheese_channel_states, choose_channels, first_move, named_channels)
+from shardlab.evals.maze.inputs import cached_activations, hook_points, interp_mazes
+from shardlab.evals.maze.vector_field import ACTION_GROUPS
+from shardlab.evals.suite.context import EvalContext
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
 

@@ -18,10 +18,10 @@ from shardlab.envs import maze_build, maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.envs.maze_generate import random_maze
-from shardlab.evals.maze_inputs import cached_activations, maze_cells
-from shardlab.evals.maze_interp_common import TrainEnv, activation_square_cell
-from shardlab.evals.probes import (_Labels, chance_accuracy, classification_probe, convolutional_probe, episode_outcomes,
-                          layout_ids, layout_split, regression_probe, score_probe)
+from shardlab.evals.maze.common import TrainEnv, activation_square_cell
+from shardlab.evals.maze.inputs import cached_activations, maze_cells
+from shardlab.evals.maze.probes import (_Labels, chance_accuracy, classification_probe, convolutional_probe,
+                                        episode_outcomes, layout_ids, layout_split, regression_probe, score_probe)
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import plain_forward
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import shardlab.evals.relu_ablation as relu_ablation
-from shardlab.evals.maze_inputs import action_kl
-from shardlab.evals.relu_ablation import ablated_logits, agreement, check_relu_sites, pre_relu_site, relu_sites
+import shardlab.evals.maze.relu_ablation as relu_ablation
+from shardlab.evals.maze.inputs import action_kl
+from shardlab.evals.maze.relu_ablation import ablated_logits, agreement, check_relu_sites, pre_relu_site, relu_sites
 from shardlab.models.hooks import hook_names
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward

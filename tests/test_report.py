@@ -13,8 +13,8 @@ import pytest
 
 from shardlab import cli
 from shardlab.api import Results
-from shardlab.evals import report
-from shardlab.evals.results import Result, Threshold
+from shardlab.evals.suite import report
+from shardlab.evals.suite.results import Result, Threshold
 from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")

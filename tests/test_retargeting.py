@@ -28,9 +28,9 @@ from shardlab.envs.maze import MazeEnvConfig
 from shardlab.envs.maze_build import parse_ascii, with_maze
 from shardlab.envs.maze_views import grid_observations
 from shardlab import cli as shardlab
-from shardlab.evals import maze_interp_common as common
-from shardlab.evals import retargeting
-from shardlab.evals.results import Result
+from shardlab.evals.maze import common
+from shardlab.evals.maze import retargeting
+from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import set_value
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
@@ -47,7 +47,7 @@ MAZE = """
 .####
 M####
 """
-# the folded action sets, written out here independently of evals.vector_field
+# the folded action sets, written out here independently of evals.maze.vector_field
 GROUPS = {(-1, 0): [0, 1, 2], (0, -1): [3], (0, 1): [5], (1, 0): [6, 7, 8]}
 
 

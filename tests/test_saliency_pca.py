@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shardlab.evals.vector_field import FOLDED_ACTIONS
-from shardlab.evals.saliency_pca import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
+from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
+from shardlab.evals.maze.saliency_pca import INPUT, chosen_actions, effective_rank, gradients, spectrum, target_logits
 from shardlab.models.hooks import add, hooked
 from shardlab.models.impala import ImpalaPolicy
 

@@ -1,4 +1,4 @@
-"""Steering vectors: each quantity of evals/steering.py against a direct plain-torch computation
+"""Steering vectors: each quantity of evals/maze/steering.py against a direct plain-torch computation
 on a small random IMPALA network over hand-made mazes, the top-right path edit, and the eval end
 to end through `shardlab eval` on a tiny checkpoint.
 
@@ -19,10 +19,10 @@ from shardlab.envs import maze_state as ms
 from shardlab.envs.maze_build import parse_ascii, with_maze
 from shardlab.envs.maze_views import grid_observations
 from shardlab import cli as shardlab
-from shardlab.evals import maze_interp_common as common
-from shardlab.evals import steering
-from shardlab.evals.results import Result
-from shardlab.evals.vector_field import DOWN, LEFT, RIGHT, UP
+from shardlab.evals.maze import common
+from shardlab.evals.maze import steering
+from shardlab.evals.suite.results import Result
+from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP
 from shardlab.models.hooks import add, hooked
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy
@@ -46,7 +46,7 @@ MAZE_B = """
 .####
 M####
 """
-# the folded action sets, written out here independently of evals.vector_field
+# the folded action sets, written out here independently of evals.maze.vector_field
 GROUPS = {LEFT: [0, 1, 2], DOWN: [3], UP: [5], RIGHT: [6, 7, 8]}
 
 

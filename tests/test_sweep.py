@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from shardlab import cli as shardlab
-from shardlab.evals import runner, sweep
-from shardlab.evals.sweep import Point, run_checkpoints, select_every
+from shardlab.evals.suite import runner, sweep
+from shardlab.evals.suite.sweep import Point, run_checkpoints, select_every
 from tiny_suites import GOAL_MISGENERALIZATION
 
 pytestmark = pytest.mark.usefixtures("one_thread")

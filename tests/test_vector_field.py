@@ -15,9 +15,9 @@ from shardlab.envs import maze_state as ms
 from shardlab.envs.maze_build import parse_ascii, with_maze
 from shardlab.envs.maze_generate import random_maze
 from shardlab.envs.maze_views import render_rgb
-from shardlab.evals.vector_field import (ACTION_GROUPS, DOWN, FOLDED_ACTIONS, LEFT, NOOP, RIGHT, UP,
-                                VectorField, fold_actions, mouse_squares, vector_field,
-                                vector_field_diff)
+from shardlab.evals.maze.vector_field import (ACTION_GROUPS, DOWN, FOLDED_ACTIONS, LEFT, NOOP, RIGHT, UP,
+                                              VectorField, fold_actions, mouse_squares, vector_field,
+                                              vector_field_diff)
 from shardlab.models.impala import ImpalaPolicy, preprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -81,8 +81,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     from shardlab.envs.eval_mazes import eval_mazes
     from shardlab.envs.maze import MazeEnvConfig
-    from shardlab.evals.context import EvalContext
-    from shardlab.evals.goal_misgeneralization import GoalMisgeneralization
+    from shardlab.evals.suite.context import EvalContext
+    from shardlab.evals.maze.goal_misgeneralization import GoalMisgeneralization
 
     policy, cfg, steps = _policy(args)
     eval_cfg = GoalMisgeneralization.Config(mazes=args.mazes, decision_mazes=args.mazes)

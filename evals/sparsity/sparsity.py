@@ -42,9 +42,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from shardlab.evals.context import EvalContext
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result, write_json_atomic
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
 from shardlab.trainers.bars import progress_kwargs
 
@@ -281,7 +281,7 @@ def _save(fig, path: str) -> str:
     """Lay out ``fig``, write it as a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    from shardlab.envs.maze_render import write_png_atomic
+    from shardlab.evals.maze.render import write_png_atomic
 
     fig.tight_layout()
     write_png_atomic(fig, path, dpi=110)

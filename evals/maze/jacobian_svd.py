@@ -13,7 +13,8 @@ at most 4 (σ₅ = 0). σ₁²/Σσ² says how much one direction dominates, the
 exp(entropy of σ²/Σσ²) how many matter (1 to 4). The value's Jacobian is one row, ∇V: its one
 singular value is ‖∇V‖, and |cos(∇V, v₁)| says whether value and policy read the same direction.
 
-The cross-maze analysis (one saliency row per maze, SVD across mazes) is ``evals.saliency_pca``.
+The cross-maze analysis (one saliency row per maze, SVD across mazes) is
+``evals.maze.saliency_pca``.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ from torch import nn
 
 from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.envs.maze_views import GRID_CHANNELS
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, short_name
-from shardlab.evals.maze_interp_common import new_panels, policy_input, save_figure, summarise, train_env
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
-from shardlab.evals.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
-from shardlab.evals.vector_field import FOLDED_ACTIONS
+from shardlab.evals.maze.common import new_panels, policy_input, save_figure, summarise, train_env
+from shardlab.evals.maze.inputs import check_layers, check_mouse_placement, interp_mazes, short_name
+from shardlab.evals.maze.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
+from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 
 MOVES = len(MOVE_GROUPS)  # rows 0-4 of a Jacobian: the folded moves; row 5: the value
 
@@ -138,7 +139,7 @@ class JacobianSVD:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze_interp_common import require_layers
+        from shardlab.evals.maze.common import require_layers
 
         cfg = self.config
         require_layers(policy, {"jacobian_svd.layers": cfg.layers})

@@ -3,7 +3,7 @@
 The 15 procgen actions fold into five moves (left, down, up, right, noop) by the move each makes in
 the maze (``envs.maze.ACTION_DX``/``ACTION_DY``; maze drops the vertical part of diagonals). A
 field is drawn as one arrow per square with components (right − left, up − down), see
-``envs.maze_render.plot_vector_field``. Squares are (x, y) in inner-maze coordinates, y = 0 at the
+``evals.maze.render.plot_vector_field``. Squares are (x, y) in inner-maze coordinates, y = 0 at the
 bottom.
 """
 

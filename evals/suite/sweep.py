@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
-from shardlab.evals.registry import EvalError, get
-from shardlab.evals.results import Threshold, write_json_atomic
+from shardlab.evals.suite.registry import EvalError, get
+from shardlab.evals.suite.results import Threshold, write_json_atomic
 from shardlab.trainers.checkpointing import LAST, CheckpointError, step_checkpoints
 from shardlab.trainers.config import ConfigError
 
@@ -116,7 +116,7 @@ class _Plan:
 def _plan(suite: str, only: Union[str, Sequence[str], None], seed: Optional[int], limit: Optional[int],
           overrides: Sequence[str]) -> _Plan:
     """Resolve and check the suite before anything runs (EvalError / ValueError on bad input)."""
-    from shardlab.evals.suite import eval_config, load_suite, resolve_suite
+    from shardlab.evals.suite.suite_file import eval_config, load_suite, resolve_suite
 
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise EvalError(f"limit must be a positive integer, got {limit!r}")
@@ -181,7 +181,7 @@ def run_sweep(run_dir: str, suite: str, out_dir: str, every: Optional[int] = Non
               loggers: Sequence[str] = ("tensorboard",), log_episodes: bool = False) -> int:
     """Evaluate the suite on the run's checkpoints (see the module docstring); the exit code."""
     from shardlab.api import check_out_dir, resolve_device
-    from shardlab.evals import runner
+    from shardlab.evals.suite import runner
     from shardlab.trainers.config import LOGGERS, check_loggers_installed
 
     try:
@@ -262,7 +262,7 @@ def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from shardlab.envs.maze_render import write_png_atomic
+    from shardlab.evals.maze.render import write_png_atomic
 
     keys = plan.headline
     cols = min(3, max(1, len(keys)))

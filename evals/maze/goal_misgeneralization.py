@@ -38,12 +38,12 @@ from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.envs.maze import Episode, MazeEnvConfig, cheese_candidates
 from shardlab.envs.maze_geometry import maze_distances
-from shardlab.envs.maze_render import write_png_atomic
-from shardlab.evals.context import EvalContext
-from shardlab.evals.episode_log import EpisodeLog
-from shardlab.evals.maze_interp_common import training_region
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.maze.common import training_region
+from shardlab.evals.maze.episode_log import EpisodeLog
+from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.trainers.episodes import first_episodes
 
 
@@ -116,7 +116,7 @@ class GoalMisgeneralization:
 
     def check(self, train_config: DictConfig) -> None:
         """Refuse before anything runs when the region cannot be known or no maze fits the filters."""
-        from shardlab.evals.maze_interp_common import require_mazes
+        from shardlab.evals.maze.common import require_mazes
 
         region = training_region(self.config.region, train_config, "goal_misgeneralization")
         env = train_config.env

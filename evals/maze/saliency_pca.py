@@ -11,7 +11,7 @@ C×H×W) along which the saliency maps of different mazes vary most; σ₁²/Σ�
 direction dominates, and the effective rank exp(entropy of σ²/Σσ²) how many directions matter.
 
 This is a statement about the population of mazes, not about one decision: the per-input
-Jacobian and its singular vectors are ``evals.jacobian_svd``.
+Jacobian and its singular vectors are ``evals.maze.jacobian_svd``.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import torch
 from torch import nn
 
 from shardlab.envs.maze_views import GRID_CHANNELS
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
-from shardlab.evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
-from shardlab.evals.vector_field import FOLDED_ACTIONS
+from shardlab.evals.maze.common import new_panels, policy_input, save_figure, train_env
+from shardlab.evals.maze.inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
+from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import hooked
 
 INPUT = "input"
@@ -146,7 +146,7 @@ class SaliencyPCA:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze_interp_common import require_layers
+        from shardlab.evals.maze.common import require_layers
 
         cfg = self.config
         require_layers(policy, {"saliency_pca.layers": cfg.layers})

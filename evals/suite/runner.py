@@ -8,10 +8,10 @@ import os
 import sys
 from typing import Optional, Sequence, Union
 
-from shardlab.evals.baseline import prepare_baseline
-from shardlab.evals.registry import EvalError
-from shardlab.evals.report import check_summary, write_reports
-from shardlab.evals.results import write_json_atomic, write_junit
+from shardlab.evals.suite.baseline import prepare_baseline
+from shardlab.evals.suite.registry import EvalError
+from shardlab.evals.suite.report import check_summary, write_reports
+from shardlab.evals.suite.results import write_json_atomic, write_junit
 from shardlab.trainers.checkpointing import CheckpointError
 from shardlab.trainers.config import ConfigError
 
@@ -29,8 +29,8 @@ def run_suite(checkpoint: Optional[str], suite_path: str, out_dir: str,
     scripted policy (``oracle:cheese_seeker``) played in the env of the training ``recipe``, or be
     None with ``weights`` (a published weights file) and ``recipe``. ``loggers`` (tensorboard,
     csv, wandb) receive every metric and the PNGs under ``out_dir``. ``baseline`` (an earlier
-    results.json) is compared metric by metric (evals/baseline.py: ``tolerance`` standard errors,
-    ``min_effect``); ``summary`` is a file the Markdown report is appended to."""
+    results.json) is compared metric by metric (evals/suite/baseline.py: ``tolerance`` standard
+    errors, ``min_effect``); ``summary`` is a file the Markdown report is appended to."""
     from shardlab.api import evaluate
     from shardlab.trainers.config import LOGGERS, check_loggers_installed
     from shardlab.trainers.loggers import check_logger_paths

@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
-from shardlab.evals.context import EvalContext
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.minigrid_policy import preprocess
 from shardlab.trainers.bars import progress_kwargs
 

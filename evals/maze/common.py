@@ -23,8 +23,8 @@ from torch import nn
 
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.maze import WORLD_DIM
-from shardlab.envs.maze_render import activation_cell, write_png_atomic
-from shardlab.evals.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
+from shardlab.evals.maze.render import activation_cell, write_png_atomic
+from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import pooled_size, preprocess
 
@@ -59,7 +59,7 @@ def training_region(configured: Optional[int], train_config: DictConfig, eval_na
     """The top-right cheese region an eval tests against: its own ``region`` if set, else the
     checkpoint's ``env.rand_region`` exactly (0: the corner square only); EvalError when neither
     says (a checkpoint trained with the cheese anywhere has no training region)."""
-    from shardlab.evals.registry import EvalError  # the registry imports the evals, which import this
+    from shardlab.evals.suite.registry import EvalError  # the registry imports the evals, which import this
 
     if configured is not None:
         if configured < 0:
@@ -80,7 +80,7 @@ def at_square(state: bytes, square: Square) -> bytes:
 
 def policy_input(policy: nn.Module, states: Sequence[bytes], obs: str) -> torch.Tensor:
     """The float NCHW batch the policy sees for ``states`` (procgen's image or the grid view),
-    laid out as ``evals.vector_field.policy_probs`` lays it out, so activations computed here
+    laid out as ``evals.maze.vector_field.policy_probs`` lays it out, so activations computed here
     match the ones edited there."""
     device = next(policy.parameters()).device
     return preprocess(torch.from_numpy(np.ascontiguousarray(observations(states, obs))).to(device))
@@ -181,7 +181,7 @@ def activation_square_cell(square: Square, maze_dim: int, world_dim: int, obs: s
     """The (row, col) cell of a ``side``×``side`` activation that holds inner square ``square``.
 
     RGB (64×64 image): the published map, tile t → ⌊(t + ½)·(64/world)·side/64⌋
-    (``envs.maze_render.activation_cell``). Grid view (one input pixel per world tile): the cell
+    (``evals.maze.render.activation_cell``). Grid view (one input pixel per world tile): the cell
     whose pooling window is centred on the tile (:func:`pooled_cell`).
     """
     margin = (world_dim - maze_dim) // 2
@@ -225,7 +225,7 @@ def new_panels(count: int, size_inches: float = 4.0, rows: int = 1) -> tuple[Fig
 
 
 def save_figure(fig: Figure, path: Union[str, os.PathLike]) -> str:
-    """Write ``fig`` as a PNG atomically (see envs.maze_render.write_png_atomic)."""
+    """Write ``fig`` as a PNG atomically (see evals.maze.render.write_png_atomic)."""
     return str(write_png_atomic(fig, path))
 
 
@@ -270,7 +270,7 @@ def named_channels(spec: object, channel_count: int, layer: str) -> Optional[lis
 # -- checks of an eval config against the network, before anything runs ----------------------------
 def require_layers(policy: nn.Module, layers: dict[str, Sequence[str]]) -> None:
     """EvalError naming the config key (``{"steering.layer": [name]}``) of a layer the network lacks."""
-    from shardlab.evals.registry import EvalError  # the registry imports the evals, which import this
+    from shardlab.evals.suite.registry import EvalError  # the registry imports the evals, which import this
     from shardlab.models.hooks import HookError
 
     for key, names in layers.items():
@@ -285,7 +285,7 @@ def require_mazes(key: str, **filters: object) -> None:
     """EvalError naming ``key`` when no maze passes the eval_mazes ``filters`` (cheese, region,
     min_size, max_size, require_decision_square, mode): the run would stop there."""
     from shardlab.envs.eval_mazes import check_filters
-    from shardlab.evals.registry import EvalError
+    from shardlab.evals.suite.registry import EvalError
 
     try:
         check_filters(**filters)
@@ -310,7 +310,7 @@ def require_channels(policy: nn.Module, train_config: DictConfig, key: str, spec
                      count: int = 0) -> None:
     """EvalError naming ``key`` when the channels ``spec`` names (a list or ``published``), or
     ``count`` channels, do not exist at ``layer``."""
-    from shardlab.evals.registry import EvalError
+    from shardlab.evals.suite.registry import EvalError
 
     if (spec is None or spec == "auto") and count <= 0:
         return

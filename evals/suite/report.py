@@ -22,9 +22,9 @@ import sys
 from typing import Any, Iterable, Optional
 from urllib.parse import quote
 
-from shardlab.evals.baseline import Comparison, md_cell
-from shardlab.evals.registry import EvalError
-from shardlab.evals.results import Metric, Threshold
+from shardlab.evals.suite.baseline import Comparison, md_cell
+from shardlab.evals.suite.registry import EvalError
+from shardlab.evals.suite.results import Metric, Threshold
 
 MARKDOWN_NAME, HTML_NAME = "report.md", "report.html"
 FOLD_ABOVE = 12  # HTML: an eval with more metrics than this gets its full table folded

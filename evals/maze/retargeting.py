@@ -8,11 +8,11 @@ editing < 10% of activations sends the agent to the top-left / bottom-right with
   ``env.rand_region``; never the start or a target square). The edit competes with the cheese.
 * **Channels**: by default the ``top_channels`` channels whose activation at the cheese's cell
   rises most when the cheese is added to other seeded mazes, mouse on the start square
-  (``maze_interp_common.cheese_channel_scores``).
+  (``maze.common.cheese_channel_scores``).
 * **Value**: each chosen channel gets ``value_multiple`` × its own mean activation at the real
   cheese's cell on those mazes (this network's statistics); ``value`` writes one constant instead.
 * **Edit**: the values are written at the target square's activation cell
-  (``maze_interp_common.activation_square_cell``) and the cells within ``cell_radius`` of it, in
+  (``maze.common.activation_square_cell``) and the cells within ``cell_radius`` of it, in
   every forward pass. ``fraction_edited`` = channels × cells / (C·H·W), the largest over mazes.
 * **Success**: the fraction of sampled rollouts whose mouse steps on the target within the step
   budget, the mean number of steps the unedited policy takes to reach the real cheese in the same
@@ -39,10 +39,10 @@ from tqdm import tqdm
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import eval_mazes
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
-from shardlab.evals import maze_interp_common as common
-from shardlab.evals.context import EvalContext
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.maze import common
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import preprocess
 from shardlab.trainers.bars import progress_kwargs
@@ -289,8 +289,8 @@ class Retargeting:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer, channel or more channels than it has."""
-        from shardlab.evals.maze_interp_common import require_channels, require_layers
-        from shardlab.evals.registry import EvalError
+        from shardlab.evals.maze.common import require_channels, require_layers
+        from shardlab.evals.suite.registry import EvalError
 
         cfg = self.config
         require_layers(policy, {"retargeting.layer": [cfg.layer]})

@@ -40,8 +40,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from shardlab.evals.registry import EvalError
-from shardlab.evals.results import SCHEMA_VERSION, _finite
+from shardlab.evals.suite.registry import EvalError
+from shardlab.evals.suite.results import SCHEMA_VERSION, _finite
 
 DEFAULT_TOLERANCE = 3.0
 DEFAULT_MIN_EFFECT = 0.02
@@ -321,8 +321,8 @@ def expected_runs(suite: str, only: Union[str, Sequence[str], None], overrides: 
     record them, without running anything (bad suites raise EvalError as ``evaluate`` would)."""
     import dataclasses
 
-    from shardlab.evals.registry import get
-    from shardlab.evals.suite import eval_config, load_suite, resolve_suite
+    from shardlab.evals.suite.registry import get
+    from shardlab.evals.suite.suite_file import eval_config, load_suite, resolve_suite
 
     names = [only] if isinstance(only, str) else list(only) if only else None
     evals, _, suite_seed = load_suite(resolve_suite(suite), names, overrides)

@@ -18,11 +18,11 @@ from typing import List, Optional
 
 import torch
 
-from shardlab.envs.maze_render import write_png_atomic
-from shardlab.evals.context import EvalContext
-from shardlab.evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
+from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, add, hooked
 from shardlab.trainers.dt_data import WindowBatch
@@ -117,7 +117,7 @@ class DTSteering:
 
     def check_model(self, model, train_config) -> None:
         """Refuse a hook the transformer does not have before anything runs."""
-        from shardlab.evals.maze_interp_common import require_layers
+        from shardlab.evals.maze.common import require_layers
 
         require_layers(model, {"dt_steering.hook": [self.config.hook]})
 

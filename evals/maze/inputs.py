@@ -1,5 +1,5 @@
 """Inputs shared by the probe, patching, scrubbing, Jacobian and ReLU-ablation evals (beside
-``evals.maze_interp_common``, which the steering evals share): seeded test mazes with the mouse
+``evals.maze.common``, which the steering evals share): seeded test mazes with the mouse
 placed by rule, activation caches, the activation cells a maze covers, folded move logits, the
 policy's KL and a freshly initialised network of a checkpoint's architecture.
 
@@ -18,8 +18,8 @@ from torch import nn
 
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
-from shardlab.evals.maze_interp_common import TrainEnv, activation_square_cell
-from shardlab.evals.vector_field import ACTION_GROUPS
+from shardlab.evals.maze.common import TrainEnv, activation_square_cell
+from shardlab.evals.maze.vector_field import ACTION_GROUPS
 from shardlab.models.hooks import HookPoint, hooked
 
 Square = tuple[int, int]

@@ -14,11 +14,11 @@ from typing import List, Optional
 import numpy as np
 from scipy import stats
 
-from shardlab.envs.maze_render import write_png_atomic
-from shardlab.evals.context import EvalContext
-from shardlab.evals.dt_rollout import play, summarise
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.dt.rollout import play, summarise
+from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 
 
 def default_targets(spec, count: int = 6) -> list[float]:

@@ -35,12 +35,12 @@ from tqdm import tqdm
 
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
-from shardlab.envs.maze_render import mark_square, plot_maze, plot_vector_field
-from shardlab.evals import maze_interp_common as common
-from shardlab.evals.context import EvalContext
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
-from shardlab.evals.vector_field import vector_field
+from shardlab.evals.maze import common
+from shardlab.evals.maze.render import mark_square, plot_maze, plot_vector_field
+from shardlab.evals.maze.vector_field import vector_field
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import add, hooked
 from shardlab.trainers.bars import progress_kwargs
 
@@ -240,7 +240,7 @@ class Steering:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze_interp_common import require_layers
+        from shardlab.evals.maze.common import require_layers
 
         cfg = self.config
         require_layers(policy, {"steering.layer": [cfg.layer]})

@@ -12,8 +12,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from shardlab.evals.registry import EvalError, get
-from shardlab.evals.results import Threshold
+from shardlab.evals.suite.registry import EvalError, get
+from shardlab.evals.suite.results import Threshold
 from shardlab.trainers.config import ConfigError, read_yaml
 
 MAX_SEED = 2**30 - 1  # procgen seeds are signed 32-bit and evals add offsets (seed + 1, seed + i)

@@ -52,13 +52,13 @@ from tqdm import tqdm
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import EvalMaze
 from shardlab.envs.maze import MazeEnvConfig
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
-                               interp_mazes, maze_cells, short_name, world_tile)
-from shardlab.evals.maze_interp_common import (TrainEnv, activation_square_cell, at_square, new_panels, policy_input,
-                                      save_figure, train_env)
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.maze.common import (TrainEnv, activation_square_cell, at_square, new_panels, policy_input,
+                                        save_figure, train_env)
+from shardlab.evals.maze.inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
+                                        interp_mazes, maze_cells, short_name, world_tile)
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.episodes import first_episodes
 
@@ -311,7 +311,7 @@ class Probes:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze_interp_common import require_layers
+        from shardlab.evals.maze.common import require_layers
 
         cfg = self.config
         require_layers(policy, {"probes.layers": cfg.layers})

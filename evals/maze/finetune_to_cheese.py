@@ -31,10 +31,10 @@ from torch import nn  # noqa: E402
 from shardlab.envs import maze_state  # noqa: E402
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
 from shardlab.envs.maze import Episode, MazeEnvConfig  # noqa: E402
-from shardlab.envs.maze_render import write_png_atomic  # noqa: E402
-from shardlab.evals.context import EvalContext  # noqa: E402
-from shardlab.evals.registry import EvalError, register  # noqa: E402
-from shardlab.evals.results import Result  # noqa: E402
+from shardlab.evals.maze.render import write_png_atomic  # noqa: E402
+from shardlab.evals.suite.context import EvalContext  # noqa: E402
+from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
+from shardlab.evals.suite.results import Result  # noqa: E402
 from shardlab.trainers.config import ConfigError, build_config, to_dict  # noqa: E402
 from shardlab.trainers.episodes import first_episodes  # noqa: E402
 

@@ -26,7 +26,7 @@ from shardlab.envs import maze_state
 if TYPE_CHECKING:  # pragma: no cover
     from shardlab.envs.eval_mazes import EvalMaze
     from shardlab.envs.maze import Episode
-    from shardlab.evals.context import EvalContext
+    from shardlab.evals.suite.context import EvalContext
 
 FILENAME = "episodes.jsonl"
 

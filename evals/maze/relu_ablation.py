@@ -26,12 +26,12 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, hook_points,
-                               interp_mazes, move_logits, short_name)
-from shardlab.evals.maze_interp_common import new_panels, policy_input, save_figure, train_env
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.maze.common import new_panels, policy_input, save_figure, train_env
+from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, hook_points,
+                                        interp_mazes, move_logits, short_name)
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked
 from shardlab.trainers.bars import progress_kwargs
 
@@ -127,7 +127,7 @@ class ReluAblation:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze_interp_common import require_layers
+        from shardlab.evals.maze.common import require_layers
 
         cfg = self.config
         require_layers(policy, {"relu_ablation.relus": cfg.relus or []})

@@ -17,7 +17,7 @@ over pairs, so pairs with a tiny clean − corrupted gap do not blow up). Pairs 
 
 The hypothesis is channel-level: at ``layer`` the cheese channels (``channels: auto``, the
 default: the ``top_channels`` channels the cheese raises most on this checkpoint, by
-``maze_interp_common.cheese_channel_scores``; ``published``: the published scale-4 list; or a
+``maze.common.cheese_channel_scores``; ``published``: the published scale-4 list; or a
 list) carry the cheese at the cheese's cells (the activation cells of the clean and the corrupted
 cheese squares, and the cells within ``radius`` of them, Chebyshev distance). Metrics:
 
@@ -43,13 +43,14 @@ from torch import nn
 from tqdm import tqdm
 
 from shardlab.envs import maze_state
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import cached_activations, check_layers, interp_mazes, move_logits, open_squares, short_name
-from shardlab.evals.maze_interp_common import (DEFAULT_LAYER, cell_of, cheese_channel_metrics, cheese_channel_states,
-                                      check_channel_spec, first_move, new_panels, policy_input,
-                                      resolve_cheese_channels, save_figure, train_env)
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result, write_json_atomic
+from shardlab.evals.maze.common import (DEFAULT_LAYER, cell_of, cheese_channel_metrics, cheese_channel_states,
+                                        check_channel_spec, first_move, new_panels, policy_input,
+                                        resolve_cheese_channels, save_figure, train_env)
+from shardlab.evals.maze.inputs import (cached_activations, check_layers, interp_mazes, move_logits, open_squares,
+                                        short_name)
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import Channels, Edit, hooked, patch
 from shardlab.trainers.bars import progress_kwargs
 
@@ -228,7 +229,7 @@ class ActivationPatching:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer or channel."""
-        from shardlab.evals.maze_interp_common import require_channels, require_layers
+        from shardlab.evals.maze.common import require_channels, require_layers
 
         cfg = self.config
         require_layers(policy, {"activation_patching.layer": [cfg.layer],

@@ -44,7 +44,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    import shardlab.evals.builtin  # noqa: F401  (registers the evals shipped with shardlab)
+    import shardlab.evals.suite.builtin  # noqa: F401  (registers the evals shipped with shardlab)
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
         entry.load()  # importing the module runs its @register decorators
 

@@ -14,11 +14,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from shardlab.envs.maze_render import write_png_atomic
-from shardlab.evals.context import EvalContext
-from shardlab.evals.dt_rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
+from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import hooked
 

@@ -13,7 +13,7 @@ inputs that differ in the named features.
 
 The default hypotheses are channel-level, at ``layer``: a scrub's ``channels`` may be ``cheese``
 (the cheese channels: ``channels: auto`` chooses the ``top_channels`` channels the cheese raises
-most on this checkpoint by ``maze_interp_common.cheese_channel_scores``; ``published`` the
+most on this checkpoint by ``maze.common.cheese_channel_scores``; ``published`` the
 published scale-4 list; or a list) or ``other`` (the rest of the layer). Scrubbing a whole layer
 that every path runs through only measures how the behaviour depends on the features, not a
 mechanism, so it is reported as a control: ``control/whole_layer/all_features`` resamples from the
@@ -47,14 +47,14 @@ from torch import nn
 from tqdm import tqdm
 
 from shardlab.envs import maze_state
-from shardlab.evals.context import EvalContext
-from shardlab.evals.maze_inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, interp_mazes,
-                               move_logits, random_square, short_name)
-from shardlab.evals.maze_interp_common import (DEFAULT_LAYER, cheese_channel_metrics, cheese_channel_states,
-                                      check_channel_spec, layer_activations, new_panels, policy_input,
-                                      resolve_cheese_channels, save_figure, train_env)
-from shardlab.evals.registry import register
-from shardlab.evals.results import Result
+from shardlab.evals.maze.common import (DEFAULT_LAYER, cheese_channel_metrics, cheese_channel_states,
+                                        check_channel_spec, layer_activations, new_panels, policy_input,
+                                        resolve_cheese_channels, save_figure, train_env)
+from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement,
+                                        interp_mazes, move_logits, random_square, short_name)
+from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.registry import register
+from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, compose, hooked, patch
 from shardlab.trainers.bars import progress_kwargs
 
@@ -255,7 +255,7 @@ class CausalScrubbing:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer or channel."""
-        from shardlab.evals.maze_interp_common import require_channels, require_layers
+        from shardlab.evals.maze.common import require_channels, require_layers
 
         cfg = self.config
         require_layers(policy, {"causal_scrubbing.layer": [cfg.layer]})

@@ -1,0 +1,1 @@
+"""Evals of PPO policies on MiniGrid/BabyAI: ``minigrid_return`` (success rate, return, length)."""
