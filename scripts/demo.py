@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,6 +32,14 @@ from shardlab import cli  # noqa: E402
 RECIPE = "configs/train/maze_demo.yaml"
 MIN_DROP = 0.01  # the smallest cheese-vector drop in P(cheese-ward) that counts (published: 0.78)
 SUITE = "configs/evals/demo.yaml"
+
+
+def _sizes(env: Any) -> str:
+    """The training maze sizes in words, e.g. "7×7 mazes" or "mazes of 5×5 to 7×7"."""
+    low, high = env.get("min_maze_size") or 3, env.max_maze_size
+    if high is None:
+        return f"mazes from {low}×{low} up"
+    return f"{high}×{high} mazes" if low == high else f"mazes of {low}×{low} to {high}×{high}"
 
 
 def plot_curve(metrics_path: str, out: str) -> None:
@@ -140,8 +149,8 @@ def write_report(run_dir: str, cfg, timings: dict[str, float]) -> tuple[str, lis
     total = sum(timings.values())
     report = "\n".join([
         "# shardlab demo: goal misgeneralization on a CPU", "",
-        f"`{RECIPE}`: scale-{cfg.model.scale} IMPALA on the grid observation, mazes up to "
-        f"{cfg.env.max_maze_size}×{cfg.env.max_maze_size}, the cheese only in the top-right "
+        f"`{RECIPE}`: scale-{cfg.model.scale} IMPALA on the grid observation, {_sizes(cfg.env)}, the cheese only "
+        f"in the top-right "
         f"{cfg.env.rand_region}×{cfg.env.rand_region} region during training, {cfg.trainer.total_steps:,} env steps.",
         "", "## Targets (seeded held-out mazes)", "", *checklist, "",
         "## Learning curve", "", "![learning curve](learning_curve.png)", "",
