@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from shardlab.envs import maze_build, maze_generate, maze_geometry, maze_state
+from shardlab.envs.seeding import RANK_SEED_STRIDE
 
 # procgen imports the unmaintained gym, which prints a long notice to stderr on import
 with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
@@ -43,7 +44,6 @@ def greedy_move_actions(logits: torch.Tensor) -> torch.Tensor:
     moves = torch.stack([probs[..., list(group)].sum(-1) for group in MOVE_GROUPS], -1)
     representative = torch.tensor([group[0] for group in MOVE_GROUPS], device=logits.device)
     return representative[moves.argmax(-1)]
-RANK_SEED_STRIDE = 1_000_003  # distinct env seeds per DDP rank
 
 
 @dataclass

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper, OneHotPartialObsWrapper
 
+from shardlab.envs.seeding import RANK_SEED_STRIDE
+
 OBSERVATIONS = ("image", "onehot", "full")
 FAMILIES = ("MiniGrid-", "BabyAI-")
-RANK_SEED_STRIDE = 1_000_003  # distinct env seeds per DDP rank
 
 
 @dataclass
@@ -36,7 +37,7 @@ class MiniGridEnvConfig:
     env_id: str = "MiniGrid-DoorKey-5x5-v0"
     num_envs: int = 16
     obs: str = "image"  # image: partial 7×7×3 indices; onehot: partial 7×7×20; full: whole grid indices
-    seed: int = 0  # env i of rank r starts from seed + i + 1_000_003·r
+    seed: int = 0  # env i of rank r starts from seed + i + RANK_SEED_STRIDE·r
     max_steps: Optional[int] = None  # episode time limit; null keeps the env's own
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from shardlab.models.classifier import ARCHS, Classifier, layer_names, sparse_names
 from shardlab.models.sparse import l1_penalty
-from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.base import ShardlabModule, tick_loader
 from shardlab.trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need,
                              need_finite, need_mixed_precision, need_seed, to_dict, validate_sparse_options)
 from shardlab.trainers.datasets import SOURCES, DataError, Splits, load_splits
@@ -139,14 +139,6 @@ def stream_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(out)
 
 
-class _Ticks(IterableDataset):
-    """Endless dummy items: the batch is chosen from the optimizer step, the length by max_steps."""
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            yield 0
-
-
 class ClassifyModule(ShardlabModule):
     """Cross-entropy training of a Classifier (+ l1_coef · L1 activation penalty)."""
 
@@ -173,7 +165,7 @@ class ClassifyModule(ShardlabModule):
 
     def train_dataloader(self) -> DataLoader:
         """Dummy items; batches come from the in-memory data by optimizer step."""
-        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+        return tick_loader()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """One minibatch: this rank's slice of the step's global batch."""

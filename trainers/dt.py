@@ -19,18 +19,18 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from shardlab.models.decision_transformer import STATE_ENCODINGS, DecisionTransformer, build_vocabulary, mission_words
 from shardlab.models.sparse import KINDS as ACTIVATIONS
 from shardlab.models.sparse import l1_penalty
-from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.base import ShardlabModule, tick_loader
 from shardlab.trainers.config import ConfigError, TrainerConfig, build_config, need, need_finite, need_seed
 from shardlab.trainers.dt_data import EpisodeWindows, WindowBatch, split_episodes
 from shardlab.trainers.trajectories import DatasetError, Trajectories, load_trajectories
@@ -295,14 +295,6 @@ def make_optimizer(model: torch.nn.Module, optim: DictConfig, total_steps: int
     return optimizer, schedule
 
 
-class _Ticks(IterableDataset):
-    """An endless stream of dummy items: windows are sampled in training_step, seeded by the step."""
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            yield 0
-
-
 class TrainingData:
     """The dataset's train and validation windows and mission tokens, ready for the module."""
 
@@ -355,7 +347,7 @@ class DTModule(ShardlabModule):
     # -- data -----------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         """Dummy items; the windows are drawn in training_step."""
-        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+        return tick_loader()
 
     def on_train_start(self) -> None:
         """Put the dataset on the device and restore the dropout RNG of a resumed run."""

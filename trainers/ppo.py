@@ -13,7 +13,7 @@ import json
 import math
 import random
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.distributions import Categorical
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from torchrl.modules import ProbabilisticActor, ValueOperator
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
@@ -29,20 +29,12 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from shardlab.models.impala import ImpalaPolicy, preprocess
 from shardlab.models.sparse import l1_penalty
-from shardlab.trainers.base import ShardlabModule
+from shardlab.trainers.base import ShardlabModule, tick_loader
 from shardlab.trainers.config import activation_options, build_config
 from shardlab.trainers.reward_norm import RewardNormalizer
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
               "clip_fraction", "value_clip_fraction", "explained_variance")
-
-
-class _Ticks(IterableDataset):
-    """An endless stream of dummy items: the data comes from the envs, the length from max_steps."""
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            yield 0
 
 
 class Schedule:
@@ -119,7 +111,7 @@ class PPOModule(ShardlabModule):
     # -- data -------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         """Dummy items; the rollout buffer is the data (num_workers=0: workers would go stale)."""
-        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+        return tick_loader()
 
     def on_train_start(self) -> None:
         """Build this rank's envs (seeds differ per rank and per resume point) and restore RNGs."""
