@@ -139,3 +139,205 @@ def test_the_walk_sees_the_writers_it_guards_against(tmp_path):
             "def save(path, text):\n    tmp = path + '.tmp'\n    open(tmp, 'w').write(text)\n    os.replace(tmp, path)\n"
             "def move(a, b):\n    Path(a).rename(b)\n    shutil.move(a, b)\n    os.link(a, b)\n")
     assert _renames(ast.parse(code)) == [6, 8, 9, 10]
+
+
+# -- configs beside their code -------------------------------------------------------------------
+
+HEAVY = ("torch", "procgen", "gym3", "minigrid", "gymnasium", "torchrl", "tensordict", "lightning",
+         "pytorch_lightning", "lightning_fabric", "matplotlib")
+# the one env library a kind's validation asks: a MiniGrid env id is checked against gymnasium's
+# registry, which minigrid fills when imported (envs/minigrid_registry.py; still no torch)
+REGISTRY_LOOKUP = {"ppo_minigrid": ("gymnasium", "minigrid")}
+
+
+def _recipes() -> list[str]:
+    from shardlab import configs
+
+    return [entry.name for entry in configs.shipped("recipe")]
+
+
+@pytest.fixture(scope="module")
+def trajectory_file(tmp_path_factory) -> str:
+    """The smallest file the dt schema's check accepts as a dataset (it reads only the metadata)."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("dt") / "doorkey.npz"
+    np.savez(path, metadata=np.array(json.dumps({"obs_shape": [7, 7, 3]})),
+             observations=np.zeros((1, 7, 7, 3), np.uint8))
+    return str(path)
+
+
+def _run_python(code: str) -> str:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_importing_the_config_module_is_light():
+    code = ("import sys, json; import shardlab.trainers.config, shardlab.trainers.kinds, shardlab.configs.checks; "
+            f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))")
+    assert json.loads(_run_python(code)) == []
+
+
+@pytest.mark.parametrize("recipe", _recipes())
+def test_loading_and_validating_a_shipped_recipe_imports_no_torch_or_env_library(recipe, trajectory_file):
+    """In a fresh interpreter, load_config (read, merge, validate) of each shipped recipe imports
+    neither torch nor Lightning nor an env library, other than the registry lookup above."""
+    from shardlab import configs
+
+    path = configs.resolve("recipe", recipe)
+    overrides = [f"data.path={trajectory_file}"] if recipe.startswith("dt_") else []
+    code = ("import sys, json\nfrom shardlab.trainers.config import load_config\n"
+            f"cfg = load_config({path!r}, {overrides!r})\n"
+            f"print(json.dumps([cfg.algo, sorted(m for m in {HEAVY!r} if m in sys.modules)]))")
+    algo, imported = json.loads(_run_python(code))
+    assert imported == sorted(REGISTRY_LOOKUP.get(algo, ())), f"{recipe} ({algo}) imported {imported}"
+
+
+def test_every_kind_keeps_its_schema_and_validator_in_a_torch_free_module():
+    from shardlab.trainers.kinds import KINDS
+
+    for kind in KINDS.values():
+        for field in ("schema", "validate"):
+            module = getattr(kind, field).split(":")[0]
+            assert module.endswith("_config"), f"{kind.algo}.{field} = {getattr(kind, field)}"
+
+
+# -- imports -------------------------------------------------------------------------------------
+
+PACKAGES = {"shardlab": "shardlab", "shardlab.trainers": "trainers", "shardlab.envs": "envs",
+            "shardlab.models": "models", "shardlab.evals": "evals", "shardlab.configs": "configs"}
+
+
+def _modules() -> dict[str, str]:
+    """Module name → file of every .py file in the package folders (setup.cfg's package_dir)."""
+    found = {}
+    for package, folder in PACKAGES.items():
+        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
+            if name.endswith(".py"):
+                found[package if name == "__init__.py" else f"{package}.{name[:-3]}"] = \
+                    os.path.join(ROOT, folder, name)
+    return found
+
+
+def _module_level_imports(tree: ast.Module, in_functions: bool = False) -> list[ast.stmt]:
+    """The import statements that run when the module is imported: not those under
+    ``if TYPE_CHECKING:``, and not those inside functions unless ``in_functions``."""
+    found = []
+
+    def visit(statements):
+        for statement in statements:
+            if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef)) and not in_functions:
+                continue
+            if isinstance(statement, (ast.Import, ast.ImportFrom)):
+                found.append(statement)
+            elif isinstance(statement, ast.If) and "TYPE_CHECKING" in ast.unparse(statement.test):
+                visit(statement.orelse)
+            else:
+                for name in ("body", "orelse", "finalbody", "handlers"):
+                    visit(getattr(statement, name, None) or [])
+
+    visit(tree.body)
+    return found
+
+
+def import_graph(in_functions: bool = False) -> dict[str, set[str]]:
+    """Module → the package modules it imports at module level (also inside functions with
+    ``in_functions``); ``from pkg import sub`` counts as ``pkg.sub`` when that is a module, else as
+    ``pkg``; relative imports are resolved."""
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), path)
+        package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        edges = set()
+        for node in _module_level_imports(tree, in_functions):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names if alias.name in modules}
+                continue
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    edges.add(f"{base}.{alias.name}")
+                elif base in modules:
+                    edges.add(base)
+        edges.discard(module)
+        graph[module] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as [a, b, ..., a], or [] if there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        state[node] = 2
+        path.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_no_import_cycles_between_files():
+    graph = import_graph()
+    assert "shardlab.trainers.kinds" in graph["shardlab.trainers.config"]  # the walk sees imports
+    assert "shardlab.envs.maze_state" in graph["shardlab.envs.maze"]  # ... and `from pkg import module`
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle: " + " -> ".join(cycle)
+
+
+# imports inside functions that close a cycle, and why that is the design
+DEFERRED_ALLOWED = {
+    # the registry imports the shipped evals (like installed plugins) on first lookup; each eval
+    # module imports the registry for @register
+    ("shardlab.evals.registry", "shardlab.evals.builtin"): "plugin loading",
+}
+
+
+def test_no_cycle_is_hidden_in_an_import_inside_a_function():
+    """Deferring an import into a function hides a cycle from the test above but not from Python;
+    counting those imports too, the only cycle left is the eval registry's plugin loading."""
+    graph = import_graph(in_functions=True)
+    for (source, target) in DEFERRED_ALLOWED:
+        assert target in graph[source], (source, target)
+        graph[source].discard(target)
+    cycle = find_cycle(graph)
+    assert not cycle, "import cycle through an import inside a function: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) == []
+    code = "from typing import TYPE_CHECKING\nimport x\nif TYPE_CHECKING:\n    import y\ndef f():\n    import z\n" \
+           "try:\n    import w\nexcept ImportError:\n    pass\nclass C:\n    import v\n"
+    imported = [alias.name for node in _module_level_imports(ast.parse(code)) for alias in node.names]
+    assert imported == ["TYPE_CHECKING", "x", "w", "v"]
+
+
+@pytest.mark.parametrize("module", ["shardlab.atomic", "shardlab.configs.checks", "shardlab.envs.seeding"])
+def test_leaf_modules_import_nothing_of_shardlab(module):
+    assert import_graph()[module] == set()

@@ -4,7 +4,8 @@ One ``training_step`` is one PPO minibatch update. The first minibatch of every 
 collects a rollout of ``num_envs × num_steps`` (inference mode), computes GAE with torchrl,
 and shuffles; the rest of the iteration's ``epochs × minibatches`` steps read from that buffer.
 Lightning does the backward pass, DDP all-reduce, grad-norm clipping, Adam step and LR schedule,
-so every rank runs the same number of optimizer steps by construction.
+so every rank runs the same number of optimizer steps by construction. The schema (``algo: ppo``)
+and its checks are in trainers/ppo_config.py.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from torchrl.objectives.value.functional import vec_generalized_advantage_estima
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from shardlab.models.impala import ImpalaPolicy, preprocess
 from shardlab.models.sparse import l1_penalty
+from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.base import ShardlabModule, tick_loader
-from shardlab.trainers.config import activation_options, build_config
+from shardlab.trainers.config import build_config
 from shardlab.trainers.reward_norm import RewardNormalizer
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
