@@ -184,6 +184,19 @@ def test_importing_the_config_module_is_light():
     assert json.loads(_run_python(code)) == []
 
 
+def test_importing_the_trainers_and_evals_prints_nothing():
+    """gym prints a notice when first imported (procgen and torchrl import it); config loading used
+    to import procgen quietly before anything else, now each importer silences it itself."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    for module in ("shardlab.trainers.ppo", "shardlab.evals.builtin", "shardlab.envs.maze_views"):
+        out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and out.stderr == "", (module, out.stderr[-2000:])
+
+
 @pytest.mark.parametrize("recipe", _recipes())
 def test_loading_and_validating_a_shipped_recipe_imports_no_torch_or_env_library(recipe, trajectory_file):
     """In a fresh interpreter, load_config (read, merge, validate) of each shipped recipe imports

@@ -23,9 +23,13 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.distributions import Categorical
 from torch.utils.data import DataLoader
-from torchrl.modules import ProbabilisticActor, ValueOperator
-from torchrl.objectives import ClipPPOLoss
-from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
+
+from shardlab.envs.procgen_import import gym_notice_silenced
+
+with gym_notice_silenced():  # torchrl imports the unmaintained gym, which prints a notice on first import
+    from torchrl.modules import ProbabilisticActor, ValueOperator
+    from torchrl.objectives import ClipPPOLoss
+    from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from shardlab.models.impala import ImpalaPolicy, preprocess
