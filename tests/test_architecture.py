@@ -89,28 +89,28 @@ RENAME_ALLOWED = {
 }
 
 
-def _python_files(folders=None):
-    """Every .py file of the repository outside tests/ (and any virtual environment)."""
-    for base, dirs, files in os.walk(ROOT):
-        rel_base = os.path.relpath(base, ROOT)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("tests", "build", "dist", "__pycache__")
-                   and not d.endswith(".egg-info")]
-        if folders is not None and rel_base.split(os.sep)[0] not in folders:
-            continue
-        for name in files:
-            if name.endswith(".py"):
-                yield os.path.normpath(os.path.join(rel_base, name))
+def _python_files():
+    """Every .py file of the package folders and scripts/, and at the top of the repository."""
+    found = [name for name in os.listdir(ROOT) if name.endswith(".py")]
+    for folder in (*PACKAGE_FOLDERS, "scripts"):
+        for base, dirs, files in os.walk(os.path.join(ROOT, folder)):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            found += [os.path.relpath(os.path.join(base, name), ROOT) for name in files if name.endswith(".py")]
+    return sorted(found)
 
 
 def _renames(tree: ast.AST) -> list[int]:
     """Lines that rename or link a file into place: os.replace/os.rename/os.link/shutil.move, any
-    ``.rename(`` (pathlib), or one of those imported by name."""
+    ``.rename(``, a one-argument ``.replace(`` (pathlib's; str.replace takes two), or one of those
+    imported by name."""
     lines = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            one_argument = len(node.args) == 1 and not node.keywords
             if node.func.attr == "rename" or (owner == "os" and node.func.attr in ("replace", "link")) \
-                    or (owner == "shutil" and node.func.attr == "move"):
+                    or (owner == "shutil" and node.func.attr == "move") \
+                    or (node.func.attr == "replace" and one_argument and owner != "dataclasses"):
                 lines.append(node.lineno)
         elif isinstance(node, ast.ImportFrom) and node.module in ("os", "shutil"):
             if {alias.name for alias in node.names} & {"replace", "rename", "link", "move"}:
@@ -137,8 +137,9 @@ def test_the_walk_sees_the_writers_it_guards_against(tmp_path):
     """The check above would catch the hand-written writers this project used to have."""
     code = ("import os, shutil\nfrom pathlib import Path\n"
             "def save(path, text):\n    tmp = path + '.tmp'\n    open(tmp, 'w').write(text)\n    os.replace(tmp, path)\n"
-            "def move(a, b):\n    Path(a).rename(b)\n    shutil.move(a, b)\n    os.link(a, b)\n")
-    assert _renames(ast.parse(code)) == [6, 8, 9, 10]
+            "def move(a, b):\n    Path(a).rename(b)\n    shutil.move(a, b)\n    os.link(a, b)\n"
+            "    Path(a).replace(b)\n    a.replace('x', 'y')\n")
+    assert _renames(ast.parse(code)) == [6, 8, 9, 10, 11]
 
 
 # -- configs beside their code -------------------------------------------------------------------
