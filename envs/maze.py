@@ -72,6 +72,9 @@ class MazeEnv:
             raise ValueError(f"env.obs must be one of {OBSERVATIONS}, got {cfg.obs!r}")
         if cfg.max_maze_size is not None and (cfg.max_maze_size < 3 or cfg.max_maze_size % 2 == 0):
             raise ValueError(f"env.max_maze_size must be odd and >= 3, got {cfg.max_maze_size}")
+        if cfg.min_maze_size is not None and (cfg.min_maze_size < 3 or cfg.min_maze_size % 2 == 0
+                                              or cfg.min_maze_size > (cfg.max_maze_size or WORLD_DIM[cfg.distribution_mode])):
+            raise ValueError(f"env.min_maze_size must be odd, >= 3 and <= max_maze_size, got {cfg.min_maze_size}")
         self.cfg = cfg
         self.num_envs = cfg.num_envs
         seed = cfg.seed + RANK_SEED_STRIDE * rank
@@ -188,7 +191,8 @@ class MazeEnv:
 
     @property
     def _edits_states(self) -> bool:
-        return self.cfg.rand_region is not None or self.cfg.max_maze_size is not None
+        return (self.cfg.rand_region is not None or self.cfg.max_maze_size is not None
+                or self.cfg.min_maze_size is not None)
 
     def _observation(self, procgen_obs: dict) -> torch.Tensor:
         if self.cfg.obs == "rgb":
@@ -209,7 +213,7 @@ class MazeEnv:
         for i in indices:
             state = self.get_state(i)
             where = maze_state.layout(state)
-            if self.cfg.max_maze_size is not None and where.maze_dim > self.cfg.max_maze_size:
+            if self._size_outside(where.maze_dim):
                 state, where = self._smaller_maze(state)
                 if self.cfg.rand_region is None:
                     self.set_state(i, state)
@@ -224,9 +228,16 @@ class MazeEnv:
         self._length[indices] = 0
         self._corner[indices] = False
 
+    def _size_outside(self, dim: int) -> bool:
+        cfg = self.cfg
+        return ((cfg.max_maze_size is not None and dim > cfg.max_maze_size)
+                or (cfg.min_maze_size is not None and dim < cfg.min_maze_size))
+
     def _smaller_maze(self, state: bytes) -> tuple[bytes, maze_state.Layout]:
-        """Replace the maze by a random one of odd size <= max_maze_size, cheese anywhere."""
-        size = int(self._rng.choice(np.arange(3, self.cfg.max_maze_size + 1, 2)))
+        """Replace the maze by a random one of odd size in [min_maze_size, max_maze_size], cheese anywhere."""
+        low = self.cfg.min_maze_size or 3
+        high = self.cfg.max_maze_size or WORLD_DIM[self.cfg.distribution_mode]
+        size = int(self._rng.choice(np.arange(low, high + 1, 2)))
         inner = maze_generate.random_maze(size, self._rng)
         ys, xs = np.nonzero(inner != maze_state.WALL)
         choices = [(int(x), int(y)) for x, y in zip(xs, ys) if (x, y) != (0, 0)]

@@ -29,4 +29,5 @@ class MazeEnvConfig:
     seed: int = 0
     obs: str = "rgb"  # rgb: procgen's 64×64 image; grid: wall/mouse/cheese channels on the world grid
     max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
+    min_maze_size: Optional[int] = None  # odd; smaller procgen mazes are replaced by random ones in [min, max]
     cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)

@@ -112,6 +112,7 @@ TRAIN = {
     "env-seed-over-int32": ("maze_ppo_cpu", ["env.seed=3000000000"], None, ("env.seed",)),
     "start-level-over-int32": ("maze_ppo_cpu", ["env.start_level=2147483648"], None, ("env.start_level",)),
     "max-maze-size-over-world": ("maze_ppo_cpu", ["env.max_maze_size=17"], None, ("env.max_maze_size 17", "15×15")),
+    "min-maze-size-over-max": ("maze_ppo_cpu", ["env.min_maze_size=11"], None, ("env.min_maze_size", "max_maze_size")),
     "cheese-reward-nan": ("maze_ppo_cpu", ["env.cheese_reward=.nan"], None, ("env.cheese_reward", "finite")),
     "lr-inf": ("maze_ppo_cpu", ["ppo.lr=.inf"], None, ("ppo.lr", "finite")),
     "minibatch-zero": ("maze_ppo_cpu", ["ppo.minibatch_size=0"], None, ("ppo.minibatch_size must be >= 1",)),

@@ -206,7 +206,7 @@ def test_doorkey_planner_data_spreads_returns(tmp_path):
 def test_benchmark_measures_both_sides(tmp_path):
     import argparse
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import bench_dt
+    from benchmarks import dt as bench_dt
     args = argparse.Namespace(config=RECIPE, data=tiny_dataset(tmp_path / "d.npz"), steps=2, warmup=1, repeats=1,
                               overrides=["model.n_layers=1", "model.d_model=32", "model.context=4", "optim.batch_size=8"],
                               json=None)

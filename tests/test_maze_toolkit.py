@@ -548,10 +548,11 @@ def test_make_env_from_maze_places_the_requested_cheese_and_mouse():
 
 
 # -- max_maze_size ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rand_region", [None, 3])
-def test_max_maze_size_gives_small_on_distribution_mazes(rand_region):
+@pytest.mark.parametrize("rand_region,min_size", [(None, None), (3, None), (3, 5)])
+def test_max_maze_size_gives_small_on_distribution_mazes(rand_region, min_size):
     n, rounds = 16, 12  # (1 reset + 12 auto-resets) × 16 envs = 208 episode starts
-    env = MazeEnv(MazeEnvConfig(num_envs=n, rand_region=rand_region, max_maze_size=7, obs="grid", seed=3))
+    env = MazeEnv(MazeEnvConfig(num_envs=n, rand_region=rand_region, max_maze_size=7, min_maze_size=min_size,
+                                obs="grid", seed=3))
     try:
         obs = env.reset()
         sizes: list[int] = []
@@ -575,7 +576,7 @@ def test_max_maze_size_gives_small_on_distribution_mazes(rand_region):
                 obs, reward, done, _ = env.step(torch.tensor(actions))
                 assert done.all() and (reward == 10).all()
         assert len(sizes) == n * (rounds + 1) >= 200
-        assert set(sizes) == {3, 5, 7}
+        assert set(sizes) == ({3, 5, 7} if min_size is None else {5, 7})
     finally:
         env.close()
 

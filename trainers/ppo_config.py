@@ -70,6 +70,9 @@ def validate_ppo(cfg: DictConfig) -> None:
     need(env.max_maze_size is None or world is None or env.max_maze_size <= world,
          f"env.max_maze_size {env.max_maze_size} is larger than the {world}×{world} {env.distribution_mode}-mode "
          f"world; use at most {world} (or null for any size)")
+    need(env.min_maze_size is None or (env.min_maze_size >= 3 and env.min_maze_size % 2 == 1
+                                       and env.min_maze_size <= (env.max_maze_size or world or env.min_maze_size)),
+         f"env.min_maze_size must be odd, >= 3 and <= env.max_maze_size (or null), got {env.min_maze_size}")
     need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
     need(env.num_levels <= MAX_INT32 and env.start_level <= MAX_INT32,
          f"env.num_levels and env.start_level must be <= {MAX_INT32} (procgen's levels are 32-bit)")

@@ -35,6 +35,11 @@ import sys
 import time
 from typing import Any, Callable
 
+from benchmarks.common import EXIT_OK, write_json_report
+
+NAME = "interp"
+HELP = ("ImpalaPolicy forward passes/s with activation hooks vs without, and the HookPoints' "
+        "own cost (target hook overhead <= 10%%)")
 LAYER = "embedder.block2.res1.resadd_out"
 WAYS = ("no_hookpoints", "unhooked", "hooked", "hooked_per_call")
 TARGET_OVERHEAD = 0.10
@@ -258,3 +263,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "layer": LAYER, "rows": rows, "target_overhead": TARGET_OVERHEAD,
               "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time hooked against unhooked forward passes, interleaved."""
+    report = measure(args)
+    print(format_report(report))
+    if args.json:
+        write_json_report(args.json, report)
+    return EXIT_OK

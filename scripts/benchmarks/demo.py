@@ -16,6 +16,10 @@ import tempfile
 import time
 from typing import Any
 
+from benchmarks.common import EXIT_OK, REPO, write_json_report
+
+NAME = "demo"
+HELP = "wall time per stage of `make demo` (install with --install, train, evaluate, report)"
 BUDGET_SECONDS = 15 * 60
 
 
@@ -75,3 +79,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines += [f"{name}: {value:.3f}" if value is not None else f"{name}: —"
               for name, value in report["headline"].items()]
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo in a fresh run directory and print its stage times."""
+    report = measure(args, REPO)
+    print(format_report(report))
+    if args.json:
+        write_json_report(args.json, report)
+    return EXIT_OK

@@ -17,6 +17,10 @@ import tempfile
 import time
 from typing import Any, Optional
 
+from benchmarks.common import EXIT_OK, progress, write_json_report
+
+NAME = "evals"
+HELP = "goal_misgeneralization eval episodes/s vs a bare batched rollout (target ratio >= 0.8)"
 TARGET_RATIO = 0.8
 
 
@@ -132,3 +136,17 @@ def format_report(report: dict[str, Any]) -> str:
     verdict = "meets" if report["ratio"] >= TARGET_RATIO else "misses"
     lines.append(f"ratio eval/bare = {report['ratio']:.3f} ({verdict} the target >= {TARGET_RATIO})")
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time the eval against the bare rollout, interleaved."""
+    from shardlab.trainers.config import ConfigError
+
+    if args.mazes < 2 or args.repeats < 1:
+        raise ConfigError("--mazes must be >= 2 and --repeats >= 1")
+    progress(f"goal_misgeneralization eval vs bare rollout: {args.repeats} interleaved repeats")
+    report = measure(args)
+    print(format_report(report))
+    if args.json:
+        write_json_report(args.json, report)
+    return EXIT_OK

@@ -24,6 +24,11 @@ import time
 import warnings
 from typing import Any
 
+from benchmarks.common import EXIT_OK, write_json_report
+
+NAME = "dt"
+HELP = ("decision-transformer training tokens/s: Lightning DTModule vs a plain PyTorch loop "
+        "(target ratio >= 0.9)")
 TARGET_RATIO = 0.9
 DEFAULT_CONFIG = os.path.join("configs", "train", "dt_doorkey.yaml")
 
@@ -179,3 +184,12 @@ def format_report(report: dict[str, Any]) -> str:
              f"tokens, ratio {report['cpu_ratio_trainer_over_plain']:.3f} (per repeat "
              + ", ".join(f"{r:.3f}" for r in report["cpu_ratios_per_repeat"]) + ")"]
     return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Time the DT trainer against the plain loop, interleaved."""
+    report = measure(args)
+    print(format_report(report))
+    if args.json:
+        write_json_report(args.json, report)
+    return EXIT_OK
