@@ -174,7 +174,7 @@ def _run_python(code: str) -> str:
 
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
 
@@ -194,7 +194,7 @@ def test_importing_the_trainers_and_evals_prints_nothing():
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for module in ("shardlab.trainers.ppo", "shardlab.evals.builtin", "shardlab.envs.maze_views"):
         out = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=300)
+                             text=True, timeout=900)  # torch's import alone takes minutes on a loaded machine
         assert out.returncode == 0 and out.stderr == "", (module, out.stderr[-2000:])
 
 
