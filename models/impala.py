@@ -107,7 +107,7 @@ class ImpalaPolicy(nn.Module):
     """Actor-critic IMPALA network: image batch in [0, 1] (N, C, H, W) → (action logits, value).
 
     ``activation`` (models.sparse kinds: kwta, topk, l1, gelu) replaces the ReLUs at the hook points
-    matching ``sparse_layers`` (fnmatch patterns over RELU_SITES; default all 14), built with
+    matching ``sparse_layers`` (fnmatch patterns over models.impala_config.RELU_SITES; default all 14), built with
     ``activation_options`` (percent_on, boost_strength, duty_cycle_period, local). The default
     ``relu`` is the published network: same modules, state_dict keys and outputs.
     """

@@ -23,7 +23,7 @@ def sparse_sites(patterns: Sequence[str]) -> list[str]:
 @dataclass
 class ModelConfig(ActivationConfig):
     """Policy network: IMPALA with channel widths 16·scale, 32·scale, 32·scale; ``sparse_layers``
-    are patterns over models.impala.RELU_SITES."""
+    are patterns over RELU_SITES."""
 
     kind: str = "impala"
     scale: int = 1

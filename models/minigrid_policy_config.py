@@ -13,7 +13,7 @@ KINDS = ("cnn", "mlp", "impala")
 class MiniGridModelConfig(ActivationConfig):
     """Actor-critic network: 3×3 convs then fully connected layers (cnn), fully connected only
     (mlp), or the maze policy's IMPALA embedder (impala, square grids; ``sparse_layers`` are
-    patterns over models.impala.RELU_SITES)."""
+    patterns over models.impala_config.RELU_SITES)."""
 
     kind: str = "cnn"
     channels: list[int] = field(default_factory=lambda: [16, 32])  # cnn: conv widths
