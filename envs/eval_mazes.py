@@ -28,7 +28,8 @@ from typing import Optional
 import numpy as np
 
 from shardlab.envs import maze_geometry, maze_state
-from shardlab.envs.maze import WORLD_DIM, ProcgenGym3Env
+from shardlab.envs.maze_config import WORLD_DIM
+from shardlab.envs.procgen_import import ProcgenGym3Env
 
 Square = tuple[int, int]
 QUADRANTS = ("top_left", "top_right", "bottom_left", "bottom_right")

@@ -3,26 +3,17 @@ top-right r×r region at every episode start (the goal-misgeneralization trainin
 
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from shardlab.envs import maze_build, maze_generate, maze_geometry, maze_state
+from shardlab.envs import maze_generate, maze_geometry, maze_state, maze_views
+from shardlab.envs.maze_config import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig
+from shardlab.envs.procgen_import import MAX_STATE_SIZE, ProcgenGym3Env
+from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-# procgen imports the unmaintained gym, which prints a long notice to stderr on import
-with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-    warnings.simplefilter("ignore")
-    from procgen import ProcgenGym3Env
-    from procgen.env import MAX_STATE_SIZE
-
-DISTRIBUTION_MODES = ("easy", "hard")
-OBSERVATIONS = ("rgb", "grid")
-WORLD_DIM = {"easy": 15, "hard": 25}
 # the move of each of the 15 actions; maze drops the vertical part of diagonal moves
 ACTION_DX = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
 ACTION_DY = np.array([0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
@@ -43,23 +34,6 @@ def greedy_move_actions(logits: torch.Tensor) -> torch.Tensor:
     moves = torch.stack([probs[..., list(group)].sum(-1) for group in MOVE_GROUPS], -1)
     representative = torch.tensor([group[0] for group in MOVE_GROUPS], device=logits.device)
     return representative[moves.argmax(-1)]
-RANK_SEED_STRIDE = 1_000_003  # distinct env seeds per DDP rank
-
-
-@dataclass
-class MazeEnvConfig:
-    """Procgen maze settings; ``rand_region`` r puts the cheese in the top-right r×r (null: anywhere)."""
-
-    num_envs: int = 64
-    distribution_mode: str = "hard"
-    start_level: int = 0
-    num_levels: int = 0  # 0 = unlimited levels
-    rand_region: Optional[int] = 5
-    seed: int = 0
-    obs: str = "rgb"  # rgb: procgen's 64×64 image; grid: wall/mouse/cheese channels on the world grid
-    max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
-    min_maze_size: Optional[int] = None  # odd; smaller procgen mazes are replaced by random ones in [min, max]
-    cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)
 
 
 @dataclass(frozen=True)
@@ -223,7 +197,6 @@ class MazeEnv:
     def _observation(self, procgen_obs: dict) -> torch.Tensor:
         if self.cfg.obs == "rgb":
             return torch.from_numpy(np.array(procgen_obs["rgb"]))
-        from shardlab.envs import maze_views  # imports this module for procgen
         cheese = np.array([c if c is not None else (-1, -1) for c in self._cheese])
         cheese = np.where(cheese >= 0, cheese + self._margin[:, None], -1)
         return torch.from_numpy(maze_views.grid_view(self._walls, self._mouse, cheese))
@@ -268,7 +241,7 @@ class MazeEnv:
         inner = maze_generate.random_maze(size, self._rng)
         ys, xs = np.nonzero(inner != maze_state.WALL)
         choices = [(int(x), int(y)) for x, y in zip(xs, ys) if (x, y) != (0, 0)]
-        state = maze_build.with_maze(state, inner)
+        state = maze_state.with_maze(state, inner)
         state = maze_state.with_cheese_at(state, choices[self._rng.integers(len(choices))])
         return state, maze_state.layout(state)
 

@@ -1,26 +1,26 @@
-"""Build maze states from arbitrary inner mazes, including ASCII art.
+"""Hand-made mazes: ASCII art, maze files, and one-env MazeEnvs playing them.
 
-ASCII mazes are written top row first: ``#`` wall, ``.`` open, ``M`` the mouse, ``C`` the cheese;
+States are built from inner mazes by :func:`with_maze` (in envs/maze_state.py, the module that
+knows procgen's byte layout; importable from here too). ASCII mazes are written top row first: ``#`` wall, ``.`` open, ``M`` the mouse, ``C`` the cheese;
 the maze is square with an odd side from 3 to 25. Squares are (x, y) with y = 0 at the bottom.
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from shardlab.envs import maze_state
-from shardlab.envs.maze_state import CHEESE, EMPTY, WALL, StateError
+from shardlab.envs.maze import MazeEnv
+from shardlab.envs.maze_config import WORLD_DIM, MazeEnvConfig
+from shardlab.envs.maze_state import CHEESE, EMPTY, WALL, StateError, with_maze
+
+__all__ = ["parse_ascii", "with_maze", "MazeFile", "load_maze_file", "make_env_from_maze"]
 
 Square = tuple[int, int]
 _CODES = {"#": WALL, ".": EMPTY, "M": EMPTY, "C": CHEESE}
-
-if TYPE_CHECKING:
-    from shardlab.envs.maze import MazeEnv
 
 
 def parse_ascii(text: str) -> tuple[np.ndarray, Square]:
@@ -38,23 +38,6 @@ def parse_ascii(text: str) -> tuple[np.ndarray, Square]:
     if len(mice) > 1 or (inner == CHEESE).sum() > 1:
         raise StateError("an ASCII maze holds at most one M (mouse) and one C (cheese)")
     return inner, (mice[0] if mice else (0, 0))
-
-
-def with_maze(template: bytes, inner: np.ndarray, mouse: Square = (0, 0)) -> bytes:
-    """A copy of a procgen maze state whose world holds ``inner`` (centred) with the mouse at ``mouse``."""
-    where = maze_state.layout(template)
-    size = inner.shape[0]
-    if inner.shape != (size, size) or size % 2 == 0 or not 3 <= size <= where.world_dim:
-        raise StateError(f"inner maze must be square with an odd side from 3 to {where.world_dim}, "
-                         f"got shape {inner.shape}")
-    if not (0 <= mouse[0] < size and 0 <= mouse[1] < size) or inner[mouse[1], mouse[0]] == WALL:
-        raise StateError(f"mouse square {mouse} is a wall or outside the {size}×{size} maze")
-    margin = (where.world_dim - size) // 2
-    world = np.full((where.world_dim, where.world_dim), WALL, dtype="<i4")
-    world[margin:margin + size, margin:margin + size] = inner
-    out = bytearray(maze_state.with_grid(template, where, world))
-    struct.pack_into("<i", out, len(out) - 12, size)  # maze_dim, which sets the margin
-    return maze_state.with_mouse_at(bytes(out), mouse)
 
 
 # -- hand-made mazes in files and envs ----------------------------------------------------------
@@ -81,7 +64,6 @@ def load_maze_file(path: str | os.PathLike) -> MazeFile:
     """Read a YAML file with ``maze: |`` (ASCII art, see :func:`parse_ascii`) and optional
     ``mode: hard|easy`` (default hard); StateError naming the file and the problem if it is bad."""
     import yaml  # only needed here; keeps the module import light
-    from shardlab.envs.maze import WORLD_DIM  # envs.maze imports this module, so import at call time
 
     path = os.fspath(path)
     with open(path, encoding="utf-8") as handle:
@@ -112,7 +94,7 @@ def load_maze_file(path: str | os.PathLike) -> MazeFile:
 
 
 def make_env_from_maze(inner: np.ndarray, mouse: Square = (0, 0), cheese: Square | None = None,
-                       mode: str = "hard", obs: str = "rgb") -> "MazeEnv":
+                       mode: str = "hard", obs: str = "rgb") -> MazeEnv:
     """A one-env MazeEnv whose current episode is played in ``inner`` (cheese moved to ``cheese``
     if given, else where ``inner`` has it).
 
@@ -120,8 +102,6 @@ def make_env_from_maze(inner: np.ndarray, mouse: Square = (0, 0), cheese: Square
     re-reads the loaded state and keeps the maze; once the episode ends procgen moves on to its
     own levels. ``env.load_states([state])`` restarts it in the same maze.
     """
-    from shardlab.envs.maze import MazeEnv, MazeEnvConfig  # envs.maze imports this module
-
     env = MazeEnv(MazeEnvConfig(num_envs=1, distribution_mode=mode, rand_region=None, obs=obs))
     try:
         state = with_maze(env.get_state(0), np.asarray(inner, dtype=np.int32), mouse)

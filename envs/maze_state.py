@@ -148,6 +148,23 @@ def with_grid(state: bytes, where: Layout, world: np.ndarray) -> bytes:
     return bytes(out)
 
 
+def with_maze(template: bytes, inner: np.ndarray, mouse: tuple[int, int] = (0, 0)) -> bytes:
+    """A copy of a procgen maze state whose world holds ``inner`` (centred) with the mouse at ``mouse``."""
+    where = layout(template)
+    size = inner.shape[0]
+    if inner.shape != (size, size) or size % 2 == 0 or not 3 <= size <= where.world_dim:
+        raise StateError(f"inner maze must be square with an odd side from 3 to {where.world_dim}, "
+                         f"got shape {inner.shape}")
+    if not (0 <= mouse[0] < size and 0 <= mouse[1] < size) or inner[mouse[1], mouse[0]] == WALL:
+        raise StateError(f"mouse square {mouse} is a wall or outside the {size}×{size} maze")
+    margin = (where.world_dim - size) // 2
+    world = np.full((where.world_dim, where.world_dim), WALL, dtype="<i4")
+    world[margin:margin + size, margin:margin + size] = inner
+    out = bytearray(with_grid(template, where, world))
+    _INT.pack_into(out, len(out) - 12, size)  # maze_dim (before world_dim and the trailer), which sets the margin
+    return with_mouse_at(bytes(out), mouse)
+
+
 @dataclass(frozen=True)
 class MazeState:
     """A typed view of one procgen maze state; edits return new states, ``to_bytes`` serialises.

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from shardlab.envs import maze_state
-from shardlab.envs.maze import ProcgenGym3Env
+from shardlab.envs.procgen_import import ProcgenGym3Env
 
 GRID_CHANNELS = ("wall", "mouse", "cheese")
 _MODE_OF_WORLD = {15: "easy", 25: "hard"}

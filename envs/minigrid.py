@@ -14,30 +14,17 @@ MiniGrid pays ``1 − 0.9·steps/max_steps`` on success and 0 otherwise.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
-from typing import Optional
 
-import gymnasium as gym
-import minigrid  # noqa: F401  (importing registers the MiniGrid-* and BabyAI-* ids)
 import numpy as np
 import torch
-from minigrid.wrappers import FullyObsWrapper, ImgObsWrapper, OneHotPartialObsWrapper
 
-OBSERVATIONS = ("image", "onehot", "full")
-FAMILIES = ("MiniGrid-", "BabyAI-")
-RANK_SEED_STRIDE = 1_000_003  # distinct env seeds per DDP rank
+from shardlab.envs.minigrid_config import MiniGridEnvConfig
+from shardlab.envs.minigrid_registry import check_config, make_single, num_actions, observation_shape
+from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-
-@dataclass
-class MiniGridEnvConfig:
-    """A registered MiniGrid/BabyAI env id, how many copies to step together, and what they observe."""
-
-    env_id: str = "MiniGrid-DoorKey-5x5-v0"
-    num_envs: int = 16
-    obs: str = "image"  # image: partial 7×7×3 indices; onehot: partial 7×7×20; full: whole grid indices
-    seed: int = 0  # env i of rank r starts from seed + i + 1_000_003·r
-    max_steps: Optional[int] = None  # episode time limit; null keeps the env's own
+__all__ = ["MiniGridEnvConfig", "Episode", "MiniGridEnv", "check_config", "make_single", "num_actions",
+           "observation_shape"]
 
 
 @dataclass(frozen=True)
@@ -50,57 +37,6 @@ class Episode:
     terminated: bool
     truncated: bool  # hit max_steps
     mission: str
-
-
-def env_ids() -> list[str]:
-    """The registered MiniGrid and BabyAI env ids."""
-    return sorted(name for name in gym.registry if name.startswith(FAMILIES))
-
-
-def check_config(cfg: MiniGridEnvConfig) -> None:
-    """Raise ValueError with a one-line message if ``cfg`` cannot make an env."""
-    if cfg.env_id not in gym.registry or not cfg.env_id.startswith(FAMILIES):
-        close = difflib.get_close_matches(cfg.env_id, env_ids(), n=3, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "e.g. MiniGrid-DoorKey-5x5-v0 or BabyAI-GoToLocal-v0"
-        raise ValueError(f"env.env_id {cfg.env_id!r} is not a registered MiniGrid/BabyAI env; {hint}")
-    if cfg.obs not in OBSERVATIONS:
-        raise ValueError(f"env.obs must be one of {', '.join(OBSERVATIONS)}, got {cfg.obs!r}")
-    if cfg.num_envs < 1:
-        raise ValueError(f"env.num_envs must be >= 1, got {cfg.num_envs}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise ValueError(f"env.max_steps must be >= 1 or null, got {cfg.max_steps}")
-    if cfg.seed < 0:
-        raise ValueError(f"env.seed must be >= 0 (gymnasium seeds are non-negative), got {cfg.seed}")
-
-
-def make_single(cfg: MiniGridEnvConfig) -> gym.Env:
-    """One wrapped env whose observations are the uint8 arrays ``cfg.obs`` names."""
-    kwargs = {} if cfg.max_steps is None else {"max_steps": cfg.max_steps}
-    try:  # the passive checker re-validates every step; the wrappers below are all we need
-        env = gym.make(cfg.env_id, disable_env_checker=True, **kwargs)
-    except TypeError as exc:
-        raise ValueError(f"env {cfg.env_id} does not take env.max_steps ({exc}); set env.max_steps=null") from None
-    if cfg.obs == "onehot":
-        env = OneHotPartialObsWrapper(env)
-    elif cfg.obs == "full":
-        env = FullyObsWrapper(env)
-    return ImgObsWrapper(env)
-
-
-def observation_shape(cfg: MiniGridEnvConfig) -> tuple[int, ...]:
-    """(H, W, C) of one observation."""
-    env = make_single(cfg)
-    shape = tuple(int(n) for n in env.observation_space.shape)
-    env.close()
-    return shape
-
-
-def num_actions(cfg: MiniGridEnvConfig) -> int:
-    """Size of the env's discrete action space (7 for MiniGrid and BabyAI)."""
-    env = make_single(cfg)
-    count = int(env.action_space.n)
-    env.close()
-    return count
 
 
 class MiniGridEnv:

@@ -13,27 +13,14 @@ sparse nets: each unit keeps a fixed random ``round(density · fan_in)`` of its 
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Optional, Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from shardlab.models.classifier_config import ARCHS, layer_names, sparse_names
 from shardlab.models.sparse import make_activation
-
-ARCHS = ("mlp", "cnn")
-
-
-def layer_names(arch: str, channels: Sequence[int], hidden: Sequence[int]) -> list[str]:
-    """The activation names (``act1`` …) a classifier with these sizes has, in forward order."""
-    count = len(hidden) + (len(channels) if arch == "cnn" else 0)
-    return [f"act{i}" for i in range(1, count + 1)]
-
-
-def sparse_names(names: Sequence[str], patterns: Sequence[str]) -> list[str]:
-    """The ``names`` matching any fnmatch pattern."""
-    return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
 
 
 def fan_in_mask(units: int, features: int, density: float) -> torch.Tensor:

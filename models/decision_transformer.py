@@ -35,10 +35,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shardlab.models.decision_transformer_config import STATE_ENCODINGS
 from shardlab.models.hooks import HookPoint
 from shardlab.models.sparse import make_activation
 
-STATE_ENCODINGS = ("linear", "onehot")
 # MiniGrid's (H, W, 3) encoding: object (11 kinds), colour (6) and state (door open/closed/locked:
 # 3; the fully observed grid stores the agent's direction 0–3 there, hence 4)
 MINIGRID_CHANNEL_SIZES = (11, 6, 4)

@@ -7,7 +7,6 @@ The state_dict keys match procgen-tools / train-procgen-pytorch (``embedder.bloc
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Optional, Sequence
 
 import torch
@@ -15,17 +14,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from shardlab.models.hooks import HookPoint
+from shardlab.models.impala_config import sparse_sites
 from shardlab.models.sparse import make_activation
 
 NUM_ACTIONS = 15
-# where ImpalaPolicy(activation=...) may replace a ReLU: the hook points that read its output
-RELU_SITES = tuple(f"embedder.block{b}.res{r}.relu{i}_out" for b in (1, 2, 3) for r in (1, 2) for i in (1, 2)) \
-    + ("embedder.relu3_out", "embedder.relufc_out")
-
-
-def sparse_sites(patterns: Sequence[str]) -> list[str]:
-    """The RELU_SITES matching any fnmatch pattern (``*``, ``*relufc_out``, ``embedder.block3.*``)."""
-    return [site for site in RELU_SITES if any(fnmatch.fnmatchcase(site, p) for p in patterns)]
 
 
 class SiteActivations:
@@ -115,7 +107,7 @@ class ImpalaPolicy(nn.Module):
     """Actor-critic IMPALA network: image batch in [0, 1] (N, C, H, W) → (action logits, value).
 
     ``activation`` (models.sparse kinds: kwta, topk, l1, gelu) replaces the ReLUs at the hook points
-    matching ``sparse_layers`` (fnmatch patterns over RELU_SITES; default all 14), built with
+    matching ``sparse_layers`` (fnmatch patterns over models.impala_config.RELU_SITES; default all 14), built with
     ``activation_options`` (percent_on, boost_strength, duty_cycle_period, local). The default
     ``relu`` is the published network: same modules, state_dict keys and outputs.
     """

@@ -26,9 +26,9 @@ from torch import nn
 
 from shardlab.models.hooks import HookPoint
 from shardlab.models.impala import ImpalaEmbedder, SiteActivations
+from shardlab.models.minigrid_policy_config import KINDS
 from shardlab.models.sparse import make_activation
 
-KINDS = ("cnn", "mlp", "impala")
 
 
 def _activation(kind: str, units: int, options: Optional[dict] = None) -> nn.Module:

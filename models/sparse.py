@@ -20,10 +20,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-KINDS = ("relu", "gelu", "kwta", "topk", "l1")
-SPARSE_KINDS = ("kwta", "topk", "l1")  # kinds that change what a dense network computes
-OPTIONS = {"relu": (), "gelu": (), "l1": (), "topk": ("percent_on", "local"),
-           "kwta": ("units", "percent_on", "boost_strength", "duty_cycle_period", "local", "k_inference_factor")}
+from shardlab.models.sparse_config import KINDS, OPTIONS, SPARSE_KINDS, check_activation, check_fraction, check_kwinners
+
+__all__ = ["KINDS", "OPTIONS", "SPARSE_KINDS", "TopK", "KWinners", "L1ReLU", "make_activation", "l1_penalty"]
 
 
 def _units_last(x: torch.Tensor) -> torch.Tensor:
@@ -52,17 +51,12 @@ def _winners(x: torch.Tensor, scores: torch.Tensor, percent_on: float, local: bo
     return _keep_top(_units_last(scores), flat, k).reshape(x.shape)
 
 
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {value}; e.g. {name}=0.1 keeps 10% of units")
-
-
 class TopK(nn.Module):
     """Keep the ``round(n · percent_on)`` largest units, zero the rest (no boosting, no state)."""
 
     def __init__(self, percent_on: float = 0.1, local: bool = False):
         super().__init__()
-        _check_fraction("percent_on", percent_on)
+        check_fraction("percent_on", percent_on)
         self.percent_on, self.local = percent_on, local
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,14 +79,7 @@ class KWinners(nn.Module):
     def __init__(self, units: Optional[int] = None, percent_on: float = 0.1, boost_strength: float = 1.0,
                  duty_cycle_period: int = 1000, local: bool = False, k_inference_factor: float = 1.0):
         super().__init__()
-        _check_fraction("percent_on", percent_on)
-        if boost_strength < 0:
-            raise ValueError(f"boost_strength must be >= 0, got {boost_strength}; 0 turns boosting off")
-        if duty_cycle_period < 1:
-            raise ValueError(f"duty_cycle_period must be >= 1, got {duty_cycle_period}")
-        if k_inference_factor < 1 or percent_on * k_inference_factor > 1:
-            raise ValueError(f"k_inference_factor must be >= 1 with percent_on × factor <= 1, got "
-                             f"{k_inference_factor} (percent_on {percent_on})")
+        check_kwinners(units, percent_on, boost_strength, duty_cycle_period, k_inference_factor)
         self.percent_on, self.boost_strength = percent_on, boost_strength
         self.duty_cycle_period, self.local = duty_cycle_period, local
         self.k_inference_factor = k_inference_factor
@@ -172,15 +159,7 @@ def make_activation(kind: str = "relu", **options: Any) -> nn.Module:
     """Build an activation by name: relu, gelu, kwta (options: units, percent_on, boost_strength,
     duty_cycle_period, local), topk (percent_on, local) or l1 (ReLU recording its L1 penalty);
     options another kind uses are ignored, unknown ones raise ValueError."""
-    if kind not in OPTIONS:
-        raise ValueError(f"unknown activation {kind!r}; choose one of {', '.join(KINDS)}")
-    known = set().union(*OPTIONS.values())
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown activation option {', '.join(unknown)}; options are "
-                         f"{', '.join(sorted(known))}")
-    # a config can carry every sparse option whatever the kind; each kind takes the ones it uses
-    used = {key: value for key, value in options.items() if key in OPTIONS[kind]}
+    used = check_activation(kind, **options)  # the options this kind takes, checked
     builders = {"relu": nn.ReLU, "gelu": nn.GELU, "l1": L1ReLU, "topk": TopK, "kwta": KWinners}
     return builders[kind](**used)
 

@@ -15,8 +15,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shardlab.evals.sparsity.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
+from shardlab.atomic import write_text  # noqa: E402
 from shardlab.evals.suite.results import Result, write_json_atomic  # noqa: E402
+from shardlab.evals.sparsity.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
 from shardlab.trainers.checkpointing import CheckpointError  # noqa: E402
 from shardlab.trainers.config import ConfigError  # noqa: E402
 from shardlab.trainers.restore import load_trained  # noqa: E402
@@ -86,10 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for result, report in zip(results, reports.values()):
         add_report(result, report)
     table = markdown_table(tuple(args.labels), results)
-    tmp = os.path.join(args.out, f"comparison.md.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
-        handle.write(table)
-    os.replace(tmp, os.path.join(args.out, "comparison.md"))
+    write_text(os.path.join(args.out, "comparison.md"), table)
     write_json_atomic(os.path.join(args.out, "comparison.json"), {
         label: {"checkpoint": os.path.abspath(path), **{m.name: m.value for m in result.metrics}}
         for label, path, result in zip(args.labels, (args.dense, args.sparse), results)})

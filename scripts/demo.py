@@ -26,6 +26,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from shardlab.atomic import write_json, write_text  # noqa: E402
 from shardlab.evals.maze.render import write_png_atomic  # noqa: E402
 from shardlab import cli  # noqa: E402
 
@@ -169,9 +170,7 @@ def write_report(run_dir: str, cfg, timings: dict[str, float]) -> tuple[str, lis
         f"- total (after installation): {total:.0f} s", "",
         f"Full results: `evals/results.json`; TensorBoard: `tensorboard --logdir {os.path.join(run_dir, 'tb')}`.", ""])
     path = os.path.join(run_dir, "report.md")
-    with open(path + ".tmp", "w") as handle:
-        handle.write(report)
-    os.replace(path + ".tmp", path)
+    write_text(path, report)
     return path, checks
 
 
@@ -206,8 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     report, checks = write_report(args.run_dir, load_config(os.path.join(args.run_dir, "config.yaml")), timings)
     timings["report"] = time.perf_counter() - start
-    with open(os.path.join(args.run_dir, "timings.json"), "w") as handle:
-        json.dump(timings, handle, indent=2)
+    write_json(os.path.join(args.run_dir, "timings.json"), timings)
     print("\ndemo targets:")
     for text, measured, met in checks:
         print(f"  [{'x' if met else ' '}] {text}: {measured}")

@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # one thread: the same checkpoint bit for bit, run after run
     importlib.import_module("shardlab.api")  # a broken eval import fails now, not after training
     from shardlab import cli
+    from shardlab.atomic import atomic_write
     from shardlab.evals.suite.runner import run_suite
 
     work = tempfile.mkdtemp(prefix="ci-checkpoint-")
@@ -79,19 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(work, "evals", "results.json")) as handle:
             document = json.load(handle)
         document["checkpoint"] = os.path.abspath(checkpoint)
-        # both files under temporary names in the destination folder first, then two renames
-        try:
-            shutil.copyfile(candidate, checkpoint + ".tmp")
-            with open(baseline + ".tmp", "w") as handle:
-                json.dump(document, handle, indent=2, allow_nan=False)
-                handle.write("\n")
-        except BaseException:
-            for path in (checkpoint + ".tmp", baseline + ".tmp"):
-                if os.path.exists(path):
-                    os.remove(path)
-            raise
-        os.replace(checkpoint + ".tmp", checkpoint)
-        os.replace(baseline + ".tmp", baseline)
+        # both files under temporary names in the destination folder first, then two renames (an
+        # exception in either removes both temp files and leaves the old pair)
+        with atomic_write(checkpoint, "wb") as checkpoint_out, atomic_write(baseline, "w") as baseline_out:
+            with open(candidate, "rb") as source:
+                shutil.copyfileobj(source, checkpoint_out)
+            baseline_out.write(json.dumps(document, indent=2, allow_nan=False) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{checkpoint} ({size / 2**20:.2f} MiB, {args.steps:,} env steps, trained in {train_seconds:.0f} s)\n"

@@ -58,7 +58,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig, observation_shape
 from shardlab.models.impala import ImpalaPolicy, preprocess
-from shardlab.trainers.config import ConfigError, activation_options
+from shardlab.models.sparse_config import activation_options
+from shardlab.trainers.config import ConfigError
 from shardlab.trainers.reward_norm import RewardNormalizer
 
 Phase = Callable[[str], ContextManager]  # times a named part of an iteration (benchmark.py ppo)

@@ -142,10 +142,3 @@ def test_html_escapes_text_and_skips_missing_plots(tmp_path):
     assert page.count("data:image/png;base64,") == 1 and "missing plot: ev/gone.png" in page
     assert "<code>ev/table.csv</code>" in page
     assert "<details><summary>all 21 metrics</summary>" in page  # more than FOLD_ABOVE rows: folded
-
-
-def test_write_text_atomic_replaces_and_leaves_no_temp_file(tmp_path):
-    path = tmp_path / "report.md"
-    path.write_text("old")
-    report.write_text_atomic(str(path), "néw ✅")
-    assert path.read_text(encoding="utf-8") == "néw ✅" and os.listdir(tmp_path) == ["report.md"]

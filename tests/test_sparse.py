@@ -11,7 +11,8 @@ import torch
 from torch.nn import functional as F
 
 from shardlab.models.hooks import hook_names, hooked
-from shardlab.models.impala import RELU_SITES, ImpalaPolicy, sparse_sites
+from shardlab.models.impala import ImpalaPolicy
+from shardlab.models.impala_config import RELU_SITES, sparse_sites
 from shardlab.models.sparse import KWinners, L1ReLU, TopK, l1_penalty, make_activation
 from shardlab.models.weights import WeightsError, load_policy_weights
 from shardlab.trainers.config import ConfigError, build_config, to_dict

@@ -7,13 +7,29 @@ boundaries are, and the eval runner rebuilds its model from a checkpoint with ``
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from shardlab.trainers.loggers import write_row
+
+
+class _Ticks(IterableDataset):
+    """An endless stream of dummy items: a module makes its own batches (env rollouts, windows or
+    images drawn by optimizer step) and Lightning's max_steps sets the length."""
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            yield 0
+
+
+def tick_loader() -> DataLoader:
+    """The train_dataloader of every kind: endless dummy items, one per optimizer step (no workers:
+    they would hold stale copies of the module's state)."""
+    return DataLoader(_Ticks(), batch_size=None, num_workers=0)
 
 
 class ShardlabModule(pl.LightningModule):

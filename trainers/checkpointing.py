@@ -11,37 +11,14 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
 
+from shardlab.atomic import link_atomic, save_with
+
 LAST = "last.ckpt"
 _STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or not a shardlab checkpoint."""
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -80,8 +57,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO that never leaves a half-written file and loads weights_only."""
 
     def save_checkpoint(self, checkpoint: dict, path: str, storage_options: Any = None) -> None:
-        """Write atomically (temp file + rename)."""
-        atomic_torch_save(checkpoint, os.fspath(path))
+        """Write atomically (temp file, fsync, rename, folder fsync)."""
+        save_with(path, lambda handle: torch.save(checkpoint, handle), make_parents=True, sync_dir=True)
 
     def load_checkpoint(self, path: str, map_location: Any = None, weights_only: bool | None = None) -> dict:
         """Load safely, naming the file if it is damaged."""
@@ -120,9 +97,6 @@ class PeriodicCheckpoint(Callback):
         path = os.path.join(self.folder, f"step-{steps:012d}.ckpt")
         trainer.save_checkpoint(path, weights_only=False)  # full state: optimizer, schedule, loops
         if trainer.is_global_zero:
-            last, tmp = os.path.join(self.folder, LAST), os.path.join(self.folder, f"{LAST}.tmp-{os.getpid()}")
-            os.link(path, tmp)  # a hard link costs nothing and is renamed into place atomically
-            os.replace(tmp, last)
-            _fsync_dir(self.folder)
+            link_atomic(path, os.path.join(self.folder, LAST), sync_dir=True)
             for _, old in step_checkpoints(self.folder)[:-self.keep or None]:
                 os.remove(old)

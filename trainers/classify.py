@@ -4,108 +4,25 @@ The whole data set sits in memory (digits is 1,797 8×8 images). Batches are dra
 step from an endless stream of seeded permutations, and under DDP each rank takes its slice of the
 step's global batch, so a run is the same whether it is resumed or not and ranks never overlap.
 ``trainer.total_steps`` and ``trainer.checkpoint_every`` count training samples over all ranks.
+The schema and its checks are in trainers/classify_config.py.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from shardlab.models.classifier import ARCHS, Classifier, layer_names, sparse_names
+from shardlab.models.classifier import Classifier
 from shardlab.models.sparse import l1_penalty
-from shardlab.trainers.base import ShardlabModule
-from shardlab.trainers.config import (ActivationConfig, TrainerConfig, activation_options, build_config, need,
-                             need_finite, need_mixed_precision, need_seed, to_dict, validate_sparse_options)
-from shardlab.trainers.datasets import SOURCES, DataError, Splits, load_splits
-
-
-@dataclass
-class DataConfig:
-    """Where the images come from and how they are split."""
-
-    source: str = "digits"  # digits (bundled with scikit-learn), npz (x/y arrays) or folder (path/<class>/<image>)
-    path: Optional[str] = None  # the .npz file or image folder
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    channels: int = 1  # folder: 1 reads grayscale, 3 RGB
-    image_size: int = 0  # folder: resize to this square size; 0 keeps the images' common size
-    shape: Optional[list[int]] = None  # (C, H, W) of one image; filled from the data when a run starts
-    num_classes: Optional[int] = None  # filled from the data when a run starts
-
-
-@dataclass
-class ClassifierConfig(ActivationConfig):
-    """MLP or CNN (models/classifier.py) and which of its activations are sparse (``sparse_layers``
-    are patterns over act1, act2, ...)."""
-
-    arch: str = "mlp"  # mlp or cnn
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # cnn: conv widths (3×3, then 2×2 maxpool)
-    hidden: list[int] = field(default_factory=lambda: [256, 256])  # widths of the fully connected layers
-    norm: bool = False  # batch norm before every activation
-    weight_density: float = 1.0  # < 1: hidden fc layers keep this fraction of each unit's inputs
-
-
-@dataclass
-class OptimConfig:
-    """Adam on cross-entropy."""
-
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # cosine decay to 0 over the run, or constant
-    weight_decay: float = 0.0
-    batch_size: int = 64  # per rank
-    eval_every: int = 5000  # training samples between validation passes (one metrics row each)
-
-
-@dataclass
-class ClassifyConfig:
-    """A supervised classification run."""
-
-    name: str = "digits"
-    algo: str = "classify"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(total_steps=50_000, checkpoint_every=10_000))
-
-
-def validate_classify(cfg: DictConfig) -> None:
-    """Checks of a classification config."""
-    data, model, optim = cfg.data, cfg.model, cfg.optim
-    need(data.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}, got {data.source!r}")
-    need(data.source == "digits" or bool(data.path), f"data.source={data.source} needs data.path "
-         f"({'a .npz file with x and y arrays' if data.source == 'npz' else 'a folder with one subfolder per class'})")
-    need(0 <= data.val_fraction < 1 and 0 < data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,
-         "data.val_fraction must be in [0, 1), data.test_fraction in (0, 1), and their sum < 1")
-    need(data.channels in (1, 3), f"data.channels must be 1 (grayscale) or 3 (RGB), got {data.channels}")
-    need(data.image_size >= 0, f"data.image_size must be >= 0 (0 keeps the size), got {data.image_size}")
-    need(data.shape is None or (len(data.shape) == 3 and min(data.shape) >= 1),
-         f"data.shape must be [C, H, W] of positive sizes or null, got {data.shape}")
-    need(data.num_classes is None or data.num_classes >= 1,
-         f"data.num_classes must be >= 1 or null (read from the data), got {data.num_classes}")
-    need_seed(data.split_seed, "data.split_seed")
-    need(model.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {model.arch!r}")
-    need(all(w >= 1 for w in [*model.channels, *model.hidden]), "model.channels and model.hidden widths must be >= 1")
-    need(model.arch == "mlp" or len(model.channels) >= 1, "model.arch=cnn needs at least one model.channels entry")
-    validate_sparse_options(model)
-    names = layer_names(model.arch, model.channels, model.hidden)
-    need(model.activation == "relu" or bool(sparse_names(names, model.sparse_layers)),
-         f"model.sparse_layers {list(model.sparse_layers)} match none of this network's activations "
-         f"({', '.join(names)}); use names or patterns such as '*' or 'act1'")
-    need(0 < model.weight_density <= 1, f"model.weight_density must be in (0, 1], got {model.weight_density}")
-    need_finite(optim, "optim", ["lr", "weight_decay"])
-    need(optim.lr > 0, f"optim.lr must be > 0, got {optim.lr}")
-    need(optim.lr_schedule in ("cosine", "constant"),
-         f"optim.lr_schedule must be cosine or constant, got {optim.lr_schedule!r}")
-    need(optim.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {optim.weight_decay}")
-    need(optim.batch_size >= 1 and optim.eval_every >= 1, "optim.batch_size and optim.eval_every must be >= 1")
-    need_mixed_precision(cfg.trainer, cfg.algo)
+from shardlab.models.sparse_config import activation_options
+from shardlab.trainers.base import ShardlabModule, tick_loader
+from shardlab.trainers.config import build_config, to_dict
+from shardlab.trainers.datasets import DataError, Splits, load_splits
 
 
 def build_classifier(cfg: DictConfig) -> Classifier:
@@ -139,14 +56,6 @@ def stream_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(out)
 
 
-class _Ticks(IterableDataset):
-    """Endless dummy items: the batch is chosen from the optimizer step, the length by max_steps."""
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            yield 0
-
-
 class ClassifyModule(ShardlabModule):
     """Cross-entropy training of a Classifier (+ l1_coef · L1 activation penalty)."""
 
@@ -173,7 +82,7 @@ class ClassifyModule(ShardlabModule):
 
     def train_dataloader(self) -> DataLoader:
         """Dummy items; batches come from the in-memory data by optimizer step."""
-        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+        return tick_loader()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """One minibatch: this rank's slice of the step's global batch."""

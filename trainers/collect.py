@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shardlab.envs.minigrid import OBSERVATIONS, MiniGridEnv, MiniGridEnvConfig, check_config, make_single
+from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config, make_single
+from shardlab.envs.minigrid_config import OBSERVATIONS
 from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.paths import file_in_the_way
 from shardlab.trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,

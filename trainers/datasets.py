@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from shardlab.trainers.config import ConfigError
+from shardlab.configs.checks import ConfigError
 
-SOURCES = ("digits", "npz", "folder")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 

@@ -1,7 +1,8 @@
 """The table of training kinds: a config's ``algo`` picks its schema, validator and LightningModule.
 
-Entries name their objects as ``"module:attribute"`` strings so that reading a config never imports
-torch or an env library; a new model family adds one line here.
+Entries name their objects as ``"module:attribute"`` strings so that only the chosen kind's modules
+are imported: its schema and validator sit in a torch-free ``trainers/<kind>_config.py`` beside
+its trainer, so reading a config never imports torch; a new model family adds one line here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import difflib
 import importlib
 from dataclasses import dataclass
 from typing import Any
+
+from shardlab.configs.checks import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,14 +32,15 @@ class Kind:
 
 
 KINDS: dict[str, Kind] = {
-    "ppo": Kind("ppo", "shardlab.trainers.config:TrainConfig", "shardlab.trainers.config:validate_ppo",
+    "ppo": Kind("ppo", "shardlab.trainers.ppo_config:TrainConfig", "shardlab.trainers.ppo_config:validate_ppo",
                 "shardlab.trainers.ppo:PPOModule", "PPO on the procgen maze with an IMPALA policy"),
-    "ppo_minigrid": Kind("ppo_minigrid", "shardlab.trainers.ppo_minigrid:MiniGridPPOConfig",
-                         "shardlab.trainers.ppo_minigrid:validate_ppo_minigrid", "shardlab.trainers.ppo_minigrid:PPOMiniGridModule",
+    "ppo_minigrid": Kind("ppo_minigrid", "shardlab.trainers.ppo_minigrid_config:MiniGridPPOConfig",
+                         "shardlab.trainers.ppo_minigrid_config:validate_ppo_minigrid", "shardlab.trainers.ppo_minigrid:PPOMiniGridModule",
                          "PPO on a MiniGrid/BabyAI env with a small CNN or MLP"),
-    "dt": Kind("dt", "shardlab.trainers.dt:DTTrainConfig", "shardlab.trainers.dt:validate_dt", "shardlab.trainers.dt:DTModule",
+    "dt": Kind("dt", "shardlab.trainers.dt_config:DTTrainConfig", "shardlab.trainers.dt_config:validate_dt", "shardlab.trainers.dt:DTModule",
                "decision transformer on a trajectory dataset (offline RL)"),
-    "classify": Kind("classify", "shardlab.trainers.classify:ClassifyConfig", "shardlab.trainers.classify:validate_classify",
+    "classify": Kind("classify", "shardlab.trainers.classify_config:ClassifyConfig",
+                     "shardlab.trainers.classify_config:validate_classify",
                      "shardlab.trainers.classify:ClassifyModule", "image classifier (MLP/CNN) with dense or sparse activations"),
 }
 
@@ -46,7 +50,6 @@ def get_kind(algo: Any, source: str = "config") -> Kind:
     if not isinstance(algo, str) or algo not in KINDS:  # a list or mapping is not hashable: no `in` test
         close = difflib.get_close_matches(str(algo), KINDS, n=2, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        from shardlab.trainers.config import ConfigError  # the config module imports this one
         raise ConfigError(f"algo {algo!r} in {source} is not a training kind; {hint}"
                           f"known: {', '.join(sorted(KINDS))}")
     return KINDS[algo]

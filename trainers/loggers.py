@@ -18,7 +18,8 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from shardlab.trainers.config import DEFAULT_LOGGERS, ConfigError, check_loggers_installed
+from shardlab.configs.checks import ConfigError
+from shardlab.trainers.trainer_config import DEFAULT_LOGGERS, check_loggers_installed
 
 TB, CSV = "tb", "csv"  # <run_dir>/tb holds the event files directly (README: tensorboard --logdir runs/x/tb)
 

@@ -4,7 +4,8 @@ One ``training_step`` is one PPO minibatch update. The first minibatch of every 
 collects a rollout of ``num_envs × num_steps`` (inference mode), computes GAE with torchrl,
 and shuffles; the rest of the iteration's ``epochs × minibatches`` steps read from that buffer.
 Lightning does the backward pass, DDP all-reduce, grad-norm clipping, Adam step and LR schedule,
-so every rank runs the same number of optimizer steps by construction.
+so every rank runs the same number of optimizer steps by construction. The schema (``algo: ppo``)
+and its checks are in trainers/ppo_config.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import math
 import random
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,28 +22,25 @@ from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.distributions import Categorical
-from torch.utils.data import DataLoader, IterableDataset
-from torchrl.modules import ProbabilisticActor, ValueOperator
-from torchrl.objectives import ClipPPOLoss
-from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
+from torch.utils.data import DataLoader
+
+from shardlab.envs.procgen_import import gym_notice_silenced
+
+with gym_notice_silenced():  # torchrl imports the unmaintained gym, which prints a notice on first import
+    from torchrl.modules import ProbabilisticActor, ValueOperator
+    from torchrl.objectives import ClipPPOLoss
+    from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
 from shardlab.models.impala import ImpalaPolicy, preprocess
 from shardlab.models.sparse import l1_penalty
-from shardlab.trainers.base import ShardlabModule
-from shardlab.trainers.config import activation_options, build_config
+from shardlab.models.sparse_config import activation_options
+from shardlab.trainers.base import ShardlabModule, tick_loader
+from shardlab.trainers.config import build_config
 from shardlab.trainers.reward_norm import RewardNormalizer
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
               "clip_fraction", "value_clip_fraction", "explained_variance")
-
-
-class _Ticks(IterableDataset):
-    """An endless stream of dummy items: the data comes from the envs, the length from max_steps."""
-
-    def __iter__(self) -> Iterator[int]:
-        while True:
-            yield 0
 
 
 class Schedule:
@@ -119,7 +117,7 @@ class PPOModule(ShardlabModule):
     # -- data -------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         """Dummy items; the rollout buffer is the data (num_workers=0: workers would go stale)."""
-        return DataLoader(_Ticks(), batch_size=None, num_workers=0)
+        return tick_loader()
 
     def on_train_start(self) -> None:
         """Build this rank's envs (seeds differ per rank and per resume point) and restore RNGs."""

@@ -12,6 +12,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from shardlab.atomic import is_temp_name, write_text
 from shardlab.trainers.allocator import keep_freed_memory
 from shardlab.models.weights import WeightsError, load_policy_weights
 from shardlab.trainers.checkpointing import (LAST, AtomicCheckpointIO, CheckpointError, PeriodicCheckpoint, load_checkpoint,
@@ -37,10 +38,7 @@ def prepare_run_dir(cfg: DictConfig, run_dir: str) -> None:
         return
     check_run_dir(run_dir, cfg.trainer.loggers)
     os.makedirs(os.path.join(run_dir, CHECKPOINTS), exist_ok=True)
-    tmp = os.path.join(run_dir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(OmegaConf.to_yaml(cfg))
-    os.replace(tmp, os.path.join(run_dir, CONFIG_FILE))
+    write_text(os.path.join(run_dir, CONFIG_FILE), OmegaConf.to_yaml(cfg))
 
 
 def check_run_dir(run_dir: str, loggers: Sequence[str] = ()) -> None:
@@ -157,7 +155,7 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
         default_root_dir=run_dir, use_distributed_sampler=False)
     if ckpt_path and trainer.is_global_zero:
         for name in os.listdir(checkpoints):  # temp files of a save that was killed half-way
-            if ".tmp-" in name and os.path.isfile(os.path.join(checkpoints, name)):
+            if is_temp_name(name) and os.path.isfile(os.path.join(checkpoints, name)):
                 os.remove(os.path.join(checkpoints, name))
     with warnings.catch_warnings():
         # an endless IterableDataset and mid-"epoch" resumes are by design here
@@ -201,7 +199,4 @@ def _drop_metrics_after(path: str, key: str, steps: int) -> None:
     if not os.path.isfile(path):
         return
     rows = [line for row_steps, line in _metric_rows(path, key) if row_steps <= steps]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.writelines(rows)
-    os.replace(tmp, path)
+    write_text(path, "".join(rows))

@@ -22,14 +22,13 @@ truncated          (E,), bool                cut by the time limit
 missions           (E,), unicode             the episode's mission string
 =================  ========================  =====================================================
 
-Writes are atomic (temp file + ``os.replace``), so a crash never leaves a half-written dataset.
+Writes are atomic (``shardlab.atomic``: temp file, fsync, rename), so a crash never leaves a half-written dataset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import zipfile
 import zlib
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 import numpy as np
+
+from shardlab.atomic import atomic_write
 
 SCHEMA_VERSION = 1
 STEP_ARRAYS = ("observations", "actions", "rewards", "returns_to_go", "timesteps")
@@ -217,22 +218,9 @@ def save_trajectories(path: str | os.PathLike, traj: Trajectories, append: bool 
     if append and os.path.exists(path):
         traj = concat(load_trajectories(path), traj)
     traj.check(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:  # a file object, so numpy does not append ".npz"
-            np.savez_compressed(out, schema_version=np.int64(SCHEMA_VERSION),
-                                metadata=np.array(json.dumps(traj.metadata, sort_keys=True)), **traj.arrays())
-            out.flush()
-            os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a dataset is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path, "wb", make_parents=True) as out:  # a file object, so numpy does not append ".npz"
+        np.savez_compressed(out, schema_version=np.int64(SCHEMA_VERSION),
+                            metadata=np.array(json.dumps(traj.metadata, sort_keys=True)), **traj.arrays())
     return traj
 
 

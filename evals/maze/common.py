@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from shardlab.envs import maze_geometry, maze_state
-from shardlab.envs.maze import WORLD_DIM
+from shardlab.envs.maze_config import WORLD_DIM
 from shardlab.evals.maze.render import activation_cell, write_png_atomic
 from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
 from shardlab.models.hooks import Edit, hooked

@@ -18,9 +18,9 @@ finished episodes to an :class:`EpisodeLog`; evals that play none ignore the opt
 from __future__ import annotations
 
 import json
-import os
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from shardlab.atomic import write_text
 from shardlab.envs import maze_state
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,11 +80,7 @@ class EpisodeLog:
                                                **source))
 
     def write(self) -> str:
-        """Write every record (temp file, then rename) and return the path."""
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        tmp = f"{self.path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as handle:
-            for record in self.records:
-                handle.write(json.dumps(record, allow_nan=False) + "\n")
-        os.replace(tmp, self.path)
+        """Write every record atomically (shardlab.atomic) and return the path."""
+        write_text(self.path, "".join(json.dumps(record, allow_nan=False) + "\n" for record in self.records),
+                   make_parents=True)
         return self.path

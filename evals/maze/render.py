@@ -12,7 +12,6 @@ an Agg canvas: nothing touches pyplot or the global backend.
 from __future__ import annotations
 
 import os
-import uuid
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle, RegularPolygon
 from matplotlib.quiver import Quiver
 
+from shardlab.atomic import save_with
 from shardlab.envs import maze_state
 from shardlab.envs.maze_state import CHEESE, WALL
 
@@ -333,16 +333,7 @@ def save_maze_png(path: Union[str, os.PathLike], state_or_inner: Union[bytes, ma
 
 
 def write_png_atomic(fig: Figure, path: Union[str, os.PathLike], dpi: Optional[float] = None) -> Path:
-    """Write ``fig`` as a PNG beside ``path`` (at ``dpi``, default the figure's), then rename it
-    into place (never half-written)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # a plain open (not mkstemp, which makes the file 0600) keeps the usual umask permissions
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        fig.savefig(tmp, format="png", dpi=dpi)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+    """Write ``fig`` as a PNG at ``path`` (at ``dpi``, default the figure's) with shardlab.atomic:
+    never half-written, the folder created if needed."""
+    save_with(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi), make_parents=True)
+    return Path(path)

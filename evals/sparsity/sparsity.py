@@ -46,6 +46,7 @@ from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
+from shardlab.models.impala_config import RELU_SITES
 from shardlab.trainers.bars import progress_kwargs
 
 CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo_maze",), ("ppo_minigrid",)
@@ -149,7 +150,6 @@ def activation_sites(model: nn.Module, kind: str) -> list[str]:
     """The names of a network's activations: classifier act{i}, IMPALA ReLU hook points."""
     if kind in CLASSIFIER_KINDS:
         return list(model.activation_sites)
-    from shardlab.models.impala import RELU_SITES
     if kind in MINIGRID_KINDS and model.kind != "impala":
         from shardlab.models.hooks import HookPoint
         return [name for name, module in model.named_modules() if isinstance(module, HookPoint)]

@@ -22,6 +22,7 @@ import sys
 from typing import Any, Iterable, Optional
 from urllib.parse import quote
 
+from shardlab.atomic import write_text
 from shardlab.evals.suite.baseline import Comparison, md_cell
 from shardlab.evals.suite.registry import EvalError
 from shardlab.evals.suite.results import Metric, Threshold
@@ -313,19 +314,6 @@ def html(results: Any, out_dir: str, comparison: Optional[Comparison] = None) ->
 # ----------------------------------------------------------------------------- files
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temp file beside ``path``, then rename it into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def check_summary(path: Optional[str]) -> None:
     """EvalError (before anything runs) if ``--summary`` cannot be appended to."""
     if path is None:
@@ -342,8 +330,8 @@ def write_reports(results: Any, out_dir: str, comparison: Optional[Comparison] =
     """Write report.md and report.html into ``out_dir`` and append the Markdown to ``summary``
     (a warning on stderr if that fails); returns the two paths."""
     md_path, html_path = os.path.join(out_dir, MARKDOWN_NAME), os.path.join(out_dir, HTML_NAME)
-    write_text_atomic(md_path, markdown(results, out_dir, comparison))
-    write_text_atomic(html_path, html(results, out_dir, comparison))
+    write_text(md_path, markdown(results, out_dir, comparison))
+    write_text(html_path, html(results, out_dir, comparison))
     if summary is not None:
         try:
             with open(summary, "a", encoding="utf-8") as handle:

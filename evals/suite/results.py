@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 from xml.etree import ElementTree
+
+from shardlab.atomic import save_with, write_json
 
 SCHEMA_VERSION = 1
 
@@ -68,11 +68,8 @@ def _finite(data: Any) -> Any:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
-    """Write strict JSON to a temp file, then rename it into place."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        json.dump(_finite(data), handle, indent=2, default=str, allow_nan=False)
-    os.replace(tmp, path)
+    """Write strict JSON (NaN and ±inf as null, other objects as str) atomically."""
+    write_json(path, _finite(data), default=str, allow_nan=False)
 
 
 def results_document(runs: list[dict], meta: dict) -> dict:
@@ -102,6 +99,5 @@ def write_junit(path: str, runs: list[dict], failures: dict[str, list[str]]) -> 
             ElementTree.SubElement(case, "failure", message="; ".join(failures[run["eval"]]))
         out = ElementTree.SubElement(case, "system-out")
         out.text = "\n".join(f"{m.name} = {m.value:.6g}" for m in run["result"].metrics)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    ElementTree.ElementTree(suite).write(tmp, encoding="utf-8", xml_declaration=True)
-    os.replace(tmp, path)
+    save_with(path, lambda handle: ElementTree.ElementTree(suite).write(handle, encoding="utf-8",
+                                                                         xml_declaration=True))

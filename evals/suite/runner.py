@@ -8,12 +8,12 @@ import os
 import sys
 from typing import Optional, Sequence, Union
 
+from shardlab.configs.checks import ConfigError
 from shardlab.evals.suite.baseline import prepare_baseline
 from shardlab.evals.suite.registry import EvalError
 from shardlab.evals.suite.report import check_summary, write_reports
 from shardlab.evals.suite.results import write_json_atomic, write_junit
 from shardlab.trainers.checkpointing import CheckpointError
-from shardlab.trainers.config import ConfigError
 
 EXIT_OK, EXIT_THRESHOLD, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -32,7 +32,7 @@ def run_suite(checkpoint: Optional[str], suite_path: str, out_dir: str,
     results.json) is compared metric by metric (evals/suite/baseline.py: ``tolerance`` standard
     errors, ``min_effect``); ``summary`` is a file the Markdown report is appended to."""
     from shardlab.api import evaluate
-    from shardlab.trainers.config import LOGGERS, check_loggers_installed
+    from shardlab.trainers.trainer_config import LOGGERS, check_loggers_installed
     from shardlab.trainers.loggers import check_logger_paths
 
     try:

@@ -26,10 +26,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
+from shardlab.configs.checks import ConfigError
 from shardlab.evals.suite.registry import EvalError, get
 from shardlab.evals.suite.results import Threshold, write_json_atomic
 from shardlab.trainers.checkpointing import LAST, CheckpointError, step_checkpoints
-from shardlab.trainers.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SCHEMA_VERSION = 1
@@ -182,7 +182,7 @@ def run_sweep(run_dir: str, suite: str, out_dir: str, every: Optional[int] = Non
     """Evaluate the suite on the run's checkpoints (see the module docstring); the exit code."""
     from shardlab.api import check_out_dir, resolve_device
     from shardlab.evals.suite import runner
-    from shardlab.trainers.config import LOGGERS, check_loggers_installed
+    from shardlab.trainers.trainer_config import LOGGERS, check_loggers_installed
 
     try:
         if not is_run_dir(run_dir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -19,9 +18,9 @@ EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 def write_json_report(path: str, report: dict[str, Any]) -> None:
     """Write a benchmark's numbers as JSON (folders created) and say where."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as handle:
-        json.dump(report, handle, indent=2)
+    from shardlab.atomic import write_json
+
+    write_json(path, report, make_parents=True)
     progress(f"wrote {path}")
 
 

@@ -223,8 +223,9 @@ class Check:
         print(table, flush=True)
         self.log(table)
         path = os.path.join(self.out, "gpu_check.json")
-        with open(path, "w") as handle:
-            json.dump(_jsonable(report), handle, indent=2)
+        from shardlab.atomic import write_json
+
+        write_json(path, _jsonable(report))
         self.progress(f"wrote {path}; {'all stages passed' if not failed else 'FAILED: ' + ', '.join(failed)}")
         self._log.close()
         return code

@@ -1,0 +1,33 @@
+"""The procgen maze's config (the ``env`` section of a maze PPO run) and the constants it is
+checked against. A leaf module: it imports neither procgen nor torch, so reading and validating a
+config stays light (envs/maze.py builds the env from it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from shardlab.envs.seeding import RANK_SEED_STRIDE
+
+__all__ = ["DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MAX_INT32", "RANK_SEED_STRIDE", "MazeEnvConfig"]
+
+DISTRIBUTION_MODES = ("easy", "hard")
+OBSERVATIONS = ("rgb", "grid")
+WORLD_DIM = {"easy": 15, "hard": 25}
+MAX_INT32 = 2**31 - 1  # procgen's seed and level options are signed 32-bit
+
+
+@dataclass
+class MazeEnvConfig:
+    """Procgen maze settings; ``rand_region`` r puts the cheese in the top-right r×r (null: anywhere)."""
+
+    num_envs: int = 64
+    distribution_mode: str = "hard"
+    start_level: int = 0
+    num_levels: int = 0  # 0 = unlimited levels
+    rand_region: Optional[int] = 5
+    seed: int = 0
+    obs: str = "rgb"  # rgb: procgen's 64×64 image; grid: wall/mouse/cheese channels on the world grid
+    max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
+    min_maze_size: Optional[int] = None  # odd; smaller procgen mazes are replaced by random ones in [min, max]
+    cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)
