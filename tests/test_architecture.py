@@ -232,10 +232,14 @@ def _modules() -> dict[str, str]:
     """Module name → file of every .py file in the package folders (setup.cfg's package_dir)."""
     found = {}
     for package, folder in PACKAGES.items():
-        for name in sorted(os.listdir(os.path.join(ROOT, folder))):
-            if name.endswith(".py"):
-                found[package if name == "__init__.py" else f"{package}.{name[:-3]}"] = \
-                    os.path.join(ROOT, folder, name)
+        base = os.path.join(ROOT, folder)
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if os.path.isfile(os.path.join(dirpath, d, "__init__.py")))
+            rel = os.path.relpath(dirpath, base)
+            sub = package if rel == "." else f"{package}.{rel.replace(os.sep, '.')}"
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    found[sub if name == "__init__.py" else f"{sub}.{name[:-3]}"] = os.path.join(dirpath, name)
     return found
 
 
