@@ -88,11 +88,22 @@ def test_hooks_see_every_step_and_each_first_episode_once():
     assert episodes == [e for _, e in ends]
 
 
+def test_quota_counts_each_envs_first_episodes_env_by_env():
+    env = Scripted([1, 3, 2])
+    ends = []
+    episodes = rollout(env, lambda obs: obs, quota=[3, 1, 0], on_episode=lambda i, e: ends.append(i))
+    assert episodes == [(0, 0, 0.0), (0, 1, 0.0), (0, 2, 0.0), (1, 0, 2.0)]  # env 2 wants none
+    assert env.steps == 3 and ends == [0, 0, 0, 1]
+    assert rollout(Scripted([1, 1]), lambda obs: obs, quota=[0, 0]) == []
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         rollout(Scripted([1]), lambda obs: obs, until="forever")
     with pytest.raises(ValueError):
         rollout(Scripted([1]), lambda obs: obs, until="steps")
+    with pytest.raises(ValueError):
+        rollout(Scripted([1, 1]), lambda obs: obs, quota=[1])
 
 
 def _hand_written_first_episodes(env_cfg):
