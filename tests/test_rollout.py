@@ -97,6 +97,14 @@ def test_quota_counts_each_envs_first_episodes_env_by_env():
     assert rollout(Scripted([1, 1]), lambda obs: obs, quota=[0, 0]) == []
 
 
+def test_stop_ends_the_rollout_after_the_step_it_turns_true():
+    env = Scripted([9, 9])
+    seen = []
+    rollout(env, lambda obs: obs, steps=20, until="steps", on_step=lambda t, *_: seen.append(t),
+            stop=lambda: len(seen) == 4)
+    assert env.steps == 4 and seen == [0, 1, 2, 3]
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         rollout(Scripted([1]), lambda obs: obs, until="forever")

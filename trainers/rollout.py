@@ -12,7 +12,8 @@ Two patterns share it:
 Hooks see everything else: ``on_step(t, obs, actions, reward, done, finished)`` after each step with
 the observations the actions were chosen on (record states, activations, rewards), and
 ``on_episode(index, episode)`` once per counted episode (the first, or the first ``quota[i]``) (progress bars, outcomes).
-The caller owns the env (closes it) and any ``torch.inference_mode``/hook context.
+``stop()``, when given, is asked after each step's hooks and ends the rollout early when true
+(say, once every env reached a target square). The caller owns the env (closes it) and any ``torch.inference_mode``/hook context.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ EpisodeHook = Callable[[int, Any], None]
 
 def rollout(env: BatchedEnv, act: Callable[[Any], Any], *, obs: Any = None, steps: Optional[int] = None,
             until: Literal["first_episode", "steps"] = "first_episode", on_step: Optional[StepHook] = None,
-            on_episode: Optional[EpisodeHook] = None, quota: Optional[Sequence[int]] = None) -> list:
+            on_episode: Optional[EpisodeHook] = None, quota: Optional[Sequence[int]] = None,
+            stop: Optional[Callable[[], bool]] = None) -> list:
     """Step ``env`` with ``act(obs) -> actions`` from ``obs`` (``env.reset()`` when None).
 
     Returns the first episode of each env that finished one, in env order. ``until="first_episode"``
     stops once every env has (or after ``steps`` steps, if given; None plays on until they all have);
     ``until="steps"`` plays exactly ``steps`` steps. ``quota`` (one count per env, zero allowed)
-    counts env ``i``'s first ``quota[i]`` episodes instead of its first one.
+    counts env ``i``'s first ``quota[i]`` episodes instead of its first one. ``stop()`` true after a
+    step ends the rollout there.
     """
     if until not in ("first_episode", "steps"):
         raise ValueError(f"until must be 'first_episode' or 'steps', got {until!r}")
@@ -64,4 +67,6 @@ def rollout(env: BatchedEnv, act: Callable[[Any], Any], *, obs: Any = None, step
                     on_episode(index, episode)
         obs = next_obs
         t += 1
+        if stop is not None and stop():
+            break
     return [episode for per_env in counted for episode in per_env]
