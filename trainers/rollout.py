@@ -9,11 +9,15 @@ Two patterns share it:
 - ``until="steps"``: play exactly ``steps`` steps (collecting observations, filling buffers); the
   first episodes finished within them are returned the same way.
 
-Hooks see everything else: ``on_step(t, obs, actions, reward, done, finished)`` after each step with
-the observations the actions were chosen on (record states, activations, rewards), and
-``on_episode(index, episode)`` once per counted episode (the first, or the first ``quota[i]``) (progress bars, outcomes).
-``stop()``, when given, is asked after each step's hooks and ends the rollout early when true
-(say, once every env reached a target square). The caller owns the env (closes it) and any ``torch.inference_mode``/hook context.
+Hooks see everything else: ``on_step(t, obs, actions, reward, done, finished)`` after each step
+with the observations the actions were chosen on (record states, activations, rewards), and
+``on_episode(index, episode)`` once per counted episode (the first, or the first ``quota[i]``):
+progress bars, outcomes. ``stop()``, when given, is asked after each step's hooks and ends the
+rollout early when true (say, once every env reached a target square). The caller owns the env
+(closes it) and any ``torch.inference_mode``/hook context.
+
+PPO training (``trainers.ppo.PPOModule._collect``) keeps its own loop: it carries the env's last
+observation across iterations and needs the observation after the last step for the bootstrap value.
 """
 
 from __future__ import annotations
