@@ -60,7 +60,8 @@ def cheese_candidates(inner: np.ndarray, region: int) -> list[tuple[int, int]]:
 
 
 class MazeEnv:
-    """``num_envs`` procgen mazes stepped together; observations are uint8 (N, 64, 64, 3) tensors."""
+    """``num_envs`` procgen mazes stepped together (an :class:`envs.batched.BatchedEnv`); observations
+    are uint8 (N, 64, 64, 3) tensors."""
 
     def __init__(self, cfg: MazeEnvConfig, rank: int = 0):
         if cfg.distribution_mode not in DISTRIBUTION_MODES:

@@ -1,6 +1,6 @@
 """Batched, seeded MiniGrid and BabyAI environments returning torch tensors.
 
-The step interface matches :class:`envs.maze.MazeEnv`: ``reset() -> obs`` once, then
+Implements :class:`envs.batched.BatchedEnv`, like :class:`envs.maze.MazeEnv`: ``reset() -> obs`` once, then
 ``step(actions) -> (obs, reward, done, finished_episodes)`` with finished envs reset automatically
 (the returned observation is the new episode's first). Observations are uint8 tensors
 ``(num_envs, *observation_shape(cfg))``:

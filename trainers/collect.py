@@ -23,6 +23,7 @@ from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config,
 from shardlab.envs.minigrid_config import OBSERVATIONS
 from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.paths import file_in_the_way
+from shardlab.trainers.rollout import rollout
 from shardlab.trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,
                                    save_trajectories)
 
@@ -302,18 +303,19 @@ def _roll_out(env: MiniGridEnv, policy: Policy, episodes: int, bar: tqdm) -> Tra
     records: list[list[dict]] = [[] for _ in range(env.num_envs)]
     current = [{"obs": [], "actions": [], "rewards": []} for _ in range(env.num_envs)]
     obs = env.reset()
-    missions = env.missions
+    missions = env.missions  # of the episodes being played (read before each step)
     for i in range(env.num_envs):
         policy.start(i)
-    while any(len(records[i]) < quota[i] for i in range(env.num_envs)):
-        actions = policy.act(obs)
-        next_obs, reward, done, _ = env.step(torch.from_numpy(actions))
+
+    def record(t, obs, actions, reward, done, finished) -> None:
+        nonlocal missions
+        chosen = actions.numpy()
         for i in range(env.num_envs):
             if len(records[i]) >= quota[i]:
                 continue  # this env's quota is met; it keeps stepping with the batch, unrecorded
             episode = current[i]
             episode["obs"].append(obs[i].numpy())
-            episode["actions"].append(actions[i])
+            episode["actions"].append(chosen[i])
             episode["rewards"].append(float(reward[i]))
             if done[i]:
                 records[i].append({**episode, "terminated": bool(env.last_terminated[i]),
@@ -322,7 +324,9 @@ def _roll_out(env: MiniGridEnv, policy: Policy, episodes: int, bar: tqdm) -> Tra
                 bar.update(1)
         for i in np.flatnonzero(done.numpy()):
             policy.start(int(i))
-        obs, missions = next_obs, env.missions
+        missions = env.missions
+
+    rollout(env, lambda obs: torch.from_numpy(policy.act(obs)), obs=obs, on_step=record, quota=quota)
     flat = [episode for per_env in records for episode in per_env]
     return from_episodes(observations=[np.stack(e["obs"]) for e in flat], actions=[e["actions"] for e in flat],
                          rewards=[e["rewards"] for e in flat], terminated=[e["terminated"] for e in flat],

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
 from shardlab.models.impala import ImpalaPolicy, preprocess
 from shardlab.trainers.bars import progress_kwargs
+from shardlab.trainers.rollout import rollout
 
 MAX_EPISODE_STEPS = 500  # procgen maze's own time limit
 
@@ -39,34 +40,27 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
     """
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
-    done = torch.zeros(env.num_envs, dtype=torch.bool)
-    episodes: list[Optional[Episode]] = [None] * env.num_envs
     obs = env.reset() if states is None else env.load_states(states)
     if starts is not None:
         starts.extend(env.get_state(index) for index in range(env.num_envs))
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        if policy is None:
+            return torch.randint(0, 15, (env.num_envs,), generator=generator)
+        device = next(policy.parameters()).device
+        logits, _ = policy(preprocess(obs.to(device), channels_last))
+        # sampled with the seeded generator, so evaluations are reproducible
+        action = greedy_move_actions(logits) if greedy else torch.multinomial(
+            logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
+        return action.cpu()
+
     bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress, **progress_kwargs())
     try:
         with torch.inference_mode():
-            for _ in range(MAX_EPISODE_STEPS + 1):
-                if policy is None:
-                    action = torch.randint(0, 15, (env.num_envs,), generator=generator)
-                else:
-                    device = next(policy.parameters()).device
-                    logits, _ = policy(preprocess(obs.to(device), channels_last))
-                    # sampled with the seeded generator, so evaluations are reproducible
-                    action = greedy_move_actions(logits) if greedy else torch.multinomial(
-                        logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
-                obs, _, step_done, finished = env.step(action.cpu())
-                for index, episode in zip(torch.nonzero(step_done).flatten().tolist(), finished):
-                    if not done[index]:
-                        episodes[index], done[index] = episode, True
-                        bar.update(1)
-                if done.all():
-                    break
+            return rollout(env, act, obs=obs, steps=MAX_EPISODE_STEPS + 1, on_episode=lambda *_: bar.update(1))
     finally:
         bar.close()
         env.close()
-    return [e for e in episodes if e is not None]
 
 
 def summarise(episodes: list[Episode]) -> Summary:

@@ -23,6 +23,7 @@ from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, hooked
 from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.dt_data import WindowBatch
+from shardlab.trainers.rollout import rollout
 
 
 @dataclass
@@ -70,36 +71,42 @@ def play(model: DecisionTransformer, spec: DictConfig, targets: Sequence[float],
     active = torch.ones(n, dtype=torch.bool)
     history: list[list[tuple]] = [[] for _ in range(n)]
     outcome: list[Optional[PlayedEpisode]] = [None] * n
+    clock = [0]  # the step being played
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        t = clock[0]
+        # shift the windows one step left and append the current step (action not chosen yet)
+        for buffer in (states, actions, rtg, timesteps):
+            buffer[:, :-1] = buffer[:, 1:].clone()
+        states[:, -1], actions[:, -1], rtg[:, -1], timesteps[:, -1] = obs, 0, returns_to_go, t
+        mask = (torch.arange(K) >= K - 1 - t).expand(n, K)
+        rows = torch.nonzero(active).flatten()
+        batch = WindowBatch(states[rows], actions[rows], rtg[rows], timesteps[rows], mask[rows],
+                            None if mission_tokens is None else mission_tokens[rows.to(device)]).to(device)
+        logits = model(**batch.inputs())[:, -1].float().cpu()
+        chosen = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+        step_actions = torch.zeros(n, dtype=torch.long)
+        step_actions[rows] = chosen
+        actions[:, -1] = step_actions
+        return step_actions
+
+    def on_step(t: int, obs: torch.Tensor, step_actions: torch.Tensor, reward: torch.Tensor, *_) -> None:
+        if record:
+            for row in torch.nonzero(active).flatten().tolist():
+                history[row].append((obs[row].numpy(), int(step_actions[row]), float(returns_to_go[row]), t))
+        returns_to_go.sub_(reward)
+        clock[0] = t + 1
+
+    def on_episode(index: int, episode) -> None:
+        active[index] = False
+        outcome[index] = PlayedEpisode(float(targets[index]), episode.ret, episode.length,
+                                       episode.success, episode.truncated, episode.mission)
+        bar.update(1)
+
     bar = tqdm(total=n, desc=desc, disable=not progress, leave=False, **progress_kwargs())
-    t = 0
     try:
         with torch.inference_mode(), hooked(model, edits or {}):
-            while active.any():
-                # shift the windows one step left and append the current step (action not chosen yet)
-                for buffer in (states, actions, rtg, timesteps):
-                    buffer[:, :-1] = buffer[:, 1:].clone()
-                states[:, -1], actions[:, -1], rtg[:, -1], timesteps[:, -1] = obs, 0, returns_to_go, t
-                mask = (torch.arange(K) >= K - 1 - t).expand(n, K)
-                rows = torch.nonzero(active).flatten()
-                batch = WindowBatch(states[rows], actions[rows], rtg[rows], timesteps[rows], mask[rows],
-                                    None if mission_tokens is None else mission_tokens[rows.to(device)]).to(device)
-                logits = model(**batch.inputs())[:, -1].float().cpu()
-                chosen = logits.argmax(-1) if greedy else torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-                step_actions = torch.zeros(n, dtype=torch.long)
-                step_actions[rows] = chosen
-                actions[:, -1] = step_actions
-                if record:
-                    for row in rows.tolist():
-                        history[row].append((obs[row].numpy(), int(step_actions[row]), float(returns_to_go[row]), t))
-                obs, reward, done, finished = env.step(step_actions)
-                returns_to_go -= reward
-                for index, episode in zip(torch.nonzero(done).flatten().tolist(), finished):
-                    if active[index]:
-                        active[index] = False
-                        outcome[index] = PlayedEpisode(float(targets[index]), episode.ret, episode.length,
-                                                       episode.success, episode.truncated, episode.mission)
-                        bar.update(1)
-                t += 1
+            rollout(env, act, obs=obs, on_step=on_step, on_episode=on_episode)
     finally:
         bar.close()
         env.close()

@@ -46,6 +46,7 @@ from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import preprocess
 from shardlab.trainers.bars import progress_kwargs
+from shardlab.trainers.rollout import rollout
 
 START = maze_geometry.START
 TARGETS = ("top_left", "top_right", "bottom_right", "center")
@@ -191,23 +192,26 @@ def arrival_steps(policy: torch.nn.Module, states: Sequence[bytes], targets: Seq
     device = next(policy.parameters()).device
     try:
         obs = env.load_states(batch_states)
-        with torch.inference_mode(), hooked(policy, edits=edits):
-            for step in tqdm(range(1, max_steps + 1), desc="rollouts", disable=not progress, leave=False,
-                             **progress_kwargs()):
-                logits, _ = policy(preprocess(obs.to(device), channels_last))
-                action = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
-                obs, _, done, finished = env.step(action)
-                done = done.numpy()
-                reached = np.zeros(len(batch_states), bool)
-                # a finished episode reached the target only if the target held the cheese; after
-                # the end procgen has already started a new level, so its squares no longer count
-                for index, episode in zip(np.flatnonzero(done), finished):
-                    reached[index] = episode.reached_cheese and cheese_on_target[index]
-                reached |= (np.array(env.mouse_squares) == batch_targets).all(1) & ~done
-                arrival[reached & ~over] = step
-                over |= reached | done
-                if over.all():
-                    break
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            logits, _ = policy(preprocess(obs.to(device), channels_last))
+            return torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
+
+        def arrive(t: int, obs, action, reward, done: torch.Tensor, finished: list) -> None:
+            done = done.numpy()
+            reached = np.zeros(len(batch_states), bool)
+            # a finished episode reached the target only if the target held the cheese; after
+            # the end procgen has already started a new level, so its squares no longer count
+            for index, episode in zip(np.flatnonzero(done), finished):
+                reached[index] = episode.reached_cheese and cheese_on_target[index]
+            reached |= (np.array(env.mouse_squares) == batch_targets).all(1) & ~done
+            arrival[reached & ~over] = t + 1  # steps count from 1
+            over[:] |= reached | done
+            bar.update(1)
+
+        with torch.inference_mode(), hooked(policy, edits=edits), tqdm(
+                total=max_steps, desc="rollouts", disable=not progress, leave=False, **progress_kwargs()) as bar:
+            rollout(env, act, obs=obs, steps=max_steps, until="steps", on_step=arrive, stop=over.all)
     finally:
         env.close()
     return arrival.reshape(len(states), rollouts)

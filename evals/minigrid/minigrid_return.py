@@ -9,7 +9,6 @@ seeds (``env.seed + i``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.minigrid_policy import preprocess
 from shardlab.trainers.bars import progress_kwargs
+from shardlab.trainers.rollout import rollout
 
 LEVEL_OFFSET = 1_000_000
 
@@ -33,26 +33,20 @@ def play_levels(policy: torch.nn.Module, env_cfg: MiniGridEnvConfig, episodes: i
                                "seed": seed + LEVEL_OFFSET})
     env = MiniGridEnv(cfg)
     generator = torch.Generator().manual_seed(seed)
-    results: list[Optional[Episode]] = [None] * episodes
     device = next(policy.parameters()).device
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        logits, _ = policy(preprocess(obs).to(device))
+        if greedy:
+            return logits.argmax(-1).cpu()
+        return torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
+
     try:
-        obs = env.reset()
         with torch.inference_mode(), tqdm(total=episodes, desc="minigrid levels", disable=not progress,
                                           **progress_kwargs()) as bar:
-            while any(r is None for r in results):
-                logits, _ = policy(preprocess(obs).to(device))
-                if greedy:
-                    action = logits.argmax(-1).cpu()
-                else:
-                    action = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
-                obs, _, done, finished = env.step(action)
-                for index, episode in zip(np.flatnonzero(done.numpy()), finished):
-                    if results[index] is None:  # later episodes of a finished env do not count
-                        results[index] = episode
-                        bar.update(1)
+            return rollout(env, act, on_episode=lambda *_: bar.update(1))  # one episode per level
     finally:
         env.close()
-    return [r for r in results if r is not None]
 
 
 @register("minigrid_return")

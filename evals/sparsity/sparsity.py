@@ -161,24 +161,34 @@ def short_name(site: str) -> str:
     return site.removeprefix("embedder.")
 
 
+def _random_observations(env, n: int, num_actions: int, seed: int, desc: str, progress: bool) -> torch.Tensor:
+    """The first ``n`` observations of seeded uniformly random rollouts of ``env`` (which is closed)."""
+    from shardlab.trainers.rollout import rollout
+
+    generator = torch.Generator().manual_seed(seed)
+    steps = math.ceil(n / env.num_envs)
+    frames = []
+
+    def record(t, obs, *_):
+        frames.append(obs.clone())
+        bar.update(1)
+
+    try:
+        with tqdm(total=steps, desc=desc, disable=not progress, **progress_kwargs()) as bar:
+            rollout(env, lambda obs: torch.randint(0, num_actions, (env.num_envs,), generator=generator),
+                    steps=steps, until="steps", on_step=record)
+    finally:
+        env.close()
+    return torch.cat(frames)[:n]
+
+
 def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
     """``n`` uint8 observations (N, H, W, C) from seeded random rollouts of the training env."""
     from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 
     num_envs = min(n, 64)
     cfg = MazeEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed})
-    maze = MazeEnv(cfg)
-    generator = torch.Generator().manual_seed(seed)
-    frames = []
-    try:
-        obs = maze.reset()
-        for _ in tqdm(range(math.ceil(n / num_envs)), desc="maze observations", disable=not progress,
-                      **progress_kwargs()):
-            frames.append(obs.clone())
-            obs, *_ = maze.step(torch.randint(0, 15, (num_envs,), generator=generator))
-    finally:
-        maze.close()
-    return torch.cat(frames)[:n]
+    return _random_observations(MazeEnv(cfg), n, 15, seed, "maze observations", progress)
 
 
 def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
@@ -187,17 +197,7 @@ def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = F
 
     num_envs = min(n, 16)
     grid = MiniGridEnv(MiniGridEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed}))
-    generator = torch.Generator().manual_seed(seed)
-    frames = []
-    try:
-        obs = grid.reset()
-        for _ in tqdm(range(math.ceil(n / num_envs)), desc="minigrid observations", disable=not progress,
-                      **progress_kwargs()):
-            frames.append(obs.clone())
-            obs, *_ = grid.step(torch.randint(0, grid.num_actions, (num_envs,), generator=generator))
-    finally:
-        grid.close()
-    return torch.cat(frames)[:n]
+    return _random_observations(grid, n, grid.num_actions, seed, "minigrid observations", progress)
 
 
 def _inputs(model_kind: str, train_config: DictConfig, samples: int, seed: int, split: str,
