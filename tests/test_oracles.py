@@ -177,9 +177,10 @@ def run_eval(spec: str, **config) -> dict:
 @pytest.fixture(scope="module")
 def maze_sets() -> dict:
     cfg = load_config(RECIPE)
-    region, size = cfg.env.rand_region, cfg.env.max_maze_size
-    outside = eval_mazes(MAZES, SEED, cheese="outside_region", region=region, max_size=size, mode="easy")
-    decision = eval_mazes(MAZES, SEED + 1, cheese="anywhere", region=region, max_size=size,
+    region, size, smallest = cfg.env.rand_region, cfg.env.max_maze_size, cfg.env.min_maze_size or 3
+    outside = eval_mazes(MAZES, SEED, cheese="outside_region", region=region, min_size=smallest, max_size=size,
+                         mode="easy")
+    decision = eval_mazes(MAZES, SEED + 1, cheese="anywhere", region=region, min_size=smallest, max_size=size,
                           require_decision_square=True, mode="easy")
     return {"outside": [m.state for m in outside], "inside": in_region_twins(outside, region, SEED),
             "decision": [m.state for m in decision], "sizes": [m.maze_dim for m in outside], "region": region}

@@ -41,6 +41,7 @@ class TrainEnv:
     obs: str
     mode: str
     max_size: int
+    min_size: int = 3
 
     @property
     def world_dim(self) -> int:
@@ -52,7 +53,7 @@ def train_env(train_config: DictConfig) -> TrainEnv:
     """The observation kind, procgen mode and largest maze size of a training run."""
     env = train_config.env
     mode = env.distribution_mode
-    return TrainEnv(env.obs, mode, env.max_maze_size or WORLD_DIM[mode])
+    return TrainEnv(env.obs, mode, env.max_maze_size or WORLD_DIM[mode], env.get("min_maze_size") or 3)
 
 
 def training_region(configured: Optional[int], train_config: DictConfig, eval_name: str) -> int:
@@ -329,7 +330,8 @@ def cheese_channel_states(env: TrainEnv, n: int, seed: int) -> list[bytes]:
     channels are scored on."""
     from shardlab.envs.eval_mazes import eval_mazes  # evals-only dependency, kept out of the steering imports
 
-    return [m.state for m in eval_mazes(n, seed, cheese="anywhere", max_size=env.max_size, mode=env.mode)]
+    return [m.state for m in eval_mazes(n, seed, cheese="anywhere", min_size=env.min_size, max_size=env.max_size,
+                                        mode=env.mode)]
 
 
 def resolve_cheese_channels(policy: nn.Module, spec: object, layer: str, obs: str, states: Sequence[bytes],

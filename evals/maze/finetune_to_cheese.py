@@ -200,7 +200,7 @@ class FinetuneToCheese:
 
         def measure(policy: nn.Module, env_steps: int, maze_set: list[EvalMaze]) -> CurvePoint:
             test_env = MazeEnvConfig(**{**OmegaConf.to_container(train_env), "num_envs": len(maze_set),
-                                        "seed": ctx.seed, "rand_region": None, "max_maze_size": None})
+                                        "seed": ctx.seed, "rand_region": None, "max_maze_size": None, "min_maze_size": None})
             was_training = policy.training
             policy.eval()
             episodes = first_episodes(policy, test_env, greedy=c.greedy,

@@ -101,6 +101,7 @@ class GoalMisgeneralization:
         region: Optional[int] = None  # default: the checkpoint's env.rand_region (required when that is null)
         greedy: bool = False  # sampled actions by default: a greedy policy can loop
         max_size: Optional[int] = None
+        min_size: Optional[int] = None  # default: the checkpoint's env.min_maze_size (3 when null)
         also_greedy: bool = False  # also play every maze set with the most likely move (metrics greedy/...)
 
         def __post_init__(self) -> None:
@@ -110,6 +111,9 @@ class GoalMisgeneralization:
             if self.max_size is not None and self.max_size < 3:
                 raise ValueError(f"goal_misgeneralization.max_size must be >= 3 (the smallest maze) or null, "
                                  f"got {self.max_size}")
+            if self.min_size is not None and self.min_size < 3:
+                raise ValueError(f"goal_misgeneralization.min_size must be >= 3 (the smallest maze) or null, "
+                                 f"got {self.min_size}")
 
     def __init__(self, config: "GoalMisgeneralization.Config"):
         self.config = config
@@ -121,9 +125,10 @@ class GoalMisgeneralization:
         region = training_region(self.config.region, train_config, "goal_misgeneralization")
         env = train_config.env
         max_size = self.config.max_size or env.max_maze_size or (15 if env.distribution_mode == "easy" else 25)
-        require_mazes("goal_misgeneralization", cheese="outside_region", region=region, max_size=max_size,
-                      mode=env.distribution_mode)
-        require_mazes("goal_misgeneralization (decision mazes)", cheese="anywhere", region=region,
+        min_size = self.config.min_size or env.get("min_maze_size") or 3
+        require_mazes("goal_misgeneralization", cheese="outside_region", region=region, min_size=min_size,
+                      max_size=max_size, mode=env.distribution_mode)
+        require_mazes("goal_misgeneralization (decision mazes)", cheese="anywhere", region=region, min_size=min_size,
                       max_size=max_size, require_decision_square=True, mode=env.distribution_mode)
 
     def run(self, ctx: EvalContext) -> Result:
@@ -131,11 +136,14 @@ class GoalMisgeneralization:
         train_env = ctx.train_config.env
         region = training_region(self.config.region, ctx.train_config, "goal_misgeneralization")
         max_size = self.config.max_size or train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
+        # the training sizes: a policy trained on 7×7 mazes only is not tested on 3×3 ones
+        min_size = self.config.min_size or train_env.get("min_maze_size") or 3
         n = ctx.count(self.config.mazes)
-        mazes = eval_mazes(n, ctx.seed, cheese="outside_region", region=region, max_size=max_size,
+        mazes = eval_mazes(n, ctx.seed, cheese="outside_region", region=region, min_size=min_size, max_size=max_size,
                            mode=train_env.distribution_mode)
         decision = eval_mazes(ctx.count(self.config.decision_mazes), ctx.seed + 1, cheese="anywhere", region=region,
-                              max_size=max_size, require_decision_square=True, mode=train_env.distribution_mode)
+                              min_size=min_size, max_size=max_size, require_decision_square=True,
+                              mode=train_env.distribution_mode)
         sets = MazeSets(ctx, region, max_size, mazes, in_region_twins(mazes, region, ctx.seed), decision,
                         EpisodeLog.for_context(ctx))
         result = Result()
@@ -248,7 +256,8 @@ class MazeSets:
             env_cfg = MazeEnvConfig(**{**base, "num_envs": len(self.mazes), "rand_region": self.region,
                                        "max_maze_size": self.max_size})
         else:
-            env_cfg = MazeEnvConfig(**{**base, "num_envs": len(states), "rand_region": None, "max_maze_size": None})
+            env_cfg = MazeEnvConfig(**{**base, "num_envs": len(states), "rand_region": None, "max_maze_size": None,
+                                       "min_maze_size": None})
         starts: Optional[list[bytes]] = [] if self.log is not None else None
         episodes = first_episodes(ctx.policy, env_cfg, states=states, greedy=greedy,
                                   channels_last=ctx.train_config.model.channels_last, progress=ctx.progress,

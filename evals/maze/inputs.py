@@ -39,6 +39,7 @@ def interp_mazes(env: TrainEnv, n: int, seed: int, mouse: str = "start", **filte
     check_mouse_placement(mouse)
     if mouse == "decision":
         filters["require_decision_square"] = True
+    filters.setdefault("min_size", env.min_size)
     mazes = eval_mazes(n, seed, max_size=env.max_size, mode=env.mode, **filters)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     return [_with_mouse(maze, mouse, rng) for maze in mazes]

@@ -179,7 +179,7 @@ def arrival_steps(policy: torch.nn.Module, states: Sequence[bytes], targets: Seq
     batch_states = [s for s in states for _ in range(rollouts)]
     batch_targets = np.array([t for t in targets for _ in range(rollouts)])
     env = MazeEnv(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(env_cfg), {
-        "num_envs": len(batch_states), "rand_region": None, "max_maze_size": None, "seed": seed})))
+        "num_envs": len(batch_states), "rand_region": None, "max_maze_size": None, "min_maze_size": None, "seed": seed})))
     generator = torch.Generator().manual_seed(seed)
     edits = None
     if layer:

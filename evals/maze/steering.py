@@ -214,7 +214,7 @@ class Steering:
         coefficients: list[float] = field(default_factory=lambda: [-10.0, -5.0, -2.0, -1.0, -0.5, 0.0,
                                                                    0.5, 1.0, 2.0, 5.0, 10.0])
         field_mazes: int = 3  # vector-field PNGs before/after steering
-        min_size: int = 3
+        min_size: Optional[int] = None  # default: the training min (env.min_maze_size, 3 when null)
         max_size: Optional[int] = None  # default: the training max, below the world side
 
         def __post_init__(self) -> None:
@@ -234,7 +234,7 @@ class Steering:
     def check(self, train_config) -> None:
         """Refuse before anything runs when no maze fits min_size/max_size."""
         cfg, env = self.config, common.train_env(train_config)
-        common.require_mazes("steering", cheese="anywhere", region=5, min_size=cfg.min_size,
+        common.require_mazes("steering", cheese="anywhere", region=5, min_size=cfg.min_size or env.min_size,
                              max_size=min(cfg.max_size or env.max_size, env.world_dim - 2),
                              require_decision_square=True, mode=env.mode)
 
@@ -249,7 +249,7 @@ class Steering:
         """Compute the vectors on seeded mazes and measure every condition at the decision square."""
         cfg, policy, env = self.config, ctx.policy, common.train_env(ctx.train_config)
         max_size = min(cfg.max_size or env.max_size, env.world_dim - 2)  # the top-right path needs padding
-        mazes = eval_mazes(ctx.count(cfg.mazes), ctx.seed, cheese="anywhere", min_size=cfg.min_size,
+        mazes = eval_mazes(ctx.count(cfg.mazes), ctx.seed, cheese="anywhere", min_size=cfg.min_size or env.min_size,
                            max_size=max_size, require_decision_square=True, mode=env.mode)
         states = [m.state for m in mazes]
         steps = 6 + cfg.max_shift + len(cfg.coefficients) + min(cfg.field_mazes, len(mazes))

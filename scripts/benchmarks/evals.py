@@ -96,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     decision = [m.state for m in eval_mazes(args.mazes, args.seed + 1, cheese="anywhere", region=region,
                                             max_size=max_size, require_decision_square=True,
                                             mode=train_env.distribution_mode)]
-    anywhere = {**base, "rand_region": None, "max_maze_size": None}
+    anywhere = {**base, "rand_region": None, "max_maze_size": None, "min_maze_size": None}
     sets = [(MazeEnvConfig(**anywhere), outside),
             (MazeEnvConfig(**{**base, "rand_region": region, "max_maze_size": max_size}), None),
             (MazeEnvConfig(**{**anywhere, "num_envs": len(decision), "seed": args.seed}), decision)]
