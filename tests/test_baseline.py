@@ -108,6 +108,15 @@ def test_refuses_different_config_seed_or_eval_version(change, needle):
     assert needle in str(info.value) and "goal_misgeneralization" in str(info.value)
 
 
+def test_an_option_added_later_with_a_null_default_does_not_break_an_older_baseline():
+    new = doc(row("p_cheese", 0.6, 0.03))
+    new["results"][0]["config"]["min_size"] = None  # null: taken from the checkpoint, as before the option
+    assert compare(doc(row("p_cheese", 0.6, 0.03)), new).passed
+    new["results"][0]["config"]["min_size"] = 7
+    with pytest.raises(BaselineError, match=r"config differs \(min_size"):
+        compare(doc(row("p_cheese", 0.6, 0.03)), new)
+
+
 def test_missing_eval_version_reads_as_version_1():
     old = doc(row("p_cheese", 0.6, 0.03))
     del old["results"][0]["eval_version"]  # results.json written before eval versions existed

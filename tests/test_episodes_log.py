@@ -18,7 +18,7 @@ from shardlab.evals.maze.goal_misgeneralization import in_region_twins
 from shardlab.trainers.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-RECIPE = "configs/train/maze_demo.yaml"  # grid observation, mazes up to 7×7, cheese region 2
+RECIPE = "configs/train/maze_demo.yaml"  # grid observation, 7×7 mazes, cheese region 3
 SEED, N = 5, 3
 SUITE = f"""
 seed: {SEED}
@@ -47,10 +47,11 @@ def bfs_distance(state: bytes, source: tuple, target: tuple) -> int:
 def start_states() -> dict[str, list[bytes]]:
     """Each maze set's start states, rebuilt the way the eval documents them."""
     cfg = load_config(RECIPE)
-    region, size = cfg.env.rand_region, cfg.env.max_maze_size
-    outside = eval_mazes(N, SEED, cheese="outside_region", region=region, max_size=size, mode="easy")
-    decision = eval_mazes(N, SEED + 1, cheese="anywhere", region=region, max_size=size, mode="easy",
-                          require_decision_square=True)
+    region, size, smallest = cfg.env.rand_region, cfg.env.max_maze_size, cfg.env.min_maze_size or 3
+    outside = eval_mazes(N, SEED, cheese="outside_region", region=region, min_size=smallest, max_size=size,
+                         mode="easy")
+    decision = eval_mazes(N, SEED + 1, cheese="anywhere", region=region, min_size=smallest, max_size=size,
+                          mode="easy", require_decision_square=True)
     env = MazeEnv(MazeEnvConfig(**{**OmegaConf.to_container(cfg.env), "seed": SEED, "num_envs": N,
                                    "rand_region": region, "max_maze_size": size}))
     env.reset()

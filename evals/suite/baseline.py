@@ -214,6 +214,14 @@ def runs_of(doc: dict) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def _without_nulls(config: Any) -> Any:
+    """A config with its null options left out: an option added later whose null default keeps the
+    old behaviour (e.g. a size bound taken from the checkpoint) must not break older baselines."""
+    if isinstance(config, dict):
+        return {k: _without_nulls(v) for k, v in config.items() if v is not None}
+    return config
+
+
 def check_compatible(old_runs: dict[str, dict], new_runs: dict[str, dict], old_label: str = "the baseline",
                      new_label: str = "the new results") -> list[str]:
     """The evals both sides ran (maybe none); BaselineError naming the first eval whose config,
@@ -227,7 +235,7 @@ def check_compatible(old_runs: dict[str, dict], new_runs: dict[str, dict], old_l
                                 "are not comparable")
         if old["seed"] != new["seed"]:
             raise BaselineError(f"eval {name}: seed {old['seed']} in {old_label} but {new['seed']} in {new_label}")
-        if old["config"] != new["config"]:
+        if _without_nulls(old["config"]) != _without_nulls(new["config"]):
             raise BaselineError(f"eval {name}: config differs ({config_difference(old['config'], new['config'])} "
                                 f"in {old_label} vs {new_label})")
     return shared
