@@ -75,6 +75,16 @@ def atomic_write(path: PathLike, mode: str = "w", *, encoding: str = "utf-8", ma
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _publish(tmp, target, folder, sync_dir)
+
+
+def _publish(tmp: str, target: str, folder: str, sync_dir: bool) -> None:
+    """Rename the finished temp file over ``target`` (removing it if that fails), then maybe fsync the folder."""
+    try:
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -123,12 +133,5 @@ def link_atomic(source: PathLike, target: PathLike, *, sync_dir: bool = False) -
             continue
     else:
         raise FileExistsError(f"no free temp file name beside {target}")
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(folder)
+    _publish(tmp, target, folder, sync_dir)
     return target
