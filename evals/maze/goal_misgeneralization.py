@@ -118,14 +118,19 @@ class GoalMisgeneralization:
     def __init__(self, config: "GoalMisgeneralization.Config"):
         self.config = config
 
+    def _sizes(self, env: DictConfig) -> tuple[int, int]:
+        """Smallest and largest test maze: this eval's bounds, else the checkpoint's training sizes
+        (a policy trained on 7×7 mazes only is not tested on 3×3 ones)."""
+        largest = self.config.max_size or env.max_maze_size or (15 if env.distribution_mode == "easy" else 25)
+        return self.config.min_size or env.get("min_maze_size") or 3, largest
+
     def check(self, train_config: DictConfig) -> None:
         """Refuse before anything runs when the region cannot be known or no maze fits the filters."""
         from shardlab.evals.maze.common import require_mazes
 
         region = training_region(self.config.region, train_config, "goal_misgeneralization")
         env = train_config.env
-        max_size = self.config.max_size or env.max_maze_size or (15 if env.distribution_mode == "easy" else 25)
-        min_size = self.config.min_size or env.get("min_maze_size") or 3
+        min_size, max_size = self._sizes(env)
         require_mazes("goal_misgeneralization", cheese="outside_region", region=region, min_size=min_size,
                       max_size=max_size, mode=env.distribution_mode)
         require_mazes("goal_misgeneralization (decision mazes)", cheese="anywhere", region=region, min_size=min_size,
@@ -135,9 +140,7 @@ class GoalMisgeneralization:
         """Play the paired layouts, the training distribution and the decision-square mazes."""
         train_env = ctx.train_config.env
         region = training_region(self.config.region, ctx.train_config, "goal_misgeneralization")
-        max_size = self.config.max_size or train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
-        # the training sizes: a policy trained on 7×7 mazes only is not tested on 3×3 ones
-        min_size = self.config.min_size or train_env.get("min_maze_size") or 3
+        min_size, max_size = self._sizes(train_env)
         n = ctx.count(self.config.mazes)
         mazes = eval_mazes(n, ctx.seed, cheese="outside_region", region=region, min_size=min_size, max_size=max_size,
                            mode=train_env.distribution_mode)
