@@ -220,7 +220,7 @@ def test_eval_for_another_checkpoint_kind_exits_2(checkpoint, tmp_path, capsys):
         assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1
-        assert "needs_other_kind" in err and "some_other_kind" in err and "ppo_maze" in err
+        assert "needs_other_kind" in err and "some_other_kind" in err and "is a ppo checkpoint" in err
         assert not (tmp_path / "o").exists()
     finally:
         registry._REGISTRY.pop("needs_other_kind", None)

@@ -56,7 +56,7 @@ def test_checkpoint_carries_resolved_config(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     config = ckpt["hyper_parameters"]["config"]
     assert config["ppo"]["lr"] == 3e-4 and config["env"]["num_envs"] == 4
-    assert ckpt["shardlab"]["kind"] == "ppo_maze"
+    assert ckpt["shardlab"]["kind"] == "ppo"  # the config's algo
     assert all(k.startswith(("policy.", "loss.")) for k in ckpt["state_dict"])
     # weights_only loading works: nothing in the file needs unpickling of arbitrary objects
     torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)

@@ -35,7 +35,7 @@ def tick_loader() -> DataLoader:
 class ShardlabModule(pl.LightningModule):
     """Base class: subclasses set the class attributes and implement the methods below."""
 
-    kind: str = ""  # stored in checkpoint["shardlab"]["kind"]; evals say which kinds they fit
+    kind: str = ""  # the config's algo (its KINDS key); stored in checkpoint["shardlab"]["kind"]
     model_attr: str = "model"  # the attribute holding the network; its state_dict prefix
     progress_key: str = "steps"  # the x-axis of metrics.jsonl rows and the loggers (env_steps, samples, ...)
     progress_unit: str = "step"

@@ -45,6 +45,15 @@ KINDS: dict[str, Kind] = {
 }
 
 
+# names older checkpoints stored for a kind (checkpoint["shardlab"]["kind"]) → the kind's algo
+LEGACY_NAMES = {"ppo_maze": "ppo"}
+
+
+def stored_kind(name: str) -> str:
+    """The kind (config ``algo``) a checkpoint's stored kind name means, older spellings included."""
+    return LEGACY_NAMES.get(name, name)
+
+
 def get_kind(algo: Any, source: str = "config") -> Kind:
     """The Kind for ``algo``; a one-line error listing the known ones otherwise."""
     if not isinstance(algo, str) or algo not in KINDS:  # a list or mapping is not hashable: no `in` test

@@ -80,7 +80,7 @@ def build_policy(cfg: DictConfig) -> ImpalaPolicy:
 class PPOModule(ShardlabModule):
     """PPO with torchrl's GAE and ClipPPOLoss on an IMPALA policy."""
 
-    kind, model_attr, progress_key, progress_unit = "ppo_maze", "policy", "env_steps", "step"
+    kind, model_attr, progress_key, progress_unit = "ppo", "policy", "env_steps", "step"
     resume_fixed_keys = ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs")
 
     def __init__(self, config: dict, world_size: int = 1):

@@ -13,14 +13,14 @@ from torch import nn
 from shardlab.models.weights import WeightsError, load_policy_weights
 from shardlab.trainers.checkpointing import CheckpointError, load_checkpoint, saved_config
 from shardlab.trainers.config import ConfigError, build_config, load_config
-from shardlab.trainers.kinds import get_kind
+from shardlab.trainers.kinds import get_kind, stored_kind
 
 
 @dataclass
 class Trained:
     """A checkpoint's network (eval mode), its kind, resolved config and training progress."""
 
-    kind: str
+    kind: str  # the training kind: the config's algo (trainers/kinds.py), never model.kind
     config: DictConfig
     model: nn.Module
     steps: int  # in the kind's progress unit (env steps for PPO)
@@ -52,7 +52,7 @@ def load_oracle(spec: str, config: str | os.PathLike | DictConfig) -> Trained:
     if config.env.obs != "grid":
         raise ConfigError("scripted policies read the grid observation; use a recipe with env.obs: grid "
                           "(or override env.obs=grid)")
-    return Trained("ppo_maze", config, make_oracle(spec).eval(), 0, ORACLE_PREFIX + spec)
+    return Trained("ppo", config, make_oracle(spec).eval(), 0, ORACLE_PREFIX + spec)
 
 
 def _config_of(config: str | os.PathLike | DictConfig) -> DictConfig:
@@ -92,5 +92,6 @@ def load_trained(path: str | os.PathLike) -> Trained:
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from None
     block = state["shardlab"]
-    return Trained(block.get("kind", module_cls.kind), config, model.eval(),
+    # checkpoints written before the kind was spelled as its algo stored "ppo_maze"
+    return Trained(stored_kind(block.get("kind", module_cls.kind)), config, model.eval(),
                    int(block.get(module_cls.progress_key, 0)), path)

@@ -192,7 +192,7 @@ class ActivationPatching:
     """Logit-difference recovery when the cheese channels at the cheese's cells of the corrupted
     run are patched with the clean run's (whole-layer patches only as controls)."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -211,7 +211,7 @@ class CausalScrubbing:
     """Loss recovered by channel-level hypotheses about which input features activations depend on
     (whole-layer scrubs only as controls)."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -123,7 +123,7 @@ def split_by_layout(n_select: int, n_confirm: int, seed: int, **filters) -> tupl
 class FinetuneToCheese:
     """PPO fine-tuning with the cheese anywhere: learning curve, steps to target, weight change."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -89,7 +89,7 @@ class GoalMisgeneralization:
     """P(cheese), P(top-right corner), P(neither) and mean steps with the cheese in and out of the
     training region on the same layouts, and on decision-square mazes."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -111,7 +111,7 @@ class JacobianSVD:
     """Per maze: singular values and top singular vectors of the Jacobian of the folded move
     log-probabilities (and the value gradient) w.r.t. the input and chosen layers; means over mazes."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -275,7 +275,7 @@ class Probes:
     """Cell classification, x/y regression and convolutional probes for the cheese location, and the
     outcome probe, per layer, against a random-init network and shuffled labels, by maze size."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -102,7 +102,7 @@ class ReluAblation:
     """Action agreement and KL against the original policy with each ReLU (and all) replaced by
     the identity; the PNG sorts the ReLUs by KL."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -234,7 +234,7 @@ def best_under(points: Sequence[tuple[float, common.Summary]], max_fraction: flo
 class Retargeting:
     """Send the agent to chosen squares by writing values into cheese channels at their cells."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -117,7 +117,7 @@ class SaliencyPCA:
     """Top singular values and vectors of the stacked per-maze gradients of the chosen action's
     logit (a cross-maze PCA of saliency maps), for the input and chosen layers."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

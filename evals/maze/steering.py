@@ -197,7 +197,7 @@ def moved_cheese(maze: EvalMaze, shift: int, rng: np.random.Generator) -> Option
 class Steering:
     """Cheese and top-right vectors: same maze, transfer, moved cheese, random control, scan."""
 
-    kinds = ("ppo_maze",)
+    kinds = ("ppo",)
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass

@@ -49,7 +49,7 @@ from shardlab.models.hooks import hooked
 from shardlab.models.impala_config import RELU_SITES
 from shardlab.trainers.bars import progress_kwargs
 
-CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo_maze",), ("ppo_minigrid",)
+CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo",), ("ppo_minigrid",)
 BATCH = 256
 
 

@@ -23,7 +23,7 @@ class EvalContext:
     limit: Optional[int] = None
     device: torch.device = torch.device("cpu")
     progress: bool = True
-    kind: str = "ppo_maze"  # the checkpoint's training kind (trainers/kinds.py)
+    kind: str = "ppo"  # the checkpoint's training kind: its config's algo (trainers/kinds.py)
     train_steps: int = 0  # the checkpoint's progress in its kind's unit (env steps for PPO)
     checkpoint: Optional[str] = None
     scalars: Optional[Any] = None  # a TensorBoard SummaryWriter shared by the suite, or None

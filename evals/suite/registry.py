@@ -7,6 +7,8 @@ import difflib
 from importlib import metadata
 from typing import Callable, TypeVar
 
+from shardlab.trainers.kinds import stored_kind
+
 ENTRY_POINT_GROUP = "shardlab.evals"
 _REGISTRY: dict[str, type] = {}
 _plugins_loaded = False
@@ -20,7 +22,7 @@ class EvalError(ValueError):
 def register(name: str) -> Callable[[T], T]:
     """Class decorator adding an eval under ``name``; it needs a ``Config`` dataclass and ``run(ctx)``.
 
-    An optional class attribute ``kinds = ("ppo_maze", ...)`` names the checkpoint kinds it fits;
+    An optional class attribute ``kinds = ("ppo", ...)`` names the training kinds (config ``algo`` values) it fits;
     ``version`` (a positive integer, default 1) goes into every results.json row as ``eval_version``:
     bump it when a change makes the eval's numbers incomparable with older results (baseline
     comparisons refuse to compare across versions).
@@ -57,7 +59,8 @@ def available() -> list[str]:
 
 def check_fits(cls: type, kind: str, checkpoint: str) -> None:
     """EvalError unless the eval's ``kinds`` (default: any) include the checkpoint's kind."""
-    kinds = getattr(cls, "kinds", None)
+    # a plugin written before kinds were spelled as algos may still say "ppo_maze"
+    kinds = tuple(stored_kind(name) for name in getattr(cls, "kinds", None) or ())
     if kinds and kind not in kinds:
         raise EvalError(f"eval {cls.name!r} needs a {' or '.join(kinds)} checkpoint but {checkpoint} is "
                         f"a {kind} checkpoint; drop it with --only or use a suite for {kind}")
