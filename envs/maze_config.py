@@ -5,11 +5,14 @@ config stays light (envs/maze.py builds the env from it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
 
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-__all__ = ["DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MAX_INT32", "RANK_SEED_STRIDE", "MazeEnvConfig"]
+__all__ = ["DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MAX_INT32", "RANK_SEED_STRIDE", "MazeEnvConfig",
+           "env_config"]
 
 DISTRIBUTION_MODES = ("easy", "hard")
 OBSERVATIONS = ("rgb", "grid")
@@ -31,3 +34,9 @@ class MazeEnvConfig:
     max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
     min_maze_size: Optional[int] = None  # odd; smaller procgen mazes are replaced by random ones in [min, max]
     cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)
+
+
+def env_config(train_config: Any, **overrides: Any) -> MazeEnvConfig:
+    """A maze run's ``env`` section as the dataclass its env takes, ``overrides`` (num_envs=, seed=) applied."""
+    # the one place a config's env section becomes the dataclass: callers change copies, never the config
+    return MazeEnvConfig(**{**OmegaConf.to_container(train_config.env), **overrides})

@@ -5,11 +5,13 @@ id against the registry; envs/minigrid.py steps the envs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
 
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-__all__ = ["OBSERVATIONS", "FAMILIES", "RANK_SEED_STRIDE", "MiniGridEnvConfig"]
+__all__ = ["OBSERVATIONS", "FAMILIES", "RANK_SEED_STRIDE", "MiniGridEnvConfig", "env_config", "dataset_env_config"]
 
 OBSERVATIONS = ("image", "onehot", "full")
 FAMILIES = ("MiniGrid-", "BabyAI-")
@@ -24,3 +26,18 @@ class MiniGridEnvConfig:
     obs: str = "image"  # image: partial 7×7×3 indices; onehot: partial 7×7×20; full: whole grid indices
     seed: int = 0  # env i of rank r starts from seed + i + RANK_SEED_STRIDE·r
     max_steps: Optional[int] = None  # episode time limit; null keeps the env's own
+
+
+def env_config(train_config: Any, **overrides: Any) -> MiniGridEnvConfig:
+    """A MiniGrid run's ``env`` section as the dataclass its env takes, ``overrides`` (num_envs=, seed=) applied."""
+    # the one place a config's env section becomes the dataclass: callers change copies, never the config
+    return MiniGridEnvConfig(**{**OmegaConf.to_container(train_config.env), **overrides})
+
+
+def dataset_env_config(train_config: Any, **overrides: Any) -> MiniGridEnvConfig:
+    """The env a decision transformer's dataset came from (the config's ``spec``), ``overrides`` applied."""
+    spec = train_config.spec
+    if not spec.env_id:
+        raise ValueError("the checkpoint's spec.env_id is empty: its dataset named no env, so the model "
+                         "cannot be played online; re-collect the data with `shardlab collect`")
+    return MiniGridEnvConfig(**{"env_id": spec.env_id, "obs": spec.obs or "image", **overrides})

@@ -54,9 +54,10 @@ from typing import Callable, ContextManager, NamedTuple, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from shardlab.envs.maze import MazeEnv, MazeEnvConfig, observation_shape
+from shardlab.envs.maze import MazeEnv, observation_shape
+from shardlab.envs.maze_config import env_config
 from shardlab.models.impala import ImpalaPolicy, preprocess
 from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.config import ConfigError
@@ -90,7 +91,7 @@ def autocast_for(cfg: DictConfig, device: torch.device) -> Callable[[], ContextM
 
 def make_env(cfg: DictConfig) -> MazeEnv:
     """``env.num_envs`` procgen mazes stepped as one batch, seeded with ``env.seed``."""
-    return MazeEnv(MazeEnvConfig(**OmegaConf.to_container(cfg.env)), rank=0)
+    return MazeEnv(env_config(cfg), rank=0)
 
 
 # -- 2. network -----------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ import textwrap
 from collections import Counter, deque
 
 import pytest
-from omegaconf import OmegaConf
 
 from shardlab import cli as shardlab
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import eval_mazes
-from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+from shardlab.envs.maze import MazeEnv
+from shardlab.envs.maze_config import env_config
 from shardlab.evals.maze.goal_misgeneralization import in_region_twins
 from shardlab.trainers.config import load_config
 
@@ -52,8 +52,7 @@ def start_states() -> dict[str, list[bytes]]:
                          mode="easy")
     decision = eval_mazes(N, SEED + 1, cheese="anywhere", region=region, min_size=smallest, max_size=size,
                           mode="easy", require_decision_square=True)
-    env = MazeEnv(MazeEnvConfig(**{**OmegaConf.to_container(cfg.env), "seed": SEED, "num_envs": N,
-                                   "rand_region": region, "max_maze_size": size}))
+    env = MazeEnv(env_config(cfg, seed=SEED, num_envs=N, rand_region=region, max_maze_size=size))
     env.reset()
     training = [env.get_state(index) for index in range(N)]
     env.close()

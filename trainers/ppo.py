@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.distributions import Categorical
@@ -31,7 +31,8 @@ with gym_notice_silenced():  # torchrl imports the unmaintained gym, which print
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
-from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, observation_shape
+from shardlab.envs.maze import Episode, MazeEnv, observation_shape
+from shardlab.envs.maze_config import env_config
 from shardlab.models.impala import ImpalaPolicy, preprocess
 from shardlab.models.sparse import l1_penalty
 from shardlab.models.sparse_config import activation_options
@@ -130,7 +131,7 @@ class PPOModule(ShardlabModule):
 
     def make_env(self, seed_offset: int) -> MazeEnv:
         """This rank's batched env with its seed shifted by ``seed_offset``."""
-        env_cfg = MazeEnvConfig(**OmegaConf.to_container(self.cfg.env))
+        env_cfg = env_config(self.cfg)
         env_cfg.seed = env_cfg.seed + seed_offset
         return MazeEnv(env_cfg, rank=self.global_rank)
 

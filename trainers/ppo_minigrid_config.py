@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from shardlab.configs.checks import need
-from shardlab.envs.minigrid_config import MiniGridEnvConfig
+from shardlab.envs.minigrid_config import MiniGridEnvConfig, env_config
 from shardlab.models.impala_config import sparse_sites
 from shardlab.models.minigrid_policy_config import KINDS as MODEL_KINDS
 from shardlab.models.minigrid_policy_config import MiniGridModelConfig
@@ -29,11 +29,6 @@ class MiniGridPPOConfig:
     model: MiniGridModelConfig = field(default_factory=MiniGridModelConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-
-
-def env_config(cfg: DictConfig) -> MiniGridEnvConfig:
-    """The run's ``env`` section as the dataclass the envs take."""
-    return MiniGridEnvConfig(**OmegaConf.to_container(cfg.env))
 
 
 def validate_ppo_minigrid(cfg: DictConfig) -> None:

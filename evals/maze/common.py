@@ -296,11 +296,10 @@ def require_mazes(key: str, **filters: object) -> None:
 
 def layer_channel_count(policy: nn.Module, train_config: DictConfig, layer: str) -> int:
     """Channels of ``layer`` for the checkpoint's observations (one forward pass of a blank frame)."""
-    from omegaconf import OmegaConf
+    from shardlab.envs.maze import observation_shape
+    from shardlab.envs.maze_config import env_config
 
-    from shardlab.envs.maze import MazeEnvConfig, observation_shape
-
-    shape = observation_shape(MazeEnvConfig(**OmegaConf.to_container(train_config.env)))
+    shape = observation_shape(env_config(train_config))
     device = next(policy.parameters()).device
     with torch.inference_mode(), hooked(policy, cache=[layer]) as acts:
         policy(preprocess(torch.zeros((1, *shape), dtype=torch.uint8, device=device)))

@@ -24,13 +24,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 
 from shardlab.envs import maze_state  # noqa: E402
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
-from shardlab.envs.maze import Episode, MazeEnvConfig  # noqa: E402
+from shardlab.envs.maze import Episode  # noqa: E402
+from shardlab.envs.maze_config import env_config  # noqa: E402
 from shardlab.evals.maze.render import write_png_atomic  # noqa: E402
 from shardlab.evals.suite.context import EvalContext  # noqa: E402
 from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
@@ -199,8 +199,8 @@ class FinetuneToCheese:
         confirmation: dict[str, CurvePoint] = {}  # initial, at_steps_to_target, final
 
         def measure(policy: nn.Module, env_steps: int, maze_set: list[EvalMaze]) -> CurvePoint:
-            test_env = MazeEnvConfig(**{**OmegaConf.to_container(train_env), "num_envs": len(maze_set),
-                                        "seed": ctx.seed, "rand_region": None, "max_maze_size": None, "min_maze_size": None})
+            test_env = env_config(ctx.train_config, num_envs=len(maze_set), seed=ctx.seed, rand_region=None,
+                                  max_maze_size=None, min_maze_size=None)
             was_training = policy.training
             policy.eval()
             episodes = first_episodes(policy, test_env, greedy=c.greedy,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -36,7 +36,8 @@ from sklearn.preprocessing import StandardScaler
 
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
-from shardlab.envs.maze import Episode, MazeEnvConfig, cheese_candidates
+from shardlab.envs.maze import Episode, cheese_candidates
+from shardlab.envs.maze_config import env_config
 from shardlab.envs.maze_geometry import maze_distances
 from shardlab.evals.maze.common import training_region
 from shardlab.evals.maze.episode_log import EpisodeLog
@@ -254,13 +255,12 @@ class MazeSets:
     def play(self, states: Optional[list[bytes]], greedy: bool, label: str = "") -> list[Episode]:
         """The first episode from each state; ``None``: as many of the training env's own mazes."""
         ctx = self.ctx
-        base = {**OmegaConf.to_container(ctx.train_config.env), "seed": ctx.seed}
         if states is None:
-            env_cfg = MazeEnvConfig(**{**base, "num_envs": len(self.mazes), "rand_region": self.region,
-                                       "max_maze_size": self.max_size})
+            env_cfg = env_config(ctx.train_config, seed=ctx.seed, num_envs=len(self.mazes), rand_region=self.region,
+                                 max_maze_size=self.max_size)
         else:
-            env_cfg = MazeEnvConfig(**{**base, "num_envs": len(states), "rand_region": None, "max_maze_size": None,
-                                       "min_maze_size": None})
+            env_cfg = env_config(ctx.train_config, seed=ctx.seed, num_envs=len(states), rand_region=None,
+                                 max_maze_size=None, min_maze_size=None)
         starts: Optional[list[bytes]] = [] if self.log is not None else None
         episodes = first_episodes(ctx.policy, env_cfg, states=states, greedy=greedy,
                                   channels_last=ctx.train_config.model.channels_last, progress=ctx.progress,

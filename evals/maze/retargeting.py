@@ -39,6 +39,7 @@ from tqdm import tqdm
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import eval_mazes
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
+from shardlab.envs.maze_config import env_config
 from shardlab.evals.maze import common
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -327,7 +328,7 @@ class Retargeting:
                              "(besides the start and the targets); use larger mazes or a larger region")
         shape = tuple(common.layer_activations(policy, states[:1], env.obs, cfg.layer).shape[1:])
         ranked, values = self._channels_and_values(ctx, result, env, max_size, shape)
-        env_cfg = MazeEnvConfig(**{**OmegaConf.to_container(ctx.train_config.env), "seed": ctx.seed})
+        env_cfg = env_config(ctx.train_config, seed=ctx.seed)
         rollout = dict(env_cfg=env_cfg, rollouts=cfg.rollouts, seed=ctx.seed,
                        channels_last=ctx.train_config.model.channels_last)
         budget = self._step_budget(result, policy, states, rollout)

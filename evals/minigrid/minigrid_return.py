@@ -8,14 +8,15 @@ seeds (``env.seed + i``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
+from shardlab.envs.minigrid_config import env_config
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
@@ -29,8 +30,7 @@ LEVEL_OFFSET = 1_000_000
 def play_levels(policy: torch.nn.Module, env_cfg: MiniGridEnvConfig, episodes: int, seed: int, greedy: bool,
                 progress: bool = False) -> list[Episode]:
     """One episode per seeded level (seeds ``seed + LEVEL_OFFSET + i``), sampled or greedy actions."""
-    cfg = MiniGridEnvConfig(**{**OmegaConf.to_container(OmegaConf.structured(env_cfg)), "num_envs": episodes,
-                               "seed": seed + LEVEL_OFFSET})
+    cfg = dataclasses.replace(env_cfg, num_envs=episodes, seed=seed + LEVEL_OFFSET)
     env = MiniGridEnv(cfg)
     generator = torch.Generator().manual_seed(seed)
     device = next(policy.parameters()).device
@@ -70,7 +70,7 @@ class MiniGridReturn:
 
     def run(self, ctx: EvalContext) -> Result:
         """Play the levels and summarise."""
-        env_cfg = MiniGridEnvConfig(**OmegaConf.to_container(ctx.train_config.env))
+        env_cfg = env_config(ctx.train_config)
         episodes = play_levels(ctx.model, env_cfg, ctx.count(self.config.episodes), ctx.seed, self.config.greedy,
                                ctx.progress)
         n = len(episodes)

@@ -77,10 +77,8 @@ def bare_rollout(policy: Any, env_cfg: Any, states: Optional[list[bytes]], chann
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved timings of the eval and the bare rollout; returns the report."""
     import torch
-    from omegaconf import OmegaConf
-
     from shardlab.envs.eval_mazes import eval_mazes
-    from shardlab.envs.maze import MazeEnvConfig
+    from shardlab.envs.maze_config import env_config
     from shardlab.evals.suite.context import EvalContext
     from shardlab.evals.maze.goal_misgeneralization import GoalMisgeneralization
 
@@ -89,7 +87,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     train_env = cfg.env
     region = train_env.rand_region if train_env.rand_region is not None else 5
     max_size = train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
-    base = {**OmegaConf.to_container(train_env), "num_envs": args.mazes, "seed": args.seed}
+    base = dict(num_envs=args.mazes, seed=args.seed)
     # the three maze sets the eval plays, built here outside the bare rollout's clock
     outside = [m.state for m in eval_mazes(args.mazes, args.seed, cheese="outside_region", region=region,
                                            max_size=max_size, mode=train_env.distribution_mode)]
@@ -97,9 +95,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                             max_size=max_size, require_decision_square=True,
                                             mode=train_env.distribution_mode)]
     anywhere = {**base, "rand_region": None, "max_maze_size": None, "min_maze_size": None}
-    sets = [(MazeEnvConfig(**anywhere), outside),
-            (MazeEnvConfig(**{**base, "rand_region": region, "max_maze_size": max_size}), None),
-            (MazeEnvConfig(**{**anywhere, "num_envs": len(decision), "seed": args.seed}), decision)]
+    sets = [(env_config(cfg, **anywhere), outside),
+            (env_config(cfg, **base, rand_region=region, max_maze_size=max_size), None),
+            (env_config(cfg, **{**anywhere, "num_envs": len(decision), "seed": args.seed}), decision)]
     channels_last = cfg.model.channels_last
     timings: dict[str, list[float]] = {"eval": [], "bare": []}
     episodes = {}

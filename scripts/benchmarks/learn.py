@@ -49,10 +49,8 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 
 def run_parity(args: argparse.Namespace) -> int:
     """Train both settings on every seed and compare held-out returns at the --at step counts."""
-    from omegaconf import OmegaConf
-
     from shardlab import cli
-    from shardlab.envs.maze import MazeEnvConfig
+    from shardlab.envs.maze_config import env_config
     from shardlab.models.weights import load_policy_weights
     from shardlab.trainers.checkpointing import step_checkpoints
     from shardlab.trainers.config import ConfigError, load_config
@@ -85,8 +83,7 @@ def run_parity(args: argparse.Namespace) -> int:
             cfg = load_config(os.path.join(run_dir, "config.yaml"), length)
             seconds += time.perf_counter() - start
             trained += steps
-            held_out = MazeEnvConfig(**{**OmegaConf.to_container(cfg.env), "num_envs": args.episodes,
-                                        "seed": 987_654})
+            held_out = env_config(cfg, num_envs=args.episodes, seed=987_654)
             found = step_checkpoints(os.path.join(run_dir, "checkpoints"))
             for target in at:
                 path = next((p for s, p in found if s >= target), None)
@@ -120,9 +117,7 @@ def run(args: argparse.Namespace) -> int:
     """Train the recipe, evaluate every step-N checkpoint and a random policy on the same held-out mazes."""
     if args.seeds:
         return run_parity(args)
-    from omegaconf import OmegaConf
-
-    from shardlab.envs.maze import MazeEnvConfig
+    from shardlab.envs.maze_config import env_config
     from shardlab.models.weights import load_policy_weights
     from shardlab import cli
     from shardlab.trainers.checkpointing import step_checkpoints
@@ -141,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     train_seconds = time.perf_counter() - start
     cfg = load_config(os.path.join(args.run_dir, "config.yaml"), length)
-    held_out = MazeEnvConfig(**{**OmegaConf.to_container(cfg.env), "num_envs": args.episodes, "seed": 987_654})
+    held_out = env_config(cfg, num_envs=args.episodes, seed=987_654)
     rows = [{"env_steps": 0, "policy": "random", **asdict(summarise(first_episodes(None, held_out)))}]
     for steps, path in step_checkpoints(os.path.join(args.run_dir, "checkpoints")):
         policy = load_policy_weights(build_policy(cfg), path).eval()
