@@ -63,6 +63,8 @@ class MazeEnv:
     """``num_envs`` procgen mazes stepped together (an :class:`envs.batched.BatchedEnv`); observations
     are uint8 (N, 64, 64, 3) tensors."""
 
+    num_actions = 15  # procgen's action set, which the policy's logits cover
+
     def __init__(self, cfg: MazeEnvConfig, rank: int = 0):
         if cfg.distribution_mode not in DISTRIBUTION_MODES:
             raise ValueError(f"env.distribution_mode must be one of {DISTRIBUTION_MODES}, "

@@ -187,6 +187,11 @@ class DecisionTransformer(nn.Module):
             if name.endswith(("attn.proj.weight", "mlp.fc_out.weight")):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
 
+    @property
+    def activation_sites(self) -> list[str]:
+        """The MLP activations' outputs, one site per block (where a sparse mlp_activation acts)."""
+        return [f"blocks.{i}.mlp.hook_post" for i in range(len(self.blocks))]
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):

@@ -54,6 +54,14 @@ def hook_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def activation_sites(model: nn.Module) -> list[str]:
+    """The activation sites ``model`` declares (``model.activation_sites``): its nonlinearities' outputs."""
+    sites = getattr(model, "activation_sites", None)
+    if sites is None:
+        raise HookError(f"{type(model).__name__} declares no activation_sites; see models.hooks.hook_names(model)")
+    return list(sites)
+
+
 def _module(model: nn.Module, name: str) -> nn.Module:
     if name:
         # walk the dotted path through the child-module tables: far cheaper than listing every

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from shardlab.models.hooks import HookPoint
-from shardlab.models.impala_config import sparse_sites
+from shardlab.models.impala_config import RELU_SITES, sparse_sites
 from shardlab.models.sparse import make_activation
 
 NUM_ACTIONS = 15
@@ -111,6 +111,8 @@ class ImpalaPolicy(nn.Module):
     ``activation_options`` (percent_on, boost_strength, duty_cycle_period, local). The default
     ``relu`` is the published network: same modules, state_dict keys and outputs.
     """
+
+    activation_sites = RELU_SITES  # the hook points after each ReLU (or the activation replacing it)
 
     def __init__(self, in_channels: int = 3, scale: int = 1, image_size: int = 64,
                  num_actions: int = NUM_ACTIONS, activation: str = "relu",

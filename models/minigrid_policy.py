@@ -26,6 +26,7 @@ from torch import nn
 
 from shardlab.models.hooks import HookPoint
 from shardlab.models.impala import ImpalaEmbedder, SiteActivations
+from shardlab.models.impala_config import RELU_SITES
 from shardlab.models.minigrid_policy_config import KINDS
 from shardlab.models.sparse import make_activation
 
@@ -132,6 +133,13 @@ class MiniGridPolicy(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.orthogonal_(self.fc_policy.weight, gain=0.01)
         nn.init.orthogonal_(self.fc_value.weight, gain=1.0)
+
+    @property
+    def activation_sites(self) -> list[str]:
+        """The activation hook points: IMPALA's ReLU sites, or the CNN/MLP's ``conv*_out``/``fc*_out``."""
+        if self.kind == "impala":
+            return list(RELU_SITES)
+        return [name for name, module in self.named_modules() if isinstance(module, HookPoint)]
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.embedder(obs)

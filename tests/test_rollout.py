@@ -150,11 +150,11 @@ def test_maze_first_episodes_match_the_hand_written_loop():
 
 def test_maze_observations_match_the_hand_written_loop():
     from shardlab.envs.maze import MazeEnv, MazeEnvConfig
-    from shardlab.evals.sparsity.sparsity import maze_observations
+    from shardlab.evals.sparsity.sparsity import env_observations
 
     env_yaml = {"num_envs": 1, "distribution_mode": "hard", "rand_region": 5, "obs": "grid"}
-    n, seed, num_envs = 150, 3, 64  # three steps of 64 envs, the last one cut
-    got = maze_observations(OmegaConf.create(env_yaml), n, seed)
+    n, seed, num_envs = 150, 3, 64  # three steps of 64 envs (not the run's 1), the last one cut
+    got = env_observations(OmegaConf.create({"algo": "ppo", "env": env_yaml}), n, seed)
     maze = MazeEnv(MazeEnvConfig(**{**env_yaml, "num_envs": num_envs, "seed": seed}))
     generator = torch.Generator().manual_seed(seed)
     frames, obs = [], maze.reset()

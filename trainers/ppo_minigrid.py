@@ -9,10 +9,19 @@ import torch
 from omegaconf import DictConfig
 
 from shardlab.envs.minigrid import Episode, MiniGridEnv, num_actions, observation_shape
+from shardlab.envs.minigrid_config import env_config
 from shardlab.models.minigrid_policy import MiniGridPolicy, preprocess
 from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.ppo import PPOModule
-from shardlab.trainers.ppo_minigrid_config import env_config
+
+
+def build_minigrid_policy(cfg: DictConfig) -> MiniGridPolicy:
+    """The actor-critic a config describes (input shape and action count from the env)."""
+    env_cfg, model = env_config(cfg), cfg.model
+    return MiniGridPolicy(observation_shape(env_cfg), num_actions(env_cfg), kind=model.kind,
+                          channels=list(model.channels), hidden=list(model.hidden), activation=model.activation,
+                          activation_options=activation_options(model), scale=model.scale,
+                          sparse_layers=list(model.sparse_layers))
 
 
 class PPOMiniGridModule(PPOModule):
@@ -25,11 +34,7 @@ class PPOMiniGridModule(PPOModule):
     @staticmethod
     def build_model(cfg: DictConfig) -> MiniGridPolicy:
         """The actor-critic a config describes (input shape and action count from the env)."""
-        env_cfg, model = env_config(cfg), cfg.model
-        return MiniGridPolicy(observation_shape(env_cfg), num_actions(env_cfg), kind=model.kind,
-                              channels=list(model.channels), hidden=list(model.hidden), activation=model.activation,
-                              activation_options=activation_options(model), scale=model.scale,
-                              sparse_layers=list(model.sparse_layers))
+        return build_minigrid_policy(cfg)
 
     def make_env(self, seed_offset: int) -> MiniGridEnv:
         """This rank's batched MiniGrid env with its seed shifted by ``seed_offset``."""

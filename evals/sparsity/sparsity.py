@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
@@ -46,10 +46,9 @@ from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
-from shardlab.models.impala_config import RELU_SITES
 from shardlab.trainers.bars import progress_kwargs
+from shardlab.trainers.kinds import Kind, get_kind
 
-CLASSIFIER_KINDS, MAZE_KINDS, MINIGRID_KINDS = ("classify",), ("ppo",), ("ppo_minigrid",)
 BATCH = 256
 
 
@@ -146,16 +145,6 @@ class SparsityReport:
         return float(np.trapz(self.noise_scores, self.noise_levels) / (self.noise_levels[-1] - self.noise_levels[0]))
 
 
-def activation_sites(model: nn.Module, kind: str) -> list[str]:
-    """The names of a network's activations: classifier act{i}, IMPALA ReLU hook points."""
-    if kind in CLASSIFIER_KINDS:
-        return list(model.activation_sites)
-    if kind in MINIGRID_KINDS and model.kind != "impala":
-        from shardlab.models.hooks import HookPoint
-        return [name for name, module in model.named_modules() if isinstance(module, HookPoint)]
-    return list(RELU_SITES)
-
-
 def short_name(site: str) -> str:
     """Site name without the ``embedder.`` prefix, for tables and plots."""
     return site.removeprefix("embedder.")
@@ -182,36 +171,28 @@ def _random_observations(env, n: int, num_actions: int, seed: int, desc: str, pr
     return torch.cat(frames)[:n]
 
 
-def maze_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
-    """``n`` uint8 observations (N, H, W, C) from seeded random rollouts of the training env."""
-    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
-
-    num_envs = min(n, 64)
-    cfg = MazeEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed})
-    return _random_observations(MazeEnv(cfg), n, 15, seed, "maze observations", progress)
-
-
-def minigrid_observations(env: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
-    """``n`` uint8 observations from seeded random rollouts of the training MiniGrid env."""
-    from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig
-
-    num_envs = min(n, 16)
-    grid = MiniGridEnv(MiniGridEnvConfig(**{**OmegaConf.to_container(env), "num_envs": num_envs, "seed": seed}))
-    return _random_observations(grid, n, grid.num_actions, seed, "minigrid observations", progress)
+def env_observations(train_config: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
+    """``n`` uint8 observations from seeded random rollouts of the training env (of the config's kind)."""
+    kind = get_kind(train_config.algo)
+    env_config = kind.load("env_config")
+    # as many envs as the family's default batch (64 mazes, 16 MiniGrid envs), at most n, whatever
+    # the run trained with: the batch decides which observations come out
+    defaults = type(env_config(train_config))()
+    num_envs = min(n, defaults.num_envs)
+    env = kind.load("make_env")(env_config(train_config, num_envs=num_envs, seed=seed))
+    return _random_observations(env, n, env.num_actions, seed, f"{kind.algo} observations", progress)
 
 
-def _inputs(model_kind: str, train_config: DictConfig, samples: int, seed: int, split: str,
+def _inputs(kind: Kind, train_config: DictConfig, samples: int, seed: int, split: str,
             progress: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if model_kind in CLASSIFIER_KINDS:
+    if kind.env_config is None:  # no env: a classifier is measured on its dataset's images and labels
         from shardlab.trainers.datasets import load_splits
         splits = load_splits(train_config.data)
         x, y = splits.x[split], splits.y[split]
         return x[:samples], y[:samples]
-    if model_kind in MINIGRID_KINDS:
-        return minigrid_observations(train_config.env, samples, seed, progress).float(), None
-    from shardlab.models.impala import preprocess
-    obs = maze_observations(train_config.env, samples, seed, progress)
-    return preprocess(obs, channels_last=False), None
+    obs = env_observations(train_config, samples, seed, progress)
+    # plain contiguous NCHW whatever layout the kind's preprocessing picks (the maze's is channels-last)
+    return kind.load("preprocess")(obs).contiguous(), None
 
 
 def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -227,8 +208,9 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
             pixel_value: float = 0.75) -> SparsityReport:
     """Activation statistics on a seeded input batch and the score under increasing input noise."""
     model = model.eval().to(device)
-    x, y = _inputs(kind, train_config, samples, seed, split, progress)
-    sites = activation_sites(model, kind)
+    adapter = get_kind(kind)
+    x, y = _inputs(adapter, train_config, samples, seed, split, progress)
+    sites = adapter.activation_sites(model)
     layers = {site: LayerStats() for site in sites}
     clean = []
     for start in range(0, len(x), BATCH):
@@ -241,7 +223,7 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     reference = clean if y is None else y
     generator = torch.Generator().manual_seed(seed)
     # images lie in [0, 1]; MiniGrid's index grids in [0, top]: noise and the pixel value scale with it
-    top = max(float(x.max()), 1.0) if kind in MINIGRID_KINDS else 1.0
+    top = 1.0 if adapter.unit_inputs else max(float(x.max()), 1.0)
     scores = []
     for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress, **progress_kwargs()):
         hits = 0.0
@@ -362,7 +344,7 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
 class Sparsity:
     """Activation density, dead units and duty-cycle entropy per layer; class-wise sparsity; noise robustness."""
 
-    kinds = CLASSIFIER_KINDS + MAZE_KINDS + MINIGRID_KINDS
+    kinds = ("classify", "ppo", "ppo_minigrid")
     version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
