@@ -213,11 +213,12 @@ def test_loading_and_validating_a_shipped_recipe_imports_no_torch_or_env_library
     assert imported == sorted(REGISTRY_LOOKUP.get(algo, ())), f"{recipe} ({algo}) imported {imported}"
 
 
-def test_every_kind_keeps_its_schema_and_validator_in_a_torch_free_module():
+def test_every_kind_keeps_its_schema_validator_and_env_config_in_a_torch_free_module():
     from shardlab.trainers.kinds import KINDS
 
     for kind in KINDS.values():
-        for field in ("schema", "validate"):
+        # the env-config builders too: turning a config's env section into its dataclass stays light
+        for field in ("schema", "validate") + (("env_config",) if kind.env_config else ()):
             module = getattr(kind, field).split(":")[0]
             assert module.endswith("_config"), f"{kind.algo}.{field} = {getattr(kind, field)}"
 

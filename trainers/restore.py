@@ -71,8 +71,8 @@ def load_weights(path: str | os.PathLike, config: str | os.PathLike | DictConfig
     maze policies) loaded into the network the training config builds; CheckpointError naming the
     keys when the file does not fit."""
     config = _config_of(config)
-    module_cls = get_kind(config.algo, str(config.get("name", "recipe"))).load("module")
-    model = module_cls.build_model(config)
+    kind = get_kind(config.algo, str(config.get("name", "recipe")))
+    module_cls, model = kind.load("module"), kind.load("network")(config)
     try:
         load_policy_weights(model, path, prefix=module_cls.model_attr + ".")
     except WeightsError as exc:
@@ -85,8 +85,8 @@ def load_trained(path: str | os.PathLike) -> Trained:
     path = os.fspath(path)
     state = load_checkpoint(path)
     config = build_config(saved_config(state, path), source=path)
-    module_cls = get_kind(config.algo, path).load("module")
-    model = module_cls.build_model(config)
+    kind = get_kind(config.algo, path)
+    module_cls, model = kind.load("module"), kind.load("network")(config)
     try:
         load_policy_weights(model, path, prefix=module_cls.model_attr + ".")
     except WeightsError as exc:

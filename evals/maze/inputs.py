@@ -133,4 +133,4 @@ def fresh_network(train_config: DictConfig, seed: int) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_kind(train_config.algo).load("module").build_model(train_config).eval()
+        return get_kind(train_config.algo).load("network")(train_config).eval()
