@@ -191,7 +191,7 @@ def _inputs(kind: Kind, train_config: DictConfig, samples: int, seed: int, split
         x, y = splits.x[split], splits.y[split]
         return x[:samples], y[:samples]
     obs = env_observations(train_config, samples, seed, progress)
-    # plain contiguous NCHW whatever layout the kind's preprocessing picks (the maze's is channels-last)
+    # the default memory layout whatever the kind's preprocessing picks (the maze's is channels-last)
     return kind.load("preprocess")(obs).contiguous(), None
 
 
