@@ -21,6 +21,7 @@ from shardlab.trainers.base import ShardlabModule
 from shardlab.trainers.config import ConfigError, build_config, read_yaml, to_dict
 from shardlab.trainers.kinds import get_kind
 from shardlab.trainers.paths import file_in_the_way
+from shardlab.trainers.precision import AUTO, resolve_precision
 from shardlab.trainers.loggers import build_loggers, check_logger_paths
 from shardlab.trainers.progress import StepProgressBar
 
@@ -143,9 +144,12 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     strategy = "ddp" if world_size > 1 else "auto"
+    precision = resolve_precision(t.precision, t.accelerator)
+    if t.precision == AUTO and not is_launched_worker():
+        print(f"trainer.precision auto: training in {precision}", flush=True)
     trainer = pl.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=t.precision, max_steps=module.max_optimizer_steps(), max_epochs=-1,
+        precision=precision, max_steps=module.max_optimizer_steps(), max_epochs=-1,
         gradient_clip_val=module.gradient_clip_val(), gradient_clip_algorithm="norm",
         # metric rows reach the loggers through module.log_row at the module's progress (env
         # steps, samples); anything a module self.log()s goes to them every 50 optimizer steps

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from shardlab.configs.checks import ConfigError, need, need_seed
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 LOGGERS = ("tensorboard", "csv", "wandb")  # trainer.loggers: Lightning loggers built by trainers/loggers.py
 DEFAULT_LOGGERS = ("tensorboard", "csv")
 # "*-true" precisions cast the whole network; the PPO and classification modules feed it float32
@@ -26,7 +26,7 @@ class TrainerConfig:
     accelerator: str = "auto"  # cpu, gpu, auto
     devices: int = 1  # per node; > 1 runs DDP, each rank with its own envs
     num_nodes: int = 1
-    precision: str = "32-true"
+    precision: str = "32-true"  # auto: bf16-mixed on a CPU with AMX-BF16, else 32-true (trainers/precision.py)
     checkpoint_every: int = 1_000_000  # env steps between checkpoints
     keep_checkpoints: int = 3  # step-*.ckpt files kept besides last.ckpt
     seed: int = 0
