@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from shardlab.models.actor_critic import ActorCritic
 from shardlab.models.hooks import HookPoint
 from shardlab.models.impala import ImpalaEmbedder, SiteActivations
 from shardlab.models.minigrid_policy_config import KINDS
@@ -95,7 +96,7 @@ class GridImpalaEmbedder(ImpalaEmbedder):
         return super().forward(obs.permute(0, 3, 1, 2))
 
 
-class MiniGridPolicy(nn.Module):
+class MiniGridPolicy(ActorCritic):
     """Actor-critic for MiniGrid: float observations (N, H, W, C) → (action logits, value)."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int = 7, kind: str = "cnn",
@@ -123,23 +124,6 @@ class MiniGridPolicy(nn.Module):
         self.fc_policy = nn.Linear(features, num_actions)
         self.fc_value = nn.Linear(features, 1)
         self._init_weights()
-
-    def _init_weights(self) -> None:
-        # orthogonal init as in the maze policy; the small policy gain starts near-uniform
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
-                nn.init.zeros_(module.bias)
-        nn.init.orthogonal_(self.fc_policy.weight, gain=0.01)
-        nn.init.orthogonal_(self.fc_value.weight, gain=1.0)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.embedder(obs)
-        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
-
-    def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits and value from the embedder's output."""
-        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
 
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
