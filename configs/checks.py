@@ -29,6 +29,11 @@ def need_finite(section: Any, prefix: str, keys: Sequence[str]) -> None:
         need(value is None or math.isfinite(value), f"{prefix}.{key} must be a finite number, got {value}")
 
 
+def need_one_of(value: Any, choices: Sequence[str], key: str) -> None:
+    """ConfigError naming ``key`` and the ``choices`` unless ``value`` is one of them."""
+    need(value in choices, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+
+
 def need_seed(value: int, key: str, high: int = MAX_SEED) -> None:
     """ConfigError unless a seed lies in [0, high]."""
     need(0 <= value <= high, f"{key} must be an integer in [0, {high}], got {value}")

@@ -10,8 +10,14 @@ from shardlab.envs import maze_state
 from shardlab.envs.procgen_import import ProcgenGym3Env
 
 GRID_CHANNELS = ("wall", "mouse", "cheese")
+RGB_CHANNELS = ("red", "green", "blue")
 _MODE_OF_WORLD = {15: "easy", 25: "hard"}
 _renderers: dict[str, ProcgenGym3Env] = {}
+
+
+def observation_channels(obs: str) -> tuple[str, ...]:
+    """Names of the input channels of an ``obs`` kind: the grid view's, else procgen's RGB."""
+    return GRID_CHANNELS if obs == "grid" else RGB_CHANNELS
 
 
 def render_rgb(states: Sequence[bytes]) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shardlab.models.actor_critic import ActorCritic
 from shardlab.models.hooks import HookPoint
 from shardlab.models.impala_config import RELU_SITES, sparse_sites
 from shardlab.models.sparse import make_activation
@@ -103,7 +104,7 @@ class ImpalaEmbedder(nn.Module):
         return self.relufc_out(_apply(self.actfc, self.fc(x)))
 
 
-class ImpalaPolicy(nn.Module):
+class ImpalaPolicy(ActorCritic):
     """Actor-critic IMPALA network: image batch in [0, 1] (N, C, H, W) → (action logits, value).
 
     ``activation`` (models.sparse kinds: kwta, topk, l1, gelu) replaces the ReLUs at the hook points
@@ -124,24 +125,6 @@ class ImpalaPolicy(nn.Module):
         self.fc_policy = nn.Linear(256, num_actions)
         self.fc_value = nn.Linear(256, 1)
         self._init_weights()
-
-    def _init_weights(self) -> None:
-        # orthogonal init as in the published training code; the small policy gain keeps the
-        # initial policy close to uniform
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
-                nn.init.zeros_(module.bias)
-        nn.init.orthogonal_(self.fc_policy.weight, gain=0.01)
-        nn.init.orthogonal_(self.fc_value.weight, gain=1.0)
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.embedder(obs)
-        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
-
-    def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits and value from the embedder's 256-d output."""
-        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
 
 
 def preprocess(obs: torch.Tensor, channels_last: bool = True) -> torch.Tensor:

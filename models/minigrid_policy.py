@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from shardlab.models.actor_critic import ActorCritic
 from shardlab.models.hooks import HookPoint
 from shardlab.models.impala import ImpalaEmbedder, SiteActivations
 from shardlab.models.impala_config import RELU_SITES
@@ -96,7 +97,7 @@ class GridImpalaEmbedder(ImpalaEmbedder):
         return super().forward(obs.permute(0, 3, 1, 2))
 
 
-class MiniGridPolicy(nn.Module):
+class MiniGridPolicy(ActorCritic):
     """Actor-critic for MiniGrid: float observations (N, H, W, C) → (action logits, value)."""
 
     def __init__(self, obs_shape: Sequence[int], num_actions: int = 7, kind: str = "cnn",
@@ -125,30 +126,12 @@ class MiniGridPolicy(nn.Module):
         self.fc_value = nn.Linear(features, 1)
         self._init_weights()
 
-    def _init_weights(self) -> None:
-        # orthogonal init as in the maze policy; the small policy gain starts near-uniform
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
-                nn.init.zeros_(module.bias)
-        nn.init.orthogonal_(self.fc_policy.weight, gain=0.01)
-        nn.init.orthogonal_(self.fc_value.weight, gain=1.0)
-
     @property
     def activation_sites(self) -> list[str]:
         """The activation hook points: IMPALA's ReLU sites, or the CNN/MLP's ``conv*_out``/``fc*_out``."""
         if self.kind == "impala":
             return list(RELU_SITES)
         return [name for name, module in self.named_modules() if isinstance(module, HookPoint)]
-
-    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.embedder(obs)
-        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
-
-    def heads(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy logits and value from the embedder's output."""
-        return self.fc_policy(hidden), self.fc_value(hidden).squeeze(-1)
-
 
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
     """uint8 MiniGrid observations (index or one-hot encodings) → float, same layout (N, H, W, C)."""

@@ -8,7 +8,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from shardlab.configs.checks import need, need_finite
+from shardlab.configs.checks import need, need_finite, need_one_of
 
 KINDS = ("relu", "gelu", "kwta", "topk", "l1")
 SPARSE_KINDS = ("kwta", "topk", "l1")  # kinds that change what a dense network computes
@@ -83,7 +83,7 @@ def activation_options(model: Any) -> dict:
 def validate_sparse_options(model: Any) -> None:
     """Checks of the activation options every network's model section shares (activation,
     percent_on, boost_strength, k_inference_factor, duty_cycle_period, l1_coef)."""
-    need(model.activation in KINDS, f"model.activation must be one of {', '.join(KINDS)}, got {model.activation!r}")
+    need_one_of(model.activation, KINDS, "model.activation")
     need_finite(model, "model", ["percent_on", "boost_strength", "k_inference_factor", "l1_coef"])
     need(0 < model.percent_on <= 1, f"model.percent_on must be in (0, 1], got {model.percent_on}")
     need(model.boost_strength >= 0, f"model.boost_strength must be >= 0, got {model.boost_strength}")

@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from shardlab.atomic import write_json, write_text  # noqa: E402
-from shardlab.evals.maze.render import write_png_atomic  # noqa: E402
+from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
 from shardlab import cli  # noqa: E402
 
 RECIPE = "configs/train/maze_demo.yaml"
@@ -63,9 +63,7 @@ def plot_curve(metrics_path: str, out: str) -> None:
         ax.set(xlabel="env steps", ylabel=label)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.suptitle("training episodes (cheese in the top-right region)", fontsize=10)
-    fig.tight_layout()
-    write_png_atomic(fig, out, dpi=120)
-    plt.close(fig)
+    save_pyplot_figure(fig, out, dpi=120)
 
 
 def _metric(rows: dict, name: str) -> str:

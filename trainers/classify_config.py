@@ -8,7 +8,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from shardlab.configs.checks import need, need_finite, need_seed
+from shardlab.configs.checks import need, need_finite, need_one_of, need_seed
 from shardlab.models.classifier_config import ARCHS, ClassifierConfig, layer_names, sparse_names
 from shardlab.models.sparse_config import validate_sparse_options
 from shardlab.trainers.trainer_config import TrainerConfig, need_mixed_precision
@@ -57,7 +57,7 @@ class ClassifyConfig:
 def validate_classify(cfg: DictConfig) -> None:
     """Checks of a classification config."""
     data, model, optim = cfg.data, cfg.model, cfg.optim
-    need(data.source in SOURCES, f"data.source must be one of {', '.join(SOURCES)}, got {data.source!r}")
+    need_one_of(data.source, SOURCES, "data.source")
     need(data.source == "digits" or bool(data.path), f"data.source={data.source} needs data.path "
          f"({'a .npz file with x and y arrays' if data.source == 'npz' else 'a folder with one subfolder per class'})")
     need(0 <= data.val_fraction < 1 and 0 < data.test_fraction < 1 and data.val_fraction + data.test_fraction < 1,
@@ -69,7 +69,7 @@ def validate_classify(cfg: DictConfig) -> None:
     need(data.num_classes is None or data.num_classes >= 1,
          f"data.num_classes must be >= 1 or null (read from the data), got {data.num_classes}")
     need_seed(data.split_seed, "data.split_seed")
-    need(model.arch in ARCHS, f"model.arch must be one of {', '.join(ARCHS)}, got {model.arch!r}")
+    need_one_of(model.arch, ARCHS, "model.arch")
     need(all(w >= 1 for w in [*model.channels, *model.hidden]), "model.channels and model.hidden widths must be >= 1")
     need(model.arch == "mlp" or len(model.channels) >= 1, "model.arch=cnn needs at least one model.channels entry")
     validate_sparse_options(model)

@@ -12,7 +12,7 @@ from typing import List
 import numpy as np
 from omegaconf import DictConfig
 
-from shardlab.configs.checks import ConfigError, need, need_finite, need_seed
+from shardlab.configs.checks import ConfigError, need, need_finite, need_one_of, need_seed
 from shardlab.models.decision_transformer_config import STATE_ENCODINGS, DTModelConfig
 from shardlab.models.sparse_config import KINDS as ACTIVATIONS
 from shardlab.models.sparse_config import check_activation
@@ -93,10 +93,8 @@ def validate_dt(cfg: DictConfig) -> None:
     need(model.d_model >= 1 and model.d_model % model.n_heads == 0,
          f"model.d_model ({model.d_model}) must be a positive multiple of model.n_heads ({model.n_heads})")
     need(0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}")
-    need(model.state_encoding in STATE_ENCODINGS,
-         f"model.state_encoding must be one of {', '.join(STATE_ENCODINGS)}, got {model.state_encoding!r}")
-    need(model.mlp_activation in ACTIVATIONS,
-         f"model.mlp_activation must be one of {', '.join(ACTIVATIONS)}, got {model.mlp_activation!r}")
+    need_one_of(model.state_encoding, STATE_ENCODINGS, "model.state_encoding")
+    need_one_of(model.mlp_activation, ACTIVATIONS, "model.mlp_activation")
     need_finite(model, "model", ["dropout", "rtg_scale"])
     need(model.rtg_scale > 0, f"model.rtg_scale must be > 0, got {model.rtg_scale}")
     need(bool(cfg.data.path), "data.path must name a trajectory dataset (.npz from `shardlab collect`)")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from shardlab.configs.checks import need, need_finite, need_seed
+from shardlab.configs.checks import need, need_finite, need_one_of, need_seed
 from shardlab.envs.maze_config import (DISTRIBUTION_MODES, MAX_INT32, OBSERVATIONS, RANK_SEED_STRIDE, WORLD_DIM,
                                        MazeEnvConfig)
 from shardlab.models.impala_config import ModelConfig, validate_sparse
@@ -56,15 +56,14 @@ def validate_ppo(cfg: DictConfig) -> None:
     need(cfg.model.scale >= 1, f"model.scale must be >= 1, got {cfg.model.scale}")
     validate_sparse(cfg.model)
     need(env.num_envs >= 1, f"env.num_envs must be >= 1, got {env.num_envs}")
-    need(env.distribution_mode in DISTRIBUTION_MODES,
-         f"env.distribution_mode must be one of {', '.join(DISTRIBUTION_MODES)}, got {env.distribution_mode!r}")
+    need_one_of(env.distribution_mode, DISTRIBUTION_MODES, "env.distribution_mode")
     need(env.rand_region is None or env.rand_region >= 0,
          f"env.rand_region must be >= 0 (0 = the top-right corner) or null, got {env.rand_region}")
     world = WORLD_DIM.get(env.distribution_mode)
     need(env.rand_region is None or world is None or env.rand_region <= world,
          f"env.rand_region {env.rand_region} is larger than the {world}×{world} {env.distribution_mode}-mode "
          f"world; use at most {world} (or null for the cheese anywhere)")
-    need(env.obs in OBSERVATIONS, f"env.obs must be one of {', '.join(OBSERVATIONS)}, got {env.obs!r}")
+    need_one_of(env.obs, OBSERVATIONS, "env.obs")
     need(env.max_maze_size is None or (env.max_maze_size >= 3 and env.max_maze_size % 2 == 1),
          f"env.max_maze_size must be odd and >= 3 (or null), got {env.max_maze_size}")
     need(env.max_maze_size is None or world is None or env.max_maze_size <= world,

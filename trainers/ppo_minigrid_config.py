@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 
-from shardlab.configs.checks import need
+from shardlab.configs.checks import need, need_one_of
 from shardlab.envs.minigrid_config import MiniGridEnvConfig, env_config
 from shardlab.models.impala_config import sparse_sites
 from shardlab.models.minigrid_policy_config import KINDS as MODEL_KINDS
@@ -41,7 +41,7 @@ def validate_ppo_minigrid(cfg: DictConfig) -> None:
     except ValueError as exc:
         need(False, str(exc))
     model = cfg.model
-    need(model.kind in MODEL_KINDS, f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {model.kind!r}")
+    need_one_of(model.kind, MODEL_KINDS, "model.kind")
     need(len(model.hidden) >= 1 and all(w >= 1 for w in model.hidden),
          f"model.hidden must list at least one positive width, got {list(model.hidden)}")
     need(all(w >= 1 for w in model.channels), f"model.channels must be positive, got {list(model.channels)}")

@@ -7,7 +7,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from shardlab.configs.checks import ConfigError, need, need_seed
+from shardlab.configs.checks import ConfigError, need, need_one_of, need_seed
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -39,10 +39,8 @@ def validate_trainer(trainer: Any) -> None:
     """Checks of the ``trainer`` section every kind shares."""
     need(trainer.total_steps >= 1, f"trainer.total_steps must be >= 1, got {trainer.total_steps}")
     need(trainer.devices >= 1 and trainer.num_nodes >= 1, "trainer.devices and trainer.num_nodes must be >= 1")
-    need(trainer.accelerator in ACCELERATORS,
-         f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {trainer.accelerator!r}")
-    need(trainer.precision in PRECISIONS,
-         f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {trainer.precision!r}")
+    need_one_of(trainer.accelerator, ACCELERATORS, "trainer.accelerator")
+    need_one_of(trainer.precision, PRECISIONS, "trainer.precision")
     need(trainer.checkpoint_every >= 1, "trainer.checkpoint_every must be >= 1 step")
     need(trainer.keep_checkpoints >= 0, "trainer.keep_checkpoints must be >= 0")
     need_seed(trainer.seed, "trainer.seed")

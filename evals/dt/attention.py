@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
-from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
@@ -142,11 +142,7 @@ class DTAttention:
                 ax.set_title(f"layer {layer} head {head}: episode of return {episode.ret:.2f} "
                              f"(target {episode.target:.2f}), last {len(keep)} tokens", fontsize=8)
                 fig.colorbar(image, ax=ax, fraction=0.046)
-                fig.tight_layout()
-                path = ctx.artifact(f"attention_layer{layer}_head{head}.png")
-                write_png_atomic(fig, path, dpi=110)
-                plt.close(fig)
-                paths.append(path)
+                paths.append(save_pyplot_figure(fig, ctx.artifact(f"attention_layer{layer}_head{head}.png"), dpi=110))
         return paths
 
     def _plot_shares(self, ctx: EvalContext, shares: dict[str, np.ndarray]) -> str:
@@ -167,8 +163,4 @@ class DTAttention:
         ax.set_ylabel("share of attention from state tokens")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
-        path = ctx.artifact("attention_shares.png")
-        write_png_atomic(fig, path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_pyplot_figure(fig, ctx.artifact("attention_shares.png"), dpi=120)

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from shardlab.evals.dt.rollout import play, summarise
-from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
@@ -111,8 +111,4 @@ class DTReturnConditioning:
         handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="best", fontsize=8)
         ax.set_title(f"RTG calibration ({spec.env_id}, {ctx.count(self.config.episodes)} episodes/target)", fontsize=9)
-        fig.tight_layout()
-        path = ctx.artifact("calibration.png")
-        write_png_atomic(fig, path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_pyplot_figure(fig, ctx.artifact("calibration.png"), dpi=120)

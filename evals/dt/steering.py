@@ -19,7 +19,7 @@ from typing import List, Optional
 import torch
 
 from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
-from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
@@ -214,8 +214,4 @@ class DTSteering:
         right.set_ylabel("action-distribution shift")
         right.legend(fontsize=8)
         fig.suptitle(f"RTG steering vector at {self.config.hook} (B − A)", fontsize=10)
-        fig.tight_layout()
-        path = ctx.artifact("steering_scan.png")
-        write_png_atomic(fig, path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_pyplot_figure(fig, ctx.artifact("steering_scan.png"), dpi=120)

@@ -31,7 +31,7 @@ from shardlab.envs import maze_state  # noqa: E402
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
 from shardlab.envs.maze import Episode  # noqa: E402
 from shardlab.envs.maze_config import env_config  # noqa: E402
-from shardlab.evals.maze.render import write_png_atomic  # noqa: E402
+from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
 from shardlab.evals.suite.context import EvalContext  # noqa: E402
 from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
 from shardlab.evals.suite.results import Result  # noqa: E402
@@ -305,11 +305,7 @@ class FinetuneToCheese:
         ax.set(xlabel="fine-tuning env steps", ylabel="rate on out-of-region test mazes", ylim=(-0.02, 1.02),
                title=f"finetune_to_cheese (reward: {self.config.reward})")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = ctx.artifact("learning_curve.png")
-        write_png_atomic(fig, path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_pyplot_figure(fig, ctx.artifact("learning_curve.png"), dpi=120)
 
     @staticmethod
     def _plot_change(ctx: EvalContext, change: dict[str, float]) -> str:
@@ -319,11 +315,7 @@ class FinetuneToCheese:
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set(xlabel="‖ΔW‖ / ‖W‖", title="relative weight change per layer")
-        fig.tight_layout()
-        path = ctx.artifact("weight_change.png")
-        write_png_atomic(fig, path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_pyplot_figure(fig, ctx.artifact("weight_change.png"), dpi=120)
 
     @staticmethod
     def _plot_ends(ctx: EvalContext, episodes: list[Episode]) -> str:
@@ -341,8 +333,4 @@ class FinetuneToCheese:
         image = ax.imshow(grid.numpy(), cmap="viridis", extent=(0, 1, 0, 1))
         fig.colorbar(image, ax=ax, label="fraction of episodes")
         ax.set(xlabel="x / maze size", ylabel="y / maze size", title="where avoid_cheese episodes end")
-        fig.tight_layout()
-        path = ctx.artifact("end_squares.png")
-        write_png_atomic(fig, path, dpi=120)
-        plt.close(fig)
-        return os.path.abspath(path)
+        return os.path.abspath(save_pyplot_figure(fig, ctx.artifact("end_squares.png"), dpi=120))

@@ -41,7 +41,7 @@ from shardlab.envs.maze_config import env_config
 from shardlab.envs.maze_geometry import maze_distances
 from shardlab.evals.maze.common import training_region
 from shardlab.evals.maze.episode_log import EpisodeLog
-from shardlab.evals.maze.render import write_png_atomic
+from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
@@ -307,8 +307,4 @@ def _plot(ctx: EvalContext, result: Result) -> str:
                       fontsize=7)
         ax.set(ylim=(low, 1.05), title=title)
         ax.axhline(0, color="black", linewidth=0.6)
-    fig.tight_layout()
-    path = ctx.artifact("goal_misgeneralization.png")
-    write_png_atomic(fig, path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_pyplot_figure(fig, ctx.artifact("goal_misgeneralization.png"), dpi=120)

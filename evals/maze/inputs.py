@@ -18,8 +18,9 @@ from torch import nn
 
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
-from shardlab.evals.maze.common import TrainEnv, activation_square_cell
+from shardlab.evals.maze.common import TrainEnv, activation_square_cell, policy_input, train_env
 from shardlab.evals.maze.vector_field import ACTION_GROUPS
+from shardlab.evals.suite.context import EvalContext
 from shardlab.models.hooks import HookPoint, hooked
 
 Square = tuple[int, int]
@@ -43,6 +44,16 @@ def interp_mazes(env: TrainEnv, n: int, seed: int, mouse: str = "start", **filte
     mazes = eval_mazes(n, seed, max_size=env.max_size, mode=env.mode, **filters)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     return [_with_mouse(maze, mouse, rng) for maze in mazes]
+
+
+def maze_inputs(ctx: EvalContext, n: int, mouse: str, layers: Sequence[str] = ()
+                ) -> tuple[TrainEnv, list[EvalMaze], torch.Tensor]:
+    """The checkpoint's env, ``ctx.count(n)`` seeded mazes with the mouse placed by ``mouse``, and
+    the policy's input batch of those mazes; HookError first if the policy lacks one of ``layers``."""
+    check_layers(ctx.policy, layers)  # before the mazes, which take the time
+    env = train_env(ctx.train_config)
+    mazes = interp_mazes(env, ctx.count(n), ctx.seed, mouse)
+    return env, mazes, policy_input(ctx.policy, [m.state for m in mazes], env.obs)
 
 
 def _with_mouse(maze: EvalMaze, mouse: str, rng: np.random.Generator) -> EvalMaze:

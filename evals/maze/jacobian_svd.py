@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from shardlab.envs.maze import MOVE_GROUPS
-from shardlab.envs.maze_views import GRID_CHANNELS
-from shardlab.evals.maze.common import new_panels, policy_input, save_figure, summarise, train_env
-from shardlab.evals.maze.inputs import check_layers, check_mouse_placement, interp_mazes, short_name
+from shardlab.envs.maze_views import observation_channels
+from shardlab.evals.maze.common import new_panels, save_figure, summarise
+from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, short_name
 from shardlab.evals.maze.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
 from shardlab.evals.suite.context import EvalContext
@@ -146,10 +146,8 @@ class JacobianSVD:
 
     def run(self, ctx: EvalContext) -> Result:
         """Per-maze Jacobians and SVDs; means and standard errors over mazes; example PNG."""
-        cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
-        check_layers(policy, cfg.layers)
-        mazes = interp_mazes(env, ctx.count(cfg.mazes), ctx.seed, cfg.mouse)
-        x = policy_input(policy, [m.state for m in mazes], env.obs)
+        cfg, policy = self.config, ctx.policy
+        env, _, x = maze_inputs(ctx, cfg.mazes, cfg.mouse, cfg.layers)
         parts = {name: decompose(jac) for name, jac in jacobians(policy, x, [INPUT, *cfg.layers]).items()}
         result = Result()
         for name, part in parts.items():
@@ -164,8 +162,7 @@ class JacobianSVD:
                 continue  # a flat layer has no channels
             share = part.channel_share
             if name == INPUT:
-                channel_names = GRID_CHANNELS if env.obs == "grid" else ("red", "green", "blue")
-                for channel, channel_name in enumerate(channel_names):
+                for channel, channel_name in enumerate(observation_channels(env.obs)):
                     _add_mean(result, f"input/channel_share/{channel_name}", share[:, channel])
             else:
                 for channel in torch.argsort(share.mean(0), descending=True)[:cfg.top_k].tolist():

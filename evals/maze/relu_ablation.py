@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from shardlab.evals.maze.common import new_panels, policy_input, save_figure, train_env
-from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement, hook_points,
-                                        interp_mazes, move_logits, short_name)
+from shardlab.evals.maze.common import new_panels, save_figure
+from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_mouse_placement, hook_points,
+                                        maze_inputs, move_logits, short_name)
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
@@ -134,11 +134,9 @@ class ReluAblation:
 
     def run(self, ctx: EvalContext) -> Result:
         """Ablate each ReLU alone, then all together."""
-        cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
+        cfg, policy = self.config, ctx.policy
         sites = list(cfg.relus) if cfg.relus is not None else relu_sites(policy)
-        check_layers(policy, [*sites, *(pre_relu_site(site) for site in sites)])
-        mazes = interp_mazes(env, ctx.count(cfg.mazes), ctx.seed, cfg.mouse)
-        x = policy_input(policy, [m.state for m in mazes], env.obs)
+        _, _, x = maze_inputs(ctx, cfg.mazes, cfg.mouse, [*sites, *(pre_relu_site(site) for site in sites)])
         check_relu_sites(policy, x, sites)
         original, _ = cached_activations(policy, x, [])
         result, rows = Result(), {}

@@ -337,3 +337,13 @@ def write_png_atomic(fig: Figure, path: Union[str, os.PathLike], dpi: Optional[f
     never half-written, the folder created if needed."""
     save_with(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi), make_parents=True)
     return Path(path)
+
+
+def save_pyplot_figure(fig: Figure, path: str, dpi: float) -> str:
+    """Lay out a figure made with pyplot, write it as a PNG atomically and close it; returns ``path``."""
+    from matplotlib import pyplot as plt  # only figures made with pyplot need it, and their callers loaded it
+
+    fig.tight_layout()
+    write_png_atomic(fig, path, dpi=dpi)
+    plt.close(fig)  # pyplot keeps every figure alive until it is closed
+    return path

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from shardlab.envs.maze_views import GRID_CHANNELS
-from shardlab.evals.maze.common import new_panels, policy_input, save_figure, train_env
-from shardlab.evals.maze.inputs import check_layers, check_mouse_placement, interp_mazes, move_logits, short_name
+from shardlab.envs.maze_views import observation_channels
+from shardlab.evals.maze.common import new_panels, save_figure
+from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, move_logits, short_name
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -153,10 +153,8 @@ class SaliencyPCA:
 
     def run(self, ctx: EvalContext) -> Result:
         """Gradients for a batch of mazes, their SVD and per-channel / per-pixel shares."""
-        cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
-        check_layers(policy, cfg.layers)
-        mazes = interp_mazes(env, ctx.count(cfg.mazes), ctx.seed, cfg.mouse)
-        x = policy_input(policy, [m.state for m in mazes], env.obs)
+        cfg, policy = self.config, ctx.policy
+        env, _, x = maze_inputs(ctx, cfg.mazes, cfg.mouse, cfg.layers)
         action: Union[str, int] = int(cfg.action) if cfg.action.isdigit() else cfg.action
         grads = gradients(policy, x, [INPUT, *cfg.layers], action)
         result = Result()
@@ -174,8 +172,7 @@ class SaliencyPCA:
             share = (grad.double() ** 2).sum(dim=[d for d in range(grad.dim()) if d != 1])
             share = share / share.sum() if share.sum() > 0 else share
             if name == INPUT:
-                channel_names = GRID_CHANNELS if env.obs == "grid" else ("red", "green", "blue")
-                for channel, value in zip(channel_names, share):
+                for channel, value in zip(observation_channels(env.obs), share):
                     result.add(f"input/channel_share/{channel}", value, n=len(x))
             elif grad.dim() > 2:
                 for channel in torch.argsort(share, descending=True)[:cfg.top_k].tolist():
@@ -188,7 +185,7 @@ class SaliencyPCA:
         """Input: mean |gradient| and the top singular vector per input channel. Layers: gradient
         energy per channel, and the mean |gradient| summed over channels per cell."""
         grad_in, top_in = grads[INPUT].double(), tops[INPUT]
-        channel_names = GRID_CHANNELS if obs == "grid" else ("red", "green", "blue")
+        channel_names = observation_channels(obs)
         spatial = [name for name in grads if name != INPUT and grads[name].dim() == 4]
         rows, cols = 2 + len(spatial), len(channel_names)  # one row per input map, one per layer
         fig, axes = new_panels(rows * cols, size_inches=3.2, rows=rows)

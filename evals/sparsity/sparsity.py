@@ -259,23 +259,13 @@ def _binomial_stderr(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
-def _save(fig, path: str) -> str:
-    """Lay out ``fig``, write it as a PNG atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    from shardlab.evals.maze.render import write_png_atomic
-
-    fig.tight_layout()
-    write_png_atomic(fig, path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
     """Bars of density and dead-unit fraction per layer, one colour per network."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from shardlab.evals.maze.render import save_pyplot_figure
 
     names = list(next(iter(reports.values())).layers)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.7 * len(names) * len(reports) + 4), 4), sharey=False)
@@ -290,7 +280,7 @@ def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
         ax.set_title(title)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_pyplot_figure(fig, path, dpi=110)
 
 
 def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
@@ -299,6 +289,8 @@ def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from shardlab.evals.maze.render import save_pyplot_figure
 
     pixels = all(report.pixel_scores for report in reports.values())
     fig, axes = plt.subplots(1, 2 if pixels else 1, figsize=(11 if pixels else 5.5, 4), squeeze=False)
@@ -318,7 +310,7 @@ def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_pyplot_figure(fig, path, dpi=110)
 
 
 def plot_class_density(report: SparsityReport, path: str) -> str:
@@ -326,6 +318,8 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from shardlab.evals.maze.render import save_pyplot_figure
 
     names = list(report.layers)
     classes = sorted(next(iter(report.layers.values())).class_values)
@@ -337,7 +331,7 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
     ax.set_ylabel("class")
     ax.set_title("activation density per class")
     fig.colorbar(image, ax=ax)
-    return _save(fig, path)
+    return save_pyplot_figure(fig, path, dpi=110)
 
 
 @register("sparsity")

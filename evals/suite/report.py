@@ -113,34 +113,39 @@ def _status(results: Any, comparison: Optional[Comparison]) -> tuple[bool, str]:
     return (not problems, "passed" if not problems else "failed: " + ", ".join(problems))
 
 
-def _meta_items(meta: dict) -> list[tuple[str, str]]:
-    """(label, text) pairs describing the run, those that are known."""
-    items = []
+def _with_detail(meta: dict, key: str, detail_key: str, detail: str) -> str:
+    """``meta[key]``, then ``detail`` formatted with ``meta[detail_key]`` if that is known."""
+    extra = meta.get(detail_key)
+    return f"{meta[key]}" + (detail.format(extra) if extra else "")
+
+
+def _meta_items(results: Any) -> list[tuple[str, str]]:
+    """(label, text) pairs describing the run, those that are known; the seed third when one
+    seed ran every eval."""
+    meta, items = results.meta, []
     if meta.get("checkpoint"):
-        sha = meta.get("checkpoint_sha256")
-        items.append(("checkpoint", f"{meta['checkpoint']}" + (f" (sha256 {sha[:12]})" if sha else "")))
+        items.append(("checkpoint", _with_detail(meta, "checkpoint", "checkpoint_sha256", " (sha256 {:.12})")))
     if meta.get("train_steps") is not None:
         items.append(("train steps", str(meta["train_steps"])))
     if meta.get("suite"):
         items.append(("suite", os.path.basename(str(meta["suite"]))))
     if meta.get("limit") is not None:
         items.append(("limit", str(meta["limit"])))
-    device = meta.get("device")
-    if device:
-        name = meta.get("device_name")
-        items.append(("device", f"{device}" + (f" ({name})" if name else "")))
+    if meta.get("device"):
+        items.append(("device", _with_detail(meta, "device", "device_name", " ({})")))
     if meta.get("torch_version"):
         items.append(("torch", str(meta["torch_version"])))
     host = meta.get("host") or {}
     if host:
         items.append(("host", f"{host.get('machine') or '?'}, {host.get('cpu_count') or '?'} CPUs"
                               + (f", {host['system']}" if host.get("system") else "")))
-    version = meta.get("package_version")
-    if version:
-        commit = meta.get("git_commit")
-        items.append(("shardlab", f"{version}" + (f" @ {commit[:10]}" if commit else "")))
+    if meta.get("package_version"):
+        items.append(("shardlab", _with_detail(meta, "package_version", "git_commit", " @ {:.10}")))
     if meta.get("time"):
         items.append(("time", str(meta["time"])))
+    seed = _seed(results)
+    if seed is not None:
+        items.insert(2, ("seed", str(seed)))
     return items
 
 
@@ -170,10 +175,7 @@ def markdown(results: Any, out_dir: str, comparison: Optional[Comparison] = None
     ``out_dir``; ``images=False`` lists the plots by path instead of embedding them."""
     passed, status = _status(results, comparison)
     sections = [_Section(run, _thresholds(results)) for run in results.runs]
-    items = _meta_items(results.meta)
-    seed = _seed(results)
-    if seed is not None:
-        items.insert(2, ("seed", str(seed)))
+    items = _meta_items(results)
     lines = [f"# shardlab eval {'✅' if passed else '❌'} {status}", "",
              " · ".join(f"{label}: `{md_cell(text)}`" for label, text in items), ""]
     header, overview = _overview(sections, comparison)
@@ -259,10 +261,7 @@ def html(results: Any, out_dir: str, comparison: Optional[Comparison] = None) ->
     """The report as one self-contained HTML page: PNGs inlined as data URIs, no external assets."""
     passed, status = _status(results, comparison)
     sections = [_Section(run, _thresholds(results)) for run in results.runs]
-    items = _meta_items(results.meta)
-    seed = _seed(results)
-    if seed is not None:
-        items.insert(2, ("seed", str(seed)))
+    items = _meta_items(results)
     parts = [_tag("h1", _e(f"shardlab eval {'✅' if passed else '❌'} {status}")),
              _tag("p", " · ".join(f"{_e(label)}: {_tag('code', _e(text))}" for label, text in items), class_="meta")]
     header, overview = _overview(sections, comparison)

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 if TYPE_CHECKING:  # torch is imported inside the functions, after argument parsing
     import torch
@@ -22,6 +22,14 @@ def write_json_report(path: str, report: dict[str, Any]) -> None:
 
     write_json(path, report, make_parents=True)
     progress(f"wrote {path}")
+
+
+def finish_report(table: str, report: dict[str, Any], json_path: Optional[str]) -> int:
+    """Print a benchmark's table, write its JSON report when asked (``--json``), return EXIT_OK."""
+    print(table)
+    if json_path:
+        write_json_report(json_path, report)
+    return EXIT_OK
 
 
 def progress(message: str) -> None:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any
 
-from benchmarks.common import EXIT_OK, REPO, write_json_report
+from benchmarks.common import REPO, finish_report
 
 NAME = "demo"
 HELP = "wall time per stage of `make demo` (install with --install, train, evaluate, report)"
@@ -84,7 +84,4 @@ def format_report(report: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Run the demo in a fresh run directory and print its stage times."""
     report = measure(args, REPO)
-    print(format_report(report))
-    if args.json:
-        write_json_report(args.json, report)
-    return EXIT_OK
+    return finish_report(format_report(report), report, args.json)

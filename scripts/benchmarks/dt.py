@@ -24,7 +24,7 @@ import time
 import warnings
 from typing import Any
 
-from benchmarks.common import EXIT_OK, write_json_report
+from benchmarks.common import finish_report
 
 NAME = "dt"
 HELP = ("decision-transformer training tokens/s: Lightning DTModule vs a plain PyTorch loop "
@@ -189,7 +189,4 @@ def format_report(report: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Time the DT trainer against the plain loop, interleaved."""
     report = measure(args)
-    print(format_report(report))
-    if args.json:
-        write_json_report(args.json, report)
-    return EXIT_OK
+    return finish_report(format_report(report), report, args.json)

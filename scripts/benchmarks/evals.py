@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Any, Optional
 
-from benchmarks.common import EXIT_OK, progress, write_json_report
+from benchmarks.common import finish_report, progress
 
 NAME = "evals"
 HELP = "goal_misgeneralization eval episodes/s vs a bare batched rollout (target ratio >= 0.8)"
@@ -144,7 +144,4 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--mazes must be >= 2 and --repeats >= 1")
     progress(f"goal_misgeneralization eval vs bare rollout: {args.repeats} interleaved repeats")
     report = measure(args)
-    print(format_report(report))
-    if args.json:
-        write_json_report(args.json, report)
-    return EXIT_OK
+    return finish_report(format_report(report), report, args.json)

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any, Callable
 
-from benchmarks.common import EXIT_OK, write_json_report
+from benchmarks.common import finish_report
 
 NAME = "interp"
 HELP = ("ImpalaPolicy forward passes/s with activation hooks vs without, and the HookPoints' "
@@ -268,7 +268,4 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Time hooked against unhooked forward passes, interleaved."""
     report = measure(args)
-    print(format_report(report))
-    if args.json:
-        write_json_report(args.json, report)
-    return EXIT_OK
+    return finish_report(format_report(report), report, args.json)

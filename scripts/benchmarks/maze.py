@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any, Callable
 
-from benchmarks.common import EXIT_OK, progress, write_json_report
+from benchmarks.common import finish_report, progress
 
 NAME = "maze"
 HELP = "maze toolkit: state edits/s, vector-field render + forward time, grid vs rgb env steps/s"
@@ -207,7 +207,4 @@ def run(args: argparse.Namespace) -> int:
               "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "state_edits": edits, "vector_field": field, "env_steps": steps,
               "load_average": {"before": load_before, "after": os.getloadavg()[0]}}
-    print(format_maze_table(report))
-    if args.json:
-        write_json_report(args.json, report)
-    return EXIT_OK
+    return finish_report(format_maze_table(report), report, args.json)
