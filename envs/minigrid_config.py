@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-__all__ = ["OBSERVATIONS", "FAMILIES", "RANK_SEED_STRIDE", "MiniGridEnvConfig", "env_config", "dataset_env_config"]
+__all__ = ["OBSERVATIONS", "FAMILIES", "RANK_SEED_STRIDE", "MiniGridEnvConfig", "env_config", "dataset_env_config",
+           "spec_env_config"]
 
 OBSERVATIONS = ("image", "onehot", "full")
 FAMILIES = ("MiniGrid-", "BabyAI-")
@@ -36,7 +37,11 @@ def env_config(train_config: Any, **overrides: Any) -> MiniGridEnvConfig:
 
 def dataset_env_config(train_config: Any, **overrides: Any) -> MiniGridEnvConfig:
     """The env a decision transformer's dataset came from (the config's ``spec``), ``overrides`` applied."""
-    spec = train_config.spec
+    return spec_env_config(train_config.spec, **overrides)
+
+
+def spec_env_config(spec: Any, **overrides: Any) -> MiniGridEnvConfig:
+    """The env a trajectory dataset's ``spec`` names, ``overrides`` (num_envs=, seed=, max_steps=) applied."""
     if not spec.env_id:
         raise ValueError("the checkpoint's spec.env_id is empty: its dataset named no env, so the model "
                          "cannot be played online; re-collect the data with `shardlab collect`")

@@ -18,7 +18,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig
+from shardlab.envs.minigrid import MiniGridEnv
+from shardlab.envs.minigrid_config import spec_env_config
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, hooked
 from shardlab.trainers.bars import progress_kwargs
@@ -42,22 +43,12 @@ class PlayedEpisode:
     timesteps: Optional[np.ndarray] = None  # (T,)
 
 
-def env_config(spec: DictConfig, num_envs: int, seed: int, max_steps: Optional[int] = None) -> MiniGridEnvConfig:
-    """The env a checkpoint's data came from (its ``spec``), ``num_envs`` copies from ``seed``;
-    ``max_steps`` overrides the episode step limit (None keeps the env's own)."""
-    if not spec.env_id:
-        raise ValueError("the checkpoint's spec.env_id is empty: its dataset named no env, so the model "
-                         "cannot be played online; re-collect the data with `shardlab collect`")
-    return MiniGridEnvConfig(env_id=spec.env_id, num_envs=num_envs, obs=spec.obs or "image", seed=seed,
-                             max_steps=max_steps)
-
-
 def play(model: DecisionTransformer, spec: DictConfig, targets: Sequence[float], seed: int,
          greedy: bool = True, edits: Optional[dict[str, Edit]] = None, record: bool = False,
          progress: bool = False, desc: str = "episodes", max_steps: Optional[int] = None) -> list[PlayedEpisode]:
     """The first episodes (in env order) of ``len(targets)`` envs (seeds ``seed + i``), env i conditioned on ``targets[i]``."""
     n, K = len(targets), model.context
-    env = MiniGridEnv(env_config(spec, n, seed, max_steps))
+    env = MiniGridEnv(spec_env_config(spec, num_envs=n, seed=seed, max_steps=max_steps))
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     obs = env.reset()
