@@ -48,6 +48,7 @@ class ScriptedEnds:
 
     def __init__(self, env, seed: int = 11):
         self.env, self.generator = env, torch.Generator().manual_seed(seed)
+        self.num_envs = env.num_envs  # the BatchedEnv protocol the training rollout plays
 
     def step(self, action):
         obs, reward, done, finished = self.env.step(action)

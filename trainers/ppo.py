@@ -39,6 +39,7 @@ from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.base import ShardlabModule, tick_loader
 from shardlab.trainers.config import build_config
 from shardlab.trainers.reward_norm import RewardNormalizer
+from shardlab.trainers.rollout import rollout
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
               "clip_fraction", "value_clip_fraction", "explained_variance")
@@ -166,20 +167,30 @@ class PPOModule(ShardlabModule):
         buf = self._buffer
         was_training = self.policy.training
         self.policy.eval()
+        chosen: dict[str, torch.Tensor] = {}
+
+        def act(obs: torch.Tensor) -> torch.Tensor:
+            logits, chosen["value"] = self.policy(self.preprocess(obs.to(device, non_blocking=True)))
+            dist = Categorical(logits=logits)
+            action = dist.sample()
+            chosen["log_prob"] = dist.log_prob(action)
+            return action
+
+        def record(t: int, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
+                   finished: list) -> None:
+            buf["obs"][t], buf["action"][t] = obs.to(device, non_blocking=True), action
+            buf["log_prob"][t], buf["value"][t] = chosen["log_prob"], chosen["value"]
+            self._episodes.extend(finished)
+            if cfg.ppo.normalize_reward:
+                reward = self.reward_norm(reward, done)
+            buf["reward"][t], buf["done"][t] = reward.to(device), done.to(device)
+
+        def bootstrap(obs: torch.Tensor) -> None:
+            self._obs = obs  # the next iteration starts here
+            buf["value"][T] = self.policy(self.preprocess(obs.to(device)))[1]
+
         with torch.inference_mode():
-            for t in range(T):
-                obs = self._obs.to(device, non_blocking=True)
-                buf["obs"][t] = obs
-                logits, value = self.policy(self.preprocess(obs))
-                dist = Categorical(logits=logits)
-                action = dist.sample()
-                buf["action"][t], buf["log_prob"][t], buf["value"][t] = action, dist.log_prob(action), value
-                self._obs, reward, done, finished = self.env.step(action)
-                self._episodes.extend(finished)
-                if cfg.ppo.normalize_reward:
-                    reward = self.reward_norm(reward, done)
-                buf["reward"][t], buf["done"][t] = reward.to(device), done.to(device)
-            buf["value"][T] = self.policy(self.preprocess(self._obs.to(device)))[1]
+            rollout(self.env, act, obs=self._obs, steps=T, until="steps", on_step=record, on_end=bootstrap)
         self.policy.train(was_training)
         # torchrl's GAE wants (batch, time, 1); procgen has no separate truncation flag
         as_btf = lambda x: x.transpose(0, 1).unsqueeze(-1)

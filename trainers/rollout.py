@@ -13,11 +13,10 @@ Hooks see everything else: ``on_step(t, obs, actions, reward, done, finished)`` 
 with the observations the actions were chosen on (record states, activations, rewards), and
 ``on_episode(index, episode)`` once per counted episode (the first, or the first ``quota[i]``):
 progress bars, outcomes. ``stop()``, when given, is asked after each step's hooks and ends the
-rollout early when true (say, once every env reached a target square). The caller owns the env
-(closes it) and any ``torch.inference_mode``/hook context.
-
-PPO training (``trainers.ppo.PPOModule._collect``) keeps its own loop: it carries the env's last
-observation across iterations and needs the observation after the last step for the bootstrap value.
+rollout early when true (say, once every env reached a target square). ``on_end(obs)`` receives the
+observation the rollout stopped at, the one the next action would be chosen on: PPO training
+(``trainers.ppo.PPOModule._collect``) bootstraps its value from it and starts the next iteration
+there. The caller owns the env (closes it) and any ``torch.inference_mode``/hook context.
 """
 
 from __future__ import annotations
@@ -35,14 +34,14 @@ EpisodeHook = Callable[[int, Any], None]
 def rollout(env: BatchedEnv, act: Callable[[Any], Any], *, obs: Any = None, steps: Optional[int] = None,
             until: Literal["first_episode", "steps"] = "first_episode", on_step: Optional[StepHook] = None,
             on_episode: Optional[EpisodeHook] = None, quota: Optional[Sequence[int]] = None,
-            stop: Optional[Callable[[], bool]] = None) -> list:
+            stop: Optional[Callable[[], bool]] = None, on_end: Optional[Callable[[Any], None]] = None) -> list:
     """Step ``env`` with ``act(obs) -> actions`` from ``obs`` (``env.reset()`` when None).
 
     Returns the first episode of each env that finished one, in env order. ``until="first_episode"``
     stops once every env has (or after ``steps`` steps, if given; None plays on until they all have);
     ``until="steps"`` plays exactly ``steps`` steps. ``quota`` (one count per env, zero allowed)
     counts env ``i``'s first ``quota[i]`` episodes instead of its first one. ``stop()`` true after a
-    step ends the rollout there.
+    step ends the rollout there; ``on_end(obs)`` then gets the observation it ended on.
     """
     if until not in ("first_episode", "steps"):
         raise ValueError(f"until must be 'first_episode' or 'steps', got {until!r}")
@@ -73,4 +72,6 @@ def rollout(env: BatchedEnv, act: Callable[[Any], Any], *, obs: Any = None, step
         t += 1
         if stop is not None and stop():
             break
+    if on_end is not None:
+        on_end(obs)
     return [episode for per_env in counted for episode in per_env]
