@@ -179,6 +179,7 @@ class ScriptedEnv:
     def __init__(self, rewards: torch.Tensor, dones: torch.Tensor):
         self.rewards, self.dones, self.t = rewards, dones, 0
         self.generator = torch.Generator().manual_seed(4)
+        self.num_envs = rewards.shape[1]  # the BatchedEnv protocol the training rollout plays
 
     def frame(self) -> torch.Tensor:
         n = self.rewards.shape[1]
