@@ -170,7 +170,8 @@ class PPOModule(ShardlabModule):
         chosen: dict[str, torch.Tensor] = {}
 
         def act(obs: torch.Tensor) -> torch.Tensor:
-            logits, chosen["value"] = self.policy(self.preprocess(obs.to(device, non_blocking=True)))
+            chosen["obs"] = obs.to(device, non_blocking=True)  # copied to the device once per step
+            logits, chosen["value"] = self.policy(self.preprocess(chosen["obs"]))
             dist = Categorical(logits=logits)
             action = dist.sample()
             chosen["log_prob"] = dist.log_prob(action)
@@ -178,7 +179,7 @@ class PPOModule(ShardlabModule):
 
         def record(t: int, obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, done: torch.Tensor,
                    finished: list) -> None:
-            buf["obs"][t], buf["action"][t] = obs.to(device, non_blocking=True), action
+            buf["obs"][t], buf["action"][t] = chosen["obs"], action
             buf["log_prob"][t], buf["value"][t] = chosen["log_prob"], chosen["value"]
             self._episodes.extend(finished)
             if cfg.ppo.normalize_reward:
