@@ -81,9 +81,9 @@ def seed_everything(seed: int) -> None:
 
 def autocast_for(cfg: DictConfig, device: torch.device) -> Callable[[], ContextManager]:
     """A context factory giving the precision Lightning uses for ``trainer.precision``."""
-    from shardlab.trainers.precision import resolve_precision
+    from shardlab.trainers.precision import device_precision
 
-    precision = resolve_precision(str(cfg.trainer.precision), "cuda" if device.type == "cuda" else "cpu")
+    precision = device_precision(str(cfg.trainer.precision), device.type)
     if precision in ("32-true", "32"):
         return contextlib.nullcontext
     if precision == "bf16-mixed":  # Lightning autocasts training_step (rollout included); no scaler

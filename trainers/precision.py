@@ -41,3 +41,8 @@ def resolve_precision(precision: str, accelerator: str, flags: set[str] | None =
     if uses_cpu(accelerator) and FAST_CPU_FLAG in (cpu_flags() if flags is None else flags):
         return "bf16-mixed"
     return "32-true"
+
+
+def device_precision(precision: str, device_type: str) -> str:
+    """:func:`resolve_precision` for code that holds a torch device type rather than an accelerator name."""
+    return resolve_precision(precision, "cuda" if device_type == "cuda" else "cpu")

@@ -92,7 +92,7 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
 
     from shardlab.trainers.config import to_dict
     from shardlab.trainers.ppo import PPOModule
-    from shardlab.trainers.precision import resolve_precision
+    from shardlab.trainers.precision import device_precision
 
     t = cfg.trainer
     pl.seed_everything(t.seed, workers=True, verbose=False)
@@ -122,7 +122,7 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     with tempfile.TemporaryDirectory(prefix="shardlab-bench-") as root:
         trainer = pl.Trainer(
             accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, num_nodes=1, strategy="auto",
-            precision=resolve_precision(t.precision, "cuda" if device.type == "cuda" else "cpu"),
+            precision=device_precision(t.precision, device.type),
             max_steps=(warmup + iterations) * schedule.updates_per_iteration,
             max_epochs=-1, gradient_clip_val=cfg.ppo.max_grad_norm, gradient_clip_algorithm="norm",
             logger=False, callbacks=[Boundaries()], enable_checkpointing=False, enable_progress_bar=False,
@@ -214,13 +214,13 @@ def _config_summary(cfg: "DictConfig", device: "torch.device") -> dict[str, Any]
     import pytorch_lightning as pl
     import torch
 
-    from shardlab.trainers.precision import resolve_precision
+    from shardlab.trainers.precision import device_precision
     batch = cfg.env.num_envs * cfg.ppo.num_steps
     return {
         "num_envs": cfg.env.num_envs, "num_steps": cfg.ppo.num_steps, "batch": batch,
         "minibatch_size": cfg.ppo.minibatch_size, "minibatches_per_epoch": batch // cfg.ppo.minibatch_size,
         "epochs": cfg.ppo.epochs, "scale": cfg.model.scale, "channels_last": cfg.model.channels_last,
-        "precision": resolve_precision(str(cfg.trainer.precision), "cuda" if device.type == "cuda" else "cpu"),
+        "precision": device_precision(str(cfg.trainer.precision), device.type),
         "distribution_mode": cfg.env.distribution_mode,
         "device": str(device), "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(),
