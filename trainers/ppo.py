@@ -84,6 +84,8 @@ class PPOModule(ShardlabModule):
 
     kind, model_attr, progress_key, progress_unit = "ppo", "policy", "env_steps", "step"
     resume_fixed_keys = ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs")
+    # the episode/<metric> rates beside return and length: metric → the Episode's boolean field
+    episode_rates = {"cheese_rate": "reached_cheese", "corner_rate": "reached_corner"}
 
     def __init__(self, config: dict, world_size: int = 1):
         super().__init__()
@@ -277,18 +279,17 @@ class PPOModule(ShardlabModule):
         self.log_row(row)
 
     def episode_sums(self, episodes: list) -> list[float]:
-        """[return sum, length sum, cheese count, corner count, episodes] of this rank's episodes."""
+        """[return sum, length sum, one count per :attr:`episode_rates`, episodes] of this rank's episodes."""
         return [sum(e.ret for e in episodes), sum(e.length for e in episodes),
-                sum(e.reached_cheese for e in episodes), sum(e.reached_corner for e in episodes), len(episodes)]
+                *(sum(getattr(e, flag) for e in episodes) for flag in self.episode_rates.values()), len(episodes)]
 
     def episode_metrics(self, sums: list[float]) -> dict[str, float]:
         """The ``episode/*`` metrics from :meth:`episode_sums` summed over ranks (none if no episode ended)."""
-        count = sums[4]
+        *totals, count = sums
         if count == 0:
             return {}
-        return {"episode/return": sums[0] / count, "episode/length": sums[1] / count,
-                "episode/cheese_rate": sums[2] / count, "episode/corner_rate": sums[3] / count,
-                "episode/count": count}
+        names = ["return", "length", *self.episode_rates]
+        return {**{f"episode/{name}": total / count for name, total in zip(names, totals)}, "episode/count": count}
 
     def _episode_totals(self) -> list[float]:
         """:meth:`episode_sums` of the iteration's finished episodes, summed over all ranks."""

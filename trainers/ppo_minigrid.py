@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from shardlab.envs.minigrid import Episode, MiniGridEnv, num_actions, observation_shape
+from shardlab.envs.minigrid import MiniGridEnv, num_actions, observation_shape
 from shardlab.envs.minigrid_config import env_config
 from shardlab.models.minigrid_policy import MiniGridPolicy, preprocess
 from shardlab.models.sparse_config import activation_options
@@ -30,6 +30,7 @@ class PPOMiniGridModule(PPOModule):
     kind = "ppo_minigrid"
     resume_fixed_keys = ("model", "env.env_id", "env.obs", "env.num_envs", "ppo.num_steps",
                          "ppo.minibatch_size", "ppo.epochs")
+    episode_rates = {"success_rate": "success", "truncated_rate": "truncated"}
 
     @staticmethod
     def build_model(cfg: DictConfig) -> MiniGridPolicy:
@@ -49,20 +50,6 @@ class PPOMiniGridModule(PPOModule):
     def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 index or one-hot grids → float, layout unchanged."""
         return preprocess(obs)
-
-    def episode_sums(self, episodes: list[Episode]) -> list[float]:
-        """[return sum, length sum, successes, truncations, episodes] of this rank's episodes."""
-        return [sum(e.ret for e in episodes), sum(e.length for e in episodes),
-                sum(e.success for e in episodes), sum(e.truncated for e in episodes), len(episodes)]
-
-    def episode_metrics(self, sums: list[float]) -> dict[str, float]:
-        """Mean return and length, success and truncation rates of the iteration's episodes."""
-        count = sums[4]
-        if count == 0:
-            return {}
-        return {"episode/return": sums[0] / count, "episode/length": sums[1] / count,
-                "episode/success_rate": sums[2] / count, "episode/truncated_rate": sums[3] / count,
-                "episode/count": count}
 
     def postfix(self) -> dict[str, str]:
         """Return and success rate of the iteration's finished episodes."""

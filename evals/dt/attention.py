@@ -17,6 +17,7 @@ import torch
 from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.decision_transformer import DecisionTransformer
@@ -62,11 +63,10 @@ def attention_shares(model: DecisionTransformer, windows: list[tuple[PlayedEpiso
 
 
 @register("dt_attention")
-class DTAttention:
+class DTAttention(Eval):
     """Attention shares of every head from state tokens, and pattern plots on one trajectory."""
 
     kinds = ("dt",)
-    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -82,9 +82,6 @@ class DTAttention:
             if min(self.episodes, self.windows) < 1 or (self.max_steps is not None and self.max_steps < 1):
                 raise ValueError(f"dt_attention needs episodes >= 1, windows >= 1 and max_steps >= 1 (or null); got "
                                  f"episodes={self.episodes}, windows={self.windows}, max_steps={self.max_steps}")
-
-    def __init__(self, config: "DTAttention.Config"):
-        self.config = config
 
     def run(self, ctx: EvalContext) -> Result:
         """Play, measure the shares, plot one trajectory's patterns."""

@@ -17,6 +17,7 @@ from scipy import stats
 from shardlab.evals.dt.rollout import play, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 
@@ -32,11 +33,10 @@ def target_label(target: float) -> str:
 
 
 @register("dt_rtg")
-class DTReturnConditioning:
+class DTReturnConditioning(Eval):
     """Success rate, mean return, length and truncation per target RTG; calibration slope and plot."""
 
     kinds = ("dt",)
-    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -51,9 +51,6 @@ class DTReturnConditioning:
             if self.episodes < 1 or (self.max_steps is not None and self.max_steps < 1):
                 raise ValueError(f"dt_rtg needs episodes >= 1 and max_steps >= 1 (or null); got "
                                  f"episodes={self.episodes}, max_steps={self.max_steps}")
-
-    def __init__(self, config: "DTReturnConditioning.Config"):
-        self.config = config
 
     def run(self, ctx: EvalContext) -> Result:
         """Play ``episodes`` levels at every target and summarise."""

@@ -21,6 +21,7 @@ import torch
 from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.decision_transformer import DecisionTransformer
@@ -83,11 +84,11 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
 
 
 @register("dt_steering")
-class DTSteering:
+class DTSteering(Eval):
     """Return, success and action-distribution shift as coeff · (act(RTG high) − act(RTG low)) is added."""
 
     kinds = ("dt",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("hook",)
 
     @dataclass
     class Config:
@@ -111,15 +112,6 @@ class DTSteering:
                                  f"{self.episodes}, {self.windows}, {self.random_vectors}")
             if self.max_steps is not None and self.max_steps < 1:
                 raise ValueError(f"dt_steering.max_steps must be >= 1 or null, got {self.max_steps}")
-
-    def __init__(self, config: "DTSteering.Config"):
-        self.config = config
-
-    def check_model(self, model, train_config) -> None:
-        """Refuse a hook the transformer does not have before anything runs."""
-        from shardlab.evals.maze.common import require_layers
-
-        require_layers(model, {"dt_steering.hook": [self.config.hook]})
 
     def run(self, ctx: EvalContext) -> Result:
         """Build the vector at the hook, then scan the coefficients online and on recorded contexts."""

@@ -49,6 +49,7 @@ from shardlab.evals.maze.common import (DEFAULT_LAYER, cell_of, cheese_channel_m
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, interp_mazes, move_logits, open_squares,
                                         short_name)
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import Channels, Edit, hooked, patch
@@ -188,12 +189,12 @@ class Patcher:
 
 
 @register("activation_patching")
-class ActivationPatching:
+class ActivationPatching(Eval):
     """Logit-difference recovery when the cheese channels at the cheese's cells of the corrupted
     run are patched with the clean run's (whole-layer patches only as controls)."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layer", "layers", "channel_layers")
 
     @dataclass
     class Config:
@@ -229,12 +230,10 @@ class ActivationPatching:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer or channel."""
-        from shardlab.evals.maze.common import require_channels, require_layers
+        from shardlab.evals.maze.common import require_channels
 
         cfg = self.config
-        require_layers(policy, {"activation_patching.layer": [cfg.layer],
-                                "activation_patching.layers": cfg.layers or [],
-                                "activation_patching.channel_layers": cfg.channel_layers or []})
+        super().check_model(policy, train_config)
         require_channels(policy, train_config, "activation_patching.channels", cfg.channels, cfg.layer)
 
     def run(self, ctx: EvalContext) -> Result:

@@ -53,6 +53,7 @@ from shardlab.evals.maze.common import (DEFAULT_LAYER, cheese_channel_metrics, c
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement,
                                         interp_mazes, move_logits, random_square, short_name)
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval, require_layers
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, compose, hooked, patch
@@ -207,12 +208,12 @@ def scrub_metrics(original_logits: torch.Tensor, scrubbed: torch.Tensor, random:
 
 
 @register("causal_scrubbing")
-class CausalScrubbing:
+class CausalScrubbing(Eval):
     """Loss recovered by channel-level hypotheses about which input features activations depend on
     (whole-layer scrubs only as controls)."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layer",)
 
     @dataclass
     class Config:
@@ -250,15 +251,12 @@ class CausalScrubbing:
                         check_channel_spec(scrub.channels, f"causal_scrubbing hypothesis {name!r} channels "
                                                            "(cheese, other or a list)")
 
-    def __init__(self, config: "CausalScrubbing.Config"):
-        self.config = config
-
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer or channel."""
-        from shardlab.evals.maze.common import require_channels, require_layers
+        from shardlab.evals.maze.common import require_channels
 
         cfg = self.config
-        require_layers(policy, {"causal_scrubbing.layer": [cfg.layer]})
+        super().check_model(policy, train_config)
         for name, scrubs in cfg.hypotheses.items():
             require_layers(policy, {f"causal_scrubbing hypothesis {name!r} layer": [s.layer for s in scrubs]})
             for scrub in scrubs:

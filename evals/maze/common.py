@@ -269,19 +269,6 @@ def named_channels(spec: object, channel_count: int, layer: str) -> Optional[lis
 
 
 # -- checks of an eval config against the network, before anything runs ----------------------------
-def require_layers(policy: nn.Module, layers: dict[str, Sequence[str]]) -> None:
-    """EvalError naming the config key (``{"steering.layer": [name]}``) of a layer the network lacks."""
-    from shardlab.evals.suite.registry import EvalError  # the registry imports the evals, which import this
-    from shardlab.models.hooks import HookError
-
-    for key, names in layers.items():
-        try:
-            with hooked(policy, cache=list(names)):
-                pass
-        except HookError as exc:
-            raise EvalError(f"{key}: {exc}") from None
-
-
 def require_mazes(key: str, **filters: object) -> None:
     """EvalError naming ``key`` when no maze passes the eval_mazes ``filters`` (cheese, region,
     min_size, max_size, require_decision_square, mode): the run would stop there."""

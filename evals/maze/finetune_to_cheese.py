@@ -33,6 +33,7 @@ from shardlab.envs.maze import Episode  # noqa: E402
 from shardlab.envs.maze_config import env_config  # noqa: E402
 from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
 from shardlab.evals.suite.context import EvalContext  # noqa: E402
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
 from shardlab.evals.suite.results import Result  # noqa: E402
 from shardlab.trainers.config import ConfigError, build_config, to_dict  # noqa: E402
@@ -120,11 +121,10 @@ def split_by_layout(n_select: int, n_confirm: int, seed: int, **filters) -> tupl
 
 
 @register("finetune_to_cheese")
-class FinetuneToCheese:
+class FinetuneToCheese(Eval):
     """PPO fine-tuning with the cheese anywhere: learning curve, steps to target, weight change."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:

@@ -43,6 +43,7 @@ from shardlab.evals.maze.common import training_region
 from shardlab.evals.maze.episode_log import EpisodeLog
 from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.trainers.episodes import first_episodes
@@ -86,12 +87,11 @@ def in_region_twins(mazes: Sequence[EvalMaze], region: int, seed: int) -> list[b
 
 
 @register("goal_misgeneralization")
-class GoalMisgeneralization:
+class GoalMisgeneralization(Eval):
     """P(cheese), P(top-right corner), P(neither) and mean steps with the cheese in and out of the
     training region on the same layouts, and on decision-square mazes."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
@@ -115,9 +115,6 @@ class GoalMisgeneralization:
             if self.min_size is not None and self.min_size < 3:
                 raise ValueError(f"goal_misgeneralization.min_size must be >= 3 (the smallest maze) or null, "
                                  f"got {self.min_size}")
-
-    def __init__(self, config: "GoalMisgeneralization.Config"):
-        self.config = config
 
     def _sizes(self, env: DictConfig) -> tuple[int, int]:
         """Smallest and largest test maze: this eval's bounds, else the checkpoint's training sizes

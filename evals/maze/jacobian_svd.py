@@ -20,8 +20,8 @@ The cross-maze analysis (one saliency row per maze, SVD across mazes) is
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -30,10 +30,11 @@ from torch import nn
 from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.envs.maze_views import observation_channels
 from shardlab.evals.maze.common import new_panels, save_figure, summarise
-from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, short_name
-from shardlab.evals.maze.saliency_pca import DEFAULT_LAYERS, INPUT, effective_rank, output_gradients
+from shardlab.evals.maze.inputs import maze_inputs, short_name
+from shardlab.evals.maze.saliency_pca import INPUT, GradientConfig, effective_rank, output_gradients
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 
@@ -107,42 +108,27 @@ def decompose(jacobian: torch.Tensor) -> Decomposition:
 
 
 @register("jacobian_svd")
-class JacobianSVD:
+class JacobianSVD(Eval):
     """Per maze: singular values and top singular vectors of the Jacobian of the folded move
     log-probabilities (and the value gradient) w.r.t. the input and chosen layers; means over mazes."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layers",)
 
     @dataclass
-    class Config:
-        """Mazes (mouse placement), layers, how many singular values to report and mazes to draw."""
+    class Config(GradientConfig):
+        """Mazes (mouse placement), layers, how many singular values to report (and singular vectors
+        to draw, at most 5) and mazes to draw."""
 
-        mazes: int = 32
-        mouse: str = "decision"  # start, decision (mazes with a decision square) or random
-        layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
-        top_k: int = 3  # singular values reported and singular vectors drawn (at most 5)
+        eval_name: ClassVar[str] = "jacobian_svd"
         examples: int = 2  # mazes whose singular vectors the PNG shows
 
         def __post_init__(self) -> None:
-            check_mouse_placement(self.mouse)
+            super().__post_init__()
             if not 1 <= self.top_k <= MOVES:
                 raise ValueError(f"jacobian_svd.top_k must be 1 to {MOVES} (the moves), got {self.top_k}")
             if self.examples < 0:
                 raise ValueError(f"jacobian_svd.examples must be >= 0, got {self.examples}")
-            if self.mazes < 1 or not self.layers:
-                raise ValueError(f"jacobian_svd needs mazes >= 1 and at least one of layers; got mazes={self.mazes}, "
-                                 f"layers={list(self.layers)}")
-
-    def __init__(self, config: "JacobianSVD.Config"):
-        self.config = config
-
-    def check_model(self, policy, train_config) -> None:
-        """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze.common import require_layers
-
-        cfg = self.config
-        require_layers(policy, {"jacobian_svd.layers": cfg.layers})
 
     def run(self, ctx: EvalContext) -> Result:
         """Per-maze Jacobians and SVDs; means and standard errors over mazes; example PNG."""

@@ -57,6 +57,7 @@ from shardlab.evals.maze.common import (TrainEnv, activation_square_cell, at_squ
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
                                         interp_mazes, maze_cells, short_name, world_tile)
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.trainers.bars import progress_kwargs
@@ -271,12 +272,12 @@ def episode_outcomes(policy: torch.nn.Module, states: Sequence[bytes], env: Trai
 
 # -- the eval ----------------------------------------------------------------------------------------
 @register("probes")
-class Probes:
+class Probes(Eval):
     """Cell classification, x/y regression and convolutional probes for the cheese location, and the
     outcome probe, per layer, against a random-init network and shuffled labels, by maze size."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layers",)
 
     @dataclass
     class Config:
@@ -305,16 +306,6 @@ class Probes:
                 raise ValueError("probes.layers is empty; name at least one activation")
             if self.mazes < 1:
                 raise ValueError(f"probes.mazes must be >= 1, got {self.mazes}")
-
-    def __init__(self, config: "Probes.Config"):
-        self.config = config
-
-    def check_model(self, policy, train_config) -> None:
-        """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze.common import require_layers
-
-        cfg = self.config
-        require_layers(policy, {"probes.layers": cfg.layers})
 
     def run(self, ctx: EvalContext) -> Result:
         """Collect activations of the trained and a random-init network and fit every probe."""

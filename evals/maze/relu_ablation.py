@@ -30,6 +30,7 @@ from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_mouse_placement, hook_points,
                                         maze_inputs, move_logits, short_name)
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked
@@ -98,12 +99,12 @@ def agreement(original: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tenso
 
 
 @register("relu_ablation")
-class ReluAblation:
+class ReluAblation(Eval):
     """Action agreement and KL against the original policy with each ReLU (and all) replaced by
     the identity; the PNG sorts the ReLUs by KL."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("relus",)
 
     @dataclass
     class Config:
@@ -121,16 +122,6 @@ class ReluAblation:
                 raise ValueError("relu_ablation.relus is empty; name some ReLU sites or leave it null for every ReLU")
             if self.mazes < 1:
                 raise ValueError(f"relu_ablation.mazes must be >= 1, got {self.mazes}")
-
-    def __init__(self, config: "ReluAblation.Config"):
-        self.config = config
-
-    def check_model(self, policy, train_config) -> None:
-        """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze.common import require_layers
-
-        cfg = self.config
-        require_layers(policy, {"relu_ablation.relus": cfg.relus or []})
 
     def run(self, ctx: EvalContext) -> Result:
         """Ablate each ReLU alone, then all together."""

@@ -42,6 +42,7 @@ from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
 from shardlab.envs.maze_config import env_config
 from shardlab.evals.maze import common
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked
@@ -232,11 +233,11 @@ def best_under(points: Sequence[tuple[float, common.Summary]], max_fraction: flo
 
 
 @register("retargeting")
-class Retargeting:
+class Retargeting(Eval):
     """Send the agent to chosen squares by writing values into cheese channels at their cells."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layer",)
 
     @dataclass
     class Config:
@@ -281,9 +282,6 @@ class Retargeting:
                     raise ValueError(f"retargeting.{key} must be >= 3 (the smallest maze) or null, "
                                      f"got {getattr(self, key)}")
 
-    def __init__(self, config: "Retargeting.Config"):
-        self.config = config
-
     def check(self, train_config: DictConfig) -> None:
         """Refuse before anything runs when the cheese region cannot be known."""
         common.training_region(self.config.region, train_config, "retargeting")
@@ -294,11 +292,11 @@ class Retargeting:
 
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer, channel or more channels than it has."""
-        from shardlab.evals.maze.common import require_channels, require_layers
+        from shardlab.evals.maze.common import require_channels
         from shardlab.evals.suite.registry import EvalError
 
         cfg = self.config
-        require_layers(policy, {"retargeting.layer": [cfg.layer]})
+        super().check_model(policy, train_config)
         count = max(cfg.top_channels, *cfg.channel_counts)
         if cfg.channels is None:
             require_channels(policy, train_config, "retargeting top_channels/channel_counts", None, cfg.layer,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, ClassVar, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, move_logits, short_name
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import hooked
@@ -112,44 +113,47 @@ def effective_rank(singular: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+@dataclass
+class GradientConfig:
+    """What a gradient eval differentiates: seeded mazes, the mouse's square in them, the layers
+    (the input always), and how many singular values it reports."""
+
+    eval_name: ClassVar[str] = "gradient eval"  # the eval named in error messages
+
+    mazes: int = 32
+    mouse: str = "decision"  # start, decision (mazes with a decision square) or random
+    layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
+    top_k: int = 3  # singular values reported per target
+
+    def __post_init__(self) -> None:
+        check_mouse_placement(self.mouse)
+        if self.mazes < 1 or self.top_k < 1 or not self.layers:
+            raise ValueError(f"{self.eval_name} needs mazes >= 1, top_k >= 1 and at least one of layers; got "
+                             f"mazes={self.mazes}, top_k={self.top_k}, layers={list(self.layers)}")
+
+
 @register("saliency_pca")
-class SaliencyPCA:
+class SaliencyPCA(Eval):
     """Top singular values and vectors of the stacked per-maze gradients of the chosen action's
     logit (a cross-maze PCA of saliency maps), for the input and chosen layers."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layers",)
 
     @dataclass
-    class Config:
+    class Config(GradientConfig):
         """Mazes, layers and the target action (greedy, an index 0–14, or left/down/up/right/noop)."""
 
-        mazes: int = 32
-        mouse: str = "decision"  # start, decision (mazes with a decision square) or random
-        layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
+        eval_name: ClassVar[str] = "saliency_pca"
         action: str = "greedy"
-        top_k: int = 3  # singular values reported per target
 
         def __post_init__(self) -> None:
-            check_mouse_placement(self.mouse)
+            super().__post_init__()
             ok = self.action == "greedy" or self.action in FOLDED_ACTIONS or (
                 self.action.isdigit() and 0 <= int(self.action) < 15)
             if not ok:
                 raise ValueError(f"saliency_pca.action must be greedy, 0-14 or one of "
                                  f"{', '.join(FOLDED_ACTIONS)}; got {self.action!r}")
-            if self.mazes < 1 or self.top_k < 1 or not self.layers:
-                raise ValueError(f"saliency_pca needs mazes >= 1, top_k >= 1 and at least one of layers; got "
-                                 f"mazes={self.mazes}, top_k={self.top_k}, layers={list(self.layers)}")
-
-    def __init__(self, config: "SaliencyPCA.Config"):
-        self.config = config
-
-    def check_model(self, policy, train_config) -> None:
-        """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze.common import require_layers
-
-        cfg = self.config
-        require_layers(policy, {"saliency_pca.layers": cfg.layers})
 
     def run(self, ctx: EvalContext) -> Result:
         """Gradients for a batch of mazes, their SVD and per-channel / per-pixel shares."""

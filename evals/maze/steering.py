@@ -39,6 +39,7 @@ from shardlab.evals.maze import common
 from shardlab.evals.maze.render import mark_square, plot_maze, plot_vector_field
 from shardlab.evals.maze.vector_field import vector_field
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import add, hooked
@@ -194,11 +195,11 @@ def moved_cheese(maze: EvalMaze, shift: int, rng: np.random.Generator) -> Option
 
 
 @register("steering")
-class Steering:
+class Steering(Eval):
     """Cheese and top-right vectors: same maze, transfer, moved cheese, random control, scan."""
 
     kinds = ("ppo",)
-    version = 1  # bump when a change makes results incomparable with older ones
+    layer_fields = ("layer",)
 
     @dataclass
     class Config:
@@ -228,22 +229,12 @@ class Steering:
             if self.max_size is not None and self.max_size < 3:
                 raise ValueError(f"steering.max_size must be >= 3 (the smallest maze) or null, got {self.max_size}")
 
-    def __init__(self, config: "Steering.Config"):
-        self.config = config
-
     def check(self, train_config) -> None:
         """Refuse before anything runs when no maze fits min_size/max_size."""
         cfg, env = self.config, common.train_env(train_config)
         common.require_mazes("steering", cheese="anywhere", region=5, min_size=cfg.min_size or env.min_size,
                              max_size=min(cfg.max_size or env.max_size, env.world_dim - 2),
                              require_decision_square=True, mode=env.mode)
-
-    def check_model(self, policy, train_config) -> None:
-        """Refuse before anything runs when the network lacks a named layer."""
-        from shardlab.evals.maze.common import require_layers
-
-        cfg = self.config
-        require_layers(policy, {"steering.layer": [cfg.layer]})
 
     def run(self, ctx: EvalContext) -> Result:
         """Compute the vectors on seeded mazes and measure every condition at the decision square."""

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
 from shardlab.envs.minigrid_config import env_config
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.minigrid_policy import preprocess
@@ -50,11 +51,10 @@ def play_levels(policy: torch.nn.Module, env_cfg: MiniGridEnvConfig, episodes: i
 
 
 @register("minigrid_return")
-class MiniGridReturn:
+class MiniGridReturn(Eval):
     """Success rate, mean return and length of a PPO policy on seeded MiniGrid/BabyAI levels."""
 
     kinds = ("ppo_minigrid",)
-    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:

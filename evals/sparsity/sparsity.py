@@ -43,6 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from shardlab.evals.suite.context import EvalContext
+from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
@@ -335,11 +336,10 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
 
 
 @register("sparsity")
-class Sparsity:
+class Sparsity(Eval):
     """Activation density, dead units and duty-cycle entropy per layer; class-wise sparsity; noise robustness."""
 
     kinds = ("classify", "ppo", "ppo_minigrid")
-    version = 1  # bump when a change makes results incomparable with older ones
 
     @dataclass
     class Config:
