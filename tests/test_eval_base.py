@@ -52,7 +52,8 @@ def test_a_missing_layer_is_named_by_its_config_key(policy, layer, layers, key):
 
 def test_shipped_layer_evals_check_their_declared_fields(policy):
     for name, bad in [("steering", {"layer": "embedder.nope"}), ("probes", {"layers": ["embedder.nope"]}),
-                      ("jacobian_svd", {"layers": ["embedder.nope"]}), ("relu_ablation", {"relus": ["embedder.block9.res1.relu1_out"]}),
+                      ("jacobian_svd", {"layers": ["embedder.nope"]}),
+                      ("relu_ablation", {"relus": ["embedder.block9.res1.relu1_out"]}),
                       ("activation_patching", {"channel_layers": ["embedder.nope"]})]:
         cls = registry.get(name)
         instance = cls(eval_config(cls, name, bad))
