@@ -16,8 +16,8 @@ import torch
 
 from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.decision_transformer import DecisionTransformer

@@ -16,8 +16,8 @@ from scipy import stats
 
 from shardlab.evals.dt.rollout import play, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 

@@ -48,8 +48,8 @@ from shardlab.evals.maze.common import (DEFAULT_LAYER, cell_of, cheese_channel_m
                                         resolve_cheese_channels, save_figure, train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, interp_mazes, move_logits, open_squares,
                                         short_name)
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import Channels, Edit, hooked, patch

@@ -52,8 +52,8 @@ from shardlab.evals.maze.common import (DEFAULT_LAYER, cheese_channel_metrics, c
                                         resolve_cheese_channels, save_figure, train_env)
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement,
                                         interp_mazes, move_logits, random_square, short_name)
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval, require_layers
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, compose, hooked, patch

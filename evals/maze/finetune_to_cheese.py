@@ -32,8 +32,8 @@ from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
 from shardlab.envs.maze import Episode  # noqa: E402
 from shardlab.envs.maze_config import env_config  # noqa: E402
 from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
+from shardlab.evals.suite.base import Eval  # noqa: E402
 from shardlab.evals.suite.context import EvalContext  # noqa: E402
-from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
 from shardlab.evals.suite.results import Result  # noqa: E402
 from shardlab.trainers.config import ConfigError, build_config, to_dict  # noqa: E402

@@ -42,8 +42,8 @@ from shardlab.envs.maze_geometry import maze_distances
 from shardlab.evals.maze.common import training_region
 from shardlab.evals.maze.episode_log import EpisodeLog
 from shardlab.evals.maze.render import save_pyplot_figure
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.trainers.episodes import first_episodes

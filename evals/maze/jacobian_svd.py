@@ -33,8 +33,8 @@ from shardlab.evals.maze.common import new_panels, save_figure, summarise
 from shardlab.evals.maze.inputs import maze_inputs, short_name
 from shardlab.evals.maze.saliency_pca import INPUT, GradientConfig, effective_rank, output_gradients
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 

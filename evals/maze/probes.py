@@ -56,8 +56,8 @@ from shardlab.evals.maze.common import (TrainEnv, activation_square_cell, at_squ
                                         save_figure, train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
                                         interp_mazes, maze_cells, short_name, world_tile)
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.trainers.bars import progress_kwargs

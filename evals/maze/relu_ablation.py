@@ -29,8 +29,8 @@ from tqdm import tqdm
 from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_mouse_placement, hook_points,
                                         maze_inputs, move_logits, short_name)
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked

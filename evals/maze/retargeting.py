@@ -41,8 +41,8 @@ from shardlab.envs.eval_mazes import eval_mazes
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
 from shardlab.envs.maze_config import env_config
 from shardlab.evals.maze import common
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import Edit, hooked

@@ -28,8 +28,8 @@ from shardlab.envs.maze_views import observation_channels
 from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, move_logits, short_name
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import hooked

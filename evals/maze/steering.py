@@ -38,8 +38,8 @@ from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.evals.maze import common
 from shardlab.evals.maze.render import mark_square, plot_maze, plot_vector_field
 from shardlab.evals.maze.vector_field import vector_field
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import add, hooked

@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
 from shardlab.envs.minigrid_config import env_config
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.minigrid_policy import preprocess

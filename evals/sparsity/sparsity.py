@@ -42,8 +42,8 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
