@@ -68,6 +68,27 @@ def test_every_adapter_entry_resolves(algo):
     assert (kind.env_config is None) == (kind.make_env is None), f"{algo}: an env needs both builders"
 
 
+@pytest.mark.parametrize("algo", sorted(KINDS))
+def test_every_schema_is_name_algo_sections_trainer(algo):
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from shardlab.trainers.config import build_config
+    from shardlab.trainers.trainer_config import TrainerConfig
+
+    schema = KINDS[algo].load("schema")
+    names = [f.name for f in dataclasses.fields(schema)]
+    assert names[:2] == ["name", "algo"] and names[-1] == "trainer" and len(names) > 3
+    assert schema().algo == algo and isinstance(schema().trainer, TrainerConfig)
+    assert schema().trainer is not schema().trainer  # each instance gets its own sections
+    # error messages send the user to the file that declares the kind's schema
+    assert schema.__module__ == KINDS[algo].schema.split(":")[0]
+    with pytest.raises(Exception, match=f"trainers/{schema.__module__.rsplit('.', 1)[1]}.py"):
+        build_config({"algo": algo}, ["zzzzzz=1"])
+    assert OmegaConf.structured(schema).algo == algo
+
+
 def test_a_missing_entry_is_a_one_line_error():
     from shardlab.configs.checks import ConfigError
 

@@ -3,7 +3,7 @@ Imports no torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from omegaconf import DictConfig
@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from shardlab.configs.checks import need, need_finite, need_one_of, need_seed
 from shardlab.models.classifier_config import ARCHS, ClassifierConfig, layer_names, sparse_names
 from shardlab.models.sparse_config import validate_sparse_options
-from shardlab.trainers.trainer_config import TrainerConfig, need_mixed_precision
+from shardlab.trainers.trainer_config import TrainerConfig, need_mixed_precision, run_schema
 
 SOURCES = ("digits", "npz", "folder")  # where trainers/datasets.py reads the images from
 
@@ -42,16 +42,9 @@ class OptimConfig:
     eval_every: int = 5000  # training samples between validation passes (one metrics row each)
 
 
-@dataclass
-class ClassifyConfig:
-    """A supervised classification run."""
-
-    name: str = "digits"
-    algo: str = "classify"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ClassifierConfig = field(default_factory=ClassifierConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(total_steps=50_000, checkpoint_every=10_000))
+ClassifyConfig = run_schema("ClassifyConfig", "A supervised classification run.", __name__, name="digits",
+                            algo="classify", sections={"data": DataConfig, "model": ClassifierConfig, "optim": OptimConfig},
+                            trainer=lambda: TrainerConfig(total_steps=50_000, checkpoint_every=10_000))
 
 
 def validate_classify(cfg: DictConfig) -> None:

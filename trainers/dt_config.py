@@ -16,7 +16,7 @@ from shardlab.configs.checks import ConfigError, need, need_finite, need_one_of,
 from shardlab.models.decision_transformer_config import STATE_ENCODINGS, DTModelConfig
 from shardlab.models.sparse_config import KINDS as ACTIVATIONS
 from shardlab.models.sparse_config import check_activation
-from shardlab.trainers.trainer_config import TrainerConfig
+from shardlab.trainers.trainer_config import TrainerConfig, run_schema
 
 
 @dataclass
@@ -69,19 +69,11 @@ class DTSpec:
     success_rate: float = 0.0
 
 
-@dataclass
-class DTTrainConfig:
-    """A decision-transformer run on a trajectory dataset."""
-
-    name: str = "dt"
-    algo: str = "dt"
-    data: DTDataConfig = field(default_factory=DTDataConfig)
-    model: DTModelConfig = field(default_factory=DTModelConfig)
-    optim: DTOptimConfig = field(default_factory=DTOptimConfig)
-    monitor: DTMonitorConfig = field(default_factory=DTMonitorConfig)
-    spec: DTSpec = field(default_factory=DTSpec)
-    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(
-        total_steps=5000, checkpoint_every=1000, accelerator="cpu"))
+DTTrainConfig = run_schema(
+    "DTTrainConfig", "A decision-transformer run on a trajectory dataset.", __name__, name="dt", algo="dt",
+    sections={"data": DTDataConfig, "model": DTModelConfig, "optim": DTOptimConfig, "monitor": DTMonitorConfig,
+              "spec": DTSpec},
+    trainer=lambda: TrainerConfig(total_steps=5000, checkpoint_every=1000, accelerator="cpu"))
 
 
 def validate_dt(cfg: DictConfig) -> None:

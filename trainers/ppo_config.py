@@ -4,7 +4,7 @@ nor procgen."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from omegaconf import DictConfig
 
@@ -12,7 +12,7 @@ from shardlab.configs.checks import need, need_finite, need_one_of, need_seed
 from shardlab.envs.maze_config import (DISTRIBUTION_MODES, MAX_INT32, OBSERVATIONS, RANK_SEED_STRIDE, WORLD_DIM,
                                        MazeEnvConfig)
 from shardlab.models.impala_config import ModelConfig, validate_sparse
-from shardlab.trainers.trainer_config import TrainerConfig, need_mixed_precision
+from shardlab.trainers.trainer_config import need_mixed_precision, run_schema
 
 
 @dataclass
@@ -37,16 +37,8 @@ class PPOConfig:
     reward_clip: float = 10.0
 
 
-@dataclass
-class TrainConfig:
-    """A PPO maze run."""
-
-    name: str = "maze_ppo"
-    algo: str = "ppo"
-    env: MazeEnvConfig = field(default_factory=MazeEnvConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+TrainConfig = run_schema("TrainConfig", "A PPO maze run.", __name__, name="maze_ppo", algo="ppo",
+                         sections={"env": MazeEnvConfig, "model": ModelConfig, "ppo": PPOConfig})
 
 
 def validate_ppo(cfg: DictConfig) -> None:

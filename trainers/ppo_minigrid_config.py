@@ -5,8 +5,6 @@ exists and, for the IMPALA network, how large its grid is."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from omegaconf import DictConfig
 
 from shardlab.configs.checks import need, need_one_of
@@ -16,19 +14,11 @@ from shardlab.models.minigrid_policy_config import KINDS as MODEL_KINDS
 from shardlab.models.minigrid_policy_config import MiniGridModelConfig
 from shardlab.models.sparse_config import validate_sparse_options
 from shardlab.trainers.ppo_config import PPOConfig, validate_ppo_section
-from shardlab.trainers.trainer_config import TrainerConfig, need_mixed_precision
+from shardlab.trainers.trainer_config import need_mixed_precision, run_schema
 
-
-@dataclass
-class MiniGridPPOConfig:
-    """A PPO run on a MiniGrid or BabyAI env."""
-
-    name: str = "minigrid_ppo"
-    algo: str = "ppo_minigrid"
-    env: MiniGridEnvConfig = field(default_factory=MiniGridEnvConfig)
-    model: MiniGridModelConfig = field(default_factory=MiniGridModelConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+MiniGridPPOConfig = run_schema("MiniGridPPOConfig", "A PPO run on a MiniGrid or BabyAI env.", __name__,
+                               name="minigrid_ppo", algo="ppo_minigrid",
+                               sections={"env": MiniGridEnvConfig, "model": MiniGridModelConfig, "ppo": PPOConfig})
 
 
 def validate_ppo_minigrid(cfg: DictConfig) -> None:

@@ -4,8 +4,8 @@ checkpointing, seed, loggers) and its checks. Imports neither torch nor Lightnin
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable, Sequence
 
 from shardlab.configs.checks import ConfigError, need, need_one_of, need_seed
 
@@ -33,6 +33,19 @@ class TrainerConfig:
     progress_bar: bool = True
     # where metric rows go besides metrics.jsonl: tensorboard (<run_dir>/tb), csv (<run_dir>/csv), wandb
     loggers: list[str] = field(default_factory=lambda: list(DEFAULT_LOGGERS))
+
+
+def run_schema(class_name: str, doc: str, module: str, *, name: str, algo: str, sections: dict[str, type],
+               trainer: Callable[[], TrainerConfig] = TrainerConfig) -> type:
+    """A kind's top-level config dataclass: ``name``, ``algo``, the kind's sections in order, ``trainer``."""
+    # every run has this one shape, which trainers/run.py and configs rely on; building it here
+    # states it once instead of in four hand-written dataclasses that could drift apart
+    fields: list[tuple[str, Any, Any]] = [("name", str, name), ("algo", str, algo)]
+    fields += [(key, section, field(default_factory=section)) for key, section in sections.items()]
+    fields.append(("trainer", TrainerConfig, field(default_factory=trainer)))
+    schema = make_dataclass(class_name, fields, namespace={"__doc__": doc})
+    schema.__module__ = module  # error messages point at the file that declares the kind
+    return schema
 
 
 def validate_trainer(trainer: Any) -> None:
