@@ -57,10 +57,12 @@ class Results(Mapping):
         self.runs, self.meta, self.out_dir = runs, meta, out_dir
         self.thresholds = list(thresholds)
         self._values = {run["eval"]: {m.name: m.value for m in run["result"].metrics} for run in runs}
-        values = {f"{e}.{name}": value for e, metrics in self._values.items() for name, value in metrics.items()}
+        metrics = {f"{run['eval']}.{m.name}": m for run in runs for m in run["result"].metrics}
+        ran = [t for t in thresholds if t.key.split(".", 1)[0] in self._values]
+        # the exit code's rule is the point estimate against the bound; verdicts read the interval
         self.missed: list[tuple[Threshold, Optional[float]]] = [
-            (t, values.get(t.key)) for t in thresholds
-            if t.key.split(".", 1)[0] in self._values and not t.holds(values.get(t.key))]
+            (t, metrics[t.key].value if t.key in metrics else None) for t in ran if t.missed(metrics.get(t.key))]
+        self.verdicts: dict[str, str] = {t.key: t.verdict(metrics.get(t.key)) for t in ran}
         self.errors: dict[str, str] = {run["eval"]: run["error"] for run in runs if run.get("error")}
 
     def __getitem__(self, eval_name: str) -> dict[str, float]:
@@ -86,7 +88,7 @@ class Results(Mapping):
         return 0 if self.passed else 1
 
     def rows(self) -> list[dict[str, Any]]:
-        """One dict per (eval, metric): eval, name, value, stderr, n, seed, seconds."""
+        """One dict per (eval, metric): eval, name, value, stderr, ci_low, ci_high, n, unit, method, kind, note, seed, seconds."""
         return [row for row in self.to_dict()["results"]]
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,7 +101,8 @@ class Results(Mapping):
             import pandas
         except ImportError:
             raise ImportError("Results.to_dataframe needs pandas; pip install 'shardlab[pandas]'") from None
-        columns = ["eval", "name", "value", "stderr", "n", "seed", "seconds"]
+        columns = ["eval", "name", "value", "stderr", "ci_low", "ci_high", "n", "unit", "method", "kind", "seed",
+                   "seconds"]
         return pandas.DataFrame([{key: row[key] for key in columns} for row in self.rows()], columns=columns)
 
     def __repr__(self) -> str:

@@ -1,8 +1,9 @@
 """The human-readable report of an eval run: ``report.md`` and a self-contained ``report.html``.
 
 ``shardlab eval`` writes both into ``--out`` (each atomically: a temp file in the same folder, then
-a rename). Per eval they show a table of metric, value ± stderr and n with the suite's thresholds
-(✅ held, ❌ missed) first, its error if it crashed, and its PNGs: linked by their path relative to
+a rename). Per eval they show a table of metric, value with its 95% interval and n (with its unit) with the
+suite's thresholds first: ✅ met / ❌ missed by the point estimate (the exit code's rule), then the
+verdict the interval gives (held, not held, or undetermined when it straddles the bound), its error if it crashed, and its PNGs: linked by their path relative to
 ``--out`` in the Markdown, inlined as base64 ``data:`` URIs in the HTML, which needs no other file.
 A baseline comparison (``--baseline``), when there is one, comes before the evals.
 ``--summary FILE`` appends the Markdown to FILE (GitHub Actions: ``--summary "$GITHUB_STEP_SUMMARY"``),
@@ -47,9 +48,27 @@ def _num(value: Optional[float]) -> str:
 
 
 def _value(metric: Metric) -> str:
+    """``value [low, high]`` for an estimate with its 95% interval, else ``value ± stderr`` or the
+    value; an undefined metric shows why."""
+    if metric.undefined:
+        return f"undefined: {metric.note}" if metric.note else "n/a"
+    if metric.ci_low is not None and metric.ci_high is not None:
+        return f"{_num(metric.value)} [{_num(metric.ci_low)}, {_num(metric.ci_high)}]"
     if metric.stderr is None or (isinstance(metric.stderr, float) and math.isnan(metric.stderr)):
         return _num(metric.value)
     return f"{_num(metric.value)} ± {metric.stderr:.2g}"
+
+
+def _n(metric: Metric) -> str:
+    """``n`` with its unit (``300 mazes``); counts, settings and data properties say their kind."""
+    if metric.kind != "estimate":
+        return metric.kind
+    if metric.n is None:
+        return ""
+    return f"{metric.n} {metric.unit}" if metric.unit else str(metric.n)
+
+
+_VERDICT_MARK = {"held": "✅", "not held": "❌", "undetermined": "❔"}
 
 
 class _Section:
@@ -61,22 +80,25 @@ class _Section:
         metrics = {m.name: m for m in run["result"].metrics}
         mine = [t for t in thresholds if t.key.split(".", 1)[0] == self.name]
         self.rows: list[tuple[str, str, str, str, Optional[bool]]] = []
-        bounded: dict[str, list[tuple[Threshold, bool]]] = {}
+        bounded: dict[str, list[tuple[Threshold, bool, str]]] = {}
         for t in mine:
             metric = metrics.get(t.key.split(".", 1)[1] if "." in t.key else t.key)
-            bounded.setdefault(t.key.split(".", 1)[-1], []).append((t, t.holds(None if metric is None
-                                                                                  else metric.value)))
+            bounded.setdefault(t.key.split(".", 1)[-1], []).append((t, not t.missed(metric), t.verdict(metric)))
         for metric_name, checks in bounded.items():  # headline rows first, in threshold order
             metric = metrics.get(metric_name)
-            bounds, held = " and ".join(t.describe() for t, _ in checks), all(h for _, h in checks)
+            held = all(h for _, h, _ in checks)
+            # the mark is the exit code's rule (the point estimate); the verdict word reads the interval
+            verdicts = sorted({v for _, _, v in checks}, key=list(_VERDICT_MARK).index)
+            bounds = " and ".join(t.describe() for t, _, _ in checks) + " · " + ", ".join(verdicts)
             if metric is None:
                 self.rows.append((metric_name, "missing", "", bounds, held))
             else:
-                self.rows.append((metric_name, _value(metric), str(metric.n or ""), bounds, held))
+                self.rows.append((metric_name, _value(metric), _n(metric), bounds, held))
         self.headline = len(self.rows)
-        self.rows += [(m.name, _value(m), str(m.n or ""), "", None) for m in run["result"].metrics
+        self.rows += [(m.name, _value(m), _n(m), "", None) for m in run["result"].metrics
                       if m.name not in bounded]
-        self.checks = [h for _, checks in bounded.items() for _, h in checks]
+        self.checks = [h for _, checks in bounded.items() for _, h, _ in checks]
+        self.verdicts = [v for _, checks in bounded.items() for _, _, v in checks]
         self.passed = not self.error and all(self.checks)
         self.pngs = [p for p in run["result"].artifacts if p.lower().endswith(".png")]
         self.others = [p for p in run["result"].artifacts if not p.lower().endswith(".png")]
@@ -88,8 +110,10 @@ class _Section:
         return f"{self.name} {mark} ({', '.join(extra)})"
 
     def threshold_text(self) -> str:
-        held = sum(self.checks)
-        return f"{held}/{len(self.checks)} held" if self.checks else "none"
+        if not self.checks:
+            return "none"
+        counts = [(self.verdicts.count(v), v) for v in _VERDICT_MARK]
+        return f"{sum(self.checks)}/{len(self.checks)} met; " + ", ".join(f"{c} {v}" for c, v in counts if c)
 
 
 def _relative(path: str, out_dir: str) -> str:
@@ -189,7 +213,7 @@ def markdown(results: Any, out_dir: str, comparison: Optional[Comparison] = None
         if s.error:
             lines += ["**Crashed:**", "", _fence(s.error), ""]
         if s.rows:
-            lines += ["| metric | value ± stderr | n | threshold |", "|---|--:|--:|---|"]
+            lines += ["| metric | value [95% CI] | n | threshold · verdict |", "|---|--:|--:|---|"]
             for name, value, n, bounds, held in s.rows:
                 mark = "" if held is None else f"{'✅' if held else '❌'} {bounds}"
                 lines.append(f"| {md_cell(name)} | {md_cell(value)} | {n} | {md_cell(mark)} |")
@@ -286,7 +310,7 @@ def html(results: Any, out_dir: str, comparison: Optional[Comparison] = None) ->
             body += [_tag("p", _tag("strong", "Crashed:")), _tag("pre", _e(s.error))]
         rows = [([name, value, n, "" if held is None else f"{'✅' if held else '❌'} {bounds}"],
                  "bad" if held is False else None) for name, value, n, bounds, held in s.rows]
-        header = ("metric", "value ± stderr", "n", "threshold")
+        header = ("metric", "value [95% CI]", "n", "threshold · verdict")
         if len(rows) > FOLD_ABOVE:
             if s.headline:
                 body.append(_table(header, rows[:s.headline], {1, 2}))

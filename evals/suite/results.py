@@ -9,19 +9,38 @@ from xml.etree import ElementTree
 
 from shardlab.atomic import save_with, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: rows carry ci_low/ci_high, method, unit, kind and note
+READABLE_SCHEMAS = (1, 2)  # results.json versions a baseline comparison still reads
+KINDS = ("estimate", "count", "setting", "data")
 
 
 @dataclass
 class Metric:
-    """One number an eval reports."""
+    """One number an eval reports.
+
+    ``kind`` says what it is: an ``estimate`` (of a rate, a mean, a difference: it carries a 95%
+    interval ``ci_low``/``ci_high``, the ``method`` that made it and ``n`` independent ``unit``s),
+    a ``count`` (mazes used, pairs skipped), a ``setting`` (a chosen layer index, a budget) or a
+    property of the ``data`` (a dataset's best return): the last three carry no interval. ``note``
+    says why a value is undefined (NaN) or what a reader should know about it.
+    """
 
     name: str
     value: float
     stderr: Optional[float] = None
     n: Optional[int] = None
     higher_is_better: Optional[bool] = None
-    interval: Optional[tuple[float, float]] = None
+    ci_low: Optional[float] = None
+    ci_high: Optional[float] = None
+    method: Optional[str] = None
+    unit: Optional[str] = None
+    kind: str = "estimate"
+    note: Optional[str] = None
+
+    @property
+    def undefined(self) -> bool:
+        """True when the value is NaN (``note`` says why)."""
+        return self.value is None or (isinstance(self.value, float) and math.isnan(self.value))
 
 
 @dataclass
@@ -31,8 +50,16 @@ class Result:
     metrics: list[Metric] = field(default_factory=list)
     artifacts: list[str] = field(default_factory=list)
 
-    def add(self, name: str, value: float, **kwargs: Any) -> None:
-        """Append a metric."""
+    def add(self, name: str, value: Any, **kwargs: Any) -> None:
+        """Append a metric: ``value`` is a number (give ``kind`` for counts, settings and data) or
+        a ``stats.Estimate``, whose interval, method, unit and note the row takes over."""
+        if hasattr(value, "ci_low") and hasattr(value, "method"):  # a stats.Estimate
+            fields = {"stderr": value.stderr, "n": value.n, "ci_low": value.ci_low, "ci_high": value.ci_high,
+                      "method": value.method, "unit": value.unit, "note": value.note}
+            self.metrics.append(Metric(name, float(value.value), **{**fields, **kwargs}))
+            return
+        if kwargs.get("kind", "estimate") not in KINDS:
+            raise ValueError(f"metric kind must be one of {', '.join(KINDS)}, got {kwargs['kind']!r}")
         self.metrics.append(Metric(name, float(value), **kwargs))
 
 
@@ -45,15 +72,41 @@ class Threshold:
     max: Optional[float] = None
 
     def holds(self, value: Optional[float]) -> bool:
-        """True if ``value`` exists and lies within the bounds."""
+        """True if ``value`` exists and lies within the bounds (the exit code's rule: the point estimate)."""
         if value is None or math.isnan(value):
             return False
         return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def verdict(self, metric: Optional["Metric"]) -> str:
+        """held / not held / undetermined from the metric's 95% interval (stats.verdict); a missing
+        metric is not held, an undefined one (NaN) undetermined."""
+        from shardlab.evals.suite.stats import NOT_HELD, verdict
+
+        if metric is None:
+            return NOT_HELD
+        return verdict(metric.value, metric.ci_low, metric.ci_high, self.min, self.max)
+
+    def missed(self, metric: Optional["Metric"]) -> bool:
+        """What fails the exit code: a missing metric, or a defined one whose point estimate is out
+        of bounds. An undefined metric (NaN with a note saying why) is undetermined, not missed."""
+        if metric is None:
+            return True
+        if metric.undefined:
+            return metric.note is None
+        return not self.holds(metric.value)
 
     def describe(self) -> str:
         """Human-readable bounds."""
         parts = ([f">= {self.min:g}"] if self.min is not None else []) + ([f"<= {self.max:g}"] if self.max is not None else [])
         return " and ".join(parts)
+
+
+def metric_from_row(row: dict) -> Metric:
+    """A results.json row back as a Metric (schema 1 rows have no interval fields)."""
+    names = Metric.__dataclass_fields__
+    value = row.get("value")
+    return Metric(**{**{key: row[key] for key in names if key in row and row[key] is not None},
+                     "name": row.get("name", ""), "value": math.nan if value is None else float(value)})
 
 
 def _finite(data: Any) -> Any:

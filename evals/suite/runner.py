@@ -83,8 +83,10 @@ def _log(out_dir: str, runs: list[dict], step: int, names: Sequence[str]) -> Non
 
 
 def _print_table(runs: list[dict]) -> None:
-    print(f"\n{'eval':<24} {'metric':<46} {'value':>10} {'± stderr':>9} {'n':>6}")
+    print(f"\n{'eval':<24} {'metric':<46} {'value':>10} {'95% interval':>21} {'n':>6}")
     for run in runs:
         for m in run["result"].metrics:
-            stderr = f"{m.stderr:.3f}" if m.stderr is not None else ""
-            print(f"{run['eval']:<24} {m.name:<46} {m.value:>10.4g} {stderr:>9} {m.n or '':>6}")
+            interval = f"[{m.ci_low:.4g}, {m.ci_high:.4g}]" if m.ci_low is not None and m.ci_high is not None else ""
+            shown = f"{m.value:>10.4g}" if not m.undefined else f"{'undefined':>10}"
+            extra = f"  ({m.note})" if m.undefined and m.note else ""
+            print(f"{run['eval']:<24} {m.name:<46} {shown} {interval:>21} {m.n or '':>6}{extra}")

@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence, Union
 
 from shardlab.configs.checks import ConfigError
 from shardlab.evals.suite.registry import EvalError, get
-from shardlab.evals.suite.results import Threshold, write_json_atomic
+from shardlab.evals.suite.results import Threshold, metric_from_row, write_json_atomic
 from shardlab.trainers.checkpointing import LAST, CheckpointError, step_checkpoints
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -156,9 +156,9 @@ def _exit_code(document: dict, plan: _Plan) -> int:
     """1 when an eval crashed or a threshold is missed in ``document``, else 0 (as ``shardlab eval``)."""
     if document.get("errors"):
         return EXIT_FAILED
-    values = {f"{row['eval']}.{row['name']}": row.get("value") for row in document.get("results") or []}
+    metrics = {f"{row['eval']}.{row['name']}": metric_from_row(row) for row in document.get("results") or []}
     ran = set(document.get("artifacts") or {})
-    missed = [t for t in plan.thresholds if t.key.split(".", 1)[0] in ran and not t.holds(values.get(t.key))]
+    missed = [t for t in plan.thresholds if t.key.split(".", 1)[0] in ran and t.missed(metrics.get(t.key))]
     return EXIT_FAILED if missed else EXIT_OK
 
 
@@ -167,7 +167,7 @@ def _row(point: Point, out_dir: str, plan: _Plan, code: int, evaluated: bool) ->
     results = os.path.join(out_dir, point.folder, "results.json")
     document = _read(results)
     rows = {f"{r['eval']}.{r['name']}": r for r in (document or {}).get("results") or []}
-    metrics = {key: {"value": rows[key].get("value"), "stderr": rows[key].get("stderr"), "n": rows[key].get("n")}
+    metrics = {key: {field: rows[key].get(field) for field in ("value", "stderr", "ci_low", "ci_high", "n")}
                for key in plan.headline if key in rows}
     return {"step": point.step, "checkpoint": os.path.abspath(point.path), "sha256": point.sha256,
             "results": os.path.abspath(results) if document else None, "exit_code": code, "evaluated": evaluated,
@@ -255,7 +255,7 @@ def _step_label(run_dir: str) -> str:
 
 
 def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training env steps") -> str:
-    """One panel per headline metric: its value ± stderr at each checkpoint's step, the suite's
+    """One panel per headline metric: its value and 95% interval at each checkpoint's step, the suite's
     bounds as dashed lines. A Figure on its own Agg canvas (no pyplot state), written atomically."""
     import math
 
@@ -279,8 +279,13 @@ def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training
         points = [(row["step"], row["metrics"][key]) for row in rows
                   if key in row["metrics"] and row["metrics"][key]["value"] is not None]
         if points:
+            # the 95% interval where the row has one (schema 2), else ± stderr
+            low = [m["value"] - (m["ci_low"] if m.get("ci_low") is not None else m["value"] - (m["stderr"] or 0))
+                   for _, m in points]
+            high = [(m["ci_high"] if m.get("ci_high") is not None else m["value"] + (m["stderr"] or 0)) - m["value"]
+                    for _, m in points]
             ax.errorbar([step for step, _ in points], [m["value"] for _, m in points],
-                        yerr=[m["stderr"] or 0 for _, m in points], marker="o", capsize=3)
+                        yerr=[low, high], marker="o", capsize=3)
         threshold = bounds.get(key)
         for bound in (threshold.min, threshold.max) if threshold else ():
             if bound is not None:
