@@ -24,3 +24,36 @@ def metrics_rows(run_dir) -> list[dict]:
     """The rows of a run's metrics.jsonl."""
     with open(os.path.join(run_dir, "metrics.jsonl")) as handle:
         return [json.loads(line) for line in handle]
+
+
+def assert_rows_have_intervals(metrics) -> None:
+    """Every estimate row (``kind == "estimate"``) carries a 95% interval with its method and unit,
+    and that interval contains its value; an undefined (NaN) row says why in ``note``; counts,
+    settings and data rows carry no interval. ``metrics``: Metric objects or results.json rows."""
+    import math
+
+    problems = []
+    for m in metrics:
+        row = m if isinstance(m, dict) else m.__dict__
+        name, value = row["name"], row["value"]
+        undefined = value is None or (isinstance(value, float) and math.isnan(value))
+        kind = row.get("kind", "estimate")
+        if kind != "estimate":
+            if row.get("ci_low") is not None or row.get("ci_high") is not None:
+                problems.append(f"{name}: a {kind} row with an interval")
+            continue
+        if undefined:
+            if not row.get("note"):
+                problems.append(f"{name}: undefined without a note saying why")
+            continue
+        if row.get("ci_low") is None or row.get("ci_high") is None:
+            if not row.get("note"):  # e.g. "one maze: no interval"
+                problems.append(f"{name}: an estimate without ci_low/ci_high")
+            continue
+        if not row.get("method") or not row.get("unit"):
+            problems.append(f"{name}: interval without method or unit")
+        if not row["ci_low"] - 1e-9 <= value <= row["ci_high"] + 1e-9 and "bootstrap" not in str(row.get("method")):
+            problems.append(f"{name}: value {value} outside its interval [{row['ci_low']}, {row['ci_high']}]")
+        if row["ci_low"] > row["ci_high"]:
+            problems.append(f"{name}: ci_low > ci_high")
+    assert not problems, "\n".join(problems)
