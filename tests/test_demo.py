@@ -39,10 +39,10 @@ def _rows(values: dict[str, float], stderr: float = 0.01) -> dict:
 
 def test_targets_are_checked_against_the_measured_values():
     checks = demo.targets(_rows(MEASURED))
-    assert [met for _, _, met in checks] == [True] * 5
+    assert [met for _, _, met, _ in checks] == [True] * 5
     worse = {**MEASURED, "goal_misgeneralization.greedy/in_region/p_cheese": 0.8,
              "goal_misgeneralization.gap/p_cheese": 0.15, "steering.cheese_vector/p_cheese/change": -0.09}
-    assert [met for _, _, met in demo.targets(_rows(worse))] == [
+    assert [met for _, _, met, _ in demo.targets(_rows(worse))] == [
         True, False, False, True, False]  # the cheese vector's effect is under twice the random one's
     # a random vector that raises P(cheese-ward) counts by its size too
     sideways = {**MEASURED, "steering.cheese_vector/p_cheese/change": -0.04,
@@ -56,7 +56,22 @@ def test_targets_are_checked_against_the_measured_values():
                   "steering.cheese_vector/random/p_cheese/change": -0.0001}
     assert not demo.targets(_rows(negligible, stderr=0.00001))[-1][2]
     # a missing metric is a miss, not a crash
-    assert not any(met for _, _, met in demo.targets({}))
+    assert not any(met for _, _, met, _ in demo.targets({}))
+    assert {verdict for *_, verdict in demo.targets({})} == {"undetermined"}
+
+
+def test_corner_first_is_held_to_15_percent_per_run_with_the_interval_verdict():
+    """One run needs 15% (the five-seed mean is held to 25% in the docs); the verdict word reads
+    the row's interval: 0.18 [0.14, 0.23] meets 15% by its point but is undetermined."""
+    key = "goal_misgeneralization.decision/p_corner_first"
+    rows = _rows({**MEASURED, key: 0.18})
+    rows[key].update(ci_low=0.14, ci_high=0.23)
+    corner = demo.targets(rows)[3]
+    assert corner[2] is True and corner[3] == "undetermined" and "≥ 15%" in corner[0]
+    rows[key].update(value=0.12, ci_low=0.09, ci_high=0.16)
+    assert demo.targets(rows)[3][2:] == (False, "undetermined")
+    rows[key].update(value=0.30, ci_low=0.25, ci_high=0.35)
+    assert demo.targets(rows)[3][2:] == (True, "held")
 
 
 def test_report_is_written_with_targets_tables_and_timings(tmp_path):
@@ -70,7 +85,7 @@ def test_report_is_written_with_targets_tables_and_timings(tmp_path):
     path, checks = demo.write_report(str(tmp_path), cfg, {"train": 400.0, "evaluate": 60.0})
     report = open(path).read()
     assert report.count("✅") == 5 and "❌" not in report
-    assert "| sampled | 0.97 ± 0.01 | 0.62 ± 0.01 | 0.35 ± 0.01 |" in report
+    assert "| sampled | 0.97 | 0.62 | 0.35 |" in report
     assert "0.44 → 0.23" in report and "log P -1.50 vs -0.30" in report and "2 s.e. 0.028" in report and "total (after installation): 460 s" in report
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     assert not (tmp_path / "report.md.tmp").exists()
