@@ -8,7 +8,7 @@ other rank keeps its units on the last dimension (``(N, D)``, or ``(B, T, D)`` i
 k-WTA follows numenta's nupic.torch formulation ("How can we be so dense", Ahmad & Scheinkman 2019):
 units are ranked by ``x · exp((target_density − duty_cycle) · boost_strength)`` so rarely-winning
 units get a chance, the ``k = round(n · percent_on)`` winners pass their *unboosted* value, the rest
-are zeroed. The duty cycle (how often each unit is non-zero; per channel for conv inputs) is an
+are zeroed; in eval mode ``int(k · k_inference_factor)`` win. The duty cycle (how often each unit is non-zero; per channel for conv inputs) is an
 exponential moving average over ``duty_cycle_period`` samples, updated only in training mode.
 """
 
@@ -22,7 +22,8 @@ from torch.nn import functional as F
 
 from shardlab.models.sparse_config import KINDS, OPTIONS, SPARSE_KINDS, check_activation, check_fraction, check_kwinners
 
-__all__ = ["KINDS", "OPTIONS", "SPARSE_KINDS", "TopK", "KWinners", "L1ReLU", "make_activation", "l1_penalty"]
+__all__ = ["KINDS", "OPTIONS", "SPARSE_KINDS", "TopK", "KWinners", "L1ReLU", "make_activation", "l1_penalty",
+           "winners_count"]
 
 
 def _units_last(x: torch.Tensor) -> torch.Tensor:
@@ -39,15 +40,26 @@ def _keep_top(scores: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tenso
     return values * mask  # winners keep their gradient, losers get none
 
 
-def _winners(x: torch.Tensor, scores: torch.Tensor, percent_on: float, local: bool) -> torch.Tensor:
+def winners_count(units: int, percent_on: float, factor: float = 1.0) -> int:
+    """How many of ``units`` win: nupic.torch's ``int(round(units · percent_on) · factor)`` (at least 1).
+
+    The factor scales the rounded training-time k and the product is truncated, as in nupic.torch's
+    KWinners (``k = int(round(n * percent_on))``, ``k_inference = int(k * k_inference_factor)``):
+    50 units at 10% with factor 1.5 give 7 winners, not round(7.5) = 8.
+    """
+    return max(1, int(round(units * percent_on) * factor))
+
+
+def _winners(x: torch.Tensor, scores: torch.Tensor, percent_on: float, local: bool,
+             factor: float = 1.0) -> torch.Tensor:
     """Apply top-k selection in the layout of ``x`` (see module docstring)."""
     if x.dim() == 4 and local:
         # per location: compete over channels at each (h, w)
-        k = max(1, round(x.shape[1] * percent_on))
+        k = winners_count(x.shape[1], percent_on, factor)
         out = _keep_top(scores.movedim(1, -1), x.movedim(1, -1), k)
         return out.movedim(-1, 1)
     flat = _units_last(x)
-    k = max(1, round(flat.shape[-1] * percent_on))
+    k = winners_count(flat.shape[-1], percent_on, factor)
     return _keep_top(_units_last(scores), flat, k).reshape(x.shape)
 
 
@@ -72,8 +84,9 @@ class KWinners(nn.Module):
     ``units`` is the number of features (1-D) or channels (conv); if omitted the duty-cycle buffer
     is sized on the first forward pass (or by a loaded state_dict). Conv inputs compete globally
     over C·H·W unless ``local=True`` (per location, over channels); duty cycles are per channel.
-    In eval mode ``k_inference_factor`` × percent_on units win (numenta's nupic.torch uses 1.5):
-    a few more winners at test time let units that a noisy input pushed just below the cut through.
+    In eval mode ``int(k · k_inference_factor)`` units win (numenta's nupic.torch uses 1.5; see
+    :func:`winners_count`): a few more winners at test time let units that a noisy input pushed
+    just below the cut through.
     """
 
     def __init__(self, units: Optional[int] = None, percent_on: float = 0.1, boost_strength: float = 1.0,
@@ -101,8 +114,8 @@ class KWinners(nn.Module):
         if self.boost_strength > 0:
             shape = (1, units, 1, 1) if x.dim() == 4 else (units,)
             scores = x.detach() * self.boost_factors().view(shape)
-        percent_on = self.percent_on if self.training else self.percent_on * self.k_inference_factor
-        out = _winners(x, scores, percent_on, self.local)
+        factor = 1.0 if self.training else self.k_inference_factor
+        out = _winners(x, scores, self.percent_on, self.local, factor)
         if self.training:
             self._update_duty_cycle(out.detach())
         return out

@@ -3,8 +3,10 @@
     python scripts/compare_sparse.py DENSE.ckpt SPARSE.ckpt --out DIR
 
 Both networks are measured by evals/sparsity/sparsity.py on the same seeded inputs; DIR receives
-``comparison.md`` (a table), ``comparison.json`` (every metric of both), ``density_per_layer.png``
-and ``noise_curve.png``. Exit 0, or 2 with a one-line error on bad input.
+``comparison.md`` (a table: each value with its 95% interval over the independent units, test
+images or rollout envs, and sparse − dense with a paired bootstrap interval over the same units),
+``comparison.json`` (every metric of both, and the differences with their intervals),
+``density_per_layer.png`` and ``noise_curve.png``. Exit 0, or 2 with a one-line error on bad input.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shardlab.atomic import write_text  # noqa: E402
-from shardlab.evals.suite.results import Result, write_json_atomic  # noqa: E402
-from shardlab.evals.sparsity.sparsity import Sparsity, add_report, measure, plot_density, plot_noise  # noqa: E402
+from shardlab.evals.suite import stats  # noqa: E402
+from shardlab.evals.suite.results import Metric, Result, write_json_atomic  # noqa: E402
+from shardlab.evals.sparsity.sparsity import (Sparsity, SparsityReport, add_report, measure,  # noqa: E402
+                                              paired_difference, plot_density, plot_noise)
 from shardlab.trainers.checkpointing import CheckpointError  # noqa: E402
 from shardlab.trainers.config import ConfigError  # noqa: E402
 from shardlab.trainers.restore import load_trained  # noqa: E402
@@ -43,17 +47,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def markdown_table(labels: tuple[str, str], results: tuple[Result, Result]) -> str:
-    """Headline metrics, then per-layer density and the noise curve, with sparse − dense."""
-    values = [{m.name: m.value for m in r.metrics} for r in results]
-    names = [n for n in HEADLINE if n in values[0]]
-    names += [n for n in values[0] if n.startswith(("noise_", "pixel_noise_")) and n not in HEADLINE]
-    names += [n for n in values[0] if n.startswith("density/")]
+def table_names(result: Result) -> list[str]:
+    """The table's rows: headline metrics, then the noise curves and per-layer density."""
+    names = [m.name for m in result.metrics]
+    return ([n for n in HEADLINE if n in names]
+            + [n for n in names if n.startswith(("noise_", "pixel_noise_")) and n not in HEADLINE]
+            + [n for n in names if n.startswith("density/")])
+
+
+def _cell(value: float, low: float | None, high: float | None, sign: str = "") -> str:
+    interval = "" if low is None or high is None else f" [{low:{sign}.4f}, {high:{sign}.4f}]"
+    return f"{value:{sign}.4f}{interval}"
+
+
+def markdown_table(labels: tuple[str, str], results: tuple[Result, Result],
+                   differences: dict[str, stats.Estimate]) -> str:
+    """Headline metrics, then per-layer density and the noise curve, each with its 95% interval,
+    and sparse − dense with its paired interval."""
+    rows: list[dict[str, Metric]] = [{m.name: m for m in r.metrics} for r in results]
     lines = [f"| metric | {labels[0]} | {labels[1]} | {labels[1]} − {labels[0]} |", "|---|---:|---:|---:|"]
-    for name in names:
-        a, b = values[0][name], values[1].get(name, float("nan"))
-        lines.append(f"| {name} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+    for name in table_names(results[0]):
+        cells = [_cell(r[name].value, r[name].ci_low, r[name].ci_high) if name in r else "—" for r in rows]
+        d = differences.get(name)
+        delta = "—" if d is None or not d.defined else _cell(d.value, d.ci_low, d.ci_high, "+")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} | {delta} |")
+    units = next((m for m in results[0].metrics if m.n), None)
+    if units is not None:
+        lines.append(f"\n95% intervals over {units.n} independent {units.unit}; the difference is a paired "
+                     f"bootstrap over the same {units.unit} (both networks saw the same inputs).")
     return "\n".join(lines) + "\n"
+
+
+def differences(reports: tuple[SparsityReport, SparsityReport], names: list[str]) -> dict[str, stats.Estimate]:
+    """second − first for every estimate row among ``names`` (paired over the shared units)."""
+    return {name: paired_difference(reports[0], reports[1], name) for name in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,11 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     results = (Result(), Result())
     for result, report in zip(results, reports.values()):
         add_report(result, report)
-    table = markdown_table(tuple(args.labels), results)
+    diffs = differences(tuple(reports.values()), table_names(results[0]))
+    table = markdown_table(tuple(args.labels), results, diffs)
     write_text(os.path.join(args.out, "comparison.md"), table)
     write_json_atomic(os.path.join(args.out, "comparison.json"), {
-        label: {"checkpoint": os.path.abspath(path), **{m.name: m.value for m in result.metrics}}
-        for label, path, result in zip(args.labels, (args.dense, args.sparse), results)})
+        **{label: {"checkpoint": os.path.abspath(path), **{m.name: m.value for m in result.metrics}}
+           for label, path, result in zip(args.labels, (args.dense, args.sparse), results)},
+        f"{args.labels[1]} − {args.labels[0]}": {name: stats.as_row(d) for name, d in diffs.items()}})
     plot_density(reports, os.path.join(args.out, "density_per_layer.png"))
     plot_noise(reports, os.path.join(args.out, "noise_curve.png"))
     print(table)

@@ -19,6 +19,7 @@ from shardlab.trainers.checkpointing import load_checkpoint
 from shardlab.trainers.classify import stream_indices
 from shardlab.trainers.config import ConfigError, build_config, load_config
 from shardlab.trainers.datasets import DataError, load_folder, load_npz, load_splits
+from tests.tiny_suites import assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -225,7 +226,8 @@ def test_sparsity_eval_on_a_classifier(runs, tmp_path):
     out = tmp_path / "eval"
     assert shardlab.main(["eval", runs["kwta"], "--suite", SUITE, "--out", str(out)]) == 0
     values = _metrics(out)
-    assert values["density/act1"] == pytest.approx(round(1024 * 0.1 * 1.4) / 1024)  # 1.4 × k at test time
+    assert_rows_have_intervals(json.loads((out / "results.json").read_text())["results"])
+    assert values["density/act1"] == pytest.approx(142 / 1024)  # int(round(102.4) · 1.4) winners at test time
     assert 0 <= values["dead_fraction"] <= 1 and 0 < values["duty_entropy"] <= 1
     assert values["noise_accuracy/sigma=0"] == values["accuracy"]
     assert 0 <= values["noise_auc"] <= 1 and "class_selectivity/act2" in values
@@ -248,7 +250,7 @@ def test_k_inference_factor_config_reaches_the_network_and_checks(tmp_path):
     config = load_config(KWTA, ["model.k_inference_factor=1.5", "data.shape=[1,8,8]", "data.num_classes=10"])
     model = build_classifier(config).eval()
     assert model.act1.k_inference_factor == 1.5
-    assert ((model.act1(torch.randn(3, 1024)) != 0).sum(1) == 154).all()  # round(1024 · 0.1 · 1.5)
+    assert ((model.act1(torch.randn(3, 1024)) != 0).sum(1) == 153).all()  # int(round(1024 · 0.1) · 1.5)
     with pytest.raises(ConfigError, match="k_inference_factor"):
         load_config(KWTA, ["model.k_inference_factor=20"])
 
@@ -266,6 +268,9 @@ def test_sparsity_eval_on_a_sparse_maze_policy(tmp_path):
     assert values["noise_agreement/sigma=0"] == 1.0
     assert 1 / 15 <= values["noise_agreement/majority_baseline"] <= 1
     assert "accuracy" not in values and (out / "sparsity" / "noise_curve.png").exists()
+    document = json.loads((out / "results.json").read_text())["results"]
+    assert_rows_have_intervals(document)
+    assert {row["unit"] for row in document if row["kind"] == "estimate"} == {"envs"}
 
 
 def test_compare_sparse_script(runs, tmp_path):
@@ -276,7 +281,7 @@ def test_compare_sparse_script(runs, tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (out / "comparison.md").read_text()
-    assert "| accuracy |" in table and "| density/act1 |" in table
+    assert "| accuracy |" in table and "| density/act1 |" in table and "paired bootstrap over the same" in table
     both = json.loads((out / "comparison.json").read_text())
     assert both["sparse"]["density"] < both["dense"]["density"]
     assert (out / "density_per_layer.png").exists() and (out / "noise_curve.png").exists()

@@ -1,8 +1,10 @@
 """The probes on planted signals (near 100%) and shuffled labels (near chance), the activation cells
 a maze covers, the activation cache against a plain-torch forward; the regularisation chosen by
-grouped CV on the training mazes (against sklearn's cross_val_score), the layout-disjoint split,
-the shuffled conv control (masks move with the labels), and the outcome probe's labels on a policy
-whose outcome is known."""
+grouped CV on the training mazes (against sklearn's cross_val_score), the layout-disjoint
+train/selection/confirmation split, cell predictions read at tile resolution, the choice that
+skips uninformative layers, the shuffled conv control (masks move with the labels), and the
+outcome probe's labels on a policy whose outcome is known. The eval end to end:
+tests/test_probes_eval.py."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.envs.maze_generate import random_maze
 from shardlab.evals.maze.common import TrainEnv, activation_square_cell
 from shardlab.evals.maze.inputs import cached_activations, maze_cells
-from shardlab.evals.maze.probes import (_Labels, chance_accuracy, classification_probe, convolutional_probe,
-                                        episode_outcomes, layout_ids, layout_split, regression_probe, score_probe)
+from shardlab.evals.maze.probes import (Probes, _Labels, cell_chance_right, cells_to_tiles, chance_right, cheese_counts,
+                                        choose, classification_probe, convolutional_probe, episode_outcomes,
+                                        layout_ids, layout_split, regression_probe, score_probe, worst_size)
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import plain_forward
 
@@ -167,12 +170,63 @@ def test_the_split_keeps_mazes_with_the_same_walls_together(template):
         for j in range(len(mazes)):
             assert (layouts[i] == layouts[j]) == (walls[i] == walls[j])
     assert len(np.unique(layouts)) == len({w.tobytes() for w in inners})
-    train, test = layout_split(layouts, 0.25, seed=0)
-    assert len(train) + len(test) == 48 and len(test) > 0
-    assert not set(layouts[train]) & set(layouts[test])
+    parts = layout_split(layouts, 0.25, 0.25, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(48)) and all(len(part) for part in parts)
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not {walls[i] for i in parts[a]} & {walls[i] for i in parts[b]}
     # the old split (a random permutation of mazes) mixes layouts on these mazes
     order = np.random.default_rng(0).permutation(48)
     assert set(layouts[order[:12]]) & set(layouts[order[12:]])
+
+
+def test_the_split_deals_every_size_to_each_part_in_proportion():
+    sizes = np.repeat([3, 5, 7, 9], [40, 80, 40, 40])
+    layouts = np.arange(len(sizes))  # every maze its own layout
+    train, selection, confirmation = layout_split(layouts, 0.25, 0.25, seed=3, strata=sizes)
+    for size, count in ((3, 40), (5, 80), (7, 40), (9, 40)):
+        assert [int((sizes[part] == size).sum()) for part in (train, selection, confirmation)] == \
+            [count // 2, count // 4, count // 4]
+    # too few layouts for three parts; a part left empty by the fractions takes a layout
+    with pytest.raises(ValueError, match="probes.mazes"):
+        layout_split(np.array([0, 0, 1]), 0.25, 0.25, seed=0)
+    parts = layout_split(np.array([0, 1, 2]), 0.1, 0.1, seed=0)
+    assert sorted(len(part) for part in parts) == [1, 1, 1]
+
+
+def test_the_config_leaves_mazes_to_train_on():
+    with pytest.raises(ValueError, match="selection_fraction"):
+        Probes.Config(selection_fraction=0.5, confirmation_fraction=0.5)
+    with pytest.raises(ValueError, match="confirmation_fraction"):
+        Probes.Config(confirmation_fraction=0.0)
+
+
+def test_a_predicted_cell_names_the_most_frequent_training_tile_in_it():
+    world, side = 4, 2
+    # one maze covering the whole 4×4 world; cell (r, c) holds tiles 2r..2r+1 × 2c..2c+1
+    rows, cols = np.indices((world, world))
+    tile_cells = ((rows // 2) * side + cols // 2)[None].repeat(3, 0)
+    train_tiles = np.array([[0, 1], [0, 1], [1, 0], [3, 3]])
+    counts = cheese_counts(train_tiles, world)
+    named = cells_to_tiles(np.array([[0, 0], [1, 1], [0, 1]]), side, tile_cells, counts)
+    # cell (0, 0): tile (0, 1) twice beats (1, 0) once; (1, 1): (3, 3); (0, 1): no training cheese,
+    # the first of its tiles
+    np.testing.assert_array_equal(named, [[0, 1], [3, 3], [0, 2]])
+    tile_cells[0, :, :] = -1  # a cell holding none of the maze's tiles names no tile
+    assert (cells_to_tiles(np.array([[0, 0]]), side, tile_cells[:1], counts) == -1).all()
+
+
+def test_uninformative_layers_are_never_chosen_and_the_worst_size_is_reported():
+    criteria = {("cell", 0): (0.4, 0.6), ("cell", 1): (1.0, 1.0), ("conv", 0): (0.4, 0.7), ("xy", 0): (0.4, 0.7)}
+    assert choose(criteria, set()) == ("cell", 1)
+    assert choose(criteria, {("cell", 1)}) == ("conv", 0)  # ties: the first given
+    assert choose({("cell", 1): (1.0, 1.0)}, {("cell", 1)}) is None
+    right = np.array([1, 1, 1, 0, 1, 1, 1, 1], bool)
+    sizes = np.array([3, 3, 5, 5, 7, 7, 7, 7])
+    worst = worst_size(right, sizes)
+    assert worst.value == 0.5 and worst.n == 2 and "5×5" in worst.note
+    # equal points: the size with less evidence (the lower interval end) is the worse
+    assert "3×3" in worst_size(np.ones(6, bool), np.array([3, 3, 5, 5, 5, 5])).note
 
 
 def test_the_shuffled_conv_control_moves_the_candidate_cells_with_the_cheese():
@@ -185,15 +239,19 @@ def test_the_shuffled_conv_control_moves_the_candidate_cells_with_the_cheese():
     acts = np.zeros((n, 3, side, side))
     acts[:, 0] = masks  # the input knows its own maze's cells
     acts[:, 1, 2, 0] = acts[:, 2, 2, 4] = 1.0  # and where those two cells are, nothing more
-    labels = _Labels(np.zeros((n, 2)), {layer: cells}, {layer: masks}, np.full(n, 5), 5, np.arange(n))
+    # one tile per cell: tile (r, c) lies in cell (r, c) of the maze's covered cells
+    tile_cells = np.where(masks, np.arange(side * side).reshape(side, side)[None], -1)
+    labels = _Labels(cells, {layer: cells}, {layer: masks}, np.full(n, 5), side, np.arange(n), regions=masks,
+                     tile_cells={layer: tile_cells})
     train, test = np.arange(60), np.arange(60, n)
     rng = np.random.default_rng(7)
     perm = np.arange(n)
     perm[train], perm[test] = rng.permutation(train), rng.permutation(test)
-    right, extra = score_probe("conv", layer, acts, labels, perm, train, test, grid=[1.0])
-    chance = chance_accuracy("conv", layer, labels, train, test)
+    scores = score_probe("conv", layer, acts, labels, perm, train, test, grid=[1.0])
+    chance = cell_chance_right("conv", layer, labels, train, test).mean()
     assert chance == 1.0  # the best constant guess: that kind's cell among the candidates
-    assert right.mean() == chance and extra["regularization"] == 1.0
+    assert scores.cell_right.mean() == chance and scores.regularization == 1.0
+    np.testing.assert_array_equal(scores.right, scores.cell_right)  # one tile per cell
     # with the masks left in place, a shuffled cheese cell lies outside the candidates whenever the
     # partner is of the other kind: the control fell to the same-kind fraction, inflating selectivity
     old = convolutional_probe(acts[train], cells[perm][train], masks[train], acts[test], masks[test], 1.0)
@@ -228,10 +286,11 @@ def test_the_outcome_probe_on_a_policy_whose_outcome_is_known():
     n = len(mazes)
     features = np.concatenate([reached[:, None] + 0.3 * rng.normal(size=(n, 1)), rng.normal(size=(n, 4))], 1)
     labels = _Labels(np.zeros((n, 2)), {}, {}, np.full(n, 7), 15, layout_ids(mazes), reached)
-    train, test = layout_split(labels.layouts, 0.3, seed=0)
-    right, extra = score_probe("outcome", "x", features, labels, np.arange(n), train, test)
-    direct = make_pipeline(StandardScaler(), LogisticRegression(C=extra["regularization"], max_iter=1000))
+    train, selection, confirmation = layout_split(labels.layouts, 0.15, 0.15, seed=0)
+    test = np.concatenate([selection, confirmation])
+    scores = score_probe("outcome", "x", features, labels, np.arange(n), train, test)
+    direct = make_pipeline(StandardScaler(), LogisticRegression(C=scores.regularization, max_iter=1000))
     direct.fit(features[train], reached[train])
-    np.testing.assert_array_equal(right, direct.predict(features[test]) == reached[test])
+    np.testing.assert_array_equal(scores.right, direct.predict(features[test]) == reached[test])
     majority = reached[train].mean() >= 0.5
-    assert chance_accuracy("outcome", "x", labels, train, test) == np.mean(reached[test] == majority)
+    np.testing.assert_array_equal(chance_right("outcome", labels, train, test), reached[test] == majority)

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from shardlab.models.hooks import hook_names, hooked
 from shardlab.models.impala import ImpalaPolicy
 from shardlab.models.impala_config import RELU_SITES, sparse_sites
-from shardlab.models.sparse import KWinners, L1ReLU, TopK, l1_penalty, make_activation
+from shardlab.models.sparse import KWinners, L1ReLU, TopK, l1_penalty, make_activation, winners_count
 from shardlab.models.weights import WeightsError, load_policy_weights
 from shardlab.trainers.config import ConfigError, build_config, to_dict
 from tests.test_model import published_keys
@@ -89,6 +89,28 @@ def test_k_inference_factor_adds_winners_only_in_eval_mode():
     for factor, percent_on in ((0.5, 0.1), (2.0, 0.6)):
         with pytest.raises(ValueError, match="k_inference_factor"):
             KWinners(10, percent_on=percent_on, k_inference_factor=factor)
+
+
+@pytest.mark.parametrize("units, percent_on, factor, winners", [
+    (50, 0.1, 1.5, 7),  # k = round(5.0) = 5; int(5 · 1.5) = int(7.5) = 7, not round(7.5) = 8
+    (1024, 0.1, 1.4, 142),  # k = round(102.4) = 102; int(142.8) = 142, not round(143.36) = 143
+    (1024, 0.1, 1.5, 153),  # int(102 · 1.5) = 153, not round(153.6) = 154
+    (100, 0.1, 1.5, 15),  # 10 · 1.5 = 15 either way
+])
+def test_k_inference_winners_follow_nupic_torch(units, percent_on, factor, winners):
+    # nupic.torch's KWinners: k = int(round(n · percent_on)), k_inference = int(k · k_inference_factor)
+    assert winners_count(units, percent_on, factor) == winners
+    kwta = KWinners(units, percent_on=percent_on, boost_strength=0.0, k_inference_factor=factor).eval()
+    assert ((kwta(randn(3, units)) != 0).sum(1) == winners).all()
+
+
+def test_k_inference_winners_of_conv_maps():
+    # global over C·H·W = 4·3·3 = 36: k = round(3.6) = 4, int(4 · 1.5) = 6 (not round(5.4) = 5)
+    kwta = KWinners(units=4, percent_on=0.1, boost_strength=0.0, k_inference_factor=1.5).eval()
+    assert ((kwta(randn(2, 4, 3, 3)) != 0).flatten(1).sum(1) == 6).all()
+    # per location over 10 channels: k = round(1.5) = 2, int(2 · 1.5) = 3 (not round(2.25) = 2)
+    local = KWinners(units=10, percent_on=0.15, boost_strength=0.0, local=True, k_inference_factor=1.5).eval()
+    assert ((local(randn(2, 10, 2, 2)) != 0).sum(1) == 3).all()
 
 
 def test_conv_duty_cycle_is_per_channel():

@@ -1,41 +1,48 @@
 """Linear probes at chosen layers of a maze policy, with controls: where the cheese is, and whether
 the policy will reach it.
 
-Four probes per layer, each trained on the activations of seeded mazes (cheese anywhere) and
-scored on held-out mazes:
+Four probes per layer, each trained on the activations of seeded mazes (cheese anywhere):
 
 * ``cell`` — multinomial logistic regression on the flattened activation: which activation cell
   holds the cheese (for a flat layer such as ``relufc_out``: which world tile);
 * ``xy`` — ridge regression on the flattened activation to the cheese's world tile (row, column);
-  accuracy = both rounded coordinates right; also the mean absolute error in tiles and R²;
+  right = both rounded coordinates right; also the mean absolute error in tiles and R²;
 * ``conv`` — the convolutional probe of the published analyses: one logistic regression over the
   channels, shared by all positions (every (maze, cell) pair is a sample, label = this cell holds
-  the cheese); a maze counts as right when its highest-scoring cell (among the cells its inner
-  maze covers) is the cheese's cell. Spatial layers only;
+  the cheese); a maze's answer is its highest-scoring cell among the cells its inner maze covers.
+  Spatial layers only;
 * ``outcome`` — "will it reach the cheese": logistic regression on the flattened activation with
   the mouse on its start square, label = the policy's episode from that maze (sampled actions, or
   greedy moves with ``greedy``) reached the cheese (``trainers.episodes.first_episodes``).
 
-The split keeps layouts apart: mazes with the same walls (the same procgen level, whatever the
-cheese square) all land in the training or all in the test mazes. Each probe's regularisation
-strength is chosen from ``regularization`` by cross-validation on the training mazes only, folds
-grouped by layout (``cv_folds``), separately for every condition; the trained probe's choice is
-reported (``regularization``: C for the logistic probes, α for the ridge).
+Accuracy is at tile resolution: a probe that names an activation cell names the tile of this maze
+in that cell where the training mazes' cheese lay most often, and a maze counts as right when that
+is the cheese's tile. A cell can hold many tiles (at ``block3`` on a 15-tile world one cell holds a
+whole 7×7 maze, and every cell probe is "right" there), so cell-level accuracy alone says little;
+it is reported beside (``cell_accuracy``, ``cell_chance``).
+
+Selection apart from confirmation: the mazes are split by layout (mazes with the same walls, the
+same procgen level whatever the cheese square, all land in one part) into training mazes (fit the
+probes; each probe's regularisation chosen from ``regularization`` by cross-validation on them
+only, folds grouped by layout), selection mazes (score every layer and probe; choose) and
+confirmation mazes (report only the chosen ones), each maze size dealt to the three parts in
+proportion. The per-layer rows are measured on the selection mazes; ``best/*``, ``PROBE/best_*``
+and the outcome headline on the confirmation mazes.
 
 Controls: the same probe on a randomly initialised network of the same architecture (seeded), and
-on the trained network with the labels permuted across mazes (train and test permuted
-independently: no function of the input can predict them, so this measures chance plus
-overfitting). A conv label is a maze's cheese cell *and* its candidate cells, so both move
-together. selectivity = accuracy − shuffled-label accuracy. ``chance`` is the accuracy of the best
-constant guess fitted on the training mazes (most frequent cell, outcome or rounded mean tile; for
-``conv`` the most frequent training cell among each test maze's candidates).
+on the trained network with the labels permuted across mazes (within each part: no function of the
+input can predict them, so this measures chance plus overfitting). A conv label is a maze's cheese
+cell *and* its candidate cells, so both move together. ``chance`` is the accuracy of the best
+constant guess fitted on the training mazes: the most frequent training cheese tile among the
+maze's tiles (the outcome probe: the majority outcome). A layer where a constant guess of the
+probe's label (or tile) is right on ≥ 99% of the selection mazes is ``uninformative``: never chosen.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -44,7 +51,7 @@ from omegaconf import OmegaConf
 from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
+from sklearn.model_selection import GridSearchCV, GroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
@@ -56,6 +63,7 @@ from shardlab.evals.maze.common import (TrainEnv, activation_square_cell, at_squ
                                         save_figure, train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
                                         interp_mazes, maze_cells, short_name, world_tile)
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -64,11 +72,14 @@ from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.episodes import first_episodes
 
 PROBES = ("cell", "xy", "conv", "outcome")
+LOCATION_PROBES = PROBES[:3]  # the cheese-location probes, among which ``best`` is chosen
 CONDITIONS = ("trained", "random_init", "shuffled")
 DEFAULT_LAYERS = ("embedder.block1.maxpool_out", "embedder.block1.res2.resadd_out",
                   "embedder.block2.res1.resadd_out", "embedder.block2.res2.resadd_out",
                   "embedder.block3.res2.resadd_out", "embedder.relufc_out")
 DEFAULT_GRID = (0.01, 0.1, 1.0, 10.0)  # C of the logistic probes; the ridge uses α = 1 / C
+UNINFORMATIVE = 0.99  # a constant guess right this often leaves a probe nothing to find
+TRAIN, SELECTION, CONFIRMATION = 0, 1, 2
 
 
 # -- the probes (plain functions on arrays, so tests can plant a signal) --------------------------
@@ -79,14 +90,34 @@ def layout_ids(mazes: Sequence[EvalMaze]) -> np.ndarray:
     return np.array([index[key] for key in keys])
 
 
-def layout_split(layouts: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, test) sorted maze indices with no layout in both: a ``test_fraction`` of the
-    layouts (sklearn's GroupShuffleSplit) is held out."""
-    if len(np.unique(layouts)) < 2:
-        raise ValueError(f"all {len(layouts)} probe mazes share one layout; raise probes.mazes")
-    splitter = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-    train, test = next(splitter.split(np.zeros(len(layouts)), groups=layouts))
-    return np.sort(train), np.sort(test)
+def layout_split(layouts: np.ndarray, selection_fraction: float, confirmation_fraction: float, seed: int,
+                 strata: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, selection, confirmation) sorted maze indices with no layout in two of them.
+
+    Within each stratum (``strata``: a per-maze value such as the maze size, constant over a
+    layout) the layouts are shuffled and dealt to the parts in proportion to the fractions
+    (systematic sampling from a random start), so every size is represented in each part; a part
+    left empty takes one layout from the largest.
+    """
+    names, inverse = np.unique(layouts, return_inverse=True)
+    if len(names) < 3:
+        raise ValueError(f"the {len(layouts)} probe mazes have {len(names)} layout(s); the train, selection "
+                         "and confirmation parts need at least one each: raise probes.mazes")
+    first = np.array([np.flatnonzero(inverse == g)[0] for g in range(len(names))])
+    stratum = np.zeros(len(names)) if strata is None else np.asarray(strata)[first]
+    rng = np.random.default_rng(seed)
+    part = np.full(len(names), TRAIN)
+    for value in np.unique(stratum):
+        members = rng.permutation(np.flatnonzero(stratum == value))
+        position = (np.arange(len(members)) + rng.random()) / len(members)
+        part[members] = np.where(position < confirmation_fraction, CONFIRMATION,
+                                 np.where(position < confirmation_fraction + selection_fraction, SELECTION, TRAIN))
+    for empty in (TRAIN, SELECTION, CONFIRMATION):
+        if not (part == empty).any():
+            donor = int(np.bincount(part, minlength=3).argmax())
+            part[rng.choice(np.flatnonzero(part == donor))] = empty
+    of_maze = part[inverse]
+    return tuple(np.flatnonzero(of_maze == p) for p in (TRAIN, SELECTION, CONFIRMATION))  # type: ignore[return-value]
 
 
 def classification_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, groups: np.ndarray,
@@ -191,7 +222,8 @@ def choose_conv_regularization(acts: np.ndarray, cells: np.ndarray, masks: np.nd
 
 @dataclass
 class _Labels:
-    """Per-maze targets: the cheese's world tile, its cell at each spatial layer, the outcome."""
+    """Per-maze targets: the cheese's world tile, its cell at each spatial layer, the outcome, and
+    which tiles (and their cells) each maze covers."""
 
     tiles: np.ndarray  # (N, 2) world (row from the top, column)
     cells: dict[str, np.ndarray]  # layer → (N, 2) activation (row, col)
@@ -200,63 +232,136 @@ class _Labels:
     world: int  # world side in tiles
     layouts: np.ndarray  # (N,) layout id (same walls, same id): the CV groups
     reached: Optional[np.ndarray] = None  # (N,) bool: the policy's episode reached the cheese
+    regions: Optional[np.ndarray] = None  # (N, world, world) bool: the tiles of each inner maze
+    tile_cells: dict[str, np.ndarray] = field(default_factory=dict)  # layer → (N, world, world) flat cell
+    # index (row · W + col) of each tile of the inner maze, −1 outside it
+
+
+@dataclass
+class Scores:
+    """One probe under one condition, per evaluated maze."""
+
+    right: np.ndarray  # (N,) bool: the cheese's tile (outcome probe: the outcome) right
+    regularization: float  # C (logistic probes) or α (ridge) chosen by CV on the training mazes
+    cell_right: Optional[np.ndarray] = None  # (N,) bool: the activation cell right (cell, conv at spatial layers)
+    predicted: Optional[np.ndarray] = None  # xy: (N, 2) predicted tile coordinates, unrounded
+    target: Optional[np.ndarray] = None  # xy: (N, 2) the (permuted) cheese tiles
+
+    def take(self, positions: np.ndarray) -> "Scores":
+        """The scores of the mazes at ``positions`` (of the evaluated mazes)."""
+        pick = lambda a: None if a is None else a[positions]  # noqa: E731
+        return replace(self, right=self.right[positions], cell_right=pick(self.cell_right),
+                       predicted=pick(self.predicted), target=pick(self.target))
+
+
+def cheese_counts(tiles: np.ndarray, world: int) -> np.ndarray:
+    """(world, world) how many of ``tiles`` (K, 2) lie on each world tile."""
+    counts = np.zeros((world, world))
+    np.add.at(counts, (tiles[:, 0], tiles[:, 1]), 1)
+    return counts
+
+
+def most_frequent_tile(candidates: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N, 2) per maze the candidate tile ((N, world, world) bool) with the largest count (ties: the
+    first in row-major order); (−1, −1) where a maze has no candidate."""
+    n, world = len(candidates), counts.shape[0]
+    flat = np.where(candidates, counts[None], -1.0).reshape(n, -1)
+    tiles = np.stack(np.unravel_index(flat.argmax(1), (world, world)), 1)
+    tiles[~candidates.reshape(n, -1).any(1)] = -1
+    return tiles
+
+
+def cells_to_tiles(cells: np.ndarray, side: int, tile_cells: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """(N, 2) the tile each predicted activation cell (N, 2) names: of the maze's tiles in that cell
+    (``tile_cells`` (N, world, world)), the one where training cheeses lay most often."""
+    flat = cells[:, 0] * side + cells[:, 1]
+    return most_frequent_tile(tile_cells == flat[:, None, None], counts)
 
 
 def score_probe(probe: str, layer: str, acts: np.ndarray, labels: _Labels, perm: np.ndarray, train: np.ndarray,
-                test: np.ndarray, grid: Sequence[float] = DEFAULT_GRID, folds: int = 3
-                ) -> tuple[np.ndarray, dict[str, float]]:
-    """Per-test-maze correctness (bool array) of one probe fitted on ``train``, with the labels of
-    maze ``perm[n]`` given to maze n (identity, or the shuffled control), and extra numbers
-    (``regularization``: the strength chosen by CV on the training mazes)."""
+                test: np.ndarray, grid: Sequence[float] = DEFAULT_GRID, folds: int = 3) -> Scores:
+    """Per-test-maze scores of one probe fitted on ``train``, with the labels of maze ``perm[n]``
+    given to maze n (identity, or the shuffled control): right at tile resolution (a predicted cell
+    names its most frequent training cheese tile among the maze's tiles in it), and for a cell
+    label also right at cell resolution."""
     flat = acts.reshape(len(acts), -1)
     groups = labels.layouts[train]
-    if probe in ("cell", "outcome"):
-        if probe == "outcome":
-            target = labels.reached.astype(int)
-        elif layer in labels.cells:
-            cells = labels.cells[layer]
-            target = cells[:, 0] * acts.shape[-1] + cells[:, 1]
-        else:
-            target = labels.tiles[:, 0] * labels.world + labels.tiles[:, 1]
-        target = target[perm]
-        predicted, c = classification_probe(flat[train], target[train], flat[test], groups, grid, folds)
-        return predicted == target[test], {"regularization": c}
-    if probe == "xy":
-        target = labels.tiles[perm].astype(float)
-        predicted, alpha = regression_probe(flat[train], target[train], flat[test], groups, grid, folds)
-        right = (np.rint(predicted) == target[test]).all(1)
-        error = np.abs(predicted - target[test])
-        residual = ((predicted - target[test]) ** 2).sum(0)
-        total = ((target[test] - target[test].mean(0)) ** 2).sum(0)
-        r2 = float(np.mean(1 - residual / np.maximum(total, 1e-12)))
-        return right, {"mae_tiles": float(error.mean()), "r2": r2, "regularization": alpha}
-    # a maze's conv label is its cheese cell among its candidate cells: permute both together,
-    # or a shuffled cheese cell may lie outside the candidates and the control scores below chance
-    cells, masks = labels.cells[layer][perm], labels.masks[layer][perm]
-    c = choose_conv_regularization(acts[train], cells[train], masks[train], groups, grid, folds)
-    predicted = convolutional_probe(acts[train], cells[train], masks[train], acts[test], masks[test], c)
-    return (predicted == cells[test]).all(1), {"regularization": c}
-
-
-def chance_accuracy(probe: str, layer: str, labels: _Labels, train: np.ndarray, test: np.ndarray) -> float:
-    """Test accuracy of the best constant guess fitted on the training mazes."""
-    if probe == "conv":
-        cells, masks = labels.cells[layer], labels.masks[layer]
-        counts = np.zeros(masks.shape[1:])
-        np.add.at(counts, (cells[train, 0], cells[train, 1]), 1)
-        guess = np.where(masks[test], counts[None], -1).reshape(len(test), -1).argmax(1)
-        return float(np.mean(guess == cells[test, 0] * masks.shape[2] + cells[test, 1]))
-    if probe == "xy":
-        guess = np.rint(labels.tiles[train].mean(0))
-        return float(np.mean((labels.tiles[test] == guess).all(1)))
+    tiles = labels.tiles[perm]
     if probe == "outcome":
-        keys = [bool(r) for r in labels.reached]
+        target = labels.reached[perm].astype(int)
+        predicted, c = classification_probe(flat[train], target[train], flat[test], groups, grid, folds)
+        return Scores(predicted == target[test], c)
+    if probe == "xy":
+        target = tiles.astype(float)
+        predicted, alpha = regression_probe(flat[train], target[train], flat[test], groups, grid, folds)
+        return Scores((np.rint(predicted) == target[test]).all(1), alpha, predicted=predicted, target=target[test])
+    if layer not in labels.cells:  # a flat layer: the cell probe names a world tile
+        target = tiles[:, 0] * labels.world + tiles[:, 1]
+        predicted, c = classification_probe(flat[train], target[train], flat[test], groups, grid, folds)
+        return Scores(predicted == target[test], c)
+    side = acts.shape[-1]
+    cells = labels.cells[layer][perm]
+    if probe == "cell":
+        target = cells[:, 0] * side + cells[:, 1]
+        predicted, c = classification_probe(flat[train], target[train], flat[test], groups, grid, folds)
+        predicted = np.stack(np.divmod(predicted, side), 1)
     else:
-        target = labels.cells[layer] if layer in labels.cells else labels.tiles
-        keys = [tuple(t) for t in target]
-    trained = [keys[i] for i in train]
-    common = max(dict.fromkeys(trained), key=trained.count)
-    return float(np.mean([keys[i] == common for i in test]))
+        # a maze's conv label is its cheese cell among its candidate cells: permute both together,
+        # or a shuffled cheese cell may lie outside the candidates and the control scores below chance
+        masks = labels.masks[layer][perm]
+        c = choose_conv_regularization(acts[train], cells[train], masks[train], groups, grid, folds)
+        predicted = convolutional_probe(acts[train], cells[train], masks[train], acts[test], masks[test], c)
+    counts = cheese_counts(tiles[train], labels.world)
+    named = cells_to_tiles(predicted, side, labels.tile_cells[layer][perm][test], counts)
+    return Scores((named == tiles[test]).all(1), c, cell_right=(predicted == cells[test]).all(1))
+
+
+def chance_right(probe: str, labels: _Labels, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """(N,) bool per test maze: the best constant guess fitted on the training mazes is right. The
+    outcome probe: the majority training outcome; the others: the most frequent training cheese
+    tile among the maze's tiles."""
+    if probe == "outcome":
+        majority = labels.reached[train].mean() >= 0.5
+        return labels.reached[test] == majority
+    guess = most_frequent_tile(labels.regions[test], cheese_counts(labels.tiles[train], labels.world))
+    return (guess == labels.tiles[test]).all(1)
+
+
+def cell_chance_right(probe: str, layer: str, labels: _Labels, train: np.ndarray, test: np.ndarray) -> np.ndarray:
+    """(N,) bool per test maze: the best constant guess of the cheese's activation cell is right (the
+    most frequent training cell; for ``conv`` the most frequent among the maze's candidate cells)."""
+    cells, masks = labels.cells[layer], labels.masks[layer]
+    counts = np.zeros(masks.shape[1:])
+    np.add.at(counts, (cells[train, 0], cells[train, 1]), 1)
+    allowed = masks[test] if probe == "conv" else np.ones_like(masks[test])
+    guess = np.where(allowed, counts[None], -1).reshape(len(test), -1).argmax(1)
+    return guess == cells[test, 0] * masks.shape[2] + cells[test, 1]
+
+
+def r_squared(predicted: np.ndarray, target: np.ndarray) -> float:
+    """R² of (N, 2) predictions, the mean over the two coordinates."""
+    residual = ((predicted - target) ** 2).sum(0)
+    total = ((target - target.mean(0)) ** 2).sum(0)
+    return float(np.mean(1 - residual / np.maximum(total, 1e-12)))
+
+
+def worst_size(right: np.ndarray, sizes: np.ndarray) -> stats.Estimate:
+    """The accuracy (Wilson over mazes) of the maze size where it is lowest (ties: the lower
+    interval end), the size named in the note."""
+    per_size = {int(size): stats.proportion(right[sizes == size]) for size in np.unique(sizes)}
+    if not per_size:
+        return stats.undefined("no mazes", 0, "mazes", "wilson")
+    size, estimate = min(per_size.items(), key=lambda item: (item[1].value, item[1].ci_low))
+    return replace(estimate, note=f"{size}×{size} mazes, the worst of {len(per_size)} sizes")
+
+
+def choose(criteria: dict[tuple[str, int], tuple[float, ...]], uninformative: set[tuple[str, int]]
+           ) -> Optional[tuple[str, int]]:
+    """The (probe, layer index) with the largest criterion among the informative ones (ties: the
+    first given); None when none is left."""
+    allowed = [(key, value) for key, value in criteria.items()
+               if key not in uninformative and not any(math.isnan(v) for v in value)]
+    return max(allowed, key=lambda item: item[1])[0] if allowed else None
 
 
 def episode_outcomes(policy: torch.nn.Module, states: Sequence[bytes], env: TrainEnv, seed: int,
@@ -271,21 +376,27 @@ def episode_outcomes(policy: torch.nn.Module, states: Sequence[bytes], env: Trai
 
 
 # -- the eval ----------------------------------------------------------------------------------------
+Fits = dict[tuple[str, int], dict[str, Scores]]  # (probe, layer index) → condition → scores
+
+
 @register("probes")
 class Probes(Eval):
     """Cell classification, x/y regression and convolutional probes for the cheese location, and the
-    outcome probe, per layer, against a random-init network and shuffled labels, by maze size."""
+    outcome probe, per layer, against a random-init network and shuffled labels, by maze size; the
+    best layer and probe chosen on selection mazes and measured on confirmation mazes."""
 
     kinds = ("ppo",)
     layer_fields = ("layers",)
+    version = 2  # 2: tile-resolution accuracy, selection and confirmation splits, intervals
 
     @dataclass
     class Config:
-        """Probe data, layers, the regularisation grid (C of the logistic probes, 1/α of the ridge;
-        chosen by CV on the training mazes) and the outcome probe's episodes."""
+        """Probe data, layers, the split, the regularisation grid (C of the logistic probes, 1/α of
+        the ridge; chosen by CV on the training mazes) and the outcome probe's episodes."""
 
         mazes: int = 400
-        test_fraction: float = 0.25  # of the layouts, held out
+        selection_fraction: float = 0.25  # of the layouts: every layer and probe scored, the best chosen
+        confirmation_fraction: float = 0.25  # of the layouts: only the chosen ones measured
         layers: list[str] = field(default_factory=lambda: list(DEFAULT_LAYERS))
         mouse: str = "start"  # start, decision (mazes with a decision square) or random
         regularization: list[float] = field(default_factory=lambda: list(DEFAULT_GRID))
@@ -295,8 +406,12 @@ class Probes(Eval):
 
         def __post_init__(self) -> None:
             check_mouse_placement(self.mouse)
-            if not 0 < self.test_fraction < 1:
-                raise ValueError(f"probes.test_fraction must be in (0, 1), got {self.test_fraction}")
+            for key in ("selection_fraction", "confirmation_fraction"):
+                if not 0 < getattr(self, key) < 1:
+                    raise ValueError(f"probes.{key} must be in (0, 1), got {getattr(self, key)}")
+            if self.selection_fraction + self.confirmation_fraction >= 1:
+                raise ValueError("probes.selection_fraction + probes.confirmation_fraction must be < 1 (the rest "
+                                 f"trains the probes), got {self.selection_fraction + self.confirmation_fraction}")
             if not self.regularization or any(c <= 0 for c in self.regularization):
                 raise ValueError(f"probes.regularization must be a non-empty list of values > 0, "
                                  f"got {list(self.regularization)}")
@@ -308,10 +423,11 @@ class Probes(Eval):
                 raise ValueError(f"probes.mazes must be >= 1, got {self.mazes}")
 
     def run(self, ctx: EvalContext) -> Result:
-        """Collect activations of the trained and a random-init network and fit every probe."""
+        """Collect activations of the trained and a random-init network, fit every probe on the
+        training mazes, choose on the selection mazes and confirm on the confirmation mazes."""
         cfg, env = self.config, train_env(ctx.train_config)
         check_layers(ctx.policy, cfg.layers)
-        mazes = interp_mazes(env, max(4, ctx.count(cfg.mazes)), ctx.seed, cfg.mouse)
+        mazes = interp_mazes(env, max(6, ctx.count(cfg.mazes)), ctx.seed, cfg.mouse)
         random_net = fresh_network(ctx.train_config, ctx.seed)
         acts = self._activations(ctx.policy, random_net, [m.state for m in mazes], env.obs)
         labels = _labels(mazes, acts["trained"], env)
@@ -324,60 +440,107 @@ class Probes(Eval):
             labels.reached = episode_outcomes(ctx.policy, starts, env, ctx.seed, cfg.greedy, channels_last)
             if cfg.mouse != "start":
                 start_acts = self._activations(ctx.policy, random_net, starts, env.obs)
-        train, test = layout_split(labels.layouts, cfg.test_fraction, ctx.seed)
-        rng = np.random.default_rng(ctx.seed)
-        # the shuffled-label control: labels of other mazes, permuted within each split
-        shuffle = np.arange(len(mazes))
-        shuffle[train], shuffle[test] = rng.permutation(train), rng.permutation(test)
+        parts = layout_split(labels.layouts, cfg.selection_fraction, cfg.confirmation_fraction, ctx.seed,
+                             labels.sizes)
+        train, selection, confirmation = parts
+        # every probe predicts both held-out parts from one fit; only the selection part chooses
+        evaluated = np.concatenate([selection, confirmation])
+        fits = self._fit(ctx, probes, labels, {"location": acts, "outcome": start_acts}, parts, evaluated)
         result = Result()
-        sizes = sorted(set(labels.sizes[test].tolist()))
-        nan_row = lambda: [math.nan] * len(cfg.layers)  # noqa: E731
-        # table[probe][condition] and by_size[probe][size]: one accuracy per layer (NaN: not run)
-        table = {p: {c: nan_row() for c in (*CONDITIONS, "chance")} for p in PROBES}
-        by_size = {p: {size: nan_row() for size in sizes} for p in PROBES}
+        at_confirmation = np.arange(len(selection), len(evaluated))
+        chance = {probe: chance_right(probe, labels, train, evaluated) for probe in probes}
+        table, by_size, criteria, uninformative = self._layer_rows(result, fits, labels, chance, train, selection)
+        confirm = _Confirmation(result, fits, chance, at_confirmation, labels.sizes[confirmation], cfg.layers)
+        for probe in probes:
+            options = {key: value for key, value in criteria.items() if key[0] == probe}
+            if probe == "outcome":
+                confirm.report("outcome/", choose(options, uninformative), vs=("vs_majority", "vs_shuffled"))
+            else:
+                confirm.report(f"{probe}/best_", choose(options, uninformative))
+        location = {key: value for key, value in criteria.items() if key[0] in LOCATION_PROBES}
+        confirm.report("best/", choose(location, uninformative), vs=("vs_chance", "vs_shuffled"), name_probe=True)
+        if cfg.outcome:
+            result.add("outcome/p_cheese", stats.proportion(labels.reached))
+        result.add("train_mazes", len(train), kind="count")
+        result.add("selection_mazes", len(selection), kind="count")
+        result.add("confirmation_mazes", len(confirmation), kind="count")
+        result.add("layouts", len(np.unique(labels.layouts)), kind="count")
+        result.artifacts.append(self._plot(ctx, cfg.layers, table, by_size))
+        return result
+
+    def _fit(self, ctx: EvalContext, probes: Sequence[str], labels: _Labels, acts: dict[str, dict],
+             parts: Sequence[np.ndarray], evaluated: np.ndarray) -> Fits:
+        """Every probe at every layer under every condition, fitted on the training mazes (``parts[0]``)
+        and scored on the ``evaluated`` mazes; ``acts``: "location" / "outcome" → the activations."""
+        cfg, n = self.config, len(labels.tiles)
+        shuffle = shuffled_labels(n, parts, ctx.seed)
+        fits: Fits = {}
         for index, layer in enumerate(tqdm(cfg.layers, desc="probes", disable=not ctx.progress, **progress_kwargs())):
             for probe in probes:
                 if probe == "conv" and layer not in labels.cells:
                     continue  # a flat layer has no positions to fold
-                source = start_acts if probe == "outcome" else acts
-                scores, extra = {}, {}
+                source = acts["outcome" if probe == "outcome" else "location"]
+                fits[probe, index] = {}
                 for condition in CONDITIONS:
-                    perm = shuffle if condition == "shuffled" else np.arange(len(mazes))
                     net = "random_init" if condition == "random_init" else "trained"
-                    scores[condition], found = score_probe(probe, layer, source[net][layer], labels, perm, train,
-                                                           test, cfg.regularization, cfg.cv_folds)
-                    extra = found if condition == "trained" else extra
-                    table[probe][condition][index] = scores[condition].mean()
-                chance = table[probe]["chance"][index] = chance_accuracy(probe, layer, labels, train, test)
-                name, n = f"{probe}/{short_name(layer)}", len(test)
-                result.add(f"{name}/accuracy", scores["trained"].mean(), n=n, higher_is_better=True,
-                           stderr=_stderr(scores["trained"]))
-                result.add(f"{name}/random_init", scores["random_init"].mean(), n=n)
-                result.add(f"{name}/shuffled", scores["shuffled"].mean(), n=n)
-                result.add(f"{name}/selectivity", scores["trained"].mean() - scores["shuffled"].mean(), n=n,
-                           higher_is_better=True)
-                result.add(f"{name}/chance", chance, n=n)
-                for key, value in extra.items():
-                    result.add(f"{name}/{key}", value, n=n)
-                for size in sizes:
-                    right = scores["trained"][labels.sizes[test] == size]
-                    by_size[probe][size][index] = right.mean()
-                    result.add(f"{name}/size={size}", right.mean(), n=len(right), higher_is_better=True)
-        for probe in probes:
-            accuracy = np.array(table[probe]["trained"])
-            if np.isnan(accuracy).all():
-                continue
-            result.add(f"{probe}/best_accuracy", np.nanmax(accuracy), n=len(test), higher_is_better=True)
-            # the published prediction to test: some layer finds the cheese in every maze size
-            worst_size = np.min(np.array(list(by_size[probe].values())), 0)
-            result.add(f"{probe}/best_min_over_sizes", np.nanmax(worst_size), n=len(test), higher_is_better=True)
-        if cfg.outcome:
-            result.add("outcome/p_cheese", labels.reached.mean(), n=len(mazes), stderr=_stderr(labels.reached))
-        result.add("train_mazes", len(train))
-        result.add("test_mazes", len(test))
-        result.add("layouts", len(np.unique(labels.layouts)))
-        result.artifacts.append(self._plot(ctx, cfg.layers, table, by_size))
-        return result
+                    perm = shuffle if condition == "shuffled" else np.arange(n)
+                    fits[probe, index][condition] = score_probe(probe, layer, source[net][layer], labels, perm,
+                                                                parts[0], evaluated, cfg.regularization,
+                                                                cfg.cv_folds)
+        return fits
+
+    def _layer_rows(self, result: Result, fits: Fits, labels: _Labels, chance: dict[str, np.ndarray],
+                    train: np.ndarray, selection: np.ndarray
+                    ) -> tuple[dict, dict, dict[tuple[str, int], tuple[float, ...]], set[tuple[str, int]]]:
+        """Every probe and layer's rows on the selection mazes; (per-layer accuracies for the plot,
+        conv accuracy by size for the plot, each candidate's selection criterion, the uninformative
+        candidates). The criterion: the worst maze size's accuracy, then the accuracy (outcome:
+        the accuracy)."""
+        layers, at = self.config.layers, np.arange(len(selection))
+        sizes = labels.sizes[selection]
+        nan_row = lambda: [math.nan] * len(layers)  # noqa: E731
+        table = {p: {c: nan_row() for c in (*CONDITIONS, "chance")} for p in PROBES}
+        by_size = {p: {int(size): nan_row() for size in np.unique(sizes)} for p in PROBES}
+        criteria, uninformative = {}, set()
+        for (probe, index), conditions in fits.items():
+            layer = layers[index]
+            scores = {condition: found.take(at) for condition, found in conditions.items()}
+            trained, guessed = scores["trained"], chance[probe][at]
+            name = f"{probe}/{short_name(layer)}"
+            result.add(f"{name}/accuracy", stats.proportion(trained.right), higher_is_better=True)
+            result.add(f"{name}/random_init", stats.proportion(scores["random_init"].right))
+            result.add(f"{name}/shuffled", stats.proportion(scores["shuffled"].right))
+            result.add(f"{name}/selectivity", stats.paired_difference(trained.right, scores["shuffled"].right),
+                       higher_is_better=True)
+            result.add(f"{name}/chance", stats.proportion(guessed))
+            constant = guessed.mean()
+            if trained.cell_right is not None:
+                cell_guessed = cell_chance_right(probe, layer, labels, train, selection)
+                result.add(f"{name}/cell_accuracy", stats.proportion(trained.cell_right))
+                result.add(f"{name}/cell_chance", stats.proportion(cell_guessed))
+                constant = max(constant, cell_guessed.mean())
+            if constant >= UNINFORMATIVE:
+                uninformative.add((probe, index))
+            result.add(f"{name}/uninformative", int(constant >= UNINFORMATIVE), kind="count")
+            one_class = "one class among the training labels: nothing to regularise"
+            result.add(f"{name}/regularization", trained.regularization, kind="setting",
+                       note=one_class if math.isnan(trained.regularization) else None)
+            if trained.predicted is not None:
+                predicted, target = trained.predicted, trained.target
+                result.add(f"{name}/mae_tiles", stats.mean(np.abs(predicted - target).mean(1)), higher_is_better=False)
+                result.add(f"{name}/r2", stats.bootstrap(lambda idx: r_squared(predicted[idx], target[idx]),
+                                                         len(target), "mazes"), higher_is_better=True)
+            for condition in CONDITIONS:
+                table[probe][condition][index] = scores[condition].right.mean()
+            table[probe]["chance"][index] = guessed.mean()
+            for size in by_size[probe]:
+                right = trained.right[sizes == size]
+                by_size[probe][size][index] = right.mean()
+                result.add(f"{name}/size={size}", stats.proportion(right), higher_is_better=True)
+            accuracy = float(trained.right.mean())
+            worst = min(by_size[probe][size][index] for size in by_size[probe])
+            criteria[probe, index] = (accuracy,) if probe == "outcome" else (worst, accuracy)
+        return table, by_size, criteria, uninformative
 
     def _activations(self, policy: torch.nn.Module, random_net: torch.nn.Module, states: Sequence[bytes],
                      obs: str) -> dict[str, dict[str, np.ndarray]]:
@@ -390,8 +553,8 @@ class Probes(Eval):
         return out
 
     def _plot(self, ctx: EvalContext, layers: list[str], table: dict, by_size: dict) -> str:
-        """Accuracy per layer (trained, random init, shuffled, chance) for each probe, and the
-        trained conv probe by maze size."""
+        """Selection-maze accuracy per layer (trained, random init, shuffled, chance) for each probe,
+        and the trained conv probe by maze size."""
         fig, axes = new_panels(len(PROBES) + 1, size_inches=4.2)
         names = [short_name(layer) for layer in layers]
         positions = np.arange(len(layers))
@@ -406,29 +569,96 @@ class Probes(Eval):
         axes[-1].set_title("conv probe (trained) by maze size")
         for ax in axes:
             ax.set_ylim(-0.02, 1.02)
-            ax.set_ylabel("held-out accuracy")
+            ax.set_ylabel("accuracy on the selection mazes")
             ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=7)
             ax.legend(fontsize=7)
         fig.tight_layout()
         return save_figure(fig, ctx.artifact("probe_accuracy.png"))
 
 
+@dataclass
+class _Confirmation:
+    """The chosen probes' rows on the confirmation mazes."""
+
+    result: Result
+    fits: Fits
+    chance: dict[str, np.ndarray]  # probe → (selection + confirmation,) bool: the constant guess right
+    at: np.ndarray  # positions of the confirmation mazes among the evaluated ones
+    sizes: np.ndarray  # (confirmation,) maze sizes
+    layers: list[str]
+
+    def report(self, prefix: str, chosen: Optional[tuple[str, int]], vs: Sequence[str] = (),
+               name_probe: bool = False) -> None:
+        """``prefix``layer (setting), [probe], accuracy, min_over_sizes (location probes), chance and
+        the paired differences ``vs`` (against the constant guess, against the shuffled control)."""
+        location = not prefix.startswith("outcome")
+        if chosen is None:
+            missing = stats.undefined("every layer is uninformative (a constant guess is right on ≥ 99% of the "
+                                      "selection mazes) or was not run", 0, "mazes")
+            for key in ("accuracy", *(("min_over_sizes",) if location else ()), "chance", *vs):
+                self.result.add(f"{prefix}{key}", missing)
+            return
+        probe, index = chosen
+        trained = self.fits[chosen]["trained"].take(self.at)
+        shuffled = self.fits[chosen]["shuffled"].take(self.at)
+        guessed = self.chance[probe][self.at]
+        self.result.add(f"{prefix}layer", index, kind="setting", note=self.layers[index])
+        if name_probe:
+            self.result.add(f"{prefix}probe", PROBES.index(probe), kind="setting", note=probe)
+        self.result.add(f"{prefix}accuracy", stats.proportion(trained.right), higher_is_better=True)
+        if location:
+            self.result.add(f"{prefix}min_over_sizes", worst_size(trained.right, self.sizes), higher_is_better=True)
+        self.result.add(f"{prefix}chance", stats.proportion(guessed))
+        against = {"chance": guessed, "majority": guessed, "shuffled": shuffled.right}
+        for key in vs:
+            self.result.add(f"{prefix}{key}", stats.paired_difference(trained.right, against[key.split("_")[1]]),
+                            higher_is_better=True)
+
+
+def shuffled_labels(n: int, parts: Sequence[np.ndarray], seed: int) -> np.ndarray:
+    """(n,) the shuffled control's permutation: labels of other mazes of the same part."""
+    rng = np.random.default_rng(seed)
+    shuffle = np.arange(n)
+    for part in parts:
+        shuffle[part] = rng.permutation(part)
+    return shuffle
+
+
 def _labels(mazes: list[EvalMaze], acts: dict[str, np.ndarray], env: TrainEnv) -> _Labels:
     world = env.world_dim
     tiles = np.array([world_tile(m.cheese, m.maze_dim, world) for m in mazes])
-    cells, masks = {}, {}
+    sizes = np.array([m.maze_dim for m in mazes])
+    regions = np.stack([maze_region(size, world) for size in sizes])
+    cells, masks, tile_cells = {}, {}, {}
     for layer, value in acts.items():
         if value.ndim != 4:
             continue
         side = value.shape[-1]
         cells[layer] = np.array([activation_square_cell(m.cheese, m.maze_dim, world, env.obs, side) for m in mazes])
         masks[layer] = np.stack([maze_cells(m.maze_dim, world, env.obs, side) for m in mazes])
-    return _Labels(tiles, cells, masks, np.array([m.maze_dim for m in mazes]), world, layout_ids(mazes))
+        by_size = {int(size): tile_cell_map(int(size), world, env.obs, side) for size in np.unique(sizes)}
+        tile_cells[layer] = np.stack([by_size[int(size)] for size in sizes])
+    return _Labels(tiles, cells, masks, sizes, world, layout_ids(mazes), regions=regions, tile_cells=tile_cells)
+
+
+def maze_region(maze_dim: int, world_dim: int) -> np.ndarray:
+    """(world, world) bool: the world tiles (row from the top, column) of the inner maze."""
+    region = np.zeros((world_dim, world_dim), bool)
+    margin = (world_dim - maze_dim) // 2
+    region[margin:margin + maze_dim, margin:margin + maze_dim] = True
+    return region
+
+
+def tile_cell_map(maze_dim: int, world_dim: int, obs: str, side: int) -> np.ndarray:
+    """(world, world) the flat activation cell (row · side + col) holding each tile of the inner
+    maze, −1 outside it."""
+    table = np.full((world_dim, world_dim), -1, dtype=np.int32)
+    for x in range(maze_dim):
+        for y in range(maze_dim):
+            row, col = activation_square_cell((x, y), maze_dim, world_dim, obs, side)
+            table[world_tile((x, y), maze_dim, world_dim)] = row * side + col
+    return table
 
 
 def _numpy(acts: torch.Tensor) -> np.ndarray:
     return acts.float().contiguous().cpu().numpy()
-
-
-def _stderr(right: np.ndarray) -> Optional[float]:
-    return float(right.std(ddof=1) / math.sqrt(len(right))) if len(right) > 1 else None

@@ -28,13 +28,22 @@ Pixel noise is numenta's test ("How Can We Be So Dense", nupic.research's Random
 fraction η of each input's values is set to ``pixel_noise_value`` (0.75 = MNIST's mean + 2 std, a
 bright dot); ``pixel_noise_score`` is the mean score over the η levels (their noise score, the
 correct answers summed over levels, divided by levels × inputs).
+
+Uncertainty: the independent unit is a test image (classifier) or a rollout env (policy: the
+frames of one env are consecutive steps of the same episodes, so 64 envs × 16 frames are 64
+units, not 1,024). Every estimate row is a statistic of per-input values recomputed on bootstrap
+resamples of whole units (stats.bootstrap over images, stats.cluster_bootstrap over envs); an
+accuracy with one draw per image is a Wilson interval over images. ``dead_fraction`` is a
+property of the batch (kind ``data``): "never fired on these inputs" can only grow when a
+resample holds fewer distinct inputs, so a bootstrap interval would sit wholly above the value.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -42,6 +51,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -51,99 +61,305 @@ from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.kinds import Kind, get_kind
 
 BATCH = 256
+# a statistic of the batch given input weights: how often each input is drawn (all ones = the batch)
+Statistic = Callable[[np.ndarray], float]
 
 
 @dataclass
 class LayerStats:
-    """Running counts for one activation site over a batch of inputs."""
+    """Per-input activity at one activation site, so every statistic can be recomputed on a resample."""
 
-    nonzero: float = 0.0
-    values: float = 0.0
-    unit_active: Optional[torch.Tensor] = None  # per unit: non-zero count
-    unit_seen: float = 0.0  # per unit: values seen (samples × positions)
-    class_nonzero: dict[int, float] = field(default_factory=dict)
-    class_values: dict[int, float] = field(default_factory=dict)
-    class_magnitude: dict[int, torch.Tensor] = field(default_factory=dict)  # per unit: sum of mean |a|
-    class_count: dict[int, int] = field(default_factory=dict)
+    active_parts: list[np.ndarray] = field(default_factory=list)  # (inputs, units): non-zero positions
+    magnitude_parts: list[np.ndarray] = field(default_factory=list)  # (inputs, units): mean |a| over positions
+    label_parts: list[np.ndarray] = field(default_factory=list)
+    positions: int = 1  # values per unit and input (H·W of a conv map)
+    _totals: Optional[np.ndarray] = field(default=None, repr=False)  # per input: non-zero values
+
+    @classmethod
+    def of(cls, act: torch.Tensor, labels: Optional[torch.Tensor] = None) -> "LayerStats":
+        """The statistics of one tensor of activations (N, D) or (N, C, H, W)."""
+        layer = cls()
+        layer.add(act, labels)
+        return layer
 
     def add(self, act: torch.Tensor, labels: Optional[torch.Tensor]) -> None:
-        """Count one batch of activations (N, D) or (N, C, H, W); units are features or channels."""
+        """Record one batch of activations (N, D) or (N, C, H, W); units are features or channels."""
         act = act.float().reshape(act.shape[0], act.shape[1], -1) if act.dim() == 4 else act.float().reshape(act.shape[0], -1, 1)
-        active = act != 0  # (N, units, positions)
-        self.nonzero += active.sum().item()
-        self.values += active.numel()
-        per_unit = active.sum(dim=(0, 2)).double()
-        self.unit_active = per_unit if self.unit_active is None else self.unit_active + per_unit
-        self.unit_seen += act.shape[0] * act.shape[2]
-        if labels is None:
-            return
-        magnitude = act.abs().mean(dim=2)  # (N, units)
-        for label in labels.unique().tolist():
-            rows = labels == label
-            self.class_nonzero[label] = self.class_nonzero.get(label, 0.0) + active[rows].sum().item()
-            self.class_values[label] = self.class_values.get(label, 0.0) + active[rows].numel()
-            total = magnitude[rows].sum(0).double()
-            self.class_magnitude[label] = self.class_magnitude[label] + total if label in self.class_magnitude else total
-            self.class_count[label] = self.class_count.get(label, 0) + int(rows.sum())
+        self.positions, self._totals = act.shape[2], None
+        self.active_parts.append((act != 0).sum(dim=2).double().numpy())
+        self.magnitude_parts.append(act.abs().mean(dim=2).double().numpy())
+        if labels is not None:
+            self.label_parts.append(labels.numpy())
 
-    def density(self) -> float:
+    @staticmethod
+    def _joined(parts: list[np.ndarray]) -> np.ndarray:
+        if len(parts) > 1:
+            parts[:] = [np.concatenate(parts)]
+        return parts[0]
+
+    @property
+    def active(self) -> np.ndarray:
+        """(inputs, units): how many of each unit's positions are non-zero on each input."""
+        return self._joined(self.active_parts)
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        """(inputs, units): each unit's mean |activation| over its positions on each input."""
+        return self._joined(self.magnitude_parts)
+
+    @property
+    def labels(self) -> Optional[np.ndarray]:
+        """The inputs' class labels (None without labels)."""
+        return self._joined(self.label_parts) if self.label_parts else None
+
+    @property
+    def totals(self) -> np.ndarray:
+        """(inputs,): how many of each input's values are non-zero."""
+        if self._totals is None:
+            self._totals = self.active.sum(1)
+        return self._totals
+
+    def _weights(self, weights: Optional[np.ndarray]) -> np.ndarray:
+        return np.ones(len(self.active)) if weights is None else weights
+
+    def density(self, weights: Optional[np.ndarray] = None) -> float:
         """Fraction of non-zero values."""
-        return self.nonzero / self.values
+        w = self._weights(weights)
+        return float(w @ self.totals / (w.sum() * self.active.shape[1] * self.positions))
 
-    def dead_fraction(self) -> float:
-        """Fraction of units never non-zero."""
-        return float((self.unit_active == 0).double().mean())
+    def unit_activity(self, weights: Optional[np.ndarray] = None) -> np.ndarray:
+        """Per unit: how many of its values are non-zero over the (weighted) batch."""
+        return self._weights(weights) @ self.active
 
-    def duty_entropy(self) -> float:
-        """Normalised entropy of the units' share of activity (1 = evenly used)."""
-        duty = self.unit_active / self.unit_seen
-        units = duty.numel()
-        if units < 2 or duty.sum() == 0:
-            return 0.0
-        share = duty / duty.sum()
-        share = share[share > 0]
-        return float(-(share * share.log()).sum() / math.log(units))
+    def dead_fraction(self, weights: Optional[np.ndarray] = None) -> float:
+        """Fraction of units never non-zero on the batch."""
+        return float((self.unit_activity(weights) == 0).mean())
 
-    def class_density(self) -> dict[int, float]:
-        """Density per class."""
-        return {c: self.class_nonzero[c] / self.class_values[c] for c in sorted(self.class_values)}
-
-    def class_selectivity(self) -> float:
-        """Mean class-selectivity index over units active for some class (nan for one class)."""
-        if len(self.class_magnitude) < 2:
+    def duty_entropy(self, weights: Optional[np.ndarray] = None) -> float:
+        """Normalised entropy of the units' share of activity (1 = evenly used; NaN when nothing fires)."""
+        activity = self.unit_activity(weights)
+        if activity.size < 2 or activity.sum() == 0:
             return math.nan
-        means = torch.stack([self.class_magnitude[c] / self.class_count[c] for c in sorted(self.class_magnitude)])
-        best, _ = means.max(0)
+        share = activity / activity.sum()
+        share = share[share > 0]
+        return float(-(share * np.log(share)).sum() / math.log(activity.size))
+
+    def _class_weights(self, weights: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The classes present in the (weighted) batch and (classes, inputs) weights of their inputs."""
+        labels, w = self.labels, self._weights(weights)
+        classes = np.unique(labels)
+        per_class = (labels[None, :] == classes[:, None]) * w[None, :]
+        present = per_class.sum(1) > 0  # a resample can miss a class
+        return classes[present], per_class[present]
+
+    def class_density(self, weights: Optional[np.ndarray] = None) -> dict[int, float]:
+        """Density per class."""
+        classes, per_class = self._class_weights(weights)
+        values = self.active.shape[1] * self.positions
+        densities = per_class @ self.totals / (per_class.sum(1) * values)
+        return {int(c): float(d) for c, d in zip(classes, densities)}
+
+    def class_density_spread(self, weights: Optional[np.ndarray] = None) -> float:
+        """Largest minus smallest density over classes."""
+        densities = list(self.class_density(weights).values())
+        return max(densities) - min(densities)
+
+    def class_selectivity(self, weights: Optional[np.ndarray] = None) -> float:
+        """Mean class-selectivity index over units active for some class (NaN under two classes)."""
+        classes, per_class = self._class_weights(weights)
+        if len(classes) < 2:
+            return math.nan
+        means = per_class @ self.magnitude / per_class.sum(1, keepdims=True)  # (classes, units)
+        best = means.max(0)
         rest = (means.sum(0) - best) / (means.shape[0] - 1)
         live = (best + rest) > 0
         if not live.any():
             return math.nan
-        return float(((best - rest) / (best + rest))[live].mean())
+        best, rest = best[live], rest[live]
+        return float(((best - rest) / (best + rest)).mean())
 
 
 @dataclass
 class SparsityReport:
-    """Everything the sparsity eval measures for one network."""
+    """Everything the sparsity eval measures for one network, per input."""
 
     layers: dict[str, LayerStats]
     noise_levels: list[float]
-    noise_scores: list[float]
+    noise_hits: np.ndarray  # (levels, inputs): share of an input's noise draws scored correct
     score_name: str  # accuracy (classifier) or agreement (policy)
-    samples: int
-    clean_accuracy: Optional[float] = None
-    majority_baseline: float = 0.0  # the score of always answering the most common reference answer
+    clusters: np.ndarray  # (inputs,): the independent unit (image, env) each input belongs to
+    unit: str  # "images" or "envs"
+    reference: np.ndarray  # (inputs,): the right answer (label, or the clean greedy action)
+    clean_hits: Optional[np.ndarray] = None  # classifier: (inputs,) clean prediction == label
     pixel_levels: list[float] = field(default_factory=list)  # fractions of input values replaced
-    pixel_scores: list[float] = field(default_factory=list)
+    pixel_hits: Optional[np.ndarray] = None  # (levels, inputs), as noise_hits
+    draws: int = 1  # noise draws per input at each level above 0
+    inputs_digest: str = ""  # fingerprint of the inputs: two reports with equal digests saw the same batch
 
-    def pixel_noise_score(self) -> float:
-        """Mean score over the pixel-noise levels (numenta's noise score per input and level)."""
-        return float(np.mean(self.pixel_scores)) if self.pixel_scores else math.nan
+    @property
+    def samples(self) -> int:
+        """Inputs measured."""
+        return len(self.clusters)
 
-    def noise_auc(self) -> float:
+    @property
+    def units(self) -> int:
+        """Independent units (images, envs) among the inputs."""
+        return len(np.unique(self.clusters))
+
+    @property
+    def clean_accuracy(self) -> Optional[float]:
+        """Test accuracy on the clean inputs (None for a policy)."""
+        return None if self.clean_hits is None else float(self.clean_hits.mean())
+
+    @property
+    def noise_scores(self) -> list[float]:
+        """Score per Gaussian noise level."""
+        return [float(row.mean()) for row in self.noise_hits]
+
+    @property
+    def pixel_scores(self) -> list[float]:
+        """Score per pixel-noise level."""
+        return [] if self.pixel_hits is None else [float(row.mean()) for row in self.pixel_hits]
+
+    def _weights(self, weights: Optional[np.ndarray]) -> np.ndarray:
+        return np.ones(self.samples) if weights is None else weights
+
+    def majority_hits(self) -> np.ndarray:
+        """Per input: 1 where the reference is the batch's commonest answer (the majority baseline's hits)."""
+        # the answer is chosen once, on the whole batch: re-choosing it on each resample would make
+        # the resampled baseline a maximum, biased upwards
+        return (self.reference == np.bincount(self.reference).argmax()).astype(float)
+
+    def majority_baseline(self) -> float:
+        """The score of always giving the commonest reference answer."""
+        return float(self.majority_hits().mean())
+
+    def noise_auc(self, weights: Optional[np.ndarray] = None) -> float:
         """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
+        w = self._weights(weights)
+        scores = self.noise_hits @ w / w.sum()
         if len(self.noise_levels) < 2:
-            return self.noise_scores[0]
-        return float(np.trapz(self.noise_scores, self.noise_levels) / (self.noise_levels[-1] - self.noise_levels[0]))
+            return float(scores[0])
+        return float(np.trapz(scores, self.noise_levels) / (self.noise_levels[-1] - self.noise_levels[0]))
+
+    def pixel_noise_score(self, weights: Optional[np.ndarray] = None) -> float:
+        """Mean score over the pixel-noise levels (numenta's noise score per input and level)."""
+        if self.pixel_hits is None or not len(self.pixel_hits):
+            return math.nan
+        w = self._weights(weights)
+        return float((self.pixel_hits @ w / w.sum()).mean())
+
+    def resampled(self, statistic: Statistic) -> stats.Estimate:
+        """``statistic(weights)`` with a bootstrap interval over the independent units."""
+        n = self.samples
+
+        def on(indices: np.ndarray) -> float:
+            return statistic(np.bincount(indices, minlength=n).astype(float))
+
+        if self.units == n:  # every input its own unit (test images; one frame per env)
+            return stats.bootstrap(on, n, self.unit)
+        return stats.cluster_bootstrap(on, self.clusters, self.unit)
+
+
+@dataclass(frozen=True)
+class Row:
+    """How one metric is computed: a statistic of input weights, its kind and its direction."""
+
+    statistic: Statistic
+    # "data": a property of this batch, reported without an interval (see DATA_ROWS)
+    kind: str = "estimate"
+    flags: Optional[np.ndarray] = None  # one 0/1 outcome per independent unit: a Wilson interval
+    undefined: str = "undefined on this batch"  # why, when the statistic is NaN
+    higher_is_better: Optional[bool] = None
+
+
+# Why these rows are kind "data" and not bootstrapped: each is an extreme over the batch, which a
+# resample (fewer distinct inputs, the same per-class noise again) pushes one way, so a percentile
+# interval would sit beside the value rather than around it. dead_fraction ("never fired on these
+# inputs") can only grow on a resample; class_selectivity and class_density_spread take a maximum
+# over noisy per-class means (about 36 test images per digit), which the resample's extra noise
+# raises. They describe this batch; `inputs` says how large it was.
+DATA_ROWS = ("dead_fraction", "class_selectivity", "class_density_spread")
+
+
+def _score_row(report: SparsityReport, hits: np.ndarray, draws: int) -> Row:
+    """A score row: Wilson over units when each unit gave one 0/1 answer, else a bootstrap over units."""
+    single = draws == 1 and report.units == report.samples
+    return Row(lambda w: float(hits @ w / w.sum()), flags=hits if single else None, higher_is_better=True)
+
+
+def _mean_over_layers(report: SparsityReport, method: str) -> Statistic:
+    """The mean over layers (those where it is defined) of a per-layer statistic of input weights."""
+    def statistic(w: np.ndarray) -> float:
+        values = [getattr(layer, method)(w) for layer in report.layers.values()]
+        values = [v for v in values if not math.isnan(v)]
+        return float(np.mean(values)) if values else math.nan
+    return statistic
+
+
+def report_rows(report: SparsityReport) -> dict[str, Row]:
+    """Every metric of a report by name, in the order the results list them."""
+    rows: dict[str, Row] = {}
+    labelled = report.clean_hits is not None
+    selective = "fewer than two classes, or no unit fired"
+    for site, layer in report.layers.items():
+        name = short_name(site)
+        rows[f"density/{name}"] = Row(layer.density)
+        rows[f"dead_fraction/{name}"] = Row(layer.dead_fraction, kind="data", higher_is_better=False)
+        rows[f"duty_entropy/{name}"] = Row(layer.duty_entropy, undefined=f"no unit of {name} fired on the batch")
+        if labelled:
+            rows[f"class_selectivity/{name}"] = Row(layer.class_selectivity, kind="data", undefined=selective)
+    rows["density"] = Row(_mean_over_layers(report, "density"))
+    rows["dead_fraction"] = Row(_mean_over_layers(report, "dead_fraction"), kind="data", higher_is_better=False)
+    rows["duty_entropy"] = Row(_mean_over_layers(report, "duty_entropy"), undefined="no unit of any layer fired")
+    if labelled:
+        rows["accuracy"] = _score_row(report, report.clean_hits, 1)
+        rows["class_density_spread"] = Row(_mean_over_layers(report, "class_density_spread"), kind="data")
+    for sigma, hits in zip(report.noise_levels, report.noise_hits):
+        rows[f"noise_{report.score_name}/sigma={sigma:g}"] = _score_row(report, hits, report.draws if sigma > 0 else 1)
+    rows["noise_auc"] = Row(report.noise_auc, higher_is_better=True)
+    for fraction, hits in zip(report.pixel_levels, [] if report.pixel_hits is None else report.pixel_hits):
+        rows[f"pixel_noise_{report.score_name}/fraction={fraction:g}"] = _score_row(
+            report, hits, report.draws if fraction > 0 else 1)
+    if report.pixel_scores:
+        rows["pixel_noise_score"] = Row(report.pixel_noise_score, higher_is_better=True)
+    rows[f"noise_{report.score_name}/majority_baseline"] = _score_row(report, report.majority_hits(), 1)
+    return rows
+
+
+def row_estimate(report: SparsityReport, row: Row) -> stats.Estimate:
+    """The estimate of one estimate row: Wilson over units, or a bootstrap over units."""
+    if math.isnan(row.statistic(np.ones(report.samples))):
+        return stats.undefined(row.undefined, report.units, report.unit)
+    if row.flags is not None:
+        return stats.proportion(row.flags, unit=report.unit)
+    return report.resampled(row.statistic)
+
+
+def paired_difference(first: SparsityReport, second: SparsityReport, name: str) -> stats.Estimate:
+    """``name`` of ``second`` minus that of ``first``, both networks measured on the same inputs: a
+    paired bootstrap over the shared units (each resample draws the same units for both)."""
+    if first.inputs_digest != second.inputs_digest or not np.array_equal(first.clusters, second.clusters):
+        return stats.undefined("the two networks were measured on different inputs", first.units, first.unit)
+    rows = [report_rows(report).get(name) for report in (first, second)]
+    if any(row is None or row.kind != "estimate" for row in rows):
+        return stats.undefined(f"{name} is not an estimate of both networks", first.units, first.unit)
+    difference = lambda w: rows[1].statistic(w) - rows[0].statistic(w)
+    if math.isnan(difference(np.ones(first.samples))):
+        return stats.undefined(f"{name} is undefined for one of the networks", first.units, first.unit)
+    return first.resampled(difference)
+
+
+def add_report(result: Result, report: SparsityReport) -> None:
+    """Append a report's metrics to ``result`` (per layer, means over layers, noise curves)."""
+    result.add("inputs", report.samples, kind="count")
+    for name, row in report_rows(report).items():
+        if row.kind == "data":
+            value = row.statistic(np.ones(report.samples))
+            result.add(name, value, kind="data", higher_is_better=row.higher_is_better,
+                       note=row.undefined if math.isnan(value) else None)
+        else:
+            result.add(name, row_estimate(report, row), higher_is_better=row.higher_is_better)
 
 
 def short_name(site: str) -> str:
@@ -172,33 +388,51 @@ def _random_observations(env, n: int, num_actions: int, seed: int, desc: str, pr
     return torch.cat(frames)[:n]
 
 
-def env_observations(train_config: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
-    """``n`` uint8 observations from seeded random rollouts of the training env (of the config's kind)."""
-    kind = get_kind(train_config.algo)
-    env_config = kind.load("env_config")
+def rollout_envs(train_config: DictConfig, n: int) -> int:
+    """How many envs :func:`env_observations` runs for ``n`` observations."""
+    env_config = get_kind(train_config.algo).load("env_config")
     # as many envs as the family's default batch (64 mazes, 16 MiniGrid envs), at most n, whatever
     # the run trained with: the batch decides which observations come out
-    defaults = type(env_config(train_config))()
-    num_envs = min(n, defaults.num_envs)
-    env = kind.load("make_env")(env_config(train_config, num_envs=num_envs, seed=seed))
+    return min(n, type(env_config(train_config))().num_envs)
+
+
+def env_observations(train_config: DictConfig, n: int, seed: int, progress: bool = False) -> torch.Tensor:
+    """``n`` uint8 observations from seeded random rollouts of the training env (of the config's kind);
+    observation i comes from env ``i % rollout_envs(train_config, n)`` (one step of every env at a time)."""
+    kind = get_kind(train_config.algo)
+    env_config = kind.load("env_config")
+    env = kind.load("make_env")(env_config(train_config, num_envs=rollout_envs(train_config, n), seed=seed))
     return _random_observations(env, n, env.num_actions, seed, f"{kind.algo} observations", progress)
 
 
 def _inputs(kind: Kind, train_config: DictConfig, samples: int, seed: int, split: str,
-            progress: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+            progress: bool) -> tuple[torch.Tensor, Optional[torch.Tensor], np.ndarray, str]:
+    """The inputs, their labels (None for a policy), each input's independent unit and the unit's name."""
     if kind.env_config is None:  # no env: a classifier is measured on its dataset's images and labels
         from shardlab.trainers.datasets import load_splits
         splits = load_splits(train_config.data)
-        x, y = splits.x[split], splits.y[split]
-        return x[:samples], y[:samples]
+        x, y = splits.x[split][:samples], splits.y[split][:samples]
+        return x, y, np.arange(len(x)), "images"
     obs = env_observations(train_config, samples, seed, progress)
+    envs = np.arange(len(obs)) % rollout_envs(train_config, samples)  # consecutive frames of an env are one unit
     # the default memory layout whatever the kind's preprocessing picks (the maze's is channels-last)
-    return kind.load("preprocess")(obs).contiguous(), None
+    return kind.load("preprocess")(obs).contiguous(), None, envs, "envs"
 
 
 def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
     out = model(x.to(device))
     return (out[0] if isinstance(out, tuple) else out).argmax(-1).cpu()
+
+
+def _hits(model: nn.Module, noisy: Callable[[], torch.Tensor], draws: int, reference: torch.Tensor,
+          device: torch.device) -> np.ndarray:
+    """Per input: the share of ``draws`` noisy versions (``noisy()``) answered like ``reference``."""
+    hits = torch.zeros(len(reference), dtype=torch.float64)
+    for _ in range(draws):
+        x = noisy()
+        predicted = torch.cat([_predict(model, x[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
+        hits += (predicted == reference).double()
+    return (hits / draws).numpy()
 
 
 @torch.no_grad()
@@ -210,7 +444,7 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     """Activation statistics on a seeded input batch and the score under increasing input noise."""
     model = model.eval().to(device)
     adapter = get_kind(kind)
-    x, y = _inputs(adapter, train_config, samples, seed, split, progress)
+    x, y, clusters, unit = _inputs(adapter, train_config, samples, seed, split, progress)
     sites = adapter.activation_sites(model)
     layers = {site: LayerStats() for site in sites}
     clean = []
@@ -225,27 +459,17 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     generator = torch.Generator().manual_seed(seed)
     # images lie in [0, 1]; MiniGrid's index grids in [0, top]: noise and the pixel value scale with it
     top = 1.0 if adapter.unit_inputs else max(float(x.max()), 1.0)
-    scores = []
-    for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress, **progress_kwargs()):
-        hits = 0.0
-        for _ in range(noise_repeats if sigma > 0 else 1):
-            noisy = (x + sigma * top * torch.randn(x.shape, generator=generator)).clamp_(0, top)
-            predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
-            hits += (predicted == reference).float().mean().item() / (noise_repeats if sigma > 0 else 1)
-        scores.append(hits)
-    pixel_scores = []
-    for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress, **progress_kwargs()):
-        hits = 0.0
-        for _ in range(noise_repeats if fraction > 0 else 1):
-            noisy = with_pixel_noise(x, fraction, pixel_value * top, generator)
-            predicted = torch.cat([_predict(model, noisy[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
-            hits += (predicted == reference).float().mean().item() / (noise_repeats if fraction > 0 else 1)
-        pixel_scores.append(hits)
-    accuracy = None if y is None else (clean == y).float().mean().item()
-    # a policy that collapses to one action under noise still agrees with its clean choice this often
-    majority = torch.bincount(reference).max().item() / len(reference)
-    return SparsityReport(layers, list(noise_levels), scores, "accuracy" if y is not None else "agreement",
-                          len(x), accuracy, majority, list(pixel_levels), pixel_scores)
+    noise_hits = [_hits(model, lambda: (x + sigma * top * torch.randn(x.shape, generator=generator)).clamp_(0, top),
+                        noise_repeats if sigma > 0 else 1, reference, device)
+                  for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress, **progress_kwargs())]
+    pixel_hits = [_hits(model, lambda: with_pixel_noise(x, fraction, pixel_value * top, generator),
+                        noise_repeats if fraction > 0 else 1, reference, device)
+                  for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress, **progress_kwargs())]
+    return SparsityReport(
+        layers, list(noise_levels), np.array(noise_hits), "accuracy" if y is not None else "agreement",
+        clusters, unit, reference.numpy(), None if y is None else (clean == y).double().numpy(),
+        list(pixel_levels), np.array(pixel_hits) if pixel_hits else None, noise_repeats,
+        hashlib.sha1(x.numpy().tobytes()).hexdigest())
 
 
 def with_pixel_noise(x: torch.Tensor, fraction: float, value: float, generator: torch.Generator) -> torch.Tensor:
@@ -254,10 +478,6 @@ def with_pixel_noise(x: torch.Tensor, fraction: float, value: float, generator: 
     count = int(flat.shape[1] * fraction)
     chosen = torch.rand(flat.shape, generator=generator).argsort(dim=1)[:, :count]
     return flat.clone().scatter_(1, chosen, value).reshape(x.shape)
-
-
-def _binomial_stderr(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
 def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
@@ -323,7 +543,7 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
     from shardlab.evals.maze.render import save_pyplot_figure
 
     names = list(report.layers)
-    classes = sorted(next(iter(report.layers.values())).class_values)
+    classes = sorted(next(iter(report.layers.values())).class_density())
     grid = np.array([[report.layers[n].class_density()[c] for n in names] for c in classes])
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 0.35 * len(classes) + 1.5))
     image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
@@ -340,6 +560,9 @@ class Sparsity(Eval):
     """Activation density, dead units and duty-cycle entropy per layer; class-wise sparsity; noise robustness."""
 
     kinds = ("classify", "ppo", "ppo_minigrid")
+    # 2: intervals over independent units (images, envs); dead_fraction is a data row; k-WTA keeps
+    # nupic.torch's int(round(n·p)·factor) winners at test time (one fewer for some widths)
+    version = 2
 
     @dataclass
     class Config:
@@ -385,33 +608,3 @@ class Sparsity(Eval):
         return result
 
 
-def add_report(result: Result, report: SparsityReport) -> None:
-    """Append a report's metrics to ``result`` (per layer, means over layers, noise curve)."""
-    n = report.samples
-    per_layer = {"density": [], "dead_fraction": [], "duty_entropy": []}
-    for site, stats in report.layers.items():
-        name = short_name(site)
-        values = {"density": stats.density(), "dead_fraction": stats.dead_fraction(),
-                  "duty_entropy": stats.duty_entropy()}
-        for key, value in values.items():
-            per_layer[key].append(value)
-            result.add(f"{key}/{name}", value, n=n)
-        if report.clean_accuracy is not None:
-            result.add(f"class_selectivity/{name}", stats.class_selectivity(), n=n)
-    for key, values in per_layer.items():
-        result.add(key, float(np.mean(values)), n=n, higher_is_better={"dead_fraction": False}.get(key))
-    if report.clean_accuracy is not None:
-        result.add("accuracy", report.clean_accuracy, stderr=_binomial_stderr(report.clean_accuracy, n), n=n,
-                   higher_is_better=True)
-        spreads = [max(d.values()) - min(d.values()) for d in (s.class_density() for s in report.layers.values())]
-        result.add("class_density_spread", float(np.mean(spreads)), n=n)
-    for sigma, score in zip(report.noise_levels, report.noise_scores):
-        result.add(f"noise_{report.score_name}/sigma={sigma:g}", score, stderr=_binomial_stderr(score, n), n=n,
-                   higher_is_better=True)
-    result.add("noise_auc", report.noise_auc(), n=n, higher_is_better=True)
-    for fraction, score in zip(report.pixel_levels, report.pixel_scores):
-        result.add(f"pixel_noise_{report.score_name}/fraction={fraction:g}", score,
-                   stderr=_binomial_stderr(score, n), n=n, higher_is_better=True)
-    if report.pixel_scores:
-        result.add("pixel_noise_score", report.pixel_noise_score(), n=n, higher_is_better=True)
-    result.add(f"noise_{report.score_name}/majority_baseline", report.majority_baseline, n=n)

@@ -195,9 +195,11 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray], float], clusters: ArrayL
                         note=f"one {unit[:-1] if unit.endswith('s') else unit}: no interval")
     rng = np.random.default_rng(seed)
     draws = np.empty(resamples)
+    singletons = len(names) == labels.size  # one sample per unit: the cluster index is the sample
+    order = np.array([m[0] for m in members]) if singletons else None
     for r in range(resamples):
         chosen = rng.integers(0, len(names), len(names))
-        draws[r] = statistic(np.concatenate([members[g] for g in chosen]))
+        draws[r] = statistic(order[chosen] if singletons else np.concatenate([members[g] for g in chosen]))
     draws = draws[np.isfinite(draws)]
     if draws.size < resamples // 2:
         return replace(undefined("the statistic is undefined on most resamples", len(names), unit,
