@@ -2,8 +2,10 @@
 from the input itself recovers the original loss (loss recovered 1); scrubbed logits match a
 plain-torch forward with the activation swapped in; loss recovered and the cancellation numbers
 of the channel-level default hypotheses match a plain-torch recomputation; the NLL targets the
-folded move; the defaults scrub the cheese channels chosen on the checkpoint, whole layers only as
-controls."""
+folded move; the defaults scrub a tenth of the layer's channels, chosen on the checkpoint on mazes
+apart from the inputs, whole layers only as controls; small-gap inputs are excluded and counted,
+loss recovered's interval matches a hand-drawn bootstrap over mazes, and every row is an estimate
+with an interval or a count/setting/data row."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from omegaconf import OmegaConf
 
 from shardlab.envs import maze_state
 from shardlab.envs.maze import MOVE_GROUPS
-from shardlab.evals.maze.causal_scrubbing import (FEATURES, CausalScrubbing, MazePool, Scrub, cancellation,
-                                                  default_hypotheses, loss_recovered, per_input_loss, resolve_channels,
-                                                  scrub_metrics, scrubbed_logits)
+from shardlab.evals.maze.causal_scrubbing import (FEATURES, CausalScrubbing, MazePool, Scrub, add_loss_rows,
+                                                  default_hypotheses, loss_estimates, loss_recovered, per_input_loss,
+                                                  per_input_losses, resolve_channels, scrubbed_logits)
 from shardlab.evals.maze.common import (TrainEnv, cheese_channel_scores, cheese_channel_states, choose_channels,
                                         policy_input)
 from shardlab.evals.maze.inputs import action_kl, cached_activations, interp_mazes
@@ -26,6 +28,7 @@ from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.results import Result
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
+from tiny_suites import assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = "embedder.block2.res1.resadd_out"
@@ -124,8 +127,8 @@ def test_losses_and_cancellation_numbers():
     kl = per_input_loss(original, other, "kl")
     torch.testing.assert_close(kl, action_kl(original, other))
     assert kl[1] == 0 and kl[0] > 0
-    numbers = cancellation(torch.tensor([1.0, 1.0]), torch.tensor([0.0, 2.0]))
-    assert numbers == {"abs_mean_change": 0.0, "mean_abs_change": 1.0, "worst_increase": 1.0}
+    numbers = loss_estimates(np.array([1.0, 1.0]), np.array([0.0, 2.0]), np.array([3.0, 3.0]), np.array([0, 1]))
+    assert (numbers["abs_mean_change"].value, numbers["mean_abs_change"].value) == (0.0, 1.0)
     assert loss_recovered(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([3.0])) == pytest.approx(0.5)
     assert np.isnan(loss_recovered(torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([1.0])))
     with pytest.raises(ValueError, match="loss must be"):
@@ -200,8 +203,13 @@ def test_default_hypothesis_metrics_match_a_plain_torch_recomputation(model, poo
         original = plain_forward(model, x)[0].numpy()
     expected = _plain_metrics(original, plain(agreeing), plain(differing))
     original_logits, _ = cached_activations(model, x, [])
-    got, _ = scrub_metrics(original_logits, scrubbed_logits(model, x, list(zip(scrubs, agreeing))),
-                           scrubbed_logits(model, x, list(zip(scrubs, differing))))
+    losses = per_input_losses(original_logits, scrubbed_logits(model, x, list(zip(scrubs, agreeing))),
+                              scrubbed_logits(model, x, list(zip(scrubs, differing))))
+    got = {}
+    for loss, (base, scrub, rand) in losses.items():
+        estimates = loss_estimates(base, scrub, rand, np.arange(len(x)))  # each input its own maze
+        got.update({f"{loss}/{key}": estimate.value for key, estimate in estimates.items()})
+        got[f"{loss}/worst_increase"] = float((scrub - base).max())
     assert got.keys() == expected.keys()
     for name, value in expected.items():
         assert got[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
@@ -214,13 +222,16 @@ def ctx(model, tmp_path_factory) -> EvalContext:
 
 
 def test_default_hypotheses_scrub_the_cheese_channels_chosen_on_the_checkpoint(model, ctx):
-    config = CausalScrubbing.Config(inputs=8, resamples=1, channel_mazes=8, top_channels=3)
-    assert config.channels == "auto" and config.layer == LAYER
+    config = CausalScrubbing.Config(inputs=8, resamples=1, channel_mazes=8)
+    assert config.channels == "auto" and config.layer == LAYER and config.top_channels is None
     result = Result()
     hypotheses = CausalScrubbing(config).hypotheses(ctx, result)
-    scores = cheese_channel_scores(model, cheese_channel_states(TrainEnv("grid", "easy", 9), 8, 1), "grid", LAYER)
-    cheese = choose_channels(scores, 3, 1.0)
+    states, _ = cheese_channel_states(TrainEnv("grid", "easy", 9), 8, 1)
+    cheese = choose_channels(cheese_channel_scores(model, states, "grid", LAYER), 3, 1.0)
+    # a tenth of the 32-channel layer (the old default chose 11)
     assert [m.value for m in result.metrics if "/" not in m.name.removeprefix("cheese_channel/")] == cheese
+    rows = {m.name: m for m in result.metrics}
+    assert rows["cheese_channels/count"].value == 3 and rows["cheese_channels/fraction"].value == 3 / 32
     others = [c for c in range(32) if c not in cheese]
     assert {name: [(s.features, s.channels) for s in scrubs] for name, scrubs in hypotheses.items()} == {
         "cheese_channels": [(["cheese_location"], cheese)],
@@ -232,15 +243,83 @@ def test_default_hypotheses_scrub_the_cheese_channels_chosen_on_the_checkpoint(m
     assert all(s.layer == LAYER for scrubs in hypotheses.values() for s in scrubs)
 
 
-def test_the_whole_layer_scrub_is_a_control_that_recovers_one(ctx):
+@pytest.fixture(scope="module")
+def default_run(ctx):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        config = CausalScrubbing.Config(inputs=8, resamples=1, channel_mazes=8, top_channels=3)
-        result = CausalScrubbing(config).run(ctx)
+        return CausalScrubbing(CausalScrubbing.Config(inputs=8, resamples=2, channel_mazes=8)).run(ctx)
     finally:
         torch.set_num_threads(threads)
-    metrics = {m.name: m.value for m in result.metrics}
+
+
+def test_every_row_is_an_estimate_over_mazes_or_a_count_setting_or_data(default_run):
+    assert_rows_have_intervals(default_run.metrics)
+    rows = {m.name: m for m in default_run.metrics}
+    assert rows["cheese_channels/count"].value == 3
+    recovered = rows["cheese_channels/kl/loss_recovered"]
+    assert recovered.unit == "mazes" and recovered.n <= 8 and recovered.method == "cluster bootstrap"
+    used = rows["cheese_channels/kl/inputs_used"].value + rows["cheese_channels/kl/inputs_skipped_small_gap"].value
+    assert used == rows["cheese_channels/inputs_resampled"].value
+    assert rows["cheese_channels/inputs_resampled"].value + rows["cheese_channels/inputs_without_source"].value == 16
+    assert rows["cheese_channels/nll/worst_increase"].kind == "data"
+
+
+def test_channels_are_chosen_on_mazes_sharing_no_layout_with_the_inputs(model, ctx):
+    env = TrainEnv("grid", "easy", 9)
+    inputs = [m.state for m in interp_mazes(env, 8, 0, "random")]
+    result = Result()
+    CausalScrubbing(CausalScrubbing.Config(inputs=8, channel_mazes=8)).hypotheses(ctx, result, inputs)
+    states, excluded = cheese_channel_states(env, 8, 1, exclude=inputs)
+    walls = lambda state: maze_state.inner_grid(state) == maze_state.WALL  # noqa: E731
+    assert not any(walls(a).shape == walls(b).shape and np.array_equal(walls(a), walls(b))
+                   for a in states for b in inputs)
+    rows = {m.name: m.value for m in result.metrics}
+    assert rows["cheese_channels/selection_mazes"] == len(states)
+    assert rows["cheese_channels/selection_mazes_excluded"] == excluded
+    cheese = choose_channels(cheese_channel_scores(model, states, "grid", LAYER), 3, 1.0)
+    assert [rows[f"cheese_channel/rank={rank}"] for rank in range(3)] == cheese
+
+
+def test_small_gap_inputs_are_excluded_counted_and_the_interval_resamples_mazes():
+    # 5 mazes × 2 inputs; inputs 2 and 7 have L_original = L_random (no gap to normalise by)
+    rng = np.random.default_rng(3)
+    mazes = np.repeat(np.arange(5), 2)
+    original, random = rng.uniform(0, 1, 10), rng.uniform(2, 3, 10)
+    random[[2, 7]] = original[[2, 7]]
+    scrubbed = rng.uniform(0, 3, 10)
+    result = Result()
+    add_loss_rows(result, "h/nll", (original, scrubbed, random), mazes, min_gap=1e-9)
+    rows = {m.name: m for m in result.metrics}
+    assert rows["h/nll/inputs_used"].value == 8 and rows["h/nll/inputs_skipped_small_gap"].value == 2
+    keep = np.ones(10, bool)
+    keep[[2, 7]] = False
+    o, s_, r, m = original[keep], scrubbed[keep], random[keep], mazes[keep]
+    recovered = rows["h/nll/loss_recovered"]
+    assert recovered.value == pytest.approx((s_.mean() - r.mean()) / (o.mean() - r.mean()), rel=1e-12)
+    assert recovered.n == 5 and rows["h/nll/worst_increase"].value == pytest.approx((s_ - o).max())
+    # the interval by hand: 2000 draws (seed 0) of 5 whole mazes, the ratio of means recomputed
+    members = [np.flatnonzero(m == g) for g in range(5)]
+    draw = np.random.default_rng(0)
+    values = []
+    for _ in range(2000):
+        index = np.concatenate([members[g] for g in draw.integers(0, 5, 5)])
+        values.append((s_[index].mean() - r[index].mean()) / (o[index].mean() - r[index].mean()))
+    low, high = np.quantile(values, [0.025, 0.975])
+    assert recovered.ci_low == pytest.approx(low, rel=1e-12) and recovered.ci_high == pytest.approx(high, rel=1e-12)
+    assert rows["h/nll/original"].value == pytest.approx(o.mean()) and rows["h/nll/original"].n == 5
+    # nothing left, or a mean gap of 0: undefined, with the reason
+    empty = Result()
+    add_loss_rows(empty, "h/kl", (original, scrubbed, original), mazes, min_gap=0.0)
+    row = {m.name: m for m in empty.metrics}["h/kl/loss_recovered"]
+    assert row.undefined and "min_loss_gap" in row.note
+    assert {m.name: m for m in empty.metrics}["h/kl/inputs_skipped_small_gap"].value == 10
+    tied = loss_estimates(np.array([0.0, 2.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0]), np.array([0, 1]))
+    assert not tied["loss_recovered"].defined and "too small to normalise by" in tied["loss_recovered"].note
+
+
+def test_the_whole_layer_scrub_is_a_control_that_recovers_one(default_run):
+    metrics = {m.name: m.value for m in default_run.metrics}
     for loss in ("kl", "nll"):
         assert metrics[f"control/whole_layer/all_features/{loss}/loss_recovered"] == 1.0
         assert metrics[f"control/whole_layer/all_features/{loss}/mean_abs_change"] == 0.0

@@ -1,13 +1,17 @@
 """Activation patching on a small random policy: clean into clean and whole cut layers recover
 exactly 1, single-channel and cheese-channel-at-cheese-cell recoveries match a plain-torch forward
 with those values overridden by hand, the logit difference matches folded probabilities, the
-clean/corrupted pairs differ only in the cheese, and the eval's defaults test the cheese channels
-chosen on the checkpoint (the whole-layer patch is a control, recovery 1)."""
+clean/corrupted pairs differ only in the cheese, and the eval's defaults test a tenth of the layer's
+channels, chosen on the checkpoint on mazes apart from the pairs; small-gap pairs are excluded and
+counted, the headline recovery and its bootstrap interval match a plain forward and a hand-drawn
+bootstrap, and every row is an estimate with an interval or a count/setting (the whole-layer patch
+is a control, recovery 1)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -16,15 +20,18 @@ from omegaconf import OmegaConf
 
 from shardlab.envs import maze_state
 from shardlab.envs.eval_mazes import eval_mazes
-from shardlab.evals.maze.activation_patching import (ActivationPatching, Patcher, logit_difference, make_pairs,
-                                                     patched_logits, recovery)
+from shardlab.evals.maze.activation_patching import (ActivationPatching, Patcher, best_channel_estimate,
+                                                     logit_difference, make_pairs, patched_logits, recovery,
+                                                     recovery_estimate)
 from shardlab.evals.maze.common import (PUBLISHED_CHEESE_CHANNELS, TrainEnv, cheese_channel_scores,
-                                        cheese_channel_states, choose_channels, first_move, named_channels)
+                                        cheese_channel_states, choose_channels, default_channel_count, first_move,
+                                        named_channels)
 from shardlab.evals.maze.inputs import cached_activations, hook_points, interp_mazes
 from shardlab.evals.maze.vector_field import ACTION_GROUPS
 from shardlab.evals.suite.context import EvalContext
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
+from tiny_suites import assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -205,42 +212,128 @@ def test_per_pair_cells_are_the_two_cheese_squares(model, pairs):
         patcher.cells("embedder.relufc_out", 0)
 
 
+ENV = TrainEnv(obs="grid", mode="easy", max_size=9)
+
+
+def _plain_lds(model, pairs, override=None) -> np.ndarray:
+    """(3, N) per-pair LD of the clean, corrupted and patched runs, from the plain-torch forward."""
+    moves = (pairs.towards_clean, pairs.towards_corrupted)
+    with torch.no_grad():
+        clean, _, clean_acts = plain_forward(model, pairs.clean)
+        corrupted, _, _ = plain_forward(model, pairs.corrupted)
+        patched, _, _ = plain_forward(model, pairs.corrupted, override=override(clean_acts) if override else None)
+    return np.stack([logit_difference(z, *moves).numpy() for z in (clean, corrupted, patched)])
+
+
 @pytest.fixture(scope="module")
 def default_run(model, tmp_path_factory):
+    """The eval with its default hypothesis on 6 pairs, ``min_logit_gap`` set between the plain
+    forward's 2nd and 3rd smallest |LD_clean − LD_corrupted|, so exactly two pairs are skipped."""
+    mazes = interp_mazes(ENV, 6, 0, "decision")
+    pairs = make_pairs(model, [m.state for m in mazes], "grid", 0)
+    clean, corrupted, _ = _plain_lds(model, pairs)
+    gaps = np.sort(np.abs(clean - corrupted))
+    assert gaps[2] - gaps[1] > 1e-3  # a threshold float32 rounding cannot move a pair across
     train_config = OmegaConf.create({"env": {"obs": "grid", "distribution_mode": "easy", "max_maze_size": 9}})
     ctx = EvalContext(model, train_config, str(tmp_path_factory.mktemp("patching")), seed=0, progress=False)
-    config = ActivationPatching.Config(pairs=6, min_logit_gap=0.0, channel_mazes=8, top_channels=3)
+    config = ActivationPatching.Config(pairs=6, min_logit_gap=float(gaps[1:3].mean()), channel_mazes=8)
     threads = torch.get_num_threads()  # module fixtures run before the one_thread fixture
     torch.set_num_threads(1)
     try:
         result = ActivationPatching(config).run(ctx)
     finally:
         torch.set_num_threads(threads)
-    return {metric.name: metric.value for metric in result.metrics}, config
+    return {metric.name: metric for metric in result.metrics}, config, mazes, pairs
 
 
-def test_defaults_patch_the_cheese_channels_chosen_on_the_checkpoint_at_the_cheese_cells(model, default_run):
-    metrics, config = default_run
+def test_the_default_hypothesis_is_a_tenth_of_a_32_channel_layer(default_run):
+    metrics, config, _, _ = default_run
+    ranks = [name for name in metrics if re.fullmatch(r"cheese_channel/rank=\d+", name)]
+    assert len(ranks) <= 3  # the old default chose 11 of the 32 channels
+    assert config.top_channels is None and default_channel_count(32) == 3
     assert config.layer == LAYER and config.channels == "auto" and config.radius == 0
-    env = TrainEnv(obs="grid", mode="easy", max_size=9)
-    scores = cheese_channel_scores(model, cheese_channel_states(env, 8, 1), "grid", LAYER)
-    channels = choose_channels(scores, 3, 1.0)
-    assert [metrics[f"cheese_channel/rank={rank}"] for rank in range(3)] == channels
-    assert "cheese_channel/rank=3" not in metrics
-    mazes = interp_mazes(env, 6, 0, "decision")
-    pairs = make_pairs(model, [m.state for m in mazes], "grid", 0)
-    expected = _plain_recovery(model, pairs, lambda acts: {LAYER: _cheese_cell_override(pairs, channels, 0, acts)})
+    assert metrics["cheese_channels/count"].value == 3 and metrics["cheese_channels/count"].kind == "setting"
+    assert metrics["cheese_channels/fraction"].value == pytest.approx(3 / 32)
+    assert metrics["cheese_channels/fraction"].kind == "setting"
+
+
+def test_default_channel_count_is_a_tenth_of_the_layer():
+    assert [default_channel_count(c) for c in (1, 5, 10, 30, 32, 64, 128)] == [1, 1, 1, 3, 3, 6, 12]
+
+
+def test_channels_are_chosen_on_mazes_that_share_no_layout_with_the_pairs(model, default_run):
+    metrics, _, mazes, _ = default_run
+    states, excluded = cheese_channel_states(ENV, 8, 1, exclude=[m.state for m in mazes])
+    walls = lambda state: maze_state.inner_grid(state) == maze_state.WALL  # noqa: E731
+    for state in states:  # an independent check of the layout key: wall grids compared directly
+        assert not any(walls(state).shape == walls(m.state).shape and np.array_equal(walls(state), walls(m.state))
+                       for m in mazes)
+    assert metrics["cheese_channels/selection_mazes"].value == len(states) == 8 - excluded
+    assert metrics["cheese_channels/selection_mazes_excluded"].value == excluded
+    channels = choose_channels(cheese_channel_scores(model, states, "grid", LAYER), 3, 1.0)
+    assert [metrics[f"cheese_channel/rank={rank}"].value for rank in range(3)] == channels
+    # a shared layout is dropped, wherever cheese and mouse are
+    drawn, _ = cheese_channel_states(ENV, 8, 1)
+    moved = maze_state.without_cheese(drawn[0])
+    kept, dropped = cheese_channel_states(ENV, 8, 1, exclude=[moved])
+    assert dropped >= 1 and drawn[0] not in kept and len(kept) == 8 - dropped
+
+
+def test_small_gap_pairs_are_excluded_counted_and_recovery_matches_a_plain_forward(model, default_run):
+    metrics, config, _, pairs = default_run
+    assert metrics["pairs_used"].value == 4 and metrics["pairs_skipped_small_gap"].value == 2
+    assert all(metrics[name].kind == "count" for name in ("pairs_used", "pairs_skipped_small_gap",
+                                                          "mazes_without_corruption"))
+    channels = [int(metrics[f"cheese_channel/rank={rank}"].value) for rank in range(3)]
+    clean, corrupted, _ = _plain_lds(model, pairs)
+    kept = pairs.subset(torch.from_numpy(np.abs(clean - corrupted) > config.min_logit_gap))
+    clean, corrupted, patched = _plain_lds(
+        model, kept, lambda acts: {LAYER: _cheese_cell_override(kept, channels, 0, acts)})
+    expected = (patched.mean() - corrupted.mean()) / (clean.mean() - corrupted.mean())
+    got = metrics["recovery/cheese_channels/cheese_cells"]
     # float32 forwards by two routes: equal up to float32 rounding of a difference of logit differences
-    assert metrics["recovery/cheese_channels/cheese_cells"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
-    assert metrics["pairs_used"] == 6
+    assert got.value == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert got.n == 4 and got.unit == "maze pairs" and got.method == "bootstrap"
+    everything = _plain_lds(model, pairs, lambda acts: {LAYER: _cheese_cell_override(pairs, channels, 0, acts)})
+    assert abs(recovery(everything[2], everything[0], everything[1]) - expected) > 1e-3  # skipping mattered
+    # the interval: the same resamples drawn here by hand (seed 0, 2000 draws of 4 pairs), ratio recomputed
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(2000):
+        index = rng.integers(0, 4, 4)
+        gap = clean[index].mean() - corrupted[index].mean()
+        draws.append((patched[index].mean() - corrupted[index].mean()) / gap if gap != 0 else np.nan)
+    low, high = np.quantile(np.array(draws)[np.isfinite(draws)], [0.025, 0.975])
+    # a resample's small gap magnifies the float32 rounding of the two routes, hence 1e-3
+    assert got.ci_low == pytest.approx(low, rel=1e-3, abs=1e-5)
+    assert got.ci_high == pytest.approx(high, rel=1e-3, abs=1e-5)
+    assert low < expected < high
+    assert metrics["clean_logit_diff"].value == pytest.approx(clean.mean(), rel=1e-5, abs=1e-6)
+
+
+def test_every_row_is_an_estimate_with_an_interval_or_a_count_or_setting(default_run):
+    metrics, _, _, _ = default_run
+    assert_rows_have_intervals(list(metrics.values()))
+    assert metrics["channel/block2.res1.resadd_out/max"].note  # exploratory: chosen on the same pairs
 
 
 def test_the_whole_layer_patch_is_a_control_that_recovers_one(default_run):
-    metrics, _ = default_run
-    assert metrics["control/whole_layer/block2.res1.resadd_out"] == pytest.approx(1.0, abs=1e-6)
+    metrics, _, _, _ = default_run
+    assert metrics["control/whole_layer/block2.res1.resadd_out"].value == pytest.approx(1.0, abs=1e-6)
     assert not [name for name in metrics if name.startswith("layer/")]  # never reported as a finding
-    assert metrics["recovery/cheese_channels/cheese_cells"] != pytest.approx(1.0, abs=1e-3)
+    assert metrics["recovery/cheese_channels/cheese_cells"].value != pytest.approx(1.0, abs=1e-3)
     assert "channel/block2.res1.resadd_out/max" in metrics
+
+
+def test_a_gap_too_small_to_normalise_by_gives_an_undefined_recovery_with_a_reason():
+    tied = recovery_estimate([0.5, 0.5], [1.0, -1.0], [0.0, 0.0])  # mean gap 0 though each pair's is 1
+    assert not tied.defined and "too small to normalise by" in tied.note and tied.n == 2
+    empty = recovery_estimate([], [], [], 0.05)
+    assert not empty.defined and "no maze pair" in empty.note and empty.n == 0
+    assert not best_channel_estimate(np.zeros((3, 2)), [1.0, -1.0], [0.0, 0.0]).defined
+    patched = np.array([[0.0, 1.0, 0.5], [2.0, 2.0, 1.0]])
+    best = best_channel_estimate(patched, [2.0, 2.0, 2.0], [0.0, 0.0, 0.0])
+    assert best.value == pytest.approx(max(recovery(row, [2.0] * 3, [0.0] * 3) for row in patched))
 
 
 def test_published_channels_need_a_128_channel_layer():

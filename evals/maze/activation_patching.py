@@ -13,19 +13,25 @@ and the normalised recovery
 
 is 1 when the patch restores the clean behaviour and 0 when it changes nothing (a ratio of means
 over pairs, so pairs with a tiny clean − corrupted gap do not blow up). Pairs whose
-|LD_clean − LD_corrupted| is below ``min_logit_gap`` are skipped and counted.
+|LD_clean − LD_corrupted| is not above ``min_logit_gap`` are excluded and counted
+(``pairs_used``, ``pairs_skipped_small_gap``); a recovery whose mean gap over the used pairs is
+not above it either is undefined. Each recovery has a 95% percentile bootstrap interval over maze
+pairs (one pair per maze: pairs resampled, the ratio recomputed).
 
 The hypothesis is channel-level: at ``layer`` the cheese channels (``channels: auto``, the
-default: the ``top_channels`` channels the cheese raises most on this checkpoint, by
-``maze.common.cheese_channel_scores``; ``published``: the published scale-4 list; or a
-list) carry the cheese at the cheese's cells (the activation cells of the clean and the corrupted
-cheese squares, and the cells within ``radius`` of them, Chebyshev distance). Metrics:
+default: the ``top_channels`` channels — unset, a tenth of the layer, at least one — the cheese
+raises most on this checkpoint, by ``maze.common.cheese_channel_scores`` on ``channel_mazes``
+seeded mazes that share no layout with the pairs' mazes; ``published``: the published scale-4
+list; or a list) carry the cheese at the cheese's cells (the activation cells of the clean and
+the corrupted cheese squares, and the cells within ``radius`` of them, Chebyshev distance).
+Their number and share of the layer are ``cheese_channels/count`` and ``/fraction``. Metrics:
 
 * ``recovery/cheese_channels/cheese_cells`` — the hypothesis;
 * ``recovery/cheese_channels/all_cells`` and ``recovery/all_channels/cheese_cells`` — one of the
   two restrictions lifted;
 * ``channel/LAYER/cK`` (and ``/max``) — each channel of ``channel_layers`` alone, at the cheese's
-  cells;
+  cells; the reported channels are ranked on the same pairs (``/max`` re-chooses the best channel
+  in every bootstrap resample), so they are exploratory;
 * ``control/whole_layer/LAYER`` — every value of the layer patched. For a layer every path runs
   through (a ``resadd_out``, ``maxpool_out``, ``relu3_out``, ``relufc_out``) this hands the clean
   run over whole, so the recovery is 1 by construction: a check of the patching, never a finding.
@@ -34,7 +40,7 @@ cheese squares, and the cells within ``radius`` of them, Chebyshev distance). Me
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -43,11 +49,12 @@ from torch import nn
 from tqdm import tqdm
 
 from shardlab.envs import maze_state
-from shardlab.evals.maze.common import (DEFAULT_LAYER, cell_of, cheese_channel_metrics, cheese_channel_states,
+from shardlab.evals.maze.common import (DEFAULT_LAYER, CheeseChannels, add_cheese_channel_rows, cell_of,
                                         check_channel_spec, first_move, new_panels, policy_input,
-                                        resolve_cheese_channels, save_figure, train_env)
+                                        resolve_cheese_channels, save_figure, selection_states, train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, interp_mazes, move_logits, open_squares,
                                         short_name)
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -56,6 +63,8 @@ from shardlab.models.hooks import Channels, Edit, hooked, patch
 from shardlab.trainers.bars import progress_kwargs
 
 Square = tuple[int, int]
+UNIT = "maze pairs"
+HYPOTHESIS = ("cheese_channels/cheese_cells", "cheese_channels/all_cells", "all_channels/cheese_cells")
 
 
 def logit_difference(logits: torch.Tensor, towards_clean: torch.Tensor, towards_corrupted: torch.Tensor
@@ -94,10 +103,55 @@ def patched_logits(model: nn.Module, target: torch.Tensor, layer: str, source: t
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def recovery(patched: torch.Tensor, clean: torch.Tensor, corrupted: torch.Tensor) -> float:
-    """(mean patched − mean corrupted) / (mean clean − mean corrupted) over pairs."""
+def _array(values: Any) -> np.ndarray:
+    """float64 numpy values of a tensor (on any device) or array."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu()
+    return np.asarray(values, dtype=float)
+
+
+def recovery(patched: Any, clean: Any, corrupted: Any) -> float:
+    """(mean patched − mean corrupted) / (mean clean − mean corrupted) over pairs (NaN for a zero gap)."""
+    patched, clean, corrupted = _array(patched), _array(clean), _array(corrupted)
+    gap = clean.mean() - corrupted.mean()
+    return float((patched.mean() - corrupted.mean()) / gap) if gap != 0 else math.nan
+
+
+def _small_gap(clean: np.ndarray, corrupted: np.ndarray, min_gap: float) -> Optional[stats.Estimate]:
+    """An undefined estimate when there are no pairs or their mean gap is too small to divide by, else None."""
+    if clean.size == 0:
+        return stats.undefined(f"no maze pair has |LD_clean − LD_corrupted| above min_logit_gap={min_gap:g}", 0, UNIT)
     gap = float(clean.mean() - corrupted.mean())
-    return float(patched.mean() - corrupted.mean()) / gap if gap != 0 else math.nan
+    if not abs(gap) > min_gap:
+        return stats.undefined(f"mean LD_clean − LD_corrupted over the pairs is {gap:.3g}, not above "
+                               f"min_logit_gap={min_gap:g}: too small to normalise by", clean.size, UNIT)
+    return None
+
+
+def recovery_estimate(patched: Any, clean: Any, corrupted: Any, min_gap: float = 0.0) -> stats.Estimate:
+    """:func:`recovery` with a percentile bootstrap interval over maze pairs: a ratio of means, so
+    whole pairs are resampled and the ratio recomputed."""
+    patched, clean, corrupted = _array(patched), _array(clean), _array(corrupted)
+    problem = _small_gap(clean, corrupted, min_gap)
+    if problem is not None:
+        return problem
+    return stats.bootstrap(lambda index: recovery(patched[index], clean[index], corrupted[index]), clean.size, UNIT)
+
+
+def best_channel_estimate(patched: np.ndarray, clean: Any, corrupted: Any, min_gap: float = 0.0) -> stats.Estimate:
+    """The largest recovery among the rows of ``patched`` (channels × pairs), the best channel
+    chosen again in every bootstrap resample of the pairs."""
+    clean, corrupted = _array(clean), _array(corrupted)
+    problem = _small_gap(clean, corrupted, min_gap)
+    if problem is not None:
+        return problem
+
+    def best(index: np.ndarray) -> float:
+        gap = clean[index].mean() - corrupted[index].mean()
+        return float(((patched[:, index].mean(1) - corrupted[index].mean()) / gap).max()) if gap != 0 else math.nan
+
+    estimate = stats.bootstrap(best, clean.size, UNIT)
+    return replace(estimate, note=estimate.note or f"best of {len(patched)} channels on these pairs: biased upward")
 
 
 @dataclass
@@ -174,18 +228,31 @@ class Patcher:
                              "choose a convolutional layer")
         return cheese_cells(self.pairs, self.obs, activation.shape[-1], radius)
 
-    def recovery(self, layer: str, channels: Optional[Sequence[int]] = None, radius: Optional[int] = None) -> float:
-        """Recovery with ``layer`` (its ``channels``; at the cheese cells within ``radius`` unless
-        None: every cell) patched from the clean run."""
+    def patched_ld(self, layer: str, channels: Optional[Sequence[int]] = None, radius: Optional[int] = None
+                   ) -> torch.Tensor:
+        """Per-pair LD with ``layer`` (its ``channels``; at the cheese cells within ``radius``
+        unless None: every cell) patched from the clean run."""
         cells = None if radius is None else self.cells(layer, radius)
         logits = patched_logits(self.model, self.pairs.corrupted, layer, self.clean_acts[layer], channels, cells)
-        return recovery(logit_difference(logits, *self.moves), self.clean_ld, self.corrupted_ld)
+        return logit_difference(logits, *self.moves)
+
+    def recovery(self, layer: str, channels: Optional[Sequence[int]] = None, radius: Optional[int] = None) -> float:
+        """Recovery of :meth:`patched_ld`."""
+        return recovery(self.patched_ld(layer, channels, radius), self.clean_ld, self.corrupted_ld)
+
+    def estimate(self, patched_ld: Any, min_gap: float = 0.0) -> stats.Estimate:
+        """Recovery of per-pair ``patched_ld`` with its bootstrap interval over the pairs."""
+        return recovery_estimate(patched_ld, self.clean_ld, self.corrupted_ld, min_gap)
+
+    def hypothesis_lds(self, layer: str, channels: Sequence[int], radius: int) -> dict[str, torch.Tensor]:
+        """Per-pair LD of the cheese-channel hypothesis and of the two patches that lift one of its restrictions."""
+        return dict(zip(HYPOTHESIS, (self.patched_ld(layer, channels, radius), self.patched_ld(layer, channels),
+                                     self.patched_ld(layer, None, radius))))
 
     def hypothesis(self, layer: str, channels: Sequence[int], radius: int) -> dict[str, float]:
-        """The cheese-channel hypothesis and the two patches that lift one of its restrictions."""
-        return {"cheese_channels/cheese_cells": self.recovery(layer, channels, radius),
-                "cheese_channels/all_cells": self.recovery(layer, channels),
-                "all_channels/cheese_cells": self.recovery(layer, None, radius)}
+        """Recoveries of :meth:`hypothesis_lds`."""
+        return {name: recovery(ld, self.clean_ld, self.corrupted_ld)
+                for name, ld in self.hypothesis_lds(layer, channels, radius).items()}
 
 
 @register("activation_patching")
@@ -195,6 +262,7 @@ class ActivationPatching(Eval):
 
     kinds = ("ppo",)
     layer_fields = ("layer", "layers", "channel_layers")
+    version = 2  # 2: a tenth of the layer by default, selection mazes apart from the pairs, bootstrap intervals
 
     @dataclass
     class Config:
@@ -204,8 +272,8 @@ class ActivationPatching(Eval):
         mouse: str = "decision"  # decision (mazes with a decision square) or start
         layer: str = DEFAULT_LAYER  # where the cheese-channel hypothesis is tested
         channels: Any = "auto"  # auto (chosen on the checkpoint), published (128-channel layers) or [c, ...]
-        top_channels: int = 11  # how many channels auto chooses (the published list has 11)
-        channel_mazes: int = 64  # seeded mazes (mouse on the start) auto scores the channels on
+        top_channels: Optional[int] = None  # how many channels auto chooses (None: max(1, ⌊10% of the layer⌋))
+        channel_mazes: int = 64  # seeded mazes auto scores the channels on (less any sharing a pair's layout)
         radius: int = 0  # cells within this distance of the two cheese cells are patched too
         layers: Optional[list[str]] = None  # whole-layer controls (None: layer)
         channel_layers: Optional[list[str]] = None  # every channel alone at the cheese cells (None: layer)
@@ -218,7 +286,8 @@ class ActivationPatching(Eval):
             if self.min_logit_gap < 0:
                 raise ValueError(f"activation_patching.min_logit_gap must be >= 0, got {self.min_logit_gap}")
             check_channel_spec(self.channels, "activation_patching.channels")
-            if min(self.pairs, self.top_channels, self.channel_mazes) < 1 or self.radius < 0:
+            top = 1 if self.top_channels is None else self.top_channels
+            if min(self.pairs, top, self.channel_mazes) < 1 or self.radius < 0:
                 raise ValueError("activation_patching pairs, top_channels and channel_mazes must be >= 1 "
                                  f"and radius >= 0; got {self.pairs}, {self.top_channels}, {self.channel_mazes}, "
                                  f"{self.radius}")
@@ -236,76 +305,104 @@ class ActivationPatching(Eval):
         super().check_model(policy, train_config)
         require_channels(policy, train_config, "activation_patching.channels", cfg.channels, cfg.layer)
 
+    def cheese_channels(self, ctx: EvalContext, measured: Sequence[bytes]) -> CheeseChannels:
+        """The cheese channels of ``layer``, chosen (for ``auto``) on mazes sharing no layout with ``measured``."""
+        cfg, env = self.config, train_env(ctx.train_config)
+        states, excluded = selection_states(env, cfg.channels, ctx.count(cfg.channel_mazes), ctx.seed + 1, measured)
+        return resolve_cheese_channels(ctx.policy, cfg.channels, cfg.layer, env.obs, states, cfg.top_channels,
+                                       excluded)
+
     def run(self, ctx: EvalContext) -> Result:
-        """Choose the cheese channels, build pairs, patch the hypothesis, the sweep and the controls."""
+        """Build pairs, choose the cheese channels apart from them, patch the hypothesis, the sweep and the controls."""
         cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
         controls = list(cfg.layers) if cfg.layers is not None else [cfg.layer]
         channel_layers = list(cfg.channel_layers) if cfg.channel_layers is not None else [cfg.layer]
         check_layers(policy, [cfg.layer, *controls, *channel_layers])
-        scored = ctx.count(cfg.channel_mazes) if cfg.channels == "auto" else 1  # named: one maze for the shape
-        channel_states = cheese_channel_states(env, scored, ctx.seed + 1)
-        channels, scores = resolve_cheese_channels(policy, cfg.channels, cfg.layer, env.obs, channel_states,
-                                                   cfg.top_channels)
-        result = Result()
-        for name, value in cheese_channel_metrics(channels, scores).items():
-            result.add(name, value, n=len(channel_states))
         mazes = interp_mazes(env, ctx.count(cfg.pairs), ctx.seed, cfg.mouse)
+        chosen = self.cheese_channels(ctx, [m.state for m in mazes])
+        result = Result()
+        add_cheese_channel_rows(result, chosen)
         pairs = make_pairs(policy, [m.state for m in mazes], env.obs, ctx.seed)
-        result.add("mazes_without_corruption", pairs.without_corruption, n=len(mazes))
+        result.add("mazes_without_corruption", pairs.without_corruption, kind="count")
         clean_logits, _ = cached_activations(policy, pairs.clean, [])
         corrupted_logits, _ = cached_activations(policy, pairs.corrupted, [])
         moves = (pairs.towards_clean, pairs.towards_corrupted)
         gap = logit_difference(clean_logits, *moves) - logit_difference(corrupted_logits, *moves)
-        keep = gap.abs() > cfg.min_logit_gap
+        keep = (gap.abs() > cfg.min_logit_gap).cpu()
         used = int(keep.sum())
-        result.add("pairs_used", used, n=len(keep))
-        result.add("pairs_skipped_small_gap", len(keep) - used, n=len(keep))
+        result.add("pairs_used", used, kind="count")
+        result.add("pairs_skipped_small_gap", len(keep) - used, kind="count")
         if used == 0:
+            for name in HYPOTHESIS:
+                result.add(f"recovery/{name}", recovery_estimate([], [], [], cfg.min_logit_gap), higher_is_better=True)
             return result
         patcher = Patcher(policy, pairs.subset(keep), env.obs, [cfg.layer, *controls, *channel_layers])
-        result.add("clean_logit_diff", patcher.clean_ld.mean(), n=used)
-        result.add("corrupted_logit_diff", patcher.corrupted_ld.mean(), n=used)
-        hypothesis = patcher.hypothesis(cfg.layer, channels, cfg.radius)
-        for name, value in hypothesis.items():
-            result.add(f"recovery/{name}", value, n=used, higher_is_better=True)
+        result.add("clean_logit_diff", stats.mean(_array(patcher.clean_ld), UNIT))
+        result.add("corrupted_logit_diff", stats.mean(_array(patcher.corrupted_ld), UNIT))
+        hypothesis = {name: patcher.estimate(ld, cfg.min_logit_gap)
+                      for name, ld in patcher.hypothesis_lds(cfg.layer, chosen.channels, cfg.radius).items()}
+        for name, estimate in hypothesis.items():
+            result.add(f"recovery/{name}", estimate, higher_is_better=True)
         bar = tqdm(total=len(controls) + sum(patcher.clean_acts[layer].shape[1] for layer in channel_layers),
                    desc="activation_patching", disable=not ctx.progress, **progress_kwargs())
         whole = {}
         for layer in controls:
-            whole[layer] = patcher.recovery(layer)
-            result.add(f"control/whole_layer/{short_name(layer)}", whole[layer], n=used)
+            whole[layer] = patcher.estimate(patcher.patched_ld(layer), cfg.min_logit_gap)
+            result.add(f"control/whole_layer/{short_name(layer)}", whole[layer])
             bar.update(1)
-        per_channel = {}
+        sweeps = {}
         for layer in channel_layers:
-            per_channel[layer] = []
+            rows = []
             for channel in range(patcher.clean_acts[layer].shape[1]):
-                per_channel[layer].append(patcher.recovery(layer, [channel], cfg.radius))
+                rows.append(_array(patcher.patched_ld(layer, [channel], cfg.radius)))
                 bar.update(1)
+            sweeps[layer] = np.stack(rows)
         bar.close()
-        for layer, values in per_channel.items():
-            order = np.argsort(values, kind="stable")[::-1]
-            result.add(f"channel/{short_name(layer)}/max", values[order[0]], n=used)
-            for channel in order[:cfg.report_channels]:
-                result.add(f"channel/{short_name(layer)}/c{channel}", values[channel], n=used)
+        per_channel = {layer: [recovery(ld, patcher.clean_ld, patcher.corrupted_ld) for ld in lds]
+                       for layer, lds in sweeps.items()}
+        self._add_sweep(result, patcher, sweeps, per_channel)
         write_json_atomic(ctx.artifact("patching.json"), {
-            "pairs_used": used, "layer": cfg.layer, "cheese_channels": channels, "radius": cfg.radius,
-            "recovery": hypothesis, "channels_at_cheese_cells": per_channel,
+            "pairs_used": used, "layer": cfg.layer, "cheese_channels": chosen.channels, "radius": cfg.radius,
+            "recovery": {name: stats.as_row(estimate) for name, estimate in hypothesis.items()},
+            "channels_at_cheese_cells": per_channel,
             "control_whole_layer": {"note": "recovery 1 by construction for a layer every path runs through",
-                                    "recovery": whole}})
+                                    "recovery": {layer: stats.as_row(e) for layer, e in whole.items()}}})
         result.artifacts += [ctx.artifact("patching.json"),
-                             self._plot(ctx, hypothesis, whole, per_channel, channels, used)]
+                             self._plot(ctx, hypothesis, whole, per_channel, chosen.channels, used)]
         return result
 
-    def _plot(self, ctx: EvalContext, hypothesis: dict[str, float], whole: dict[str, float],
+    def _add_sweep(self, result: Result, patcher: Patcher, sweeps: dict[str, np.ndarray],
+                   per_channel: dict[str, list[float]]) -> None:
+        """Each channel layer's best single-channel recovery and its top ``report_channels`` channels
+        (ranked on the same pairs, so exploratory: the note says so)."""
+        cfg = self.config
+        for layer, values in per_channel.items():
+            name = short_name(layer)
+            result.add(f"channel/{name}/max",
+                       best_channel_estimate(sweeps[layer], patcher.clean_ld, patcher.corrupted_ld, cfg.min_logit_gap))
+            order = np.argsort(np.nan_to_num(values, nan=-np.inf), kind="stable")[::-1]
+            for rank, channel in enumerate(order[:cfg.report_channels]):
+                estimate = patcher.estimate(sweeps[layer][channel], cfg.min_logit_gap)
+                note = estimate.note or f"rank {rank} of {len(values)} channels on these pairs: biased upward"
+                result.add(f"channel/{name}/c{channel}", replace(estimate, note=note))
+
+    def _plot(self, ctx: EvalContext, hypothesis: dict[str, stats.Estimate], whole: dict[str, stats.Estimate],
               per_channel: dict[str, list[float]], channels: list[int], used: int) -> str:
-        """Bars for the hypothesis patches (controls in grey) and a channel-layers × channels heatmap."""
+        """Bars (95% bootstrap intervals) for the hypothesis patches (controls in grey) and a
+        channel-layers × channels heatmap."""
         fig, (bars, heat) = new_panels(2, size_inches=6.0)
         names = list(hypothesis) + [f"control: whole {short_name(layer)}" for layer in whole]
         colours = ["C0"] * len(hypothesis) + ["0.6"] * len(whole)
-        bars.bar(np.arange(len(names)), [*hypothesis.values(), *whole.values()], color=colours)
+        estimates = [*hypothesis.values(), *whole.values()]
+        values = np.array([e.value for e in estimates])
+        low = np.array([e.value if e.ci_low is None else e.ci_low for e in estimates])
+        high = np.array([e.value if e.ci_high is None else e.ci_high for e in estimates])
+        # a percentile interval need not contain its point: clip the bar ends at zero length
+        errors = np.nan_to_num(np.stack([np.maximum(values - low, 0), np.maximum(high - values, 0)]))
+        bars.bar(np.arange(len(names)), values, yerr=errors, capsize=3, color=colours)
         bars.axhline(1.0, color="0.5", lw=0.8, ls="--")
         bars.set_xticks(np.arange(len(names)), names, rotation=30, ha="right", fontsize=7)
-        bars.set_ylabel("logit-difference recovery")
+        bars.set_ylabel("logit-difference recovery (95% bootstrap interval)")
         bars.set_title(f"cheese channels {channels} of {short_name(self.config.layer)}, radius {self.config.radius} "
                        f"({used} pairs)", fontsize=8)
         width = max((len(v) for v in per_channel.values()), default=1)

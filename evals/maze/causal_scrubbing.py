@@ -12,9 +12,11 @@ different layers do not feed each other). The random baseline resamples the same
 inputs that differ in the named features.
 
 The default hypotheses are channel-level, at ``layer``: a scrub's ``channels`` may be ``cheese``
-(the cheese channels: ``channels: auto`` chooses the ``top_channels`` channels the cheese raises
-most on this checkpoint by ``maze.common.cheese_channel_scores``; ``published`` the
-published scale-4 list; or a list) or ``other`` (the rest of the layer). Scrubbing a whole layer
+(the cheese channels: ``channels: auto`` chooses the ``top_channels`` channels — unset, a tenth
+of the layer, at least one — the cheese raises most on this checkpoint by
+``maze.common.cheese_channel_scores``, on ``channel_mazes`` seeded mazes sharing no layout with
+the scrubbed inputs' mazes; ``published`` the published scale-4 list; or a list) or ``other``
+(the rest of the layer). Scrubbing a whole layer
 that every path runs through only measures how the behaviour depends on the features, not a
 mechanism, so it is reported as a control: ``control/whole_layer/all_features`` resamples from the
 input itself (loss recovered 1 by construction) and ``control/whole_layer/cheese_location`` is
@@ -32,7 +34,13 @@ Losses, per input, against the original policy π(·|x):
   compare |E[L] − E[L_scrubbed]| with E[|L − L_scrubbed|] and the worst increase.
 
 Loss recovered = (E[L_scrubbed] − E[L_random]) / (E[L_original] − E[L_random]): 1 when the
-hypothesis explains the behaviour, 0 when scrubbing is as bad as resampling at random.
+hypothesis explains the behaviour, 0 when scrubbing is as bad as resampling at random. Inputs
+whose |L_original − L_random| is not above ``min_loss_gap`` say nothing about it; they are
+excluded from every row of that loss and counted (``LOSS/inputs_used``,
+``LOSS/inputs_skipped_small_gap``), and loss recovered is undefined when the mean gap over the
+rest is not above it either. Each input is one of ``resamples`` draws on one maze, so every
+estimate's 95% interval is a bootstrap over mazes (whole mazes resampled; ``n`` counts mazes);
+``worst_increase``, the largest per-input increase seen, is a property of the sample (no interval).
 """
 
 from __future__ import annotations
@@ -47,11 +55,12 @@ from torch import nn
 from tqdm import tqdm
 
 from shardlab.envs import maze_state
-from shardlab.evals.maze.common import (DEFAULT_LAYER, cheese_channel_metrics, cheese_channel_states,
-                                        check_channel_spec, layer_activations, new_panels, policy_input,
-                                        resolve_cheese_channels, save_figure, train_env)
+from shardlab.evals.maze.common import (DEFAULT_LAYER, add_cheese_channel_rows, check_channel_spec, new_panels,
+                                        policy_input, resolve_cheese_channels, save_figure, selection_states,
+                                        train_env)
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement,
                                         interp_mazes, move_logits, random_square, short_name)
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval, require_layers
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -62,6 +71,7 @@ from shardlab.trainers.bars import progress_kwargs
 FEATURES = ("cheese_location", "mouse_location", "maze_layout")
 LOSSES = ("kl", "nll")
 CHANNEL_GROUPS = ("cheese", "other")  # a scrub's channels by name: the cheese channels or the rest
+UNIT = "mazes"
 
 
 @dataclass
@@ -176,35 +186,64 @@ def per_input_loss(original_logits: torch.Tensor, logits: torch.Tensor, loss: st
     raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}")
 
 
-def loss_recovered(original: torch.Tensor, scrubbed: torch.Tensor, random: torch.Tensor) -> float:
+def loss_recovered(original: Any, scrubbed: Any, random: Any) -> float:
     """(E[scrubbed] − E[random]) / (E[original] − E[random]); NaN when random equals original."""
-    gap = float(original.mean() - random.mean())
-    return float(scrubbed.mean() - random.mean()) / gap if gap != 0 else math.nan
+    original, scrubbed, random = (np.asarray(x, dtype=float) for x in (original, scrubbed, random))
+    gap = original.mean() - random.mean()
+    return float((scrubbed.mean() - random.mean()) / gap) if gap != 0 else math.nan
 
 
-def cancellation(original: torch.Tensor, scrubbed: torch.Tensor) -> dict[str, float]:
-    """|E[L] − E[L_s]|, E[|L − L_s|] and the worst per-input increase max(L_s − L)."""
+def per_input_losses(original_logits: torch.Tensor, scrubbed: torch.Tensor, random: torch.Tensor
+                     ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """{LOSS: (L_original, L_scrubbed, L_random)} per input, float64, for both losses."""
+    def values(logits: torch.Tensor, loss: str) -> np.ndarray:
+        return per_input_loss(original_logits, logits, loss).detach().cpu().numpy().astype(float)
+
+    return {loss: (values(original_logits, loss), values(scrubbed, loss), values(random, loss)) for loss in LOSSES}
+
+
+def loss_estimates(original: np.ndarray, scrubbed: np.ndarray, random: np.ndarray, mazes: np.ndarray,
+                   min_gap: float = 0.0) -> dict[str, stats.Estimate]:
+    """Loss recovered, the mean original, scrubbed and random losses, |E[L] − E[L_s]| and
+    E[|L − L_s|] over the given inputs, each with a bootstrap interval over ``mazes`` (each input's
+    maze); loss recovered is undefined when |E[L] − E[L_random]| is not above ``min_gap``."""
+    if original.size == 0:
+        reason = f"no input has |L_original − L_random| above min_loss_gap={min_gap:g}"
+        return {key: stats.undefined(reason, 0, UNIT) for key in
+                ("loss_recovered", "original", "scrubbed", "random", "abs_mean_change", "mean_abs_change")}
     change = scrubbed - original
-    return {"abs_mean_change": float(change.mean().abs()), "mean_abs_change": float(change.abs().mean()),
-            "worst_increase": float(change.max())}
+    gap = float(original.mean() - random.mean())
+    if abs(gap) > min_gap:
+        recovered = stats.cluster_bootstrap(
+            lambda index: loss_recovered(original[index], scrubbed[index], random[index]), mazes, UNIT)
+    else:
+        recovered = stats.undefined(f"E[L_original] − E[L_random] is {gap:.3g}, not above min_loss_gap={min_gap:g}: "
+                                    "too small to normalise by", len(np.unique(mazes)), UNIT)
+    return {"loss_recovered": recovered,
+            "original": stats.cluster_mean(original, mazes, UNIT),
+            "scrubbed": stats.cluster_mean(scrubbed, mazes, UNIT),
+            "random": stats.cluster_mean(random, mazes, UNIT),
+            "abs_mean_change": stats.cluster_bootstrap(lambda index: abs(float(change[index].mean())), mazes, UNIT),
+            "mean_abs_change": stats.cluster_mean(np.abs(change), mazes, UNIT)}
 
 
-def scrub_metrics(original_logits: torch.Tensor, scrubbed: torch.Tensor, random: torch.Tensor
-                  ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """({LOSS/metric: value}, {LOSS: per-input L_scrubbed − L}) for both losses: loss recovered,
-    the mean original, scrubbed and random losses and the cancellation numbers."""
-    metrics, changes = {}, {}
-    for loss in LOSSES:
-        original_loss = per_input_loss(original_logits, original_logits, loss)
-        scrubbed_loss = per_input_loss(original_logits, scrubbed, loss)
-        random_loss = per_input_loss(original_logits, random, loss)
-        metrics[f"{loss}/loss_recovered"] = loss_recovered(original_loss, scrubbed_loss, random_loss)
-        metrics[f"{loss}/original"] = float(original_loss.mean())
-        metrics[f"{loss}/scrubbed"] = float(scrubbed_loss.mean())
-        metrics[f"{loss}/random"] = float(random_loss.mean())
-        metrics.update({f"{loss}/{key}": value for key, value in cancellation(original_loss, scrubbed_loss).items()})
-        changes[loss] = scrubbed_loss - original_loss
-    return metrics, changes
+def add_loss_rows(result: Result, prefix: str, losses: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  mazes: np.ndarray, min_gap: float) -> tuple[stats.Estimate, np.ndarray]:
+    """One loss's rows under ``prefix``: the inputs used and skipped for a small gap (counts),
+    :func:`loss_estimates` over the used ones and ``worst_increase`` (data); returns loss
+    recovered and the used inputs' L_scrubbed − L_original."""
+    original, scrubbed, random = losses
+    keep = np.abs(original - random) > min_gap
+    result.add(f"{prefix}/inputs_used", int(keep.sum()), kind="count")
+    result.add(f"{prefix}/inputs_skipped_small_gap", int((~keep).sum()), kind="count")
+    estimates = loss_estimates(original[keep], scrubbed[keep], random[keep], mazes[keep], min_gap)
+    for key, estimate in estimates.items():
+        better = {"loss_recovered": True, "scrubbed": False}.get(key)
+        result.add(f"{prefix}/{key}", estimate, higher_is_better=better)
+    change = scrubbed[keep] - original[keep]
+    if change.size:
+        result.add(f"{prefix}/worst_increase", float(change.max()), kind="data")
+    return estimates["loss_recovered"], change
 
 
 @register("causal_scrubbing")
@@ -214,6 +253,7 @@ class CausalScrubbing(Eval):
 
     kinds = ("ppo",)
     layer_fields = ("layer",)
+    version = 2  # 2: a tenth of the layer by default, selection mazes apart from the inputs, intervals over mazes
 
     @dataclass
     class Config:
@@ -225,16 +265,20 @@ class CausalScrubbing(Eval):
         mouse: str = "random"  # where the original inputs put the mouse: start, decision or random
         layer: str = DEFAULT_LAYER  # of the default hypotheses and the whole-layer controls
         channels: Any = "auto"  # the cheese channels: auto (chosen on the checkpoint), published or [c, ...]
-        top_channels: int = 11  # how many channels auto chooses (the published list has 11)
-        channel_mazes: int = 64  # seeded mazes (mouse on the start) auto scores the channels on
+        top_channels: Optional[int] = None  # how many channels auto chooses (None: max(1, ⌊10% of the layer⌋))
+        channel_mazes: int = 64  # seeded mazes auto scores the channels on (less any sharing an input's layout)
+        min_loss_gap: float = 0.0  # inputs with |L_original − L_random| not above this are excluded and counted
         controls: bool = True  # also scrub the whole layer (control/whole_layer/...)
         hypotheses: dict[str, list[Scrub]] = field(default_factory=dict)
 
         def __post_init__(self) -> None:
             check_mouse_placement(self.mouse)
             check_channel_spec(self.channels, "causal_scrubbing.channels")
-            if self.resamples < 1 or self.inputs < 2 or self.top_channels < 1 or self.channel_mazes < 1:
+            top = 1 if self.top_channels is None else self.top_channels
+            if self.resamples < 1 or self.inputs < 2 or top < 1 or self.channel_mazes < 1:
                 raise ValueError("causal_scrubbing needs inputs >= 2 and resamples, top_channels, channel_mazes >= 1")
+            if self.min_loss_gap < 0:
+                raise ValueError(f"causal_scrubbing.min_loss_gap must be >= 0, got {self.min_loss_gap}")
             for name, scrubs in self.hypotheses.items():
                 if not scrubs:
                     raise ValueError(f"causal_scrubbing hypothesis {name!r} has no scrubs")
@@ -265,35 +309,35 @@ class CausalScrubbing(Eval):
                                      list(scrub.channels), scrub.layer)
         require_channels(policy, train_config, "causal_scrubbing.channels", cfg.channels, cfg.layer)
 
-    def hypotheses(self, ctx: EvalContext, result: Result) -> dict[str, list[Scrub]]:
+    def hypotheses(self, ctx: EvalContext, result: Result, measured: Sequence[bytes] = ()
+                   ) -> dict[str, list[Scrub]]:
         """The configured (or default) hypotheses and the controls, ``cheese``/``other`` resolved to
-        channel lists; the cheese channels are recorded as metrics."""
+        channel lists (``auto`` chosen on mazes sharing no layout with ``measured``, the scrubbed
+        inputs' mazes); the cheese channels are recorded as rows."""
         cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
         hypotheses = dict(cfg.hypotheses or default_hypotheses(cfg.layer))
         if cfg.controls:
             hypotheses.update(control_hypotheses(cfg.layer))
         check_layers(policy, [scrub.layer for scrubs in hypotheses.values() for scrub in scrubs])
         named = {scrub.layer for scrubs in hypotheses.values() for scrub in scrubs if scrub.channels in CHANNEL_GROUPS}
-        scored = ctx.count(cfg.channel_mazes) if cfg.channels == "auto" else 1  # named: one maze for the shapes
-        states = cheese_channel_states(env, scored, ctx.seed + 1) if named else []
+        if named:
+            states, excluded = selection_states(env, cfg.channels, ctx.count(cfg.channel_mazes), ctx.seed + 1, measured)
         resolved = {}
         for layer in sorted(named, key=lambda name: name != cfg.layer):  # cfg.layer first
-            channels, scores = resolve_cheese_channels(policy, cfg.channels, layer, env.obs, states, cfg.top_channels)
-            resolved[layer] = channels
-            prefix = "" if layer == cfg.layer else f"{short_name(layer)}/"
-            for name, value in cheese_channel_metrics(channels, scores).items():
-                result.add(prefix + name, value, n=len(states))
-        counts = {layer: layer_activations(policy, states[:1], env.obs, layer).shape[1] for layer in named}
-        return {name: [resolve_channels(scrub, resolved.get(scrub.layer, ()), counts.get(scrub.layer, 0))
-                       for scrub in scrubs] for name, scrubs in hypotheses.items()}
+            resolved[layer] = resolve_cheese_channels(policy, cfg.channels, layer, env.obs, states, cfg.top_channels,
+                                                      excluded)
+            add_cheese_channel_rows(result, resolved[layer], "" if layer == cfg.layer else f"{short_name(layer)}/")
+        return {name: [resolve_channels(scrub, resolved[scrub.layer].channels, resolved[scrub.layer].layer_channels)
+                       if scrub.layer in resolved else scrub for scrub in scrubs]
+                for name, scrubs in hypotheses.items()}
 
     def run(self, ctx: EvalContext) -> Result:
         """Scrub each hypothesis (and control) and its random baseline over the same inputs."""
         cfg, env, policy = self.config, train_env(ctx.train_config), ctx.policy
         result, summary = Result(), {}
-        hypotheses = self.hypotheses(ctx, result)
         mazes = interp_mazes(env, max(2, ctx.count(cfg.inputs)), ctx.seed, cfg.mouse)
         pool = MazePool([m.state for m in mazes])
+        hypotheses = self.hypotheses(ctx, result, pool.states)
         for hypothesis_index, (name, scrubs) in enumerate(tqdm(hypotheses.items(), desc="causal_scrubbing",
                                                                disable=not ctx.progress, **progress_kwargs())):
             rng = np.random.default_rng(np.random.SeedSequence([ctx.seed, 3, hypothesis_index]))
@@ -304,44 +348,50 @@ class CausalScrubbing(Eval):
                               pool.resample(index, set(), set(s.features), rng)) for s in scrubs]
                     if any(a is None or d is None for a, d in drawn):
                         continue
-                    inputs.append(pool.states[index])
+                    inputs.append(index)
                     for k, (agree, differ) in enumerate(drawn):
                         agreeing[k].append(agree)
                         differing[k].append(differ)
-            total = cfg.resamples * len(pool.states)
-            result.add(f"{name}/inputs_used", len(inputs), n=total)
+            result.add(f"{name}/inputs_resampled", len(inputs), kind="count")
+            result.add(f"{name}/inputs_without_source", cfg.resamples * len(pool.states) - len(inputs), kind="count")
             if not inputs:
+                for loss in LOSSES:
+                    result.add(f"{name}/{loss}/loss_recovered", stats.undefined(
+                        "no input had sources agreeing and differing in the named features", 0, UNIT))
                 continue
-            x = policy_input(policy, inputs, env.obs)
+            x = policy_input(policy, [pool.states[index] for index in inputs], env.obs)
             original_logits, _ = cached_activations(policy, x, [])
             scrubbed = scrubbed_logits(policy, x, [(scrub, policy_input(policy, sources, env.obs))
                                                    for scrub, sources in zip(scrubs, agreeing)])
             random = scrubbed_logits(policy, x, [(scrub, policy_input(policy, sources, env.obs))
                                                  for scrub, sources in zip(scrubs, differing)])
-            metrics, changes = scrub_metrics(original_logits, scrubbed, random)
-            n = len(inputs)
-            for key, value in metrics.items():
-                better = {"loss_recovered": True, "scrubbed": False}.get(key.split("/")[-1])
-                result.add(f"{name}/{key}", value, n=n, higher_is_better=better)
-            for loss in LOSSES:
-                summary[(name, loss)] = (metrics[f"{loss}/loss_recovered"], changes[loss].numpy())
+            for loss, losses in per_input_losses(original_logits, scrubbed, random).items():
+                summary[(name, loss)] = add_loss_rows(result, f"{name}/{loss}", losses, np.asarray(inputs),
+                                                      cfg.min_loss_gap)
         if summary:
             result.artifacts.append(self._plot(ctx, summary, hypotheses))
         return result
 
     @staticmethod
     def _plot(ctx: EvalContext, summary: dict, hypotheses: dict[str, list[Scrub]]) -> str:
-        """Loss recovered per hypothesis and the per-input loss changes (where cancellation shows)."""
+        """Loss recovered per hypothesis (95% intervals over mazes) and the per-input loss changes
+        (where cancellation shows)."""
         fig, axes = new_panels(1 + len(LOSSES), size_inches=4.5)
         names = list(dict.fromkeys(name for name, _ in summary))
         labels = [name.replace("control/whole_layer/", "control: whole layer, ") for name in names]
         width = 0.8 / len(LOSSES)
+        missing = stats.undefined("not run")
         for k, loss in enumerate(LOSSES):
-            values = [summary.get((name, loss), (math.nan, None))[0] for name in names]
-            axes[0].bar(np.arange(len(names)) + k * width, values, width, label=loss)
+            estimates = [summary.get((name, loss), (missing, None))[0] for name in names]
+            values = np.array([e.value for e in estimates])
+            ends = np.array([[e.value if e.ci_low is None else e.ci_low, e.value if e.ci_high is None else e.ci_high]
+                             for e in estimates]).T
+            # a percentile interval need not contain its point: clip the bar ends at zero length
+            errors = np.nan_to_num(np.stack([np.maximum(values - ends[0], 0), np.maximum(ends[1] - values, 0)]))
+            axes[0].bar(np.arange(len(names)) + k * width, values, width, yerr=errors, capsize=2, label=loss)
         axes[0].axhline(1.0, color="0.5", lw=0.8, ls="--")
         axes[0].set_xticks(np.arange(len(names)) + width / 2, labels, rotation=30, ha="right", fontsize=8)
-        axes[0].set_title("loss recovered")
+        axes[0].set_title("loss recovered (95% interval over mazes)")
         axes[0].legend(fontsize=8)
         for ax, loss in zip(axes[1:], LOSSES):
             changes = [summary[(name, loss)][1] for name in names if (name, loss) in summary]
