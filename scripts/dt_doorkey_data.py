@@ -9,7 +9,8 @@ which every action is uniformly random with probability ε, so the returns sprea
 (≈0.96) down to failures (0). The default counts give each ε a similar number of *steps* (random
 episodes are 20× longer), so the planner's behaviour is not drowned by random walks. Observations are
 the agent's 7×7×3 view, as ``envs.minigrid`` gives with ``obs: image``; the file is in the trajectory
-format of ``trainers/trajectories.py``.
+format of ``trainers/trajectories.py`` and records each episode's level seed (``--seed`` + its
+index over all ε), which the decision-transformer evals keep away from.
 """
 
 from __future__ import annotations
@@ -103,8 +104,10 @@ def collect(env_id: str, epsilon: float, episodes: int, seed: int) -> Trajectori
                 "max_steps": int(env.unwrapped.max_steps), "policy": f"doorkey_planner(epsilon={epsilon:g})",
                 "seeds": [seed, seed + episodes - 1], "source": "scripts/dt_doorkey_data.py"}
     env.close()
+    # every episode resets with its own seed, so each is the first level of its seed
     return from_episodes(parts["obs"], parts["actions"], parts["rewards"], parts["terminated"],
-                         parts["truncated"], parts["missions"], metadata)
+                         parts["truncated"], parts["missions"], metadata,
+                         level_seeds=list(range(seed, seed + episodes)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(DEFAULT_MIX))
     parser.add_argument("--episodes", type=int, nargs="+", default=list(DEFAULT_MIX.values()),
                         help="episodes per ε: one number for all, or one per --epsilons value")
-    parser.add_argument("--seed", type=int, default=1_000_000, help="first level seed (default 1000000, "
-                        "away from the eval seeds 0, 1, ...)")
+    parser.add_argument("--seed", type=int, default=1_000_000, help="first level seed (default 1000000); "
+                        "the file records every episode's seed and the DT evals play other levels")
     args = parser.parse_args(argv)
     counts = args.episodes * len(args.epsilons) if len(args.episodes) == 1 else args.episodes
     if len(counts) != len(args.epsilons) or min(counts) < 1:

@@ -7,7 +7,8 @@
 #   RUN=runs/my_ppo OUT=data/x.npz EPISODES=300 scripts/make_doorkey_data.sh
 #
 # EPISODES is per ε setting (5 settings) and for the random part; each collect call is seeded, so the
-# same checkpoint gives the same file.
+# same checkpoint gives the same file. The file records every episode's level seed (env seeds
+# 0 + 10,007·k + i and 1,000,000 + i), which the decision-transformer evals keep away from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -90,6 +90,32 @@ def test_checkpoint_source_temperature_and_epsilon(tmp_path, capsys, forward_ckp
     assert "temperature 1000" in parts[1]["policy"] and "epsilon 1" in parts[2]["policy"]
 
 
+def test_every_episode_records_its_level(tmp_path, capsys):
+    """level_seeds/level_indices name each episode's level: replaying them from the env alone
+    (reset with the seed, and for later levels the recorded actions of the earlier episodes)
+    gives the recorded first observations."""
+    from shardlab.envs.minigrid import MiniGridEnvConfig, make_single
+    out = tmp_path / "levels.npz"
+    code, err = run(["--env", "MiniGrid-DoorKey-5x5-v0", "--source", "random", "--episodes", "5", "--epsilon", "0,1",
+                     "--num-envs", "2", "--max-steps", "4", "--seed", "3", "--out", str(out), "--no-progress"], capsys)
+    assert code == 0, err
+    data = load_trajectories(out)
+    # setting 0: envs 3 and 4 play 2 and 1 episodes; setting 1 (seed 3 + 10,007): one each
+    assert data.level_seeds.tolist() == [3, 3, 4, 10010, 10011] and data.level_indices.tolist() == [0, 1, 0, 0, 0]
+    assert data.level_seed_ranges() == [[3, 4], [10010, 10011]]
+    env = make_single(MiniGridEnvConfig("MiniGrid-DoorKey-5x5-v0", obs="image", max_steps=4))
+    for e in range(data.num_episodes):
+        if data.level_indices[e] == 0:
+            obs, _ = env.reset(seed=int(data.level_seeds[e]))
+        else:  # the env's previous episode, replayed, then its automatic reset
+            env.reset(seed=int(data.level_seeds[e - 1]))
+            for action in data.episode(e - 1).actions:
+                env.step(int(action))
+            obs, _ = env.reset()
+        np.testing.assert_array_equal(obs, data.episode(e).observations[0])
+    env.close()
+
+
 def test_bot_source_on_babyai(tmp_path, capsys):
     out = tmp_path / "bot.npz"
     code, err = run(["--env", "BabyAI-GoToLocal-v0", "--source", "bot", "--episodes", "6", "--num-envs", "3",
@@ -110,7 +136,7 @@ def test_append_adds_parts_and_warns_on_repeated_seeds(tmp_path, capsys):
     code, err = run([*common, "--append", "--seed", "7"], capsys)
     assert code == 0 and "warning" not in err
     code, err = run([*common, "--append"], capsys)
-    assert code == 0 and "already holds episodes from seed(s) [0]" in err
+    assert code == 0 and "already holds episodes from seed(s) [0, 1]" in err  # its two envs' seeds
     data = load_trajectories(out)
     assert data.num_episodes == 6 and [p["seeds"] for p in data.metadata["parts"]] == [[0], [7], [0]]
     np.testing.assert_array_equal(data.observations[:first.num_steps], first.observations)

@@ -16,7 +16,7 @@ from shardlab.models.hooks import hook_names, hooked
 from shardlab.models.minigrid_policy import MiniGridPolicy, preprocess
 from shardlab import cli
 from shardlab.trainers.checkpointing import load_checkpoint
-from shardlab.trainers.config import ConfigError, build_config, load_config
+from shardlab.trainers.config import ConfigError, build_config, load_config, read_yaml
 from shardlab.trainers.restore import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -234,6 +234,87 @@ def test_minigrid_return_plays_each_level_once():
     # turning left forever never reaches the goal: every level times out after exactly 6 steps
     episodes = play_levels(ScriptedPolicy(0), cfg, episodes=3, seed=0, greedy=True)
     assert [(e.length, e.truncated, e.success) for e in episodes] == [(6, True, False)] * 3
+
+
+class WallFollower(torch.nn.Module):
+    """Forward unless a wall is in front (then turn right): on Empty-5x5, from (1, 1) facing east, the
+    goal in 5 steps (forward, forward, right, forward, forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        front = obs[:, 3, 5, 0]  # the view is indexed (x, y): the agent sits at (3, 6) looking at (3, 5)
+        logits = torch.full((len(obs), 7), -1e9)
+        logits[torch.arange(len(obs)), torch.where(front == 2, 1, 2)] = 0.0  # object 2 is a wall
+        return logits, torch.zeros(len(obs))
+
+
+def documented_seed_bound() -> int:
+    """Above every env seed a documented command trains or collects MiniGrid levels on (generously)."""
+    import math
+    import re
+
+    from shardlab.envs.seeding import RANK_SEED_STRIDE
+    from shardlab.trainers.collect import SETTING_SEED_STRIDE
+    bounds = []
+    # `shardlab collect --seed S`: setting k's env i starts from S + 10,007·k + i (here ≤ 64 settings, 1,024 envs)
+    documented = ("scripts/make_doorkey_data.sh", "docs/minigrid-and-dt.md", "README.md", "configs/train/dt_doorkey.yaml")
+    for path in documented:
+        with open(os.path.join(ROOT, path)) as handle:
+            bounds += [int(s) + 64 * SETTING_SEED_STRIDE + 1024 for s in re.findall(r"--seed[ =](\d+)", handle.read())]
+    # scripts/dt_doorkey_data.py: one seed per episode from its --seed default (3,250 episodes by default)
+    with open(os.path.join(ROOT, "scripts", "dt_doorkey_data.py")) as handle:
+        default = re.search(r'"--seed", type=int, default=([\d_]+)', handle.read()).group(1)
+    bounds.append(int(default.replace("_", "")) + 100_000)
+    # PPO: env i of DDP rank r, (re)started at iteration k, starts from env.seed + 7,919·k + i + 1,000,003·r
+    folder = os.path.join(ROOT, "configs", "train")
+    for name in sorted(os.listdir(folder)):
+        if read_yaml(os.path.join(folder, name)).get("algo") == "ppo_minigrid":
+            cfg = load_config(os.path.join(folder, name))
+            iterations = math.ceil(cfg.trainer.total_steps / (cfg.env.num_envs * cfg.ppo.num_steps))
+            bounds.append(cfg.env.seed + 7919 * iterations + cfg.env.num_envs + 63 * RANK_SEED_STRIDE)  # 64 ranks
+    assert len(bounds) >= 5  # the collect lines, the planner script and the DoorKey PPO recipe
+    return max(bounds)
+
+
+def test_minigrid_eval_levels_are_none_a_documented_command_trains_or_collects_on():
+    from shardlab.evals.minigrid.minigrid_return import LEVEL_OFFSET
+    suite = read_yaml(os.path.join(ROOT, "configs", "evals", "minigrid.yaml"))
+    assert LEVEL_OFFSET + suite["seed"] > documented_seed_bound()
+
+
+def test_minigrid_return_rows_over_levels_against_known_answers(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from shardlab.evals.minigrid import minigrid_return
+    from shardlab.evals.suite.context import EvalContext
+    from tests.tiny_suites import assert_rows_have_intervals
+    started = []
+
+    class RecordingEnv(minigrid_return.MiniGridEnv):
+        def __init__(self, cfg, rank: int = 0):
+            super().__init__(cfg, rank)
+            started.append((self.seed, self.num_envs))
+
+    monkeypatch.setattr(minigrid_return, "MiniGridEnv", RecordingEnv)
+    config = OmegaConf.create({"env": {"env_id": "MiniGrid-Empty-5x5-v0", "num_envs": 4, "obs": "image", "seed": 0,
+                                       "max_steps": 20}})
+    evaluate = minigrid_return.MiniGridReturn(minigrid_return.MiniGridReturn.Config(episodes=5, greedy=True))
+    # (success, return, length, truncated): the wall follower's 5 steps, or turning left until the limit
+    known = ((WallFollower(), (1.0, 1 - 0.9 * 5 / 20, 5.0, 0.0)), (ScriptedPolicy(0), (0.0, 0.0, 20.0, 1.0)))
+    for policy, expected in known:
+        result = evaluate.run(EvalContext(policy, config, str(tmp_path), seed=3, progress=False))
+        assert_rows_have_intervals(result.metrics)
+        rows = {m.name: m for m in result.metrics}
+        assert [rows[name].value for name in ("success_rate", "return", "length", "truncated_rate")] == \
+            pytest.approx(expected)
+        assert all(rows[name].n == 5 and rows[name].unit == "levels" for name in ("success_rate", "return"))
+        z2 = 1.959963984540054 ** 2  # the Wilson interval of 0 or 5 successes in 5 reaches z²/(n + z²) from the end
+        assert rows["success_rate"].ci_high - rows["success_rate"].ci_low == pytest.approx(z2 / (5 + z2))
+        assert rows["levels/first_seed"].kind == "setting"
+    assert started == [(3 + minigrid_return.LEVEL_OFFSET, 5)] * 2
 
 
 def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):

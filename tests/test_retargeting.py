@@ -34,6 +34,7 @@ from shardlab.evals.suite.results import Result
 from shardlab.models.hooks import set_value
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy, plain_forward
+from tiny_suites import assert_rows_have_intervals
 from shardlab.trainers.restore import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -137,8 +138,9 @@ def test_set_at_cells_matches_set_value_per_item_and_fraction_edited():
         assert torch.equal(out[i:i + 1], expected)
     changed = (out != x).sum(dim=(1, 2, 3))
     assert changed.tolist() == [3, 3, 3]
-    assert retargeting.fraction_edited(channels, x.shape[1:]) == changed[0].item() / x[0].numel()
-    assert retargeting.fraction_edited([55], (128, 16, 16)) == 1 / 32768
+    # a maze that covers the whole 7×7 layer: the share of the layer's values the edit changed
+    assert retargeting.fraction_edited(channels, 32, 1, 49) == changed[0].item() / x[0].numel()
+    assert retargeting.fraction_edited([55], 128, 1, 256) == 1 / 32768
 
 
 def test_cheese_channel_scores_and_choice(policy, maze):
@@ -251,7 +253,7 @@ def test_set_at_cells_writes_one_value_per_channel_at_every_cell():
     assert torch.equal(out, expected)
     assert retargeting.block_cells((0, 0), 1, 5) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert retargeting.block_cells((2, 2), 1, 5) == [(r, c) for r in (1, 2, 3) for c in (1, 2, 3)]
-    assert retargeting.fraction_edited([6, 1], (8, 5, 5), cells=4) == 8 / 200
+    assert retargeting.fraction_edited([6, 1], 8, 4, 25) == 8 / 200
 
 
 def test_edited_path_probability_equals_plain_forward_with_a_hand_written_override(policy, maze):
@@ -351,7 +353,8 @@ def test_arrival_steps_and_the_step_budget_follow_bfs(maze):
         budget = evaluation._step_budget(result, ShortestPathPolicy(), states, rollout)
         rows = {m.name: m for m in result.metrics}
         assert rows["step_budget/mean"].value == np.repeat(reached, 2).mean()
-        assert rows["step_budget/mean"].n == 2 * len(reached)
+        assert rows["step_budget/mean"].n == len(reached)  # mazes, not rollouts
+        assert rows["step_budget"].kind == "setting"
         assert rows["step_budget/reached_cheese"].value == len(reached) / len(bfs)
         assert budget == rows["step_budget"].value == math.floor(np.mean(reached))
 
@@ -364,12 +367,99 @@ def test_the_real_cheese_on_the_way_ends_the_episode(maze):
     np.testing.assert_array_equal(got, [[4, 4], [np.nan, np.nan]])
 
 
-def test_best_under_takes_the_best_success_among_small_edits():
-    summary = lambda mean: common.Summary(mean, mean, 0.1, 4)
-    points = [(0.01, summary(0.2)), (0.05, summary(0.4)), (0.1, summary(0.9)), (0.2, summary(1.0))]
-    assert retargeting.best_under(points, 0.1).mean == 0.4  # 10% itself is not under 10%
-    assert retargeting.best_under(points, 0.5).mean == 1.0
-    assert retargeting.best_under(points, 0.01) is None
+def test_choose_setting_takes_the_best_selection_success_among_small_edits():
+    scan = {(1, 0): (0.01, 0.2), (2, 0): (0.05, 0.4), (4, 0): (0.1, 0.9), (8, 0): (0.2, 1.0), (1, 1): (0.09, 0.4)}
+    assert retargeting.choose_setting(scan, 0.1) == (2, 0)  # 10% itself is not under 10%; the first of a tie
+    assert retargeting.choose_setting(scan, 0.5) == (8, 0)
+    assert retargeting.choose_setting(scan, 0.01) is None
+
+
+def test_reach_estimate_is_over_mazes():
+    """The mean of the rollouts' flags, n = mazes; a bootstrap over mazes, or Wilson over mazes
+    when every maze gives the same rate (a bootstrap interval would have width 0)."""
+    from shardlab.evals.suite import stats
+
+    varied = retargeting.reach_estimate(np.array([[1, 1], [0, 1], [0, 0]]))
+    assert varied.value == pytest.approx(0.5) and varied.n == 3 and varied.method == "cluster bootstrap"
+    none = retargeting.reach_estimate(np.zeros((5, 4), bool))
+    assert none.value == 0 and none.n == 5 and none.ci_low == 0
+    assert none.ci_high == pytest.approx(stats.wilson_interval(0, 5)[1]) and none.ci_high > 0.3
+
+
+# -- the fraction of the maze's activations edited, and overlaps with the cheese ----------------------
+def test_fraction_edited_counts_only_the_cells_the_maze_covers(policy, maze):
+    """MAZE (5×5) sits on world tiles 10..14 of the 25×25 grid; two pools put tile t in cell
+    (t + 2) // 4, so it covers rows and columns 3 and 4 of the 7×7 layer: 4 cells, not 49. The
+    top-left target (0, 4) is tile (10, 10) → cell (3, 3); radius 1 writes the 9 cells of rows and
+    columns 2..4, padding included."""
+    assert retargeting.maze_cells(maze, "grid", 7) == {(3, 3), (3, 4), (4, 3), (4, 4)}
+    shape = tuple(common.layer_activations(policy, [maze], "grid", LAYER).shape[1:])
+    assert shape == (32, 7, 7)
+    channels = [3, 17]
+    for radius, written in ((0, 1), (1, 9)):
+        got = retargeting.largest_fraction([maze], [(0, 4)], "grid", shape, channels, radius)
+        assert got == 2 * written / (32 * 4)  # the old denominator was the whole layer, 32 × 49
+        # the numerator is what the edit really writes: count the changed values
+        edit, _ = retargeting.target_edit([maze], [(0, 4)], "grid", 7, channels, 1e6, radius)
+        x = torch.zeros(1, *shape)
+        assert int((edit(x) != x).sum()) == 2 * written
+    assert retargeting.largest_fraction([maze], [(0, 4)], "grid", shape, channels, 1) > 0.1  # a 5×5 maze: big
+
+
+def test_cheese_overlaps_by_hand(maze):
+    """MAZE's cheese (4, 2) is tile (12, 14) → cell (3, 4), the cell of the top-right target
+    (4, 4) too; its 3×3 region's open squares fall in cells (3, 3) and (3, 4); the top-left target
+    is in (3, 3), the bottom-right (4, 0) in (4, 4)."""
+    overlaps = lambda target, radius: retargeting.cheese_overlaps([maze], [target], "grid", 7, radius, 3)
+    assert overlaps((4, 4), 0) == (1, 1)
+    assert overlaps((0, 4), 0) == (1, 0)
+    assert overlaps((4, 0), 0) == (0, 0)
+    assert overlaps((4, 0), 1) == (1, 1)
+
+
+class FixedRunner:
+    """Stands in for retargeting.Runner: given (mazes, rollouts) reach flags, unedited and edited."""
+
+    def __init__(self, unedited: np.ndarray, edited: np.ndarray):
+        self.unedited, self.edited = np.asarray(unedited, bool), np.asarray(edited, bool)
+
+    def reached(self, states, targets, **edit) -> np.ndarray:
+        return self.edited if edit else self.unedited
+
+
+def test_confirmation_rows_pair_the_edit_with_the_unedited_policy_by_maze():
+    """Four confirmation mazes × 3 rollouts: per maze the edited and unedited reach rates, the
+    success and baseline as means over rollouts with a bootstrap over mazes, and their difference
+    as a paired t interval over the four mazes (by hand with scipy)."""
+    from scipy import stats as scipy_stats
+
+    unedited = [[0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 1]]
+    edited = [[1, 1, 0], [1, 1, 1], [0, 0, 0], [1, 0, 1]]
+    evaluation = retargeting.Retargeting(retargeting.Retargeting.Config())
+    result = Result()
+    states = [b"m"] * 4
+    got = evaluation._confirm(result, "top_left", FixedRunner(unedited, edited), states, [(0, 4)] * 4, (2, 1), 0.05,
+                              {"layer": LAYER}, note="the edit writes a cell of the cheese's region in 1 of 4 mazes")
+    rows = {m.name: m for m in result.metrics}
+    assert got.value == rows["top_left/confirmation/success"].value == pytest.approx(7 / 12)
+    assert rows["success_at_under_10pct/top_left"].value == got.value
+    assert "cheese's region" in rows["top_left/confirmation/success"].note
+    assert rows["top_left/confirmation/success"].n == 4 and rows["top_left/confirmation/success"].unit == "mazes"
+    assert rows["top_left/confirmation/baseline"].value == pytest.approx(2 / 12)
+    diffs = np.mean(edited, 1) - np.mean(unedited, 1)  # 2/3, 2/3, 0, 1/3
+    row = rows["top_left/confirmation/success_minus_baseline"]
+    half = scipy_stats.t.ppf(0.975, 3) * diffs.std(ddof=1) / 2
+    assert row.value == pytest.approx(diffs.mean()) and row.n == 4
+    assert (row.ci_low, row.ci_high) == (pytest.approx(diffs.mean() - half), pytest.approx(diffs.mean() + half))
+    assert [rows[f"top_left/chosen/{k}"].value for k in ("channels", "radius", "fraction_edited")] == [2, 1, 0.05]
+    assert all(rows[f"top_left/chosen/{k}"].kind == "setting" for k in ("channels", "radius", "fraction_edited"))
+
+    result = Result()  # no setting edits under max_fraction: the headline says why
+    evaluation._confirm(result, "top_left", FixedRunner(unedited, edited), states, [(0, 4)] * 4, None, None, None)
+    rows = {m.name: m for m in result.metrics}
+    assert math.isnan(rows["success_at_under_10pct/top_left"].value)
+    assert "under 10%" in rows["success_at_under_10pct/top_left"].note
+    assert "top_left/chosen/channels" not in rows
 
 
 # -- end to end ------------------------------------------------------------------------------------
@@ -378,14 +468,21 @@ def checkpoint(tiny_maze_checkpoint) -> str:
     return tiny_maze_checkpoint
 
 
+def walls(state: bytes) -> bytes:
+    """A maze's size and wall layout, whatever its cheese."""
+    return ms.layout(state).maze_dim, (ms.inner_grid(state) == ms.WALL).tobytes()
+
+
 def test_retargeting_end_to_end(checkpoint, tmp_path, monkeypatch):
     """The tiny checkpoint (easy mode: 15×15 world, 9×9 mazes, rand_region 5; block 2 is 32×4×4)."""
     calls = []
     real_arrival_steps = retargeting.arrival_steps
 
     def recording(policy, states, targets, *args, **kwargs):
-        calls.append((list(states), list(targets), kwargs.get("layer")))
-        return real_arrival_steps(policy, states, targets, *args, **kwargs)
+        arrival = real_arrival_steps(policy, states, targets, *args, **kwargs)
+        calls.append((list(states), list(targets), kwargs.get("layer"), kwargs.get("channels"),
+                      kwargs.get("radius"), arrival <= kwargs["max_steps"]))
+        return arrival
     monkeypatch.setattr(retargeting, "arrival_steps", recording)
     suite = tmp_path / "suite.yaml"
     suite.write_text(textwrap.dedent("""
@@ -401,22 +498,29 @@ def test_retargeting_end_to_end(checkpoint, tmp_path, monkeypatch):
     assert shardlab.main(["eval", checkpoint, "--suite", str(suite), "--out", str(out),
                           "retargeting.scan_scales=[0,1]"]) == 0
     document = json.loads((out / "results.json").read_text())
+    assert_rows_have_intervals(document["results"])
+    assert {row["eval_version"] for row in document["results"]} == {2}
     rows = {row["name"]: row for row in document["results"]}
-    assert rows["region"]["value"] == 5
+    assert rows["region"]["value"] == 5 and rows["region"]["kind"] == "setting"
 
-    # every rollout ran with the real cheese in the top-right 5×5 of its 9×9 maze, except the
-    # cheese_placed condition (cheese on the target)
-    assert len(calls) == 1 + 2 * (4 + 2)  # the budget, then per target the scan, baseline, cheese_placed
-    assert [layer is not None for _, _, layer in calls] == [False] + 2 * ([True] * 4 + [False, False])
-    budget_call, placed_calls = calls[0], [calls[6], calls[12]]
-    assert budget_call[1] == [ms.cheese_square(s) for s in budget_call[0]]  # steps to the real cheese
-    for states, targets, layer in calls:
+    # the budget, then per target the scan (4 settings), baseline and cheese_placed on the
+    # selection mazes, then the unedited policy and the chosen setting on the confirmation mazes
+    assert len(calls) == 1 + 2 * (4 + 2 + 2)
+    assert [c[2] is not None for c in calls] == [False] + 2 * ([True] * 4 + [False, False] + [False, True])
+    budget_call = calls[0]
+    selection, confirmation = budget_call[0], calls[7][0]
+    assert len(selection) == len(confirmation) == 3
+    assert not {walls(s) for s in selection} & {walls(s) for s in confirmation}  # no layout on both sides
+    assert budget_call[1] == [ms.cheese_square(s) for s in selection]  # steps to the real cheese
+    placed_calls = [calls[6], calls[14]]
+    for states, targets, layer, *_ in calls:
         cheeses = [ms.cheese_square(s) for s in states]
-        if (states, targets, layer) in placed_calls:
+        assert states in (selection, confirmation, [ms.with_cheese_at(s, t) for s, t in zip(selection, targets)])
+        if any(states is c[0] for c in placed_calls):
             assert cheeses == targets
         else:
             assert all(c in maze_geometry.region_squares(ms.inner_grid(s), 5) for s, c in zip(states, cheeses))
-            assert (states, targets, layer) == budget_call or all(c != t for c, t in zip(cheeses, targets))
+            assert states is budget_call[0] or all(c != t for c, t in zip(cheeses, targets))
 
     # the values are 10 × each channel's mean activation at the cheese on the channel mazes (seed 3)
     policy = load_trained(checkpoint).model
@@ -429,24 +533,39 @@ def test_retargeting_end_to_end(checkpoint, tmp_path, monkeypatch):
         mean = float(np.mean([acts[LAYER][i, channel, r, c] for i, (r, c) in enumerate(cells)]))
         assert rows[f"channels/rank={rank}/mean_at_cheese"]["value"] == pytest.approx(mean, abs=1e-5)
         assert rows[f"channels/rank={rank}/value"]["value"] == pytest.approx(10 * mean, rel=1e-6, abs=1e-6)
+        assert rows[f"channels/rank={rank}"]["kind"] == "setting"
 
     # the step budget is the floored mean of the unedited steps to the cheese (or max_steps)
     steps = rows["step_budget/mean"]
     assert rows["step_budget"]["value"] == (math.floor(steps["value"]) if steps["n"] else 20)
 
-    # fractions by hand: top-left (0, 8) sits at tile (3, 3) → cell (1, 1), a full 3×3 block;
-    # bottom-right (8, 0) at tile (11, 11) → cell (3, 3), a 2×2 block in the corner
+    # fractions by hand: a 9×9 maze on tiles 3..11 of the 15×15 world covers cells 1..3 of the
+    # 4×4 layer (3 × 3 = 9 cells). Top-left (0, 8) sits at tile (3, 3) → cell (1, 1), a full 3×3
+    # block; bottom-right (8, 0) at tile (11, 11) → cell (3, 3), a 2×2 block in the corner
     cells_of = {("top_left", 0): 1, ("top_left", 1): 9, ("bottom_right", 0): 1, ("bottom_right", 1): 4}
-    for target in ("top_left", "bottom_right"):
-        scan = []
+    for index, target in enumerate(("top_left", "bottom_right")):
+        scan = {}
         for count in (1, 2):
             for radius in (0, 1):
                 prefix = f"{target}/scan/channels={count}/radius={radius}"
-                assert rows[f"{prefix}/fraction_edited"]["value"] == count * cells_of[target, radius] / 512
+                assert rows[f"{prefix}/fraction_edited"]["value"] == count * cells_of[target, radius] / (32 * 9)
                 assert rows[f"{prefix}/success"]["n"] == 3
-                scan.append(rows[f"{prefix}/success"]["value"])
-        # every setting edits under 10% here: the headline is the best of them
-        assert rows[f"success_at_under_10pct/{target}"]["value"] == max(scan)
+                scan[count, radius] = rows[f"{prefix}/success"]["value"]
+        # every setting edits under 10% here: the chosen one has the best selection success (the
+        # main setting (2, 0) first on a tie), and the headline is its confirmation success
+        order = [(2, 0), (1, 0), (1, 1), (2, 1)]
+        best = max(order, key=lambda s: scan[s])
+        assert (rows[f"{target}/chosen/channels"]["value"], rows[f"{target}/chosen/radius"]["value"]) == best
+        unedited, edited = calls[7 + 8 * index], calls[8 + 8 * index]
+        assert unedited[0] == edited[0] == confirmation
+        assert edited[3] == ranked[:best[0]] and edited[4] == best[1]
+        assert rows[f"{target}/confirmation/success"]["value"] == pytest.approx(edited[5].mean())
+        assert rows[f"{target}/confirmation/baseline"]["value"] == pytest.approx(unedited[5].mean())
+        difference = rows[f"{target}/confirmation/success_minus_baseline"]
+        assert difference["value"] == pytest.approx((edited[5].mean(1) - unedited[5].mean(1)).mean())
+        assert difference["n"] == 3 and difference["method"] == "paired t"
+        assert rows[f"success_at_under_10pct/{target}"]["value"] == rows[f"{target}/confirmation/success"]["value"]
+        assert rows[f"{target}/edit_overlaps_cheese_region"]["kind"] == "count"
         # the main setting (2 channels, radius 0) is the edited condition
         assert rows[f"{target}/success/edited"]["value"] == rows[f"{target}/scan/channels=2/radius=0/success"]["value"]
         for condition in retargeting.CONDITIONS:
@@ -454,11 +573,57 @@ def test_retargeting_end_to_end(checkpoint, tmp_path, monkeypatch):
             assert rows[f"{target}/success/{condition}"]["n"] == 3
         assert rows[f"{target}/scan/scale=1/path_prob/mean"]["value"] == pytest.approx(
             rows[f"{target}/path_prob/edited/mean"]["value"], abs=1e-6)
-    assert rows["fraction_edited"]["value"] == 2 / 512
+    assert rows["fraction_edited"]["value"] == 2 / (32 * 9)
     pngs = document["artifacts"]["retargeting"]
     assert sorted(os.path.basename(p) for p in pngs) == ["retargeting.png", "retargeting_scan.png",
                                                          "retargeting_success.png"]
     assert all(open(p, "rb").read(4) == b"\x89PNG" for p in pngs)
+
+
+def test_the_setting_is_chosen_on_selection_mazes_and_scored_on_confirmation_mazes(checkpoint, tmp_path, monkeypatch):
+    """Scripted rollouts: on the selection mazes (1 channel, radius 1) reaches the target in 3 of 4
+    rollouts, the best of the scan, so it is chosen; on the confirmation mazes it reaches 4, 2, 1, 3
+    of 4 and the unedited policy 0, 1, 0, 1: success 10/16, baseline 2/16 and a paired difference
+    of 0.5 over 4 mazes, whatever the selection numbers were (the old headline was the best
+    selection success, 0.75)."""
+    selection_rates = {(1, 0): 1, (1, 1): 3, (2, 0): 2, (2, 1): 2}
+    seen = {}
+
+    def scripted(policy, states, targets, env_cfg, rollouts, max_steps, seed, layer=None, channels=(), value=0.0,
+                 radius=0, **kwargs):
+        states = list(states)
+        if "selection" not in seen:  # the first call measures the step budget on the selection mazes
+            seen["selection"] = states
+            return np.full((len(states), rollouts), 5.0)
+        if states == seen["selection"]:
+            reached = [selection_rates[len(channels), radius] if layer else 0] * len(states)
+        elif all(ms.cheese_square(s) != t for s, t in zip(states, targets)):  # the confirmation mazes
+            seen.setdefault("confirmation", []).append((layer, list(channels), radius))
+            reached = [4, 2, 1, 3] if layer else [0, 1, 0, 1]
+        else:  # the cheese placed on the target
+            reached = [0] * len(states)
+        return np.array([[1.0 if r < k else np.nan for r in range(rollouts)] for k in reached])
+    monkeypatch.setattr(retargeting, "arrival_steps", scripted)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(textwrap.dedent("""
+        seed: 2
+        evals:
+          retargeting: {mazes: 3, confirmation_mazes: 4, targets: [top_left], channel_mazes: 4, top_channels: 1,
+                        rollouts: 4, channel_counts: [1, 2], cell_radii: [0, 1]}
+    """))
+    out = tmp_path / "out"
+    assert shardlab.main(["eval", checkpoint, "--suite", str(suite), "--out", str(out)]) == 0
+    rows = {row["name"]: row for row in json.loads((out / "results.json").read_text())["results"]}
+    assert rows["step_budget"]["value"] == 5
+    assert rows["top_left/scan/channels=1/radius=1/success"]["value"] == 0.75
+    assert (rows["top_left/chosen/channels"]["value"], rows["top_left/chosen/radius"]["value"]) == (1, 1)
+    ranked = [int(rows["channels/rank=0"]["value"])]
+    assert seen["confirmation"] == [(None, [], 0), (LAYER, ranked, 1)]  # unedited, then the chosen setting only
+    assert rows["top_left/confirmation/success"]["value"] == pytest.approx(10 / 16)
+    assert rows["success_at_under_10pct/top_left"]["value"] == pytest.approx(10 / 16)
+    assert rows["top_left/confirmation/baseline"]["value"] == pytest.approx(2 / 16)
+    difference = rows["top_left/confirmation/success_minus_baseline"]
+    assert difference["value"] == pytest.approx(0.5) and difference["n"] == 4
 
 
 def test_unknown_target_is_bad_input(checkpoint, tmp_path, capsys):

@@ -26,6 +26,7 @@ from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP
 from shardlab.models.hooks import add, hooked
 from shardlab.models.impala import ImpalaPolicy
 from plain_impala import peaked_policy
+from tiny_suites import assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -197,14 +198,21 @@ def test_steering_end_to_end(checkpoint, tmp_path):
     assert rows["scan/cheese_vector/coeff=0/p_cheese/mean"]["value"] == rows["original/p_cheese/mean"]["value"]
     assert rows["scan/cheese_vector/coeff=-1/p_cheese/mean"]["value"] == rows["cheese_vector/p_cheese/mean"]["value"]
     assert rows["original/p_cheese/mean"]["n"] == 4 and rows["original/p_cheese/mean"]["stderr"] is not None
-    # the transfer pairs (4 mazes × 2 sources) split over the distance bins, with stderr where n > 1
-    labels = ["distance<=2", "distance=2-4", "distance=4-8", "distance>8"]
-    counts = [rows[f"cheese_vector/transfer/{label}/p_cheese/mean"]["n"] for label in labels]
-    assert sum(counts) == 8
-    for label, count in zip(labels, counts):
+    assert_rows_have_intervals(document["results"])
+    assert {row["eval_version"] for row in document["results"]} == {2}
+    assert rows["layer_size"]["kind"] == "count"
+    # beyond the random vector, paired over mazes: the difference of the two changes
+    beyond = rows["cheese_vector/p_cheese/change_minus_random"]
+    assert beyond["value"] == pytest.approx(rows["cheese_vector/p_cheese/change"]["value"]
+                                            - rows["cheese_vector/random/p_cheese/change"]["value"])
+    assert beyond["n"] == 4 and beyond["method"] == "paired t"
+    # the transfer pairs (4 mazes × 2 sources): n counts mazes (two-way clustered), not pairs
+    transfer = rows["cheese_vector/transfer/p_cheese/mean"]
+    assert transfer["n"] == 4 and transfer["method"] == "two-way cluster"
+    for label in ["distance<=2", "distance=2-4", "distance=4-8", "distance>8"]:
         row = rows[f"cheese_vector/transfer/{label}/p_cheese/mean"]
-        assert (row["stderr"] is not None) == (count > 1)
-        assert (row["value"] is None) == (count == 0)
+        assert (row["value"] is None) == (row["n"] == 0) and row["n"] <= 4
+        assert row["stderr"] is None or row["n"] >= 2
     pngs = document["artifacts"]["steering"]
     assert {os.path.basename(p) for p in pngs} == {"coefficient_scan.png", "vector_fields_maze0.png",
                                                    "transfer_by_distance.png"}
@@ -260,14 +268,78 @@ def test_transfer_grouped_by_cheese_distance_matches_a_hand_assignment(policy, m
         values = np.array([p_cheese[m] for m in members])
         changes = values - np.array([original[0][t] for t, _ in members])
         mean = rows[f"cheese_vector/transfer/{label}/p_cheese/mean"]
-        assert mean.n == 2
+        assert mean.n == 2 and mean.method == "two-way cluster"  # two sources, two steered mazes
         assert mean.value == pytest.approx(values.mean(), abs=1e-6)
-        assert mean.stderr == pytest.approx(values.std(ddof=1) / 2 ** 0.5, abs=1e-6)
+        sources, targets = [s for _, s in members], [t for t, _ in members]
+        assert mean.stderr == pytest.approx(two_way_stderr(values, sources, targets), abs=1e-6)
         change = rows[f"cheese_vector/transfer/{label}/p_cheese/change"]
         assert change.value == pytest.approx(changes.mean(), abs=1e-6) and change.n == 2
     # the per-maze transfer average is the mean over each maze's pairs
     np.testing.assert_allclose(pairs.per_maze()[0], [np.mean([p_cheese[t, s] for s in range(3) if s != t])
                                                      for t in range(3)], atol=1e-6)
+
+
+def two_way_stderr(values, first, second) -> float:
+    """The two-way cluster-robust standard error of a mean, written out: the one-way variances
+    Σ_g (Σ_{i∈g} e_i)² / N² · G/(G − 1) by first, by second and by (first, second) cell, combined
+    as V₁ + V₂ − V₁₂ (the larger one-way variance if that is not positive)."""
+    values = np.asarray(values, dtype=float)
+    residual = values - values.mean()
+
+    def one_way(labels) -> float:
+        groups: dict = {}
+        for label, e in zip(labels, residual):
+            groups[label] = groups.get(label, 0.0) + e
+        count = len(groups)
+        return count / (count - 1) * sum(s * s for s in groups.values()) / len(values) ** 2
+
+    v1, v2, v12 = one_way(list(first)), one_way(list(second)), one_way(list(zip(first, second)))
+    variance = v1 + v2 - v12
+    return float(np.sqrt(variance if variance > 0 else max(v1, v2)))
+
+
+def crossed_transfer(mazes: int = 12, sources: int = 4, seed: int = 0) -> tuple[steering.Transfer, np.ndarray]:
+    """Pairs as steering.transfer makes them (maze i steered by the vectors of the ``sources``
+    mazes before it) with strong source and steered-maze effects on P(cheese), all within 2 tiles
+    of each other, and the steered mazes' unedited P(cheese)."""
+    rng = np.random.default_rng(seed)
+    target = np.tile(np.arange(mazes), sources)
+    source = np.concatenate([(np.arange(mazes) - shift) % mazes for shift in range(1, sources + 1)])
+    source_effect, target_effect = rng.normal(0, 0.15, mazes), rng.normal(0, 0.15, mazes)
+    p = np.clip(0.5 + source_effect[source] + target_effect[target] + rng.normal(0, 0.01, len(target)), 0.01, 0.99)
+    original = np.clip(0.6 + target_effect + rng.normal(0, 0.05, mazes), 0.01, 0.99)
+    return steering.Transfer(target, source, np.ones(len(target)), p, 1 - p), original
+
+
+def test_transfer_intervals_are_two_way_clustered_by_source_and_steered_maze():
+    """Each maze is in 2 × 4 pairs: the naive standard error over the 48 pairs as if independent is
+    far smaller than the two-way one, which matches statsmodels' OLS on a constant with two-way
+    cluster-robust covariance and the formula written out; n counts mazes, not pairs."""
+    import statsmodels.api as sm
+
+    pairs, original = crossed_transfer()
+    evaluation = steering.Steering(steering.Steering.Config(transfer_distance_edges=[2.0, 4.0]))
+    result = Result()
+    evaluation._add_transfer(result, "cheese_vector/transfer", pairs, (original, 1 - original), median=True)
+    evaluation._add_by_distance(result, "cheese_vector/transfer", pairs, (original, 1 - original))
+    rows = {m.name: m for m in result.metrics}
+    groups = np.column_stack([pairs.source, pairs.target])
+    change = pairs.p_cheese - original[pairs.target]
+    for prefix in ("cheese_vector/transfer", "cheese_vector/transfer/distance<=2"):
+        for metric, y in (("mean", pairs.p_cheese), ("change", change)):
+            row = rows[f"{prefix}/p_cheese/{metric}"]
+            fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+            assert row.value == pytest.approx(y.mean()) and row.n == 12
+            assert row.stderr == pytest.approx(float(fit.bse[0]), rel=1e-6)
+            assert row.stderr == pytest.approx(two_way_stderr(y, pairs.source, pairs.target), rel=1e-9)
+            naive = y.std(ddof=1) / np.sqrt(len(y))
+            assert naive < 0.6 * row.stderr, (naive, row.stderr)
+    # the empty bins say so
+    assert rows["cheese_vector/transfer/distance>4/p_cheese/mean"].n == 0
+    assert "no (source, steered maze) pairs" in rows["cheese_vector/transfer/distance>4/p_cheese/mean"].note
+    median = rows["cheese_vector/transfer/p_cheese/median"]
+    assert median.value == pytest.approx(np.median(pairs.per_maze()[0])) and median.n == 12
+    assert_rows_have_intervals(result.metrics)
 
 
 def test_bins_put_each_edge_in_the_bin_below():

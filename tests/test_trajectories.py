@@ -9,14 +9,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from shardlab.trainers.trajectories import (SCHEMA_VERSION, DatasetError, Trajectories, concat, from_episodes,
-                                   load_trajectories, returns_to_go, save_trajectories)
+from shardlab.trainers.trajectories import (LEVEL_ARRAYS, SCHEMA_VERSION, DatasetError, Trajectories, concat,
+                                            from_episodes, load_trajectories, returns_to_go, save_trajectories,
+                                            seed_ranges)
 
 META = {"env_id": "MiniGrid-Empty-5x5-v0", "obs": "image", "num_actions": 7, "policy": "test", "seeds": [0]}
 
 
-def make(episodes: list[list[float]], seed: int = 0, policy: str = "test", obs_shape=(7, 7, 3)) -> Trajectories:
-    """A dataset whose episodes have the given reward sequences and random observations/actions."""
+def make(episodes: list[list[float]], seed: int = 0, policy: str = "test", obs_shape=(7, 7, 3),
+         level_seeds=None) -> Trajectories:
+    """A dataset whose episodes have the given reward sequences and random observations/actions
+    (levels: ``level_seeds``, default seed, seed + 1, …)."""
     rng = np.random.default_rng(seed)
     return from_episodes(
         observations=[rng.integers(0, 11, size=(len(r), *obs_shape), dtype=np.uint8) for r in episodes],
@@ -24,7 +27,8 @@ def make(episodes: list[list[float]], seed: int = 0, policy: str = "test", obs_s
         rewards=[np.array(r, dtype=np.float32) for r in episodes],
         terminated=[r[-1] > 0 for r in episodes], truncated=[r[-1] == 0 for r in episodes],
         missions=[f"mission {i}" for i in range(len(episodes))],
-        metadata={**META, "policy": policy, "seeds": [seed]})
+        metadata={**META, "policy": policy, "seeds": [seed]},
+        level_seeds=list(range(seed, seed + len(episodes))) if level_seeds is None else level_seeds)
 
 
 def test_returns_to_go_match_hand_computation():
@@ -165,8 +169,38 @@ def test_missing_array(saved):
 
 
 def test_wrong_schema_version(saved):
-    _rewrite(saved, schema_version=np.int64(2))
-    with pytest.raises(DatasetError, match="schema_version 2; this shardlab reads version 1"):
+    _rewrite(saved, schema_version=np.int64(3))
+    with pytest.raises(DatasetError, match="schema_version 3; this shardlab reads versions 1, 2"):
+        load_trajectories(saved)
+
+
+def test_level_seeds_round_trip_concat_and_ranges(tmp_path):
+    a = make([[0, 1.0], [0.5]], seed=5)
+    b = from_episodes([np.zeros((1, 7, 7, 3), np.uint8)] * 3, [[0]] * 3, [[0.0]] * 3, [True] * 3, [False] * 3,
+                      ["m"] * 3, META, level_seeds=[9, 9, 2], level_indices=[0, 1, 0])
+    both = concat(a, b)
+    assert both.level_seeds.tolist() == [5, 6, 9, 9, 2] and both.level_indices.tolist() == [0, 0, 0, 1, 0]
+    assert both.level_seed_ranges() == [[2, 2], [5, 6], [9, 9]]
+    assert (both.episode(3).level_seed, both.episode(3).level_index) == (9, 1)
+    save_trajectories(tmp_path / "d.npz", both)
+    loaded = load_trajectories(tmp_path / "d.npz")
+    assert loaded.level_seeds.tolist() == [5, 6, 9, 9, 2] and loaded.level_indices.tolist() == [0, 0, 0, 1, 0]
+    assert seed_ranges([3, 1, 2, 7, 3]) == [[1, 3], [7, 7]] and seed_ranges([]) == []
+
+
+def test_levels_not_given_are_unrecorded_and_concat_keeps_that():
+    unrecorded = from_episodes([np.zeros((1, 7, 7, 3), np.uint8)], [[0]], [[0.0]], [True], [False], ["m"], META)
+    assert unrecorded.level_seeds.tolist() == [-1] and unrecorded.level_seed_ranges() is None
+    assert concat(make([[1.0]]), unrecorded).level_seed_ranges() is None  # one unknown level: the set is unknown
+
+
+def test_schema_1_file_still_loads_with_unrecorded_levels(saved):
+    """A dataset written before levels were recorded (schema 1: no level arrays) still loads."""
+    _rewrite(saved, schema_version=np.int64(1), **{name: None for name in LEVEL_ARRAYS})
+    data = load_trajectories(saved)
+    assert data.num_episodes == 2 and data.level_seeds.tolist() == [-1, -1] and data.level_seed_ranges() is None
+    _rewrite(saved, schema_version=np.int64(2))  # a schema-2 file must have them
+    with pytest.raises(DatasetError, match="has no array 'level_seeds'"):
         load_trajectories(saved)
 
 
@@ -180,6 +214,10 @@ def test_wrong_schema_version(saved):
     ("episode_returns", np.zeros(2, np.float32), "episode_returns do not match"),
     ("observations", np.zeros((5, 7, 7, 3), np.float32), "'observations' has dtype float32, expected uint8"),
     ("observations", np.zeros((5, 7, 7, 2), np.uint8), "metadata obs_shape"),
+    ("level_seeds", np.array([0], np.int64), r"'level_seeds' has shape \(1,\), expected \(2,\)"),
+    ("level_seeds", np.array([-3, 0], np.int64), "must be >= 0"),
+    ("level_seeds", np.array([-1, 1], np.int64), "recorded .* for the same episodes"),
+    ("level_indices", np.array([0.0, 1.0]), "'level_indices' has dtype float64"),
 ])
 def test_inconsistent_arrays(saved, name, value, message):
     _rewrite(saved, **{name: value})

@@ -243,15 +243,11 @@ def collect(args: argparse.Namespace) -> Trajectories:
             raise CollectError(f"checkpoint {source} takes observations of shape {tuple(model.obs_shape)} but "
                                f"{args.env} with --obs {obs_mode} gives {_obs_shape(env_cfg)}")
     settings = [Setting(e, t) for e, t in itertools.product(epsilons, temperatures)]
-    if existing is not None:
-        _check_appendable(existing, env_cfg, args.out)
-        seeds = {args.seed + SETTING_SEED_STRIDE * k for k in range(len(settings))}
-        if seeds & set(existing.metadata.get("seeds", [])):
-            print(f"shardlab collect: warning: {args.out} already holds episodes from seed(s) "
-                  f"{sorted(seeds & set(existing.metadata['seeds']))}; their layouts will repeat "
-                  "(pass another --seed for new ones)", file=sys.stderr)
     per_setting = np.full(len(settings), args.episodes // len(settings))
     per_setting[:args.episodes % len(settings)] += 1
+    if existing is not None:
+        _check_appendable(existing, env_cfg, args.out)
+        _warn_repeated_seeds(existing, _level_seeds(args.seed, args.num_envs, per_setting), args.out)
     bar = tqdm(total=args.episodes, desc="collect", unit="ep", disable=args.no_progress, file=sys.stderr,
                **progress_kwargs())
     dataset: Optional[Trajectories] = None
@@ -280,6 +276,21 @@ def collect(args: argparse.Namespace) -> Trajectories:
         dataset = part if dataset is None else concat(dataset, part)
     bar.close()
     return save_trajectories(args.out, dataset if existing is None else concat(existing, dataset))
+
+
+def _level_seeds(seed: int, num_envs: int, per_setting: np.ndarray) -> set[int]:
+    """The env seeds a collection resets with: setting k's envs start at seed + k·stride."""
+    return {seed + SETTING_SEED_STRIDE * k + i for k, episodes in enumerate(per_setting)
+            for i in range(min(num_envs, int(episodes)))}
+
+
+def _warn_repeated_seeds(existing: Trajectories, seeds: set[int], path: str) -> None:
+    """Warn when new episodes would replay levels ``existing`` recorded (older files: their first seeds)."""
+    repeated = sorted(seeds & (set(existing.level_seeds.tolist()) | set(existing.metadata.get("seeds", []))))
+    if repeated:
+        print(f"shardlab collect: warning: {path} already holds episodes from seed(s) "
+              f"{repeated[:8]}{' …' if len(repeated) > 8 else ''}; their layouts will repeat "
+              "(pass another --seed for new ones)", file=sys.stderr)
 
 
 def _check_appendable(existing: Trajectories, env_cfg: MiniGridEnvConfig, path: str) -> None:
@@ -318,8 +329,10 @@ def _roll_out(env: MiniGridEnv, policy: Policy, episodes: int, bar: tqdm) -> Tra
             episode["actions"].append(chosen[i])
             episode["rewards"].append(float(reward[i]))
             if done[i]:
+                # env i's k-th episode: the k-th level of the generator env.reset(seed=env.seed + i) started
                 records[i].append({**episode, "terminated": bool(env.last_terminated[i]),
-                                   "truncated": bool(env.last_truncated[i]), "mission": missions[i]})
+                                   "truncated": bool(env.last_truncated[i]), "mission": missions[i],
+                                   "level_seed": env.seed + i, "level_index": len(records[i])})
                 current[i] = {"obs": [], "actions": [], "rewards": []}
                 bar.update(1)
         for i in np.flatnonzero(done.numpy()):
@@ -331,7 +344,8 @@ def _roll_out(env: MiniGridEnv, policy: Policy, episodes: int, bar: tqdm) -> Tra
     return from_episodes(observations=[np.stack(e["obs"]) for e in flat], actions=[e["actions"] for e in flat],
                          rewards=[e["rewards"] for e in flat], terminated=[e["terminated"] for e in flat],
                          truncated=[e["truncated"] for e in flat], missions=[e["mission"] for e in flat],
-                         metadata={})
+                         metadata={}, level_seeds=[e["level_seed"] for e in flat],
+                         level_indices=[e["level_index"] for e in flat])
 
 
 def main(args: argparse.Namespace) -> int:

@@ -54,7 +54,8 @@ def dataset_spec(traj: Trajectories, use_mission: bool) -> dict[str, Any]:
             "num_actions": int(meta.get("num_actions") or int(traj.actions.max()) + 1),
             "max_timestep": max(step_limit, int(traj.timesteps.max())),
             "return_min": float(returns.min()), "return_max": float(returns.max()),
-            "return_mean": float(returns.mean()), "success_rate": float(success.mean())}
+            "return_mean": float(returns.mean()), "success_rate": float(success.mean()),
+            "level_seeds": traj.level_seed_ranges() or []}  # [] when not recorded: the DT evals then refuse
     if use_mission:
         spec["mission_vocab"] = build_vocabulary([str(m) for m in traj.missions])
         spec["max_mission_tokens"] = max(1, max(len(mission_words(str(m))) for m in traj.missions))

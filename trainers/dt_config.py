@@ -67,6 +67,8 @@ class DTSpec:
     return_max: float = 0.0
     return_mean: float = 0.0
     success_rate: float = 0.0
+    # the data's level seeds as [first, last] ranges (evals play other levels); [] = not recorded
+    level_seeds: List[List[int]] = field(default_factory=list)
 
 
 DTTrainConfig = run_schema(
@@ -122,6 +124,8 @@ def validate_spec(cfg: DictConfig) -> None:
     for key in ("num_actions", "max_timestep", "max_mission_tokens"):
         need(spec[key] >= 0, f"spec.{key} must be >= 0 (0: read it from data.path), got {spec[key]}")
     need_finite(spec, "spec", ["return_min", "return_max", "return_mean", "success_rate"])
+    need(all(len(r) == 2 and 0 <= r[0] <= r[1] for r in spec.level_seeds),
+         f"spec.level_seeds must list [first, last] seed ranges with 0 <= first <= last, got {list(spec.level_seeds)}")
 
 
 def _check_dataset(cfg: DictConfig) -> None:

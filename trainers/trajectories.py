@@ -1,4 +1,4 @@
-"""On-disk trajectory datasets (schema 1): episodes of (observation, action, reward) for offline RL.
+"""On-disk trajectory datasets (schema 2): episodes of (observation, action, reward) for offline RL.
 
 One ``.npz`` file written by ``np.savez_compressed`` and read with ``allow_pickle=False``. Steps of
 all episodes are stored back to back; per-episode arrays give the offsets. Arrays:
@@ -6,7 +6,7 @@ all episodes are stored back to back; per-episode arrays give the offsets. Array
 =================  ========================  =====================================================
 name               shape, dtype              meaning
 =================  ========================  =====================================================
-schema_version     (), int64                 1
+schema_version     (), int64                 2 (1: no level_seeds/level_indices; still read)
 metadata           (), unicode               JSON: env_id, obs, obs_shape, num_actions, policy,
                                              seeds, return_stats, episodes, steps, created, ...
 observations       (T, *obs_shape), uint8    observation the action was chosen from
@@ -20,7 +20,16 @@ episode_returns    (E,), float32             sum of the episode's rewards
 terminated         (E,), bool                ended by the environment (success or failure)
 truncated          (E,), bool                cut by the time limit
 missions           (E,), unicode             the episode's mission string
+level_seeds        (E,), int64               the seed of the env the episode was played in (-1:
+                                             not recorded)
+level_indices      (E,), int64               0: the level ``env.reset(seed=level_seeds[e])`` gives;
+                                             k: the k-th later level of that env's generator
+                                             (``shardlab collect`` plays several episodes per
+                                             env); -1: not recorded
 =================  ========================  =====================================================
+
+The level arrays let evals play levels a model was not trained on (``level_seed_ranges``); a schema-1
+file loads with every level unrecorded (-1), and the decision-transformer evals refuse such data.
 
 Writes are atomic (``shardlab.atomic``: temp file, fsync, rename), so a crash never leaves a half-written dataset.
 """
@@ -33,24 +42,27 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field, fields
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from shardlab.atomic import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: level_seeds and level_indices
+READABLE_SCHEMAS = (1, 2)  # a schema-1 file loads with its levels unrecorded (-1)
+UNRECORDED = -1  # level_seeds / level_indices of an episode whose level was not recorded
 STEP_ARRAYS = ("observations", "actions", "rewards", "returns_to_go", "timesteps")
+LEVEL_ARRAYS = ("level_seeds", "level_indices")
 EPISODE_ARRAYS = ("episode_starts", "episode_lengths", "episode_returns", "terminated", "truncated",
-                  "missions")
+                  "missions", *LEVEL_ARRAYS)
 # dtype kind each array must have: u = unsigned int, i = signed int, f = float, b = bool, U = str
 _KINDS = {"observations": "u", "actions": "i", "rewards": "f", "returns_to_go": "f", "timesteps": "i",
           "episode_starts": "i", "episode_lengths": "i", "episode_returns": "f", "terminated": "b",
-          "truncated": "b", "missions": "U"}
+          "truncated": "b", "missions": "U", "level_seeds": "i", "level_indices": "i"}
 _DTYPES = {"observations": np.uint8, "actions": np.int64, "rewards": np.float32,
            "returns_to_go": np.float32, "timesteps": np.int64, "episode_starts": np.int64,
            "episode_lengths": np.int64, "episode_returns": np.float32, "terminated": np.bool_,
-           "truncated": np.bool_, "missions": np.str_}
+           "truncated": np.bool_, "missions": np.str_, "level_seeds": np.int64, "level_indices": np.int64}
 # metadata keys that must agree when two datasets are concatenated
 _SAME_KEYS = ("env_id", "obs", "obs_shape", "num_actions", "max_steps")
 # metadata keys of one collection run, kept per part in a concatenated dataset's "parts" list
@@ -75,6 +87,8 @@ class EpisodeSteps:
     terminated: bool
     truncated: bool
     mission: str
+    level_seed: int = UNRECORDED
+    level_index: int = UNRECORDED
 
 
 @dataclass
@@ -93,6 +107,13 @@ class Trajectories:
     truncated: np.ndarray
     missions: np.ndarray
     metadata: dict = field(default_factory=dict)
+    level_seeds: Optional[np.ndarray] = None  # None: every episode's level unrecorded (-1)
+    level_indices: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        for name in LEVEL_ARRAYS:
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(len(self.episode_lengths), UNRECORDED, np.int64))
 
     @property
     def num_episodes(self) -> int:
@@ -118,7 +139,8 @@ class Trajectories:
         part = slice(start, start + int(self.episode_lengths[i]))
         return EpisodeSteps(self.observations[part], self.actions[part], self.rewards[part],
                             self.returns_to_go[part], self.timesteps[part], float(self.episode_returns[i]),
-                            bool(self.terminated[i]), bool(self.truncated[i]), str(self.missions[i]))
+                            bool(self.terminated[i]), bool(self.truncated[i]), str(self.missions[i]),
+                            int(self.level_seeds[i]), int(self.level_indices[i]))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The data arrays by file name (no metadata, no schema_version)."""
@@ -127,6 +149,23 @@ class Trajectories:
     def check(self, source: str = "trajectories") -> None:
         """Raise DatasetError naming ``source`` unless the arrays are consistent with each other."""
         _check(self, source)
+
+    def level_seed_ranges(self) -> Optional[list[list[int]]]:
+        """The recorded level seeds as sorted ``[first, last]`` ranges, or None if any episode's is unrecorded."""
+        if (self.level_seeds == UNRECORDED).any():
+            return None
+        return seed_ranges(self.level_seeds)
+
+
+def seed_ranges(seeds: Sequence[int]) -> list[list[int]]:
+    """Distinct seeds as sorted, merged inclusive ``[first, last]`` ranges: [3, 1, 2, 7] → [[1, 3], [7, 7]]."""
+    ranges: list[list[int]] = []
+    for seed in np.unique(np.asarray(seeds, dtype=np.int64)).tolist():
+        if ranges and seed == ranges[-1][1] + 1:
+            ranges[-1][1] = seed
+        else:
+            ranges.append([seed, seed])
+    return ranges
 
 
 def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -141,8 +180,13 @@ def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def from_episodes(observations: Sequence[np.ndarray], actions: Sequence[np.ndarray],
                   rewards: Sequence[np.ndarray], terminated: Sequence[bool], truncated: Sequence[bool],
-                  missions: Sequence[str], metadata: dict) -> Trajectories:
-    """Build a dataset from per-episode arrays; derives returns-to-go, timesteps, offsets and stats."""
+                  missions: Sequence[str], metadata: dict, level_seeds: Optional[Sequence[int]] = None,
+                  level_indices: Optional[Sequence[int]] = None) -> Trajectories:
+    """Build a dataset from per-episode arrays; derives returns-to-go, timesteps, offsets and stats.
+
+    ``level_seeds`` (one per episode) records the seed each episode's env was reset with and
+    ``level_indices`` which of that env's levels it was (default 0: its first); without them the
+    levels are unrecorded (-1)."""
     lengths = np.array([len(a) for a in actions], dtype=np.int64)
     if len(lengths) == 0:
         raise DatasetError("a trajectory dataset needs at least one episode")
@@ -160,7 +204,10 @@ def from_episodes(observations: Sequence[np.ndarray], actions: Sequence[np.ndarr
         terminated=np.asarray(terminated, dtype=bool),
         truncated=np.asarray(truncated, dtype=bool),
         missions=np.array(list(missions), dtype=np.str_),
-        metadata=dict(metadata))
+        metadata=dict(metadata),
+        level_seeds=None if level_seeds is None else np.asarray(level_seeds, dtype=np.int64),
+        level_indices=(None if level_seeds is None else np.zeros(len(lengths), np.int64) if level_indices is None
+                       else np.asarray(level_indices, dtype=np.int64)))
     traj.metadata.update(summary_metadata(traj))
     traj.metadata.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     traj.check()
@@ -235,15 +282,21 @@ def load_trajectories(path: str | os.PathLike) -> Trajectories:
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = set(npz.files)
-            for name in ("schema_version", "metadata", *STEP_ARRAYS, *EPISODE_ARRAYS):
+            for name in ("schema_version", "metadata"):
                 if name not in names:
                     raise DatasetError(f"dataset {path} has no array '{name}'; it is not a shardlab "
                                        f"trajectory file (schema {SCHEMA_VERSION}), re-collect it")
             version = npz["schema_version"]
-            if version.shape != () or version.dtype.kind not in "iu" or int(version) != SCHEMA_VERSION:
+            if version.shape != () or version.dtype.kind not in "iu" or int(version) not in READABLE_SCHEMAS:
                 raise DatasetError(f"dataset {path} has schema_version {version.tolist()!r}; this shardlab "
-                                   f"reads version {SCHEMA_VERSION}, re-collect it")
-            arrays = {name: npz[name] for name in STEP_ARRAYS + EPISODE_ARRAYS}
+                                   f"reads versions {', '.join(map(str, READABLE_SCHEMAS))}, re-collect it")
+            # schema 1 has no level arrays: its levels load as unrecorded
+            wanted = [n for n in STEP_ARRAYS + EPISODE_ARRAYS if int(version) > 1 or n not in LEVEL_ARRAYS]
+            for name in wanted:
+                if name not in names:
+                    raise DatasetError(f"dataset {path} has no array '{name}'; it is not a shardlab "
+                                       f"trajectory file (schema {int(version)}), re-collect it")
+            arrays = {name: npz[name] for name in wanted}
             metadata_text = npz["metadata"]
     except DatasetError:
         raise
@@ -317,3 +370,8 @@ def _check(traj: Trajectories, source: str) -> None:
     shape = traj.metadata.get("obs_shape")
     if shape is not None and tuple(shape) != traj.obs_shape:
         fail(f"metadata obs_shape {tuple(shape)} does not match observations {traj.obs_shape}")
+    unrecorded = traj.level_seeds == UNRECORDED
+    if (traj.level_seeds < UNRECORDED).any() or (traj.level_indices < UNRECORDED).any():
+        fail("level_seeds and level_indices must be >= 0 (or -1: not recorded)")
+    if not np.array_equal(unrecorded, traj.level_indices == UNRECORDED):
+        fail("level_seeds and level_indices must be recorded (>= 0) for the same episodes")

@@ -4,6 +4,8 @@ The model plays seeded episodes at a target return. Over windows drawn from ever
 the attention of each head *from the state tokens* (where actions are read out) is split by the
 kind of token attended to: return-to-go, state, action, mission, and the share that stays on the
 current timestep. One recorded trajectory's full attention pattern is drawn per layer and head.
+Episodes are played on levels the training data did not record, one level each; the windows of one
+episode are correlated, so each share's interval comes from a bootstrap over levels.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
+from shardlab.evals.dt.rollout import (PlayedEpisode, episode_windows, evaluation_seed, play, recorded_windows,
+                                       summarise)
 from shardlab.evals.maze.render import save_pyplot_figure
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -32,12 +36,13 @@ def pattern_names(model: DecisionTransformer) -> list[str]:
 
 
 @torch.no_grad()
-def attention_shares(model: DecisionTransformer, windows: list[tuple[PlayedEpisode, list[int]]]
-                     ) -> dict[str, np.ndarray]:
-    """Mean share of attention from real state tokens to each token kind: name → (layers, heads)."""
+def attention_share_sums(model: DecisionTransformer, windows: list[tuple[PlayedEpisode, list[int]]]
+                         ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per episode (level) of ``windows``: the summed share of attention from its real state tokens
+    to each token kind, name → (episodes, layers, heads), and its number of real state queries, (episodes,)."""
     names = pattern_names(model)
-    sums: dict[str, np.ndarray] = {}
-    queries = 0
+    sums: dict[str, list[np.ndarray]] = {}
+    queries = []
     for episode, steps in windows:
         batch = episode_windows(model, episode, steps)
         with hooked(model, cache=names) as store:
@@ -51,15 +56,26 @@ def attention_shares(model: DecisionTransformer, windows: list[tuple[PlayedEpiso
         real = batch.step_mask  # (B, K): which state queries are real
         patterns = torch.stack([store[name] for name in names], 1)[:, :, :, rows]  # (B, layers, heads, K, L)
         weights = real[:, None, None, :, None].float()
-        queries += int(real.sum())
+        queries.append(float(real.sum()))
         for kind in KINDS.values():
             keys = torch.from_numpy(kinds == kind)
-            share = (patterns[..., keys].sum(-1, keepdim=True) * weights).sum((0, 3, 4)).numpy()
-            sums[kind] = sums.get(kind, 0) + share
+            share = (patterns[..., keys].sum(-1, keepdim=True) * weights).sum((0, 3, 4)).double().cpu().numpy()
+            sums.setdefault(kind, []).append(share)
         current = torch.from_numpy(step_of[None, :] == np.arange(K)[:, None])  # (K, L): same timestep
-        share = (patterns * current * weights).sum((0, 3, 4)).numpy()
-        sums["current_step"] = sums.get("current_step", 0) + share
-    return {kind: value / max(queries, 1) for kind, value in sums.items()}
+        share = (patterns * current * weights).sum((0, 3, 4)).double().cpu().numpy()
+        sums.setdefault("current_step", []).append(share)
+    return {kind: np.stack(values) for kind, values in sums.items()}, np.array(queries)
+
+
+def pooled_shares(sums: dict[str, np.ndarray], queries: np.ndarray) -> dict[str, np.ndarray]:
+    """The share over every real state query of attention_share_sums' per-level sums: name → (layers, heads)."""
+    return {kind: value.sum(0) / max(queries.sum(), 1.0) for kind, value in sums.items()}
+
+
+def attention_shares(model: DecisionTransformer, windows: list[tuple[PlayedEpisode, list[int]]]
+                     ) -> dict[str, np.ndarray]:
+    """Mean share of attention from real state tokens to each token kind: name → (layers, heads)."""
+    return pooled_shares(*attention_share_sums(model, windows))
 
 
 @register("dt_attention")
@@ -67,6 +83,7 @@ class DTAttention(Eval):
     """Attention shares of every head from state tokens, and pattern plots on one trajectory."""
 
     kinds = ("dt",)
+    version = 2  # 2: shares with intervals from a bootstrap over levels, levels outside the training data
 
     @dataclass
     class Config:
@@ -87,19 +104,22 @@ class DTAttention(Eval):
         """Play, measure the shares, plot one trajectory's patterns."""
         model, spec, cfg = ctx.model, ctx.train_config.spec, self.config
         target = spec.return_max if cfg.target is None else cfg.target
-        episodes = play(model, spec, [target] * ctx.count(cfg.episodes), ctx.seed, cfg.greedy, record=True,
-                        progress=ctx.progress, desc="dt_attention", max_steps=cfg.max_steps)
+        n = ctx.count(cfg.episodes)
+        episodes = play(model, spec, [target] * n, evaluation_seed(spec, ctx.seed, n, "dt_attention"), cfg.greedy,
+                        record=True, progress=ctx.progress, desc="dt_attention", max_steps=cfg.max_steps)
         result = Result()
-        for metric, (value, stderr) in summarise(episodes).items():
-            result.add(f"episodes/{metric}", value, stderr=stderr, n=len(episodes))
+        for metric, estimate in summarise(episodes).items():
+            result.add(f"episodes/{metric}", estimate)
         windows = recorded_windows(model, episodes, ctx.count(cfg.windows), ctx.seed)
-        shares = attention_shares(model, windows)
-        for kind, values in shares.items():
+        sums, queries = attention_share_sums(model, windows)  # one row per level
+        for kind, values in sums.items():
             if kind == "mission" and not model.max_mission_tokens:
                 continue
-            for layer, head in np.ndindex(values.shape):
-                result.add(f"layer{layer}.head{head}/to_{kind}", float(values[layer, head]),
-                           n=sum(len(steps) for _, steps in windows))
+            for layer, head in np.ndindex(values.shape[1:]):
+                share = values[:, layer, head]
+                result.add(f"layer{layer}.head{head}/to_{kind}", stats.bootstrap(
+                    lambda idx: float(share[idx].sum() / queries[idx].sum()), len(queries), "levels"))
+        shares = pooled_shares(sums, queries)
         # the plotted trajectory: the first successful episode (else the first), at its last step
         shown = next((e for e in episodes if e.success), episodes[0])
         result.artifacts.extend(self._plot_patterns(ctx, model, shown))

@@ -1,8 +1,10 @@
 """Play a decision transformer online in batched, seeded MiniGrid envs, conditioned on target returns.
 
 Env i starts from seed ``seed + i`` and plays its first episode with target return ``targets[i]``;
-the return-to-go fed to the model starts at the target and is decremented by each reward, as in
-the DT paper. The model sees the last ``context`` timesteps (left-padded while the episode is
+the evals take ``seed`` from :func:`evaluation_seed`, so that no seed is one the training data
+recorded (``spec.level_seeds``) and the model is never scored on a level it was trained on. The
+return-to-go fed to the model starts at the target and is decremented by each reward, as in the DT
+paper. The model sees the last ``context`` timesteps (left-padded while the episode is
 shorter). Actions are the argmax (``greedy``) or sampled with a seeded generator, so a rollout is
 reproducible. Activation edits (``models.hooks`` edits by name) apply to every forward pass, which
 is how steering vectors are tested online.
@@ -11,7 +13,7 @@ is how steering vectors are tested online.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +22,8 @@ from tqdm import tqdm
 
 from shardlab.envs.minigrid import MiniGridEnv
 from shardlab.envs.minigrid_config import spec_env_config
+from shardlab.evals.minigrid.minigrid_return import LEVEL_OFFSET
+from shardlab.evals.suite import stats
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, hooked
 from shardlab.trainers.bars import progress_kwargs
@@ -41,6 +45,26 @@ class PlayedEpisode:
     actions: Optional[np.ndarray] = None  # (T,)
     returns_to_go: Optional[np.ndarray] = None  # (T,) the RTG the model was given
     timesteps: Optional[np.ndarray] = None  # (T,)
+    seed: int = -1  # the level: the first episode of env.reset(seed=seed)
+
+
+def free_block(ranges: Sequence[Sequence[int]], start: int, n: int) -> int:
+    """The smallest ``s >= start`` whose ``n`` seeds ``s … s+n-1`` miss every inclusive ``[first, last]`` range."""
+    for first, last in sorted((int(a), int(b)) for a, b in ranges):
+        if last >= start and first < start + n:  # overlaps the block: move the block past the range
+            start = last + 1
+    return start
+
+
+def evaluation_seed(spec: Any, seed: int, n: int, name: str) -> int:
+    """The first of ``n`` consecutive level seeds eval ``name`` plays: from ``LEVEL_OFFSET + seed``,
+    moved past every level seed the training data recorded; a ValueError if it recorded none."""
+    ranges = list(spec.get("level_seeds") or [])
+    if not ranges:
+        raise ValueError(f"{name}: the checkpoint's training data recorded no level seeds (spec.level_seeds is "
+                         "empty: a schema-1 dataset, or a checkpoint from before datasets recorded them), so its "
+                         "evaluation levels could be training levels; re-collect the data and retrain")
+    return free_block(ranges, LEVEL_OFFSET + seed, n)
 
 
 def play(model: DecisionTransformer, spec: DictConfig, targets: Sequence[float], seed: int,
@@ -91,7 +115,7 @@ def play(model: DecisionTransformer, spec: DictConfig, targets: Sequence[float],
     def on_episode(index: int, episode) -> None:
         active[index] = False
         outcome[index] = PlayedEpisode(float(targets[index]), episode.ret, episode.length,
-                                       episode.success, episode.truncated, episode.mission)
+                                       episode.success, episode.truncated, episode.mission, seed=seed + index)
         bar.update(1)
 
     bar = tqdm(total=n, desc=desc, disable=not progress, leave=False, **progress_kwargs())
@@ -138,13 +162,20 @@ def recorded_windows(model: DecisionTransformer, episodes: list[PlayedEpisode], 
     return [(episodes[i], steps) for i, steps in by_episode.items()]
 
 
-def summarise(episodes: list[PlayedEpisode]) -> dict[str, tuple[float, Optional[float]]]:
-    """Success rate, mean return, mean length and truncation rate, each as (value, stderr)."""
-    n = len(episodes)
-    success = np.array([e.success for e in episodes], dtype=np.float64)
-    returns = np.array([e.ret for e in episodes], dtype=np.float64)
-    lengths = np.array([e.length for e in episodes], dtype=np.float64)
-    truncated = np.array([e.truncated for e in episodes], dtype=np.float64)
-    sem = lambda x: float(x.std(ddof=1) / np.sqrt(n)) if n > 1 else None
-    return {"success_rate": (float(success.mean()), sem(success)), "mean_return": (float(returns.mean()), sem(returns)),
-            "mean_length": (float(lengths.mean()), sem(lengths)), "truncation_rate": (float(truncated.mean()), sem(truncated))}
+def summarise(episodes: list[PlayedEpisode]) -> dict[str, stats.Estimate]:
+    """Success rate, mean return, mean length and truncation rate over the episodes' levels (one
+    independent unit each); episodes of several runs on the same levels are clustered by level."""
+    seeds = np.array([e.seed for e in episodes])
+    columns = {"success_rate": [e.success for e in episodes], "mean_return": [e.ret for e in episodes],
+               "mean_length": [e.length for e in episodes], "truncation_rate": [e.truncated for e in episodes]}
+    if len(np.unique(seeds)) == len(seeds):  # one episode per level
+        return {name: stats.proportion(values, unit="levels") if name.endswith("rate") else
+                stats.mean(values, "levels") for name, values in columns.items()}
+    return {name: stats.cluster_mean(values, seeds, "levels") for name, values in columns.items()}
+
+
+def error_bars(estimates: Sequence[stats.Estimate]) -> np.ndarray:
+    """(2, N) distances from each value to its interval's ends (0 without an interval), for errorbar plots."""
+    low = [0.0 if e.ci_low is None else max(e.value - e.ci_low, 0.0) for e in estimates]
+    high = [0.0 if e.ci_high is None else max(e.ci_high - e.value, 0.0) for e in estimates]
+    return np.array([low, high])

@@ -1,21 +1,25 @@
 """Does the return-to-go matter? Online success, return and length at a list of target returns, and
 the calibration curve (achieved vs target return).
 
-Every target plays the same seeded levels, so differences between targets are paired. A DT that
-ignores its RTG (the known failure: behavioural cloning in disguise) shows a flat curve:
-``calibration/slope`` near 0 and ``calibration/return_spread`` near 0.
+Every target plays the same seeded levels (ones the training data did not record), so differences
+between targets are paired by level and every interval comes from the levels, the independent
+unit: rates and means per target over levels, the calibration slope, rank correlation and mean
+absolute error from a bootstrap over levels (resample levels, recompute the statistic of the mean
+achieved return per target). A DT that ignores its RTG (the known failure: behavioural cloning in
+disguise) shows a flat curve: ``calibration/slope`` near 0, ``calibration/return_spread`` near 0,
+and ``calibration/spearman`` undefined when every target gives the same mean return.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import numpy as np
-from scipy import stats
 
-from shardlab.evals.dt.rollout import play, summarise
+from shardlab.evals.dt.rollout import error_bars, evaluation_seed, play, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -32,11 +36,40 @@ def target_label(target: float) -> str:
     return f"target={target:.2f}"
 
 
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rho = stats.spearman(x, y)
+    return float("nan") if rho is None else rho
+
+
+def calibration(targets: Sequence[float], returns: np.ndarray) -> dict[str, stats.Estimate]:
+    """Slope, Spearman, spread and mean absolute error of achieved on target return, from
+    ``returns[t, level]`` (every target played on the same levels), with intervals over levels."""
+    x, returns = np.asarray(targets, dtype=float), np.asarray(returns, dtype=float)
+    n = returns.shape[1]
+
+    def means(idx: np.ndarray) -> np.ndarray:  # the mean achieved return per target on the chosen levels
+        return returns[:, idx].mean(1)
+
+    error = stats.bootstrap(lambda idx: float(np.abs(means(idx) - x).mean()), n, "levels")
+    if x.size < 2 or np.ptp(x) == 0:
+        undefined = stats.undefined("needs at least two different target returns", n, "levels")
+        return {"slope": undefined, "spearman": undefined, "return_spread": undefined, "mean_abs_error": error}
+    out = {"slope": stats.bootstrap(lambda idx: stats.slope(x, means(idx)), n, "levels")}
+    if np.ptp(returns.mean(1)) == 0:
+        out["spearman"] = stats.undefined("every target return gave the same mean return", n, "levels")
+    else:
+        out["spearman"] = stats.bootstrap(lambda idx: _spearman(x, means(idx)), n, "levels")
+    out["return_spread"] = stats.paired_difference(returns[int(np.argmax(x))], returns[int(np.argmin(x))], "levels")
+    out["mean_abs_error"] = error
+    return out
+
+
 @register("dt_rtg")
 class DTReturnConditioning(Eval):
     """Success rate, mean return, length and truncation per target RTG; calibration slope and plot."""
 
     kinds = ("dt",)
+    version = 2  # 2: intervals over levels (slope etc. by a level bootstrap), levels outside the training data
 
     @dataclass
     class Config:
@@ -57,47 +90,41 @@ class DTReturnConditioning(Eval):
         spec = ctx.train_config.spec
         targets = list(self.config.targets) or default_targets(spec)
         n = ctx.count(self.config.episodes)
+        first = evaluation_seed(spec, ctx.seed, n, "dt_rtg")
         result = Result()
-        achieved, success = [], []
+        summaries, returns = [], []
         for target in targets:  # one batch per target, all from the same seed: the same levels
-            episodes = play(ctx.model, spec, [target] * n, ctx.seed, self.config.greedy, progress=ctx.progress,
+            episodes = play(ctx.model, spec, [target] * n, first, self.config.greedy, progress=ctx.progress,
                             desc=f"dt_rtg {target:.2f}", max_steps=self.config.max_steps)
             summary = summarise(episodes)
-            label = target_label(target)
-            for name, (value, stderr) in summary.items():
-                result.add(f"{label}/{name}", value, stderr=stderr, n=n,
+            for name, estimate in summary.items():
+                result.add(f"{target_label(target)}/{name}", estimate,
                            higher_is_better=True if name in ("success_rate", "mean_return") else None)
-            achieved.append(summary["mean_return"])
-            success.append(summary["success_rate"][0])
-        means = np.array([a[0] for a in achieved])
-        if len(targets) > 1:
-            fit = stats.linregress(targets, means)
-            result.add("calibration/slope", fit.slope, stderr=fit.stderr, n=len(targets), higher_is_better=True)
-            # undefined (nan) when every target achieves the same return
-            rho = stats.spearmanr(targets, means).statistic if np.ptp(means) > 0 else float("nan")
-            result.add("calibration/spearman", rho, n=len(targets), higher_is_better=True)
-        result.add("calibration/return_spread", means[int(np.argmax(targets))] - means[int(np.argmin(targets))],
-                   n=len(targets), higher_is_better=True)
-        result.add("calibration/mean_abs_error", float(np.mean(np.abs(means - np.array(targets)))), n=len(targets),
-                   higher_is_better=False)
-        result.add("data/return_max", spec.return_max)
-        result.add("data/success_rate", spec.success_rate)
-        result.artifacts.append(self._plot(ctx, targets, achieved, success))
+            summaries.append(summary)
+            returns.append([e.ret for e in episodes])
+        better = {"slope": True, "spearman": True, "return_spread": True, "mean_abs_error": False}
+        for name, estimate in calibration(targets, np.array(returns)).items():
+            result.add(f"calibration/{name}", estimate, higher_is_better=better[name])
+        result.add("levels/first_seed", first, kind="setting")
+        result.add("data/return_max", spec.return_max, kind="data")
+        result.add("data/success_rate", spec.success_rate, kind="data")
+        result.artifacts.append(self._plot(ctx, targets, summaries))
         return result
 
-    def _plot(self, ctx: EvalContext, targets: list[float], achieved: list, success: list[float]) -> str:
+    def _plot(self, ctx: EvalContext, targets: list[float], summaries: list[dict]) -> str:
         import matplotlib
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
 
         spec = ctx.train_config.spec
-        means = np.array([a[0] for a in achieved])
-        errors = np.array([a[1] or 0.0 for a in achieved])
+        achieved = [s["mean_return"] for s in summaries]
+        means, errors = np.array([a.value for a in achieved]), error_bars(achieved)
+        success = [s["success_rate"].value for s in summaries]
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         ax.axvspan(spec.return_min, spec.return_max, color="0.92", label="data's returns")
         low, high = min(min(targets), 0.0), max(max(targets), spec.return_max, 1e-6)
         ax.plot([low, high], [low, high], "--", color="0.5", label="achieved = target")
-        ax.errorbar(targets, means, yerr=errors, marker="o", capsize=3, label="mean return")
+        ax.errorbar(targets, means, yerr=errors, marker="o", capsize=3, label="mean return (95% CI over levels)")
         ax.axhline(spec.return_mean, color="tab:green", lw=0.8, ls=":", label="data's mean return")
         ax.set_xlabel("target return-to-go")
         ax.set_ylabel("achieved return")

@@ -9,6 +9,11 @@ should move the agent towards B's behaviour if the hook point carries the RTG in
 per coefficient: online return, success and length, and on the recorded contexts the action
 distribution's KL divergence from the clean run and its total-variation distance to B's. Random
 vectors of the same norm at coeff 1 are the control (``random_control/…``, episodes pooled).
+
+Every run plays the same seeded levels (ones the training data did not record), and the recorded
+contexts come from the clean run's episodes, one level each: every interval is over levels (rates
+and means per level; window statistics and the vector's norm clustered by the level they came
+from; ``steering_effect`` by a bootstrap over levels of its paired runs).
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import numpy as np
 import torch
 
-from shardlab.evals.dt.rollout import PlayedEpisode, episode_windows, play, recorded_windows, summarise
+from shardlab.evals.dt.rollout import (PlayedEpisode, episode_windows, error_bars, evaluation_seed, play,
+                                       recorded_windows, summarise)
 from shardlab.evals.maze.render import save_pyplot_figure
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -36,10 +44,11 @@ def condition_batches(model: DecisionTransformer, windows: list[tuple[PlayedEpis
 
 
 @torch.no_grad()
-def mean_activation_difference(model: DecisionTransformer, hook: str, batches_a: list[WindowBatch],
-                               batches_b: list[WindowBatch]) -> torch.Tensor:
-    """Mean over windows and real tokens of activation(B) − activation(A) at ``hook``: (d,)."""
-    total, count = None, 0
+def activation_differences(model: DecisionTransformer, hook: str, batches_a: list[WindowBatch],
+                           batches_b: list[WindowBatch]) -> tuple[np.ndarray, np.ndarray]:
+    """Per batch (one level's windows): the sum over its real tokens of activation(B) − activation(A)
+    at ``hook``, (batches, d), and how many real tokens it has, (batches,)."""
+    sums, counts = [], []
     for batch_a, batch_b in zip(batches_a, batches_b):
         acts = []
         for batch in (batch_a, batch_b):
@@ -48,10 +57,14 @@ def mean_activation_difference(model: DecisionTransformer, hook: str, batches_a:
             acts.append(store[hook])
         difference = acts[1] - acts[0]  # (B, L, d)
         real = _real_tokens(model, batch_a, difference.shape[1])
-        summed = (difference * real.unsqueeze(-1)).sum((0, 1))
-        total = summed if total is None else total + summed
-        count += int(real.sum())
-    return total / max(count, 1)
+        sums.append((difference * real.unsqueeze(-1)).sum((0, 1)).double().cpu().numpy())
+        counts.append(float(real.sum()))
+    return np.stack(sums), np.array(counts)
+
+
+def mean_difference(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The mean over all real tokens of the per-level summed differences (activation_differences): (d,)."""
+    return sums.sum(0) / max(counts.sum(), 1.0)
 
 
 def _real_tokens(model: DecisionTransformer, batch: WindowBatch, length: int) -> torch.Tensor:
@@ -73,14 +86,28 @@ def last_step_probabilities(model: DecisionTransformer, batches: list[WindowBatc
     return torch.cat(out)
 
 
-def kl(p: torch.Tensor, q: torch.Tensor) -> float:
-    """Mean KL(p ‖ q) over rows."""
-    return float((p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(-1).mean())
+def kl(p: torch.Tensor, q: torch.Tensor) -> np.ndarray:
+    """KL(p ‖ q) of every row."""
+    return (p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(-1).double().cpu().numpy()
 
 
-def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
-    """Mean total-variation distance over rows."""
-    return float(0.5 * (p - q).abs().sum(-1).mean())
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> np.ndarray:
+    """Total-variation distance of every row."""
+    return (0.5 * (p - q).abs().sum(-1)).double().cpu().numpy()
+
+
+def steering_effect(edited: np.ndarray, clean: np.ndarray, reference: np.ndarray) -> stats.Estimate:
+    """(mean edited − mean clean)/(mean reference − mean clean) return, paired per level, with a
+    bootstrap over levels; undefined when the clean and reference runs have the same mean return."""
+    n = len(clean)
+    if abs(reference.mean() - clean.mean()) <= 1e-9:
+        return stats.undefined("conditions A and B give the same mean return", n, "levels")
+
+    def ratio(idx: np.ndarray) -> float:
+        gap = reference[idx].mean() - clean[idx].mean()
+        return float("nan") if abs(gap) <= 1e-9 else float((edited[idx].mean() - clean[idx].mean()) / gap)
+
+    return stats.bootstrap(ratio, n, "levels")
 
 
 @register("dt_steering")
@@ -89,6 +116,7 @@ class DTSteering(Eval):
 
     kinds = ("dt",)
     layer_fields = ("hook",)
+    version = 2  # 2: intervals over levels (window statistics clustered by level), levels outside the training data
 
     @dataclass
     class Config:
@@ -122,21 +150,25 @@ class DTSteering(Eval):
         low = spec.return_min if cfg.condition_a is None else cfg.condition_a
         high = spec.return_max if cfg.condition_b is None else cfg.condition_b
         n = ctx.count(cfg.episodes)
-        played = dict(seed=ctx.seed, greedy=cfg.greedy, progress=ctx.progress, max_steps=cfg.max_steps)
+        played = dict(seed=evaluation_seed(spec, ctx.seed, n, "dt_steering"), greedy=cfg.greedy,
+                      progress=ctx.progress, max_steps=cfg.max_steps)
         clean = play(model, spec, [low] * n, record=True, desc="dt_steering A", **played)
         reference_b = play(model, spec, [high] * n, desc="dt_steering B", **played)
         windows = recorded_windows(model, clean, ctx.count(cfg.windows), ctx.seed)
+        levels = np.concatenate([[episode.seed] * len(steps) for episode, steps in windows])  # each window's level
         batches_a, batches_b = condition_batches(model, windows, low), condition_batches(model, windows, high)
-        vector = mean_activation_difference(model, cfg.hook, batches_a, batches_b)
+        sums, counts = activation_differences(model, cfg.hook, batches_a, batches_b)  # one row per level
+        vector = torch.from_numpy(mean_difference(sums, counts)).float().to(next(model.parameters()).device)
         probs_a, probs_b = last_step_probabilities(model, batches_a), last_step_probabilities(model, batches_b)
 
         result = Result()
-        result.add("vector_norm", float(vector.norm()))
+        result.add("vector_norm", stats.bootstrap(
+            lambda idx: float(np.linalg.norm(mean_difference(sums[idx], counts[idx]))), len(counts), "levels"))
         for name, episodes in (("condition_a", clean), ("condition_b", reference_b)):
-            for metric, (value, stderr) in summarise(episodes).items():
-                result.add(f"{name}/{metric}", value, stderr=stderr, n=n)
-        result.add("condition_b/action_kl", kl(probs_b, probs_a), n=len(probs_a))
-        rows = []
+            for metric, estimate in summarise(episodes).items():
+                result.add(f"{name}/{metric}", estimate)
+        result.add("condition_b/action_kl", stats.cluster_mean(kl(probs_b, probs_a), levels, "levels"))
+        rows, edited = [], {}
         for coeff in cfg.coefficients:
             edits = {cfg.hook: add(vector, coeff)}
             episodes = clean if coeff == 0 else play(model, spec, [low] * n, edits=edits,
@@ -144,66 +176,84 @@ class DTSteering(Eval):
             probs = last_step_probabilities(model, batches_a, edits)
             summary = summarise(episodes)
             label = f"coeff={coeff:+.2f}"
-            for metric, (value, stderr) in summary.items():
-                result.add(f"{label}/{metric}", value, stderr=stderr, n=n)
-            shift = kl(probs, probs_a), total_variation(probs, probs_b)
-            result.add(f"{label}/action_kl", shift[0], n=len(probs))
-            result.add(f"{label}/action_tv_to_b", shift[1], n=len(probs), higher_is_better=False)
-            rows.append((coeff, summary["mean_return"], summary["success_rate"][0], *shift))
-        control = self._control(ctx, result, vector, low, n, played, batches_a, probs_a, probs_b)
-        clean_return = summarise(clean)["mean_return"][0]
-        gap = summarise(reference_b)["mean_return"][0] - clean_return
-        at_one = [r for r in rows if r[0] == 1.0]
-        if abs(gap) > 1e-9:
-            # the fraction of the A→B change in return that adding the vector (or a random one) once reproduces
-            if at_one:
-                result.add("steering_effect", (at_one[0][1][0] - clean_return) / gap, higher_is_better=True)
-            result.add("random_control/steering_effect", (summarise(control)["mean_return"][0] - clean_return) / gap)
-        result.artifacts.append(self._plot(ctx, rows, clean, reference_b, control, low, high))
+            for metric, estimate in summary.items():
+                result.add(f"{label}/{metric}", estimate)
+            shift = (stats.cluster_mean(kl(probs, probs_a), levels, "levels"),
+                     stats.cluster_mean(total_variation(probs, probs_b), levels, "levels"))
+            result.add(f"{label}/action_kl", shift[0])
+            result.add(f"{label}/action_tv_to_b", shift[1], higher_is_better=False)
+            rows.append((coeff, summary, *shift))
+            edited[coeff] = _returns(episodes)
+        # the fraction of the A→B change in return that adding the vector (or a random one) once reproduces
+        clean_returns, b_returns = _returns(clean), _returns(reference_b)
+        result.add("steering_effect", steering_effect(edited[1.0], clean_returns, b_returns) if 1.0 in edited
+                   else stats.undefined("coefficient 1 is not among the coefficients", n, "levels"),
+                   higher_is_better=True)
+        control = self._control(ctx, result, vector, low, n, played, batches_a, levels, probs_a, probs_b)
+        if control is not None:
+            result.add("random_control/steering_effect", steering_effect(control[1], clean_returns, b_returns))
+        result.artifacts.append(self._plot(ctx, rows, clean, reference_b, control and control[0], low, high))
         return result
 
     def _control(self, ctx: EvalContext, result: Result, vector: torch.Tensor, low: float, n: int, played: dict,
-                 batches_a: list[WindowBatch], probs_a: torch.Tensor, probs_b: torch.Tensor) -> list[PlayedEpisode]:
-        """Random directions of the vector's norm, each added with coefficient 1; episodes pooled."""
+                 batches_a: list[WindowBatch], levels: np.ndarray, probs_a: torch.Tensor, probs_b: torch.Tensor
+                 ) -> Optional[tuple[list[PlayedEpisode], np.ndarray]]:
+        """Random directions of the vector's norm, each added with coefficient 1 on the same levels:
+        rows over the pooled episodes (clustered by level); (episodes, mean return per level), or
+        None without random vectors."""
+        if self.config.random_vectors == 0:
+            return None
         generator = torch.Generator().manual_seed(ctx.seed)
-        episodes, kls, tvs = [], [], []
+        episodes, kls, tvs, returns = [], [], [], []
         for index in range(self.config.random_vectors):
-            random = torch.randn(vector.shape, generator=generator)
+            random = torch.randn(vector.shape, generator=generator).to(vector.device)
             edits = {self.config.hook: add(random / random.norm() * vector.norm(), 1.0)}
-            episodes += play(ctx.model, ctx.train_config.spec, [low] * n, edits=edits,
-                             desc=f"dt_steering random {index + 1}", **played)
+            run = play(ctx.model, ctx.train_config.spec, [low] * n, edits=edits,
+                       desc=f"dt_steering random {index + 1}", **played)
+            episodes += run
+            returns.append(_returns(run))
             probs = last_step_probabilities(ctx.model, batches_a, edits)
             kls.append(kl(probs, probs_a))
             tvs.append(total_variation(probs, probs_b))
-        for metric, (value, stderr) in summarise(episodes).items():
-            result.add(f"random_control/{metric}", value, stderr=stderr, n=len(episodes))
-        result.add("random_control/action_kl", sum(kls) / len(kls), n=len(probs_a))
-        result.add("random_control/action_tv_to_b", sum(tvs) / len(tvs), n=len(probs_a), higher_is_better=False)
-        return episodes
+        for metric, estimate in summarise(episodes).items():
+            result.add(f"random_control/{metric}", estimate)
+        result.add("random_control/action_kl", stats.cluster_mean(np.mean(kls, 0), levels, "levels"))
+        result.add("random_control/action_tv_to_b", stats.cluster_mean(np.mean(tvs, 0), levels, "levels"),
+                   higher_is_better=False)
+        return episodes, np.mean(returns, 0)
 
-    def _plot(self, ctx: EvalContext, rows: list, clean: list, reference_b: list, control: list, low: float,
-              high: float) -> str:
+    def _plot(self, ctx: EvalContext, rows: list, clean: list, reference_b: list,
+              control: Optional[list[PlayedEpisode]], low: float, high: float) -> str:
         import matplotlib
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
 
         coeffs = [r[0] for r in rows]
+        achieved = [r[1]["mean_return"] for r in rows]
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        left.errorbar(coeffs, [r[1][0] for r in rows], yerr=[r[1][1] or 0.0 for r in rows], marker="o", capsize=3,
+        left.errorbar(coeffs, [a.value for a in achieved], yerr=error_bars(achieved), marker="o", capsize=3,
                       label=f"playing at A (RTG {low:.2f}) + coeff·vector")
-        left.axhline(summarise(clean)["mean_return"][0], color="tab:blue", ls=":", label="A, unedited")
-        left.axhline(summarise(reference_b)["mean_return"][0], color="tab:red", ls="--", label=f"B (RTG {high:.2f}), unedited")
-        left.plot(coeffs, [r[2] for r in rows], "s-", color="tab:orange", alpha=0.6, label="success rate")
-        random_return = summarise(control)
-        left.errorbar([1.0], [random_return["mean_return"][0]], yerr=[random_return["mean_return"][1] or 0.0],
-                      marker="x", color="0.3", ls="none", capsize=3, label="random vector, same norm")
+        left.axhline(summarise(clean)["mean_return"].value, color="tab:blue", ls=":", label="A, unedited")
+        left.axhline(summarise(reference_b)["mean_return"].value, color="tab:red", ls="--",
+                     label=f"B (RTG {high:.2f}), unedited")
+        left.plot(coeffs, [r[1]["success_rate"].value for r in rows], "s-", color="tab:orange", alpha=0.6,
+                  label="success rate")
+        if control:
+            random_return = summarise(control)["mean_return"]
+            left.errorbar([1.0], [random_return.value], yerr=error_bars([random_return]), marker="x", color="0.3",
+                          ls="none", capsize=3, label="random vector, same norm")
         left.set_xlabel("coefficient")
-        left.set_ylabel("mean return / success rate")
+        left.set_ylabel("mean return / success rate (95% CI over levels)")
         left.legend(fontsize=8)
-        right.plot(coeffs, [r[3] for r in rows], "o-", label="KL(edited ‖ A)")
-        right.plot(coeffs, [r[4] for r in rows], "s-", label="TV(edited, B)")
+        right.plot(coeffs, [r[2].value for r in rows], "o-", label="KL(edited ‖ A)")
+        right.plot(coeffs, [r[3].value for r in rows], "s-", label="TV(edited, B)")
         right.set_xlabel("coefficient")
         right.set_ylabel("action-distribution shift")
         right.legend(fontsize=8)
         fig.suptitle(f"RTG steering vector at {self.config.hook} (B − A)", fontsize=10)
         return save_pyplot_figure(fig, ctx.artifact("steering_scan.png"), dpi=120)
+
+
+def _returns(episodes: list[PlayedEpisode]) -> np.ndarray:
+    """Each episode's return, in level order."""
+    return np.array([e.ret for e in episodes], dtype=float)

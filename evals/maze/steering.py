@@ -16,17 +16,22 @@ vector of the same norm per maze is the control. The cheese vector's transfer is
 the distance, in world tiles, between the source maze's cheese and the steered maze's cheese
 (published: it transfers only within about 2 tiles): ``cheese_vector/transfer/distance<=2/…``,
 ``…/distance=2-4/…``, ``…/distance>8/…`` for ``transfer_distance_edges: [2, 4, 8]``, each over
-the (source, steered maze) pairs in that bin (n = pairs). The metric is the folded action probability of
+the (source, steered maze) pairs in that bin. The metric is the folded action probability of
 the first move of the shortest path from the decision square to the cheese (``p_cheese``) and to
-the inner top-right corner (``p_top_right``), reported as median and mean ± stderr over seeded
-mazes with a decision square, with the paired change against the unedited policy: in probability
-(``…/change``) and in log-probability (``…/log_change``, natural log), which still measures an
-edit where the policy is already nearly sure (P(cheese-ward) ~ 1e-6 cannot fall by 0.1).
+the inner top-right corner (``p_top_right``), reported as median (order-statistic interval) and
+mean (t interval) over seeded mazes with a decision square, with the paired change against the
+unedited policy: in probability (``…/change``) and in log-probability (``…/log_change``, natural
+log), which still measures an edit where the policy is already nearly sure (P(cheese-ward) ~ 1e-6
+cannot fall by 0.1). Every maze is one independent unit, except in the transfer: there each maze
+is a source in several pairs and steered in several, so the transfer means and changes (overall
+and per distance bin) carry the two-way cluster-robust interval over source and steered maze
+(``stats.two_way_cluster_mean``; n = the smaller number of mazes on either side), and the
+transfer median is the median of each steered maze's mean over its sources.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -38,6 +43,7 @@ from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.evals.maze import common
 from shardlab.evals.maze.render import mark_square, plot_maze, plot_vector_field
 from shardlab.evals.maze.vector_field import vector_field
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -123,6 +129,13 @@ def log_probability(probs: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float32).tiny))
 
 
+def interval_bars(estimates: list[stats.Estimate]) -> np.ndarray:
+    """(2, N) error-bar lengths below and above each value from its 95% interval (0 without one)."""
+    low = [e.value - e.ci_low if e.ci_low is not None else 0.0 for e in estimates]
+    high = [e.ci_high - e.value if e.ci_high is not None else 0.0 for e in estimates]
+    return np.clip(np.nan_to_num(np.array([low, high])), 0, None)
+
+
 @dataclass(frozen=True)
 class Transfer:
     """Every (source, steered maze) pair of a transfer run: maze ``target[p]`` steered by the
@@ -200,6 +213,7 @@ class Steering(Eval):
 
     kinds = ("ppo",)
     layer_fields = ("layer",)
+    version = 2  # 2: 95% intervals over mazes; transfer rows two-way clustered (source × steered maze)
 
     @dataclass
     class Config:
@@ -254,8 +268,8 @@ class Steering(Eval):
         result = Result()
         for name, vecs in (("cheese_vector", vectors.cheese), ("top_right_vector", vectors.top_right)):
             norms = vecs.flatten(1).norm(dim=1).numpy()
-            result.add(f"{name}/norm", float(norms.mean()), n=len(norms))
-        result.add("layer_size", vectors.cheese[0].numel())
+            result.add(f"{name}/norm", stats.mean(norms, "mazes"))
+        result.add("layer_size", vectors.cheese[0].numel(), kind="count")
 
         original = measure()
         self._add(result, "original", original)
@@ -263,13 +277,20 @@ class Steering(Eval):
         conditions = [("cheese_vector", vectors.cheese, random.cheese, cfg.cheese_coefficient),
                       ("top_right_vector", vectors.top_right, random.top_right, cfg.top_right_coefficient)]
         for name, vecs, noise, coeff in conditions:
-            self._add(result, name, measure(vecs, coeff), original)
+            steered = measure(vecs, coeff)
+            self._add(result, name, steered, original)
             bar.update(1)
-            self._add(result, f"{name}/random", measure(noise, coeff), original)
+            control = measure(noise, coeff)
+            self._add(result, f"{name}/random", control, original)
             bar.update(1)
+            # beyond a random vector of the same norm, maze by maze: (steered − original) −
+            # (random − original) = steered − random, paired over mazes
+            for position, quantity in enumerate(("p_cheese", "p_top_right")):
+                result.add(f"{name}/{quantity}/change_minus_random",
+                           stats.paired_difference(steered[position], control[position]))
             pairs = transfer(policy, decisions, states, env.obs, cfg.layer, vecs, coeff, cfg.transfer_sources)
             if pairs is not None:
-                self._add(result, f"{name}/transfer", pairs.per_maze(), original)
+                self._add_transfer(result, f"{name}/transfer", pairs, original, median=True)
                 if name == "cheese_vector":
                     by_distance = self._add_by_distance(result, f"{name}/transfer", pairs, original)
                     result.artifacts.append(self._distance_png(ctx, by_distance))
@@ -282,18 +303,44 @@ class Steering(Eval):
         return result
 
     def _add_by_distance(self, result: Result, prefix: str, pairs: Transfer,
-                         original: tuple[np.ndarray, np.ndarray]) -> dict[str, tuple[common.Summary, common.Summary]]:
-        """Per distance bin: P(cheese) and P(top-right) over its pairs (median, mean ± stderr, n) and
-        the paired change from the steered maze's unedited probabilities; returns the P(cheese)
-        summaries and changes for the PNG."""
+                         original: tuple[np.ndarray, np.ndarray]) -> dict[str, dict[str, stats.Estimate]]:
+        """Per distance bin: P(cheese) and P(top-right) over its (source, steered maze) pairs and the
+        change from the steered maze's unedited probabilities, two-way clustered; returns the
+        estimates for the PNG."""
         edges = list(self.config.transfer_distance_edges)
         bins = bin_of(pairs.distance, edges)
+        return {label: self._add_transfer(result, f"{prefix}/{label}", pairs, original, bins == index)
+                for index, label in enumerate(distance_bins(edges))}
+
+    @staticmethod
+    def _add_transfer(result: Result, prefix: str, pairs: Transfer, original: tuple[np.ndarray, np.ndarray],
+                      mask: Optional[np.ndarray] = None, median: bool = False) -> dict[str, stats.Estimate]:
+        """Mean, paired change and log change of each probability over the pairs in ``mask`` (all
+        by default): a maze is the source of several pairs and steered in several, so each interval
+        is two-way clustered by source and steered maze. With ``median``, the median of each
+        steered maze's mean over its sources. Returns the P(cheese) mean and change."""
+        keep = np.ones(len(pairs.target), bool) if mask is None else mask
+        source, target = pairs.source[keep], pairs.target[keep]
         shown = {}
-        for index, label in enumerate(distance_bins(edges)):
-            mask = bins == index
-            before = (original[0][pairs.target[mask]], original[1][pairs.target[mask]])
-            self._add(result, f"{prefix}/{label}", (pairs.p_cheese[mask], pairs.p_top_right[mask]), before)
-            shown[label] = (common.summarise(pairs.p_cheese[mask]), common.summarise(pairs.p_cheese[mask] - before[0]))
+        for position, quantity in enumerate(("p_cheese", "p_top_right")):
+            values = (pairs.p_cheese, pairs.p_top_right)[position][keep]
+            before = original[position][target]
+            if median:
+                per_maze = pairs.per_maze()[position]
+                result.add(f"{prefix}/{quantity}/median", replace(
+                    stats.median(per_maze, "mazes"),
+                    note="the median of each steered maze's mean over its sources; those share sources, so "
+                         "this interval (made for independent mazes) is too narrow"))
+            samples = {"mean": values, "change": values - before,
+                       "log_change": log_probability(values) - log_probability(before)}
+            for metric, sample in samples.items():
+                if not len(sample):
+                    estimate = stats.undefined("no (source, steered maze) pairs here", 0, "mazes", "two-way cluster")
+                else:
+                    estimate = stats.two_way_cluster_mean(sample, source, target, "mazes")
+                result.add(f"{prefix}/{quantity}/{metric}", estimate)
+                if quantity == "p_cheese":
+                    shown[metric] = estimate
         return shown
 
     def _distance_png(self, ctx: EvalContext, by_distance: dict) -> str:
@@ -301,20 +348,20 @@ class Steering(Eval):
         fig, axes = common.new_panels(2, size_inches=4.5)
         labels = list(by_distance)
         positions = np.arange(len(labels))
-        for ax, position, ylabel in ((axes[0], 0, "P(cheese) at the decision square (mean ± stderr)"),
-                                     (axes[1], 1, "change from the unedited policy (mean ± stderr)")):
-            stats = [by_distance[label][position] for label in labels]
-            ax.bar(positions, [s.mean for s in stats], yerr=np.nan_to_num([s.stderr for s in stats]),
+        for ax, metric, ylabel in ((axes[0], "mean", "P(cheese) at the decision square (mean, 95% CI)"),
+                                   (axes[1], "change", "change from the unedited policy (mean, 95% CI)")):
+            estimates = [by_distance[label][metric] for label in labels]
+            ax.bar(positions, np.nan_to_num([e.value for e in estimates]), yerr=interval_bars(estimates),
                    color="#d4a017", capsize=2)
-            for x, s in zip(positions, stats):
-                ax.annotate(f"n={s.n}", (x, 0), ha="center", va="bottom", fontsize=7)
+            for x, e in zip(positions, estimates):
+                ax.annotate(f"n={e.n}", (x, 0), ha="center", va="bottom", fontsize=7)
             ax.set_xticks(positions, [label.removeprefix("distance") for label in labels], fontsize=8)
             ax.set_xlabel("distance between the source's and the steered maze's cheese (tiles)", fontsize=8)
             ax.set_ylabel(ylabel, fontsize=8)
             ax.axhline(0, color="black", lw=0.6)
             ax.grid(axis="y", alpha=0.3)
-        fig.suptitle(f"cheese vector × {self.config.cheese_coefficient:g} from other mazes, {self.config.layer}",
-                     fontsize=9)
+        fig.suptitle(f"cheese vector × {self.config.cheese_coefficient:g} from other mazes, {self.config.layer}; "
+                     "n = mazes (two-way clustered)", fontsize=9)
         fig.tight_layout()
         return common.save_figure(fig, ctx.artifact("transfer_by_distance.png"))
 
@@ -342,18 +389,17 @@ class Steering(Eval):
         random-vector control); metrics for each vector's own target."""
         coefficients = sorted(self.config.coefficients)
         primary = {"cheese_vector": "p_cheese", "top_right_vector": "p_top_right"}
-        curves: dict[str, list[common.Summary]] = {}
+        curves: dict[str, list[tuple[stats.Estimate, stats.Estimate]]] = {}
         for coeff in coefficients:
             for name, vecs, noise in (("cheese_vector", vectors.cheese, random.cheese),
                                       ("top_right_vector", vectors.top_right, random.top_right)):
                 for label, probs in ((name, measure(vecs, coeff)), (f"{name}/random", measure(noise, coeff))):
                     for quantity, values in zip(("p_cheese", "p_top_right"), probs):
-                        summary = common.summarise(values)
-                        curves.setdefault(f"{label}/{quantity}", []).append(summary)
+                        middle, mean = stats.median(values, "mazes"), stats.mean(values, "mazes")
+                        curves.setdefault(f"{label}/{quantity}", []).append((middle, mean))
                         if label == name and quantity == primary[name]:  # both curves are in the PNG
-                            result.add(f"scan/{label}/coeff={coeff:g}/{quantity}/median", summary.median, n=summary.n)
-                            result.add(f"scan/{label}/coeff={coeff:g}/{quantity}/mean", summary.mean,
-                                       stderr=summary.stderr, n=summary.n)
+                            result.add(f"scan/{label}/coeff={coeff:g}/{quantity}/median", middle)
+                            result.add(f"scan/{label}/coeff={coeff:g}/{quantity}/mean", mean)
             bar.update(1)
         result.artifacts.append(self._scan_png(ctx, coefficients, curves))
 
@@ -363,12 +409,14 @@ class Steering(Eval):
         for ax, name in zip(axes, ("cheese_vector", "top_right_vector")):
             for quantity, colour in colours.items():
                 curve = curves[f"{name}/{quantity}"]
-                mean = np.array([s.mean for s in curve])
-                err = np.nan_to_num(np.array([s.stderr for s in curve]))
-                ax.plot(coefficients, [s.median for s in curve], "o-", color=colour, label=f"{quantity} median")
-                ax.plot(coefficients, mean, "--", color=colour, label=f"{quantity} mean ± stderr")
-                ax.fill_between(coefficients, mean - err, mean + err, color=colour, alpha=0.2)
-                ax.plot(coefficients, [s.median for s in curves[f"{name}/random/{quantity}"]], ":",
+                means = [mean for _, mean in curve]
+                low = [m.value if m.ci_low is None else m.ci_low for m in means]
+                high = [m.value if m.ci_high is None else m.ci_high for m in means]
+                ax.plot(coefficients, [middle.value for middle, _ in curve], "o-", color=colour,
+                        label=f"{quantity} median")
+                ax.plot(coefficients, [m.value for m in means], "--", color=colour, label=f"{quantity} mean, 95% CI")
+                ax.fill_between(coefficients, low, high, color=colour, alpha=0.2)
+                ax.plot(coefficients, [middle.value for middle, _ in curves[f"{name}/random/{quantity}"]], ":",
                         color=colour, alpha=0.7, label=f"{quantity} median, random vector")
             ax.set_xlabel("injection coefficient")
             ax.set_ylabel("probability at the decision square")
@@ -404,18 +452,15 @@ class Steering(Eval):
     def _add(result: Result, prefix: str, probs: tuple[np.ndarray, np.ndarray],
              original: Optional[tuple[np.ndarray, np.ndarray]] = None,
              quantities: tuple[str, ...] = ("p_cheese", "p_top_right")) -> None:
-        """Median and mean ± stderr of each probability, and the paired change from ``original``."""
+        """Median and mean of each probability over mazes, and the paired change from ``original``."""
         for position, quantity in enumerate(("p_cheese", "p_top_right")):
             if quantity not in quantities:
                 continue
-            summary = common.summarise(probs[position])
-            result.add(f"{prefix}/{quantity}/median", summary.median, n=summary.n)
-            result.add(f"{prefix}/{quantity}/mean", summary.mean, stderr=summary.stderr, n=summary.n)
+            result.add(f"{prefix}/{quantity}/median", stats.median(probs[position], "mazes"))
+            result.add(f"{prefix}/{quantity}/mean", stats.mean(probs[position], "mazes"))
             if original is not None:
-                change = common.summarise(probs[position] - original[position])
-                result.add(f"{prefix}/{quantity}/change", change.mean, stderr=change.stderr, n=change.n)
+                result.add(f"{prefix}/{quantity}/change", stats.paired_difference(probs[position], original[position]))
                 # a sure policy sits on the floor of probability space (P ~ 1e-6 cannot fall 0.1);
                 # the log-probability change still shows what an edit does there
-                log_change = common.summarise(log_probability(probs[position]) - log_probability(original[position]))
-                result.add(f"{prefix}/{quantity}/log_change", log_change.mean, stderr=log_change.stderr,
-                           n=log_change.n)
+                result.add(f"{prefix}/{quantity}/log_change", stats.paired_difference(
+                    log_probability(probs[position]), log_probability(original[position])))

@@ -2,8 +2,10 @@
 
 Env ``i`` of ``episodes`` plays exactly one episode from seed ``seed + LEVEL_OFFSET + i``: every
 level counts once whatever its length (taking the first N episodes to finish from fewer envs
-would favour short ones), and the offset keeps the levels away from the training envs' first
-seeds (``env.seed + i``).
+would favour short ones), and the offset keeps the levels away from every seed a documented
+command trains or collects on: PPO's envs (``env.seed + i``, plus 7,919 per resumed iteration and
+1,000,003 per DDP rank), ``shardlab collect --seed S`` (``S + 10,007·k + i``) and
+``scripts/dt_doorkey_data.py`` (1,000,000 on). Levels are the independent unit of every interval.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
 from shardlab.envs.minigrid_config import env_config
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -25,7 +27,7 @@ from shardlab.models.minigrid_policy import preprocess
 from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.rollout import rollout
 
-LEVEL_OFFSET = 1_000_000
+LEVEL_OFFSET = 2_000_000_000  # MiniGrid eval levels (this eval's and the DT evals') start at seed + this
 
 
 def play_levels(policy: torch.nn.Module, env_cfg: MiniGridEnvConfig, episodes: int, seed: int, greedy: bool,
@@ -55,6 +57,7 @@ class MiniGridReturn(Eval):
     """Success rate, mean return and length of a PPO policy on seeded MiniGrid/BabyAI levels."""
 
     kinds = ("ppo_minigrid",)
+    version = 2  # 2: intervals over levels; levels from seed 2,000,000,000 (was 1,000,000, where training ran)
 
     @dataclass
     class Config:
@@ -73,14 +76,12 @@ class MiniGridReturn(Eval):
         env_cfg = env_config(ctx.train_config)
         episodes = play_levels(ctx.model, env_cfg, ctx.count(self.config.episodes), ctx.seed, self.config.greedy,
                                ctx.progress)
-        n = len(episodes)
-        success = np.array([e.success for e in episodes], float)
-        returns = np.array([e.ret for e in episodes], float)
-        lengths = np.array([e.length for e in episodes], float)
-        stderr = lambda values: float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else None  # noqa: E731
         result = Result()
-        result.add("success_rate", float(success.mean()), stderr=stderr(success), n=n, higher_is_better=True)
-        result.add("return", float(returns.mean()), stderr=stderr(returns), n=n, higher_is_better=True)
-        result.add("length", float(lengths.mean()), stderr=stderr(lengths), n=n)
-        result.add("truncated_rate", float(np.mean([e.truncated for e in episodes])), n=n, higher_is_better=False)
+        result.add("success_rate", stats.proportion([e.success for e in episodes], unit="levels"),
+                   higher_is_better=True)
+        result.add("return", stats.mean([e.ret for e in episodes], "levels"), higher_is_better=True)
+        result.add("length", stats.mean([e.length for e in episodes], "levels"))
+        result.add("truncated_rate", stats.proportion([e.truncated for e in episodes], unit="levels"),
+                   higher_is_better=False)
+        result.add("levels/first_seed", ctx.seed + LEVEL_OFFSET, kind="setting")
         return result
