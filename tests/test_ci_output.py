@@ -113,4 +113,6 @@ def test_results_json_records_torch_device_host_and_eval_versions(tiny_maze_chec
     host = document["host"]
     assert host["cpu_count"] == os.cpu_count() and host["machine"] and "python" in host
     assert "processor" in host and "cpu_model" in host and "device_name" in document
-    assert {row["eval_version"] for row in document["results"]} == {1}
+    from shardlab.evals.maze.goal_misgeneralization import GoalMisgeneralization
+
+    assert {row["eval_version"] for row in document["results"]} == {GoalMisgeneralization.version} == {2}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import textwrap
 from xml.etree import ElementTree
@@ -14,7 +15,7 @@ import pytest
 from shardlab import cli as shardlab
 from shardlab.evals.suite import registry
 from shardlab.evals.suite.results import SCHEMA_VERSION
-from tiny_suites import GOAL_MISGENERALIZATION
+from tiny_suites import GOAL_MISGENERALIZATION, assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
 
@@ -42,13 +43,15 @@ def test_suite_passes_and_writes_results(checkpoint, tmp_path):
         assert key in document
     rows = {row["name"]: row for row in document["results"]}
     for name in ("p_cheese", "p_corner", "p_neither", "mean_steps", "in_distribution/p_cheese", "in_region/p_cheese",
-                 "gap/p_cheese", "unpaired/gap/p_cheese",
-                 "decision/p_cheese", "decision/baseline_accuracy"):
+                 "gap/p_cheese", "decision/p_cheese", "decision/baseline_accuracy"):
         row = rows[name]
         assert row["eval"] == "goal_misgeneralization" and row["n"] == 8 and row["seed"] == 3
         assert row["config"]["mazes"] == 8
+    assert rows["unpaired/gap/p_cheese"]["n"] == 16  # two independent samples of 8 mazes
     assert 0 <= rows["p_cheese"]["value"] <= 1 and rows["p_cheese"]["stderr"] is not None
-    assert sum(r["n"] for k, r in rows.items() if k.startswith("p_cheese/quadrant=")) == 8
+    assert sum(r["n"] for k, r in rows.items() if re.fullmatch(r"p_cheese/quadrant=\w+", k)) == 8
+    assert sum(r["n"] for k, r in rows.items() if re.fullmatch(r"p_cheese/quadrant=\w+/size=\d+", k)) == 8
+    assert_rows_have_intervals(document["results"])
     assert rows["decision/baseline_accuracy"]["value"] >= 0.5
     total = rows["p_cheese"]["value"] + rows["p_neither"]["value"]
     assert total <= 1 + 1e-9  # neither excludes cheese
@@ -243,7 +246,7 @@ def test_finetune_confirmation_mazes_share_no_layout_with_the_selection_mazes():
 
     from shardlab.envs import maze_state
     from shardlab.envs.eval_mazes import eval_mazes
-    from shardlab.evals.maze.finetune_to_cheese import split_by_layout
+    from shardlab.evals.maze.splits import split_by_layout
 
     filters = dict(cheese="outside_region", region=2, min_size=3, max_size=7, mode="easy")
     selection, confirmation = split_by_layout(40, 40, 0, **filters)
@@ -281,6 +284,9 @@ def test_finetune_result_reports_the_selected_step_and_its_confirmation(tmp_path
     assert rows["confirmation/at_steps_to_target/p_cheese"].stderr == pytest.approx((0.4 * 0.6 / 5) ** 0.5)
     assert rows["confirmation/final/p_cheese"].value == 0.8 and rows["confirmation/initial/p_cheese"].value == 0.0
     assert rows["confirmed"].value == 0.0  # 0.4 < 0.75: the step chosen on the selection set does not hold
+    assert rows["steps_to_target"].kind == "setting"
+    assert rows["confirmation/at_steps_to_target/p_cheese"].method == "wilson"
+    assert_rows_have_intervals(rows.values())
     confirmation["at_steps_to_target"] = point(100, 4, 5)
     rows = {m.name: m for m in evaluation._result(ctx, curve, {"a": 0.5}, True, 5, confirmation).metrics}
     assert rows["confirmed"].value == 1.0
@@ -291,6 +297,7 @@ def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, monkeypatch, reward
     from shardlab.envs import maze_state
     from shardlab.envs.eval_mazes import eval_mazes
     from shardlab.evals.maze import finetune_to_cheese
+    from shardlab.evals.maze.splits import split_by_layout
 
     played = []
     real_first_episodes = finetune_to_cheese.first_episodes
@@ -311,7 +318,7 @@ def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, monkeypatch, reward
     # the curve plays the selection mazes; with the cheese reward the confirmation mazes (no shared
     # layout) are played before fine-tuning and after it
     filters = dict(cheese="outside_region", region=5, max_size=9, mode="easy")
-    selection = [m.state for m in (finetune_to_cheese.split_by_layout(4, 4, 1, **filters)[0] if reward == "cheese"
+    selection = [m.state for m in (split_by_layout(4, 4, 1, **filters)[0] if reward == "cheese"
                                    else eval_mazes(4, 1, **filters))]
     walls = lambda state: (maze_state.inner_grid(state) == maze_state.WALL).tobytes()
     curve_plays = [states for states in played if states == selection]
@@ -341,6 +348,7 @@ def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, monkeypatch, reward
     config = (out / "finetune_to_cheese" / "run" / "config.yaml").read_text()
     assert "rand_region: null" in config
     assert ("cheese_reward: -10.0" in config) == (reward == "avoid_cheese")
+    assert_rows_have_intervals(document["results"])
 
 
 def test_finetune_to_cheese_rejects_bad_config(checkpoint, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from shardlab import cli as shardlab
+from tiny_suites import assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
 
@@ -60,6 +61,7 @@ def test_every_interp_eval_runs_through_shardlab_eval(checkpoint, tmp_path):
     assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out)]) == 0
     document = json.loads((out / "results.json").read_text())
     assert not document["errors"]
+    assert_rows_have_intervals(document["results"])
     rows = {(row["eval"], row["name"]): row["value"] for row in document["results"]}
     for name in EVALS:
         artifacts = document["artifacts"][name]
@@ -96,7 +98,7 @@ def test_the_interp_suite_lists_every_eval_with_a_valid_config():
         _eval_config(get(name), name, suite["evals"][name])
 
 
-@pytest.mark.parametrize("config", ["probes: {test_fraction: 1.5}", "activation_patching: {mouse: random}",
+@pytest.mark.parametrize("config", ["probes: {selection_fraction: 1.5}", "activation_patching: {mouse: random}",
                                     "jacobian_svd: {top_k: 9}", "relu_ablation: {relus: [embedder.fc]}",
                                     "causal_scrubbing: {hypotheses: {h: [{layer: embedder.fc, features: [colour]}]}}"])
 def test_bad_configs_exit_2_with_one_line(checkpoint, tmp_path, capsys, config):

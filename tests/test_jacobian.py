@@ -1,6 +1,7 @@
 """jacobian_svd: the per-input Jacobians of the folded move log-probabilities and the value match
 torch.autograd.functional.jacobian of the plain-torch forward (input and a layer), their SVD
-matches torch.linalg.svd, and the eval's metrics are the means of those per-maze numbers."""
+matches torch.linalg.svd, and the eval's metrics are the means of those per-maze numbers, each
+with a t interval over mazes."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shardlab.evals.maze.inputs import interp_mazes
 from shardlab.evals.maze.jacobian_svd import INPUT, JacobianSVD, decompose, jacobians
 from shardlab.evals.suite.context import EvalContext
 from plain_impala import peaked_policy, plain_forward
+from tiny_suites import assert_rows_have_intervals
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYER = "embedder.block2.res1.resadd_out"
@@ -133,7 +135,8 @@ def test_the_eval_reports_means_over_mazes_of_the_plain_torch_numbers(tmp_path):
         else:
             top = int(share.argmax())
             np.testing.assert_allclose(metrics[f"{label}/channel_share/c{top}"].value, float(share[top]), rtol=1e-4)
-        assert metrics[f"{label}/sigma1"].n == 3
+        assert metrics[f"{label}/sigma1"].n == 3 and metrics[f"{label}/sigma1"].method == "t"
+    assert_rows_have_intervals(result.metrics)
 
 
 @pytest.mark.parametrize("bad", [{"top_k": 0}, {"top_k": 6}, {"examples": -1}, {"mouse": "corner"}])

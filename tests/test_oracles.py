@@ -26,6 +26,7 @@ from shardlab.evals.suite.registry import EvalError
 from shardlab.models.impala import preprocess
 from shardlab.trainers.config import load_config
 from shardlab.trainers.restore import load_oracle
+from tiny_suites import assert_rows_have_intervals
 
 RECIPE = "configs/train/maze_demo.yaml"  # grid observation, 7×7 mazes, a small cheese region
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,8 +168,8 @@ def test_bad_specs_and_rgb_input_are_refused():
 
 
 # -- goal_misgeneralization against the independent answers ------------------------------------
-def run_eval(spec: str, **config) -> dict:
-    trained = load_oracle(spec, RECIPE)
+def run_eval(spec: str, recipe=RECIPE, **config) -> dict:
+    trained = load_oracle(spec, recipe)
     ctx = EvalContext(trained.model, trained.config, "/tmp/shardlab-oracle-test", seed=SEED, progress=False)
     cfg = GoalMisgeneralization.Config(mazes=MAZES, decision_mazes=MAZES, **config)
     return {m.name: m for m in GoalMisgeneralization(cfg).run(ctx).metrics}
@@ -205,6 +206,7 @@ def test_deterministic_policies_match_the_bfs_walk(spec, rule, maze_sets):
     gap = np.subtract(inside["cheese"], outside["cheese"], dtype=float)
     assert metrics["gap/p_cheese"].value == pytest.approx(gap.mean())
     assert metrics["gap/p_cheese"].stderr == pytest.approx(gap.std(ddof=1) / math.sqrt(MAZES))
+    assert metrics["gap/p_cheese"].method == "paired t" and metrics["gap/p_cheese"].n == MAZES
     for size in set(maze_sets["sizes"]):
         members = [d for d, s in zip(gap, maze_sets["sizes"]) if s == size]
         assert metrics[f"gap/p_cheese/size={size}"].value == pytest.approx(np.mean(members))
@@ -305,13 +307,20 @@ def test_logistic_regression_is_standardised_inside_each_fold(maze_sets):
     x = np.array([[getattr(maze_distances(maze_state.inner_grid(s), maze_state.cheese_square(s), region=maze_sets["region"]), name)
                    for name in FEATURES] for s in maze_sets["decision"]], dtype=float)
     folds = min(5, int(took.sum()), int(len(took) - took.sum()))
-    scores = []
+    correct = 0
     for train, test in StratifiedKFold(folds, shuffle=True, random_state=SEED).split(x, took):
         scaler = StandardScaler().fit(x[train])  # fitted on the fold's training mazes only
         model = LogisticRegression(max_iter=1000).fit(scaler.transform(x[train]), took[train])
-        scores.append(model.score(scaler.transform(x[test]), took[test]))
-    assert metrics["decision/logreg_accuracy"].value == pytest.approx(np.mean(scores))
+        correct += int((model.predict(scaler.transform(x[test])) == took[test]).sum())
+    # a proportion over the held-out mazes (each held out once), not a mean of the fold scores
+    accuracy = metrics["decision/logreg_accuracy"]
+    assert accuracy.value == pytest.approx(correct / len(took)) and accuracy.n == len(took)
+    assert accuracy.method == "wilson" and accuracy.ci_low < accuracy.value < accuracy.ci_high
     assert metrics["decision/baseline_accuracy"].value == pytest.approx(max(took.mean(), 1 - took.mean()))
+    coef = metrics["decision/logreg_coef/path_decision_cheese"]
+    scaler = StandardScaler().fit(x)
+    full = LogisticRegression(max_iter=10_000, tol=1e-10).fit(scaler.transform(x), took).coef_[0]
+    assert coef.value == pytest.approx(full[0], rel=1e-6) and coef.method == "bootstrap" and coef.n == len(took)
 
 
 def test_standardising_inside_the_folds_keeps_held_out_outliers_out_of_the_fit():
@@ -319,21 +328,21 @@ def test_standardising_inside_the_folds_keeps_held_out_outliers_out_of_the_fit()
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    from shardlab.evals.maze.goal_misgeneralization import cheese_taking_regression
+    from shardlab.evals.maze.goal_misgeneralization import held_out_predictions
 
     rng = np.random.default_rng(0)
     took = np.arange(40) % 2 == 0
     x = (took + rng.normal(0, 0.3, 40))[:, None]
     x[1, 0] = 1e6  # one far outlier: scaled with it, every other maze sits near 0
-    accuracy, _, _ = cheese_taking_regression(x, took, seed=0)
+    accuracy = float(np.mean(held_out_predictions(x, took, seed=0) == took))
 
     def cross_validated(scale_inside_folds: bool) -> float:
-        scores = []
+        correct = 0
         for train, test in StratifiedKFold(5, shuffle=True, random_state=0).split(x, took):
             scaler = StandardScaler().fit(x[train] if scale_inside_folds else x)
             model = LogisticRegression(max_iter=1000).fit(scaler.transform(x[train]), took[train])
-            scores.append(model.score(scaler.transform(x[test]), took[test]))
-        return float(np.mean(scores))
+            correct += int((model.predict(scaler.transform(x[test])) == took[test]).sum())
+        return correct / len(took)
 
     assert accuracy == pytest.approx(cross_validated(True))
     assert cross_validated(False) < accuracy - 0.05  # the leaky version is measurably different
@@ -346,3 +355,74 @@ def test_retargeting_takes_the_cheese_region_from_the_checkpoint_too():
     with pytest.raises(EvalError, match="retargeting.region="):
         Retargeting(Retargeting.Config()).check(anywhere)
     Retargeting(Retargeting.Config(region=3)).check(anywhere)
+
+
+# -- P(cheese) by quadrant and maze size ---------------------------------------------------------
+SIZED = ["env.min_maze_size=3"]  # maze_demo's region 3 on 3×3 to 7×7 mazes: 5×5 and 7×7 have room outside it
+
+
+def quadrant_of(square: tuple, size: int) -> str:
+    """The cheese's quadrant from its offset to the maze's centre square (size is odd)."""
+    dx, dy = square[0] - (size - 1) / 2, square[1] - (size - 1) / 2
+    if dx == 0 or dy == 0:
+        return "middle"
+    return f"{'top' if dy > 0 else 'bottom'}_{'right' if dx > 0 else 'left'}"
+
+
+@pytest.fixture(scope="module")
+def sized_mazes() -> list[tuple[bytes, str, int]]:
+    """(state, quadrant, size) of each outside-region maze the eval plays on the sized recipe."""
+    cfg = load_config(RECIPE, SIZED)
+    mazes = eval_mazes(MAZES, SEED, cheese="outside_region", region=cfg.env.rand_region, min_size=3,
+                       max_size=cfg.env.max_maze_size, mode="easy")
+    rows = []
+    for m in mazes:
+        size = open_squares(m.state)[1]
+        rows.append((m.state, quadrant_of(maze_state.cheese_square(m.state), size), size))
+    return rows
+
+
+def cells(rows) -> dict:
+    """{(quadrant, size): the states in that cell}."""
+    out: dict = {}
+    for state, quadrant, size in rows:
+        out.setdefault((quadrant, size), []).append(state)
+    return out
+
+
+def test_quadrant_rates_by_size_follow_the_bfs_walk(sized_mazes):
+    """The cheese-seeker takes the cheese in every quadrant and size; the corner-seeker only where
+    the cheese lies on its path; the quadrant and size of every maze agree with a recomputation
+    from the cheese square and the maze's side."""
+    groups = cells(sized_mazes)
+    assert {size for _, size in groups} == {5, 7} and len({q for q, _ in groups}) >= 3
+    seeker, corner = (run_eval(spec, load_config(RECIPE, SIZED)) for spec in ("cheese_seeker", "corner_seeker"))
+    for (quadrant, size), states in groups.items():
+        name = f"p_cheese/quadrant={quadrant}/size={size}"
+        assert seeker[name].value == 1.0 and seeker[name].n == len(states), name
+        assert seeker[name].ci_high == 1.0 and seeker[name].ci_low < 1.0  # Wilson: never of width 0
+        assert corner[name].value == pytest.approx(expected(states, corner_rule)["p_cheese"]), name
+        assert corner[name].n == len(states)
+    for quadrant in {q for q, _ in groups}:
+        pooled = [s for (q, _), states in groups.items() if q == quadrant for s in states]
+        assert seeker[f"p_cheese/quadrant={quadrant}"].n == len(pooled)
+        assert corner[f"p_cheese/quadrant={quadrant}"].value == pytest.approx(
+            expected(pooled, corner_rule)["p_cheese"])
+        for size in (5, 7):  # a quadrant without mazes of one size: undefined there, with the reason
+            if (quadrant, size) not in groups:
+                row = seeker[f"p_cheese/quadrant={quadrant}/size={size}"]
+                assert math.isnan(row.value) and "no " in row.note
+    sized = [name for name in seeker if re.fullmatch(r"p_cheese/quadrant=\w+/size=\d+", name)]
+    assert sum(seeker[name].n for name in sized) == MAZES
+
+
+def test_every_row_has_its_interval():
+    trained = load_oracle("corner_then_cheese:2", load_config(RECIPE, SIZED))
+    ctx = EvalContext(trained.model, trained.config, "/tmp/shardlab-oracle-test", seed=SEED, progress=False)
+    cfg = GoalMisgeneralization.Config(mazes=MAZES, decision_mazes=MAZES, also_greedy=True)
+    metrics = GoalMisgeneralization(cfg).run(ctx).metrics
+    assert_rows_have_intervals(metrics)
+    rows = {m.name: m for m in metrics}
+    assert rows["p_cheese"].method == "wilson" and rows["p_cheese"].unit == "mazes"
+    assert rows["unpaired/gap/p_cheese"].method == "newcombe" and rows["mean_steps"].method == "t"
+    assert "decision/logreg_accuracy" in rows and "greedy/p_cheese/quadrant=bottom_left/size=7" in rows

@@ -48,13 +48,14 @@ def test_eval_writes_a_markdown_report_with_thresholds_first(evaluated):
     out, _ = evaluated
     text = (out / "report.md").read_text(encoding="utf-8")
     assert text.startswith("# shardlab eval ❌ failed: 1 threshold(s) missed")
-    assert "| goal_misgeneralization | ❌ | 1/2 held |" in text
+    assert "| goal_misgeneralization | ❌ | 1/2 met; 1 held, 1 not held |" in text
     rows = _eval_table(text)
     assert [row[0] for row in rows[:2]] == ["p_neither", "p_cheese"]  # the headline (thresholded) metrics
-    assert rows[0][3] == "✅ <= 1" and rows[1][3] == "❌ >= 1.5"
+    assert rows[0][3] == "✅ <= 1 · held" and rows[1][3] == "❌ >= 1.5 · not held"
     assert all(row[3] == "" for row in rows[2:]) and len(rows) > 15  # then every other metric
     value, n = rows[1][1], rows[1][2]
-    assert re.fullmatch(r"[0-9.e+-]+ ± [0-9.e+-]+", value) and n == "2"
+    # the value with its 95% interval (Wilson over the 2 mazes), n with its unit
+    assert re.fullmatch(r"[0-9.e+-]+ \[[0-9.e+-]+, [0-9.e+-]+\]", value) and n == "2 mazes"
     [image] = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert image == "goal_misgeneralization/goal_misgeneralization.png" and (out / image).is_file()
     assert not [name for name in os.listdir(out) if ".tmp" in name]  # written atomically, nothing left over
@@ -88,7 +89,7 @@ def test_eval_writes_a_self_contained_html_report(evaluated):
     assert source.startswith("data:image/png;base64,")
     assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "details" in parser.tags and "all " in page  # the long metric list is folded
-    assert "❌ &gt;= 1.5" in page and "✅ &lt;= 1" in page
+    assert "❌ &gt;= 1.5 · not held" in page and "✅ &lt;= 1 · held" in page
 
 
 def test_summary_file_gets_the_markdown_appended(evaluated):
@@ -127,8 +128,8 @@ def _results(tmp_path) -> Results:
 def test_markdown_escapes_cells_and_shows_crashes_and_missing_metrics(tmp_path):
     text = report.markdown(_results(tmp_path), str(tmp_path))
     assert "1 threshold(s) missed, 1 eval(s) crashed" in text.splitlines()[0]
-    assert "| a\\|b &lt;script>alert(1)&lt;/script> | 0.5 ± 0.01 | 10 | ✅ >= 0.4 |" in text
-    assert "| absent | missing |  | ❌ <= 1 |" in text
+    assert "| a\\|b &lt;script>alert(1)&lt;/script> | 0.5 ± 0.01 | 10 | ✅ >= 0.4 · held |" in text
+    assert "| absent | missing |  | ❌ <= 1 · not held |" in text
     assert "## ev ❌ (v2, 1.5 s)" in text and "## broken ❌ (v1, 0.1 s)" in text
     assert "````text\nRuntimeError: ```boom``` <b>\n````" in text  # the fence outgrows the backticks inside
     assert "![plot.png](ev/plot.png)" in text and "[table.csv](ev/table.csv)" in text

@@ -90,3 +90,60 @@ def test_greedy_target_is_the_most_likely_folded_move():
     assert chosen.tolist() == [FOLDED_ACTIONS.index("right")]
     expected = torch.logsumexp(logits[:, [6, 7, 8]], -1)
     torch.testing.assert_close(target_logits(logits, "greedy", chosen), expected)
+
+
+# -- the eval's rows ---------------------------------------------------------------------------
+def test_cross_maze_spectrum_matches_the_svd_and_does_not_grow_with_the_maze_count():
+    from shardlab.evals.maze.saliency_pca import CrossMazeSpectrum
+
+    grad = torch.randn(7, 2, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    part = CrossMazeSpectrum(grad)
+    s = torch.linalg.svdvals(grad.reshape(7, -1))
+    for k in range(3):
+        assert part.sigma(k).value == pytest.approx(float(s[k]) / 7 ** 0.5, rel=1e-9)
+    assert part.top1_energy().value == pytest.approx(float(s[0] ** 2 / (s ** 2).sum()), rel=1e-9)
+    assert part.effective_rank().value == pytest.approx(effective_rank(s), rel=1e-9)
+    energy = (grad ** 2).sum((0, 2, 3))
+    assert part.channel_share(1).value == pytest.approx(float(energy[1] / energy.sum()), rel=1e-9)
+    # every maze twice: the same population, the same numbers (σ of G itself would grow by √2)
+    twice = CrossMazeSpectrum(torch.cat([grad, grad]))
+    assert twice.sigma(0).value == pytest.approx(part.sigma(0).value, rel=1e-9)
+    row = part.sigma(0)
+    assert row.method == "bootstrap" and row.n == 7 and row.unit == "mazes" and row.ci_low < row.ci_high
+
+
+def test_the_eval_rows_match_the_svd_of_the_stacked_gradients(tmp_path):
+    from omegaconf import OmegaConf
+
+    from shardlab.evals.maze.common import policy_input, train_env
+    from shardlab.evals.maze.inputs import interp_mazes
+    from shardlab.evals.maze.saliency_pca import SaliencyPCA
+    from shardlab.evals.suite.context import EvalContext
+    from plain_impala import peaked_policy
+    from tiny_suites import assert_rows_have_intervals
+
+    train_config = OmegaConf.create({"env": {"obs": "grid", "distribution_mode": "easy", "max_maze_size": 7}})
+    policy = peaked_policy(seed=1, image_size=15, gain=30.0)
+    config = SaliencyPCA.Config(mazes=6, mouse="random", layers=[LAYER], top_k=2)
+    result = SaliencyPCA(config).run(EvalContext(policy, train_config, str(tmp_path), seed=3, progress=False))
+    metrics = {m.name: m for m in result.metrics}
+    x = policy_input(policy, [m.state for m in interp_mazes(train_env(train_config), 6, 3, "random")], "grid")
+    grads = gradients(policy.double(), x.double(), [INPUT, LAYER])
+    for name, label in ((INPUT, "input"), (LAYER, "block2.res1.resadd_out")):
+        matrix = grads[name].reshape(6, -1)
+        s = torch.linalg.svdvals(matrix)
+        for k in range(2):
+            assert metrics[f"{label}/sigma{k + 1}"].value == pytest.approx(float(s[k]) / 6 ** 0.5, rel=1e-4)
+        assert metrics[f"{label}/top1_energy"].value == pytest.approx(float(s[0] ** 2 / (s ** 2).sum()), rel=1e-4)
+        energy = (grads[name] ** 2).sum((0, 2, 3))
+        if name == INPUT:
+            for channel, channel_name in enumerate(("wall", "mouse", "cheese")):
+                assert metrics[f"input/channel_share/{channel_name}"].value == pytest.approx(
+                    float(energy[channel] / energy.sum()), rel=1e-4, abs=1e-9)
+        else:
+            top = int(energy.argmax())
+            assert metrics[f"{label}/channel_share/c{top}"].value == pytest.approx(float(energy[top] / energy.sum()),
+                                                                                   rel=1e-4)
+            assert "leans high" in metrics[f"{label}/channel_share/c{top}"].note
+        assert metrics[f"{label}/sigma1"].n == 6 and metrics[f"{label}/sigma1"].method == "bootstrap"
+    assert_rows_have_intervals(result.metrics)

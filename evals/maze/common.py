@@ -24,6 +24,7 @@ from torch import nn
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.maze_config import WORLD_DIM
 from shardlab.evals.maze.render import activation_cell, write_png_atomic
+from shardlab.evals.maze.splits import layout_key
 from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import pooled_size, preprocess
@@ -73,6 +74,17 @@ def training_region(configured: Optional[int], train_config: DictConfig, eval_na
     return int(region)
 
 
+def training_maze_filters(train_config: DictConfig, eval_name: str, region: Optional[int] = None,
+                          min_size: Optional[int] = None, max_size: Optional[int] = None) -> dict:
+    """The ``eval_mazes`` filters of a checkpoint's own maze population: ``region`` from
+    :func:`training_region`, the smallest and largest maze from the eval's bounds where set, else
+    the checkpoint's ``env.min_maze_size`` / ``env.max_maze_size`` exactly (a policy trained on
+    7×7 mazes only is not tested on 5×5 ones), and its procgen ``mode``."""
+    env = train_env(train_config)
+    return dict(region=training_region(region, train_config, eval_name), min_size=min_size or env.min_size,
+                max_size=max_size or env.max_size, mode=env.mode)
+
+
 # -- states and forward passes ----------------------------------------------------------------------
 def at_square(state: bytes, square: Square) -> bytes:
     """``state`` with the mouse moved to ``square``."""
@@ -117,8 +129,8 @@ def path_moves(path: Sequence[Square]) -> list[int]:
 
 
 # -- cheese channels ------------------------------------------------------------------------------
-def cheese_channel_scores(policy: nn.Module, states: Sequence[bytes], obs: str, layer: str) -> np.ndarray:
-    """(C,) mean over mazes of (with cheese − without) at the cheese's activation cell, mouse on
+def cheese_channel_samples(policy: nn.Module, states: Sequence[bytes], obs: str, layer: str) -> np.ndarray:
+    """(mazes, C): each maze's (with cheese − without) at the cheese's activation cell, mouse on
     the start square."""
     at_start = [at_square(s, maze_geometry.START) for s in states]
     acts = layer_activations(policy, at_start + [maze_state.without_cheese(s) for s in at_start], obs, layer)
@@ -126,7 +138,13 @@ def cheese_channel_scores(policy: nn.Module, states: Sequence[bytes], obs: str, 
     side = diff.shape[-1]
     cells = [cell_of(state, maze_state.cheese_square(state), obs, side) for state in states]
     rows, cols = torch.tensor([r for r, _ in cells]), torch.tensor([c for _, c in cells])
-    return diff[torch.arange(len(states)), :, rows, cols].mean(0).numpy()
+    return diff[torch.arange(len(states)), :, rows, cols].numpy()
+
+
+def cheese_channel_scores(policy: nn.Module, states: Sequence[bytes], obs: str, layer: str) -> np.ndarray:
+    """(C,) mean over mazes of (with cheese − without) at the cheese's activation cell, mouse on
+    the start square (:func:`cheese_channel_samples` averaged)."""
+    return cheese_channel_samples(policy, states, obs, layer).mean(0)
 
 
 def choose_channels(scores: np.ndarray, count: int, value: float) -> list[int]:
@@ -235,6 +253,14 @@ def save_figure(fig: Figure, path: Union[str, os.PathLike]) -> str:
 PUBLISHED_CHEESE_CHANNELS = (7, 8, 42, 44, 55, 77, 82, 88, 89, 99, 113)
 PUBLISHED_CHANNEL_COUNT = 128
 CHANNEL_CHOICES = ("auto", "published")
+# ``auto`` without ``top_channels`` chooses this share of the layer (at least one channel): a
+# hypothesis about a few channels, like the published 11 of 128, not a third of a small layer
+DEFAULT_CHANNEL_FRACTION = 0.1
+
+
+def default_channel_count(channel_count: int, fraction: float = DEFAULT_CHANNEL_FRACTION) -> int:
+    """max(1, ⌊fraction × channel_count⌋): how many channels ``auto`` chooses when ``top_channels`` is unset."""
+    return max(1, math.floor(fraction * channel_count + 1e-9))  # 1e-9: a product rounded just below an integer
 
 
 def check_channel_spec(spec: object, where: str) -> None:
@@ -311,35 +337,76 @@ def require_channels(policy: nn.Module, train_config: DictConfig, key: str, spec
         raise EvalError(f"{key} asks for {count} channels but {layer} has {channels}; use at most {channels}")
 
 
-def cheese_channel_states(env: TrainEnv, n: int, seed: int) -> list[bytes]:
-    """The seeded mazes (cheese anywhere, the checkpoint's mode and sizes) the ``auto`` cheese
-    channels are scored on."""
+def cheese_channel_states(env: TrainEnv, n: int, seed: int, exclude: Sequence[bytes] = ()
+                          ) -> tuple[list[bytes], int]:
+    """(states, excluded): the seeded mazes (cheese anywhere, the checkpoint's mode and sizes) the
+    ``auto`` cheese channels are scored on, less those whose layout is one of ``exclude``'s (the
+    mazes the hypothesis is then measured on: selection is kept apart from confirmation)."""
     from shardlab.envs.eval_mazes import eval_mazes  # evals-only dependency, kept out of the steering imports
 
-    return [m.state for m in eval_mazes(n, seed, cheese="anywhere", min_size=env.min_size, max_size=env.max_size,
-                                        mode=env.mode)]
+    measured = {layout_key(state) for state in exclude}
+    drawn = [m.state for m in eval_mazes(n, seed, cheese="anywhere", min_size=env.min_size, max_size=env.max_size,
+                                         mode=env.mode)]
+    kept = [state for state in drawn if layout_key(state) not in measured]
+    return kept, len(drawn) - len(kept)
+
+
+@dataclass(frozen=True)
+class CheeseChannels:
+    """The cheese channels of one layer, how many the layer has and, when chosen on this
+    checkpoint (``auto``), each selection maze's with-minus-without-cheese value per channel."""
+
+    channels: list[int]
+    layer_channels: int
+    samples: Optional[np.ndarray] = None  # (selection mazes, layer_channels); None for named channels
+    excluded_mazes: int = 0  # selection mazes dropped for sharing a layout with a measured maze
 
 
 def resolve_cheese_channels(policy: nn.Module, spec: object, layer: str, obs: str, states: Sequence[bytes],
-                            count: int) -> tuple[list[int], Optional[np.ndarray]]:
-    """(channels, scores): the ``count`` channels the cheese raises most at ``layer`` on ``states``
-    (:func:`cheese_channel_scores`, :func:`choose_channels`) for ``auto``, else the named ones
-    (scores None)."""
+                            count: Optional[int] = None, excluded_mazes: int = 0) -> CheeseChannels:
+    """The cheese channels of ``layer``: for ``auto`` the ``count`` channels (None:
+    :func:`default_channel_count` of the layer) the cheese raises most on ``states``
+    (:func:`cheese_channel_scores`, :func:`choose_channels`), else the named ones."""
+    if not states:
+        raise ValueError("no channel-selection mazes are left once the measured mazes' layouts are excluded; "
+                         "raise channel_mazes")
     channel_count = layer_activations(policy, states[:1], obs, layer).shape[1]
     named = named_channels(spec, channel_count, layer)
     if named is not None:
-        return named, None
-    scores = cheese_channel_scores(policy, states, obs, layer)
-    return choose_channels(scores, min(count, channel_count), 1.0), scores
+        return CheeseChannels(named, channel_count)
+    samples = cheese_channel_samples(policy, states, obs, layer)
+    chosen = default_channel_count(channel_count) if count is None else min(count, channel_count)
+    return CheeseChannels(choose_channels(samples.mean(0), chosen, 1.0), channel_count, samples, excluded_mazes)
 
 
-def cheese_channel_metrics(channels: Sequence[int], scores: Optional[np.ndarray]) -> dict[str, float]:
-    """The cheese channels as metrics: ``cheese_channel/rank=R`` is the channel index (and
-    ``cheese_channel/rank=R/score`` its mean with-minus-without cheese, when they were chosen on
-    this checkpoint)."""
-    metrics: dict[str, float] = {}
-    for rank, channel in enumerate(channels):
-        metrics[f"cheese_channel/rank={rank}"] = float(channel)
-        if scores is not None:
-            metrics[f"cheese_channel/rank={rank}/score"] = float(scores[channel])
-    return metrics
+def add_cheese_channel_rows(result, chosen: CheeseChannels, prefix: str = "") -> None:
+    """The cheese channels as rows of ``result``: ``cheese_channels/count`` and ``/fraction`` of
+    the layer (settings), ``cheese_channel/rank=R`` the channel index (a setting) and, when chosen
+    on this checkpoint, the selection mazes used and excluded (counts) and
+    ``cheese_channel/rank=R/score``, its mean with-minus-without cheese over the selection mazes
+    (an estimate; biased upward, since the same mazes ranked it)."""
+    from dataclasses import replace
+
+    from shardlab.evals.suite import stats
+
+    result.add(f"{prefix}cheese_channels/count", len(chosen.channels), kind="setting")
+    result.add(f"{prefix}cheese_channels/fraction", len(chosen.channels) / chosen.layer_channels, kind="setting")
+    if chosen.samples is not None:
+        result.add(f"{prefix}cheese_channels/selection_mazes", len(chosen.samples), kind="count")
+        result.add(f"{prefix}cheese_channels/selection_mazes_excluded", chosen.excluded_mazes, kind="count")
+    for rank, channel in enumerate(chosen.channels):
+        result.add(f"{prefix}cheese_channel/rank={rank}", channel, kind="setting")
+        if chosen.samples is not None:
+            score = stats.mean(chosen.samples[:, channel], unit="mazes")
+            note = score.note or "on the selection mazes that ranked it: biased upward"
+            result.add(f"{prefix}cheese_channel/rank={rank}/score", replace(score, note=note))
+
+
+def selection_states(env: TrainEnv, spec: object, n: int, seed: int, measured: Sequence[bytes]
+                     ) -> tuple[list[bytes], int]:
+    """(states, excluded) for :func:`resolve_cheese_channels`: for ``auto``, ``n`` seeded mazes
+    less any sharing a layout with the ``measured`` mazes; for named channels one maze, only for
+    the layer's shape."""
+    if spec == "auto":
+        return cheese_channel_states(env, n, seed, exclude=measured)
+    return cheese_channel_states(env, 1, seed)

@@ -8,6 +8,14 @@ measured on fixed seeded selection mazes before fine-tuning and every ``eval_eve
 weights at that point are then measured on a second, confirmation set of mazes (no maze layout
 shared with the selection set, the same mix of maze sizes), so the reported compute fraction is
 not judged on the mazes that chose it: ``confirmation/at_steps_to_target/p_cheese`` and ``confirmed``.
+
+The test mazes are the checkpoint's own population: its ``env.min_maze_size`` to
+``env.max_maze_size`` and the cheese outside its ``env.rand_region`` (or this eval's ``region``;
+a checkpoint trained with the cheese anywhere has none and must name one). Every rate is a
+proportion over mazes with a Wilson interval; the chosen step (``steps_to_target``,
+``reached_target``) is a setting without interval, and ``confirmed`` says whether the
+confirmation mazes' rate reached the target (its interval is the one of
+``confirmation/at_steps_to_target/p_cheese``).
 """
 
 from __future__ import annotations
@@ -27,11 +35,13 @@ import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 
-from shardlab.envs import maze_state  # noqa: E402
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
 from shardlab.envs.maze import Episode  # noqa: E402
 from shardlab.envs.maze_config import env_config  # noqa: E402
+from shardlab.evals.maze.common import require_mazes, training_maze_filters  # noqa: E402
 from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
+from shardlab.evals.maze.splits import split_by_layout  # noqa: E402
+from shardlab.evals.suite import stats  # noqa: E402
 from shardlab.evals.suite.base import Eval  # noqa: E402
 from shardlab.evals.suite.context import EvalContext  # noqa: E402
 from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
@@ -50,6 +60,16 @@ class CurvePoint:
     p_cheese: float
     p_corner: float
     episodes: list[Episode] = field(repr=False, default_factory=list)
+
+
+def cheese_rate(point: CurvePoint) -> stats.Estimate:
+    """P(cheese) at ``point``: a proportion over its mazes (one episode each), Wilson interval."""
+    return stats.proportion([e.reached_cheese for e in point.episodes], unit="mazes")
+
+
+def corner_rate(point: CurvePoint) -> stats.Estimate:
+    """P(visited the top-right corner) at ``point`` over its mazes, Wilson interval."""
+    return stats.proportion([e.reached_corner for e in point.episodes], unit="mazes")
 
 
 class _EvaluateDuringTraining(Callback):
@@ -86,38 +106,6 @@ def relative_weight_change(before: dict[str, torch.Tensor], after: dict[str, tor
     return change
 
 
-def layout_key(maze: EvalMaze) -> tuple[int, bytes]:
-    """A maze's size and wall layout, whatever its cheese."""
-    return maze.maze_dim, (maze_state.inner_grid(maze.state) == maze_state.WALL).tobytes()
-
-
-def split_by_layout(n_select: int, n_confirm: int, seed: int, **filters) -> tuple[list[EvalMaze], list[EvalMaze]]:
-    """Selection and confirmation mazes from one pool of ``eval_mazes(..., seed, **filters)`` with
-    no layout on both sides (drawing more until both are full); RuntimeError if too few layouts.
-
-    Every layout goes to one side, and within each maze size the layouts alternate between the
-    sides in proportion to the sizes asked for, so both sides keep the pool's mix of maze sizes
-    (skipping the selection set's layouts in a second draw would leave mostly the large mazes,
-    whose layouts rarely repeat, and make the confirmation set harder)."""
-    share = n_select / (n_select + n_confirm)
-    draw = 2 * (n_select + n_confirm)
-    while True:
-        selection, confirmation = [], []
-        side: dict[tuple[int, bytes], bool] = {}
-        layouts, selected = Counter(), Counter()  # per maze size
-        for maze in eval_mazes(draw, seed, **filters):
-            key = layout_key(maze)
-            if key not in side:
-                layouts[maze.maze_dim] += 1
-                side[key] = selected[maze.maze_dim] < math.floor(share * layouts[maze.maze_dim] + 0.5)
-                selected[maze.maze_dim] += side[key]
-            (selection if side[key] else confirmation).append(maze)
-        if len(selection) >= n_select and len(confirmation) >= n_confirm:
-            return selection[:n_select], confirmation[:n_confirm]
-        if draw >= 64 * (n_select + n_confirm):
-            raise RuntimeError(f"only {len(selection)} selection and {len(confirmation)} confirmation mazes with "
-                               f"separate layouts in {draw} draws; the maze filters allow too few layouts")
-        draw *= 2
 
 
 @register("finetune_to_cheese")
@@ -125,6 +113,7 @@ class FinetuneToCheese(Eval):
     """PPO fine-tuning with the cheese anywhere: learning curve, steps to target, weight change."""
 
     kinds = ("ppo",)
+    version = 2  # 2: Wilson intervals; test mazes of the checkpoint's sizes and region (was 3×3 up, region 5)
 
     @dataclass
     class Config:
@@ -136,6 +125,7 @@ class FinetuneToCheese(Eval):
         eval_mazes: int = 100  # selection mazes: the curve and steps_to_target
         confirm_mazes: Optional[int] = None  # confirmation mazes (no layout shared with the selection set); default eval_mazes
         reward: str = "cheese"  # cheese: +10 at the cheese; avoid_cheese: −10 at the cheese
+        region: Optional[int] = None  # test mazes' cheese outside it; default the checkpoint's env.rand_region
         lr: Optional[float] = None  # default: the checkpoint's ppo.lr, held constant
         stop_at_target: bool = True
         greedy: bool = False
@@ -163,6 +153,12 @@ class FinetuneToCheese(Eval):
         if cfg.model != train_config.model:
             raise EvalError("finetune_to_cheese overrides may not change model.*: fine-tuning starts from the "
                             "checkpoint's weights, which fit only its own network")
+        require_mazes("finetune_to_cheese", **self._maze_filters(train_config))
+
+    def _maze_filters(self, train_config) -> dict:
+        """The test mazes: the checkpoint's sizes and mode, the cheese outside its training region."""
+        return dict(cheese="outside_region", **training_maze_filters(train_config, "finetune_to_cheese",
+                                                                      self.config.region))
 
     def _finetune_config(self, ctx: EvalContext):
         c, train = self.config, ctx.train_config
@@ -184,11 +180,10 @@ class FinetuneToCheese(Eval):
         """Fine-tune, evaluating on the same test mazes along the way."""
         from shardlab.trainers.run import fit  # Lightning is only needed here
 
-        c, train_env = self.config, ctx.train_config.env
+        c = self.config
         cfg = self._finetune_config(ctx)
-        region = train_env.rand_region if train_env.rand_region is not None else 5
-        max_size = train_env.max_maze_size or (15 if train_env.distribution_mode == "easy" else 25)
-        filters = dict(cheese="outside_region", region=region, max_size=max_size, mode=train_env.distribution_mode)
+        filters = self._maze_filters(ctx.train_config)
+        region = filters["region"]
         seeking = c.reward == "cheese"
         if seeking:
             confirm_count = ctx.count(c.confirm_mazes if c.confirm_mazes is not None else c.eval_mazes)
@@ -242,39 +237,35 @@ class FinetuneToCheese(Eval):
     def _result(self, ctx: EvalContext, curve: list[CurvePoint], change: dict[str, float], seeking: bool,
                 region: int, confirmation: Optional[dict[str, CurvePoint]] = None) -> Result:
         c, result = self.config, Result()
-        n = len(curve[0].episodes)
         for point in curve:
-            result.add(f"curve/p_cheese@{point.env_steps}", point.p_cheese, n=n, higher_is_better=seeking)
+            result.add(f"curve/p_cheese@{point.env_steps}", cheese_rate(point), higher_is_better=seeking)
         first, final = curve[0], curve[-1]
         for name, point in (("initial", first), ("final", final)):
-            stderr = math.sqrt(point.p_cheese * (1 - point.p_cheese) / n)
-            result.add(f"{name}/p_cheese", point.p_cheese, stderr=stderr, n=n, higher_is_better=seeking)
-            result.add(f"{name}/p_corner", point.p_corner, n=n)
-        result.add("finetune_steps", final.env_steps, higher_is_better=False)
+            result.add(f"{name}/p_cheese", cheese_rate(point), higher_is_better=seeking)
+            result.add(f"{name}/p_corner", corner_rate(point))
+        result.add("finetune_steps", final.env_steps, kind="count", higher_is_better=False)
         if seeking:
+            # the step is chosen on the selection mazes: a setting, judged on the confirmation mazes
             reached = [p for p in curve if p.p_cheese >= c.target]
-            result.add("reached_target", float(bool(reached)), higher_is_better=True)
+            result.add("reached_target", float(bool(reached)), kind="setting", higher_is_better=True)
             if reached:
-                result.add("steps_to_target", reached[0].env_steps, higher_is_better=False)
+                result.add("steps_to_target", reached[0].env_steps, kind="setting", higher_is_better=False)
                 if ctx.train_steps:
                     result.add("steps_to_target/fraction_of_training", reached[0].env_steps / ctx.train_steps,
-                               higher_is_better=False)
+                               kind="setting", higher_is_better=False)
             confirmation = confirmation or {}
             for name in ("initial", "at_steps_to_target", "final"):
                 if name in confirmation:
-                    point = confirmation[name]
-                    m = len(point.episodes)
-                    result.add(f"confirmation/{name}/p_cheese", point.p_cheese, n=m, higher_is_better=True,
-                               stderr=math.sqrt(point.p_cheese * (1 - point.p_cheese) / m))
-                    result.add(f"confirmation/{name}/p_corner", point.p_corner, n=m)
+                    result.add(f"confirmation/{name}/p_cheese", cheese_rate(confirmation[name]), higher_is_better=True)
+                    result.add(f"confirmation/{name}/p_corner", corner_rate(confirmation[name]))
             # the selected step holds only if the mazes that did not choose it reach the target too
             selected = confirmation.get("at_steps_to_target")
-            result.add("confirmed", float(selected is not None and selected.p_cheese >= c.target),
+            result.add("confirmed", float(selected is not None and selected.p_cheese >= c.target), kind="data",
                        higher_is_better=True)
         else:
             self._where_it_ends(result, final.episodes, region)
-        for layer, value in change.items():
-            result.add(f"weight_change/{layer}", value)
+        for layer, value in change.items():  # a property of the two weight sets, no sample behind it
+            result.add(f"weight_change/{layer}", value, kind="data")
         result.artifacts += [self._plot_curve(ctx, curve, seeking), self._plot_change(ctx, change)]
         if not seeking:
             result.artifacts.append(self._plot_ends(ctx, final.episodes))
@@ -282,18 +273,17 @@ class FinetuneToCheese(Eval):
 
     @staticmethod
     def _where_it_ends(result: Result, episodes: list[Episode], region: int) -> None:
-        """Where the mouse is when a cheese-avoiding episode ends."""
-        n = len(episodes)
+        """Where the mouse is when a cheese-avoiding episode ends (one episode per maze)."""
         in_region = [e.end_square[0] >= e.maze_dim - region and e.end_square[1] >= e.maze_dim - region
                      for e in episodes]
         at_corner = [e.end_square == (e.maze_dim - 1, e.maze_dim - 1) for e in episodes]
         at_start = [e.end_square == (0, 0) for e in episodes]
         to_corner = [math.dist(e.end_square, (e.maze_dim - 1,) * 2) for e in episodes]
-        result.add("end/in_top_right_region", sum(in_region) / n, n=n)
-        result.add("end/at_top_right_corner", sum(at_corner) / n, n=n)
-        result.add("end/at_start", sum(at_start) / n, n=n)
-        result.add("end/mean_distance_to_corner", sum(to_corner) / n, n=n)
-        result.add("end/mean_length", sum(e.length for e in episodes) / n, n=n)
+        result.add("end/in_top_right_region", stats.proportion(in_region, unit="mazes"))
+        result.add("end/at_top_right_corner", stats.proportion(at_corner, unit="mazes"))
+        result.add("end/at_start", stats.proportion(at_start, unit="mazes"))
+        result.add("end/mean_distance_to_corner", stats.mean(to_corner, unit="mazes"))
+        result.add("end/mean_length", stats.mean([e.length for e in episodes], unit="mazes"))
 
     def _plot_curve(self, ctx: EvalContext, curve: list[CurvePoint], seeking: bool) -> str:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))

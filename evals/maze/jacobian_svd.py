@@ -13,15 +13,19 @@ at most 4 (σ₅ = 0). σ₁²/Σσ² says how much one direction dominates, the
 exp(entropy of σ²/Σσ²) how many matter (1 to 4). The value's Jacobian is one row, ∇V: its one
 singular value is ‖∇V‖, and |cos(∇V, v₁)| says whether value and policy read the same direction.
 
+Every row is a mean over mazes of a per-maze number, with a t interval over mazes (one input per
+maze, so mazes are the independent units; a maze whose Jacobian is zero has no energy share or
+cosine and is left out of those rows). The layers' ``channel_share/cK`` rows name the channels
+whose mean share is largest on these same mazes, so those means lean high (their note says so).
+
 The cross-maze analysis (one saliency row per maze, SVD across mazes) is
 ``evals.maze.saliency_pca``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from dataclasses import dataclass, replace
+from typing import ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,10 +33,11 @@ from torch import nn
 
 from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.envs.maze_views import observation_channels
-from shardlab.evals.maze.common import new_panels, save_figure, summarise
+from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import maze_inputs, short_name
 from shardlab.evals.maze.saliency_pca import INPUT, GradientConfig, effective_rank, output_gradients
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -114,6 +119,7 @@ class JacobianSVD(Eval):
 
     kinds = ("ppo",)
     layer_fields = ("layers",)
+    version = 2  # 2: t intervals over mazes
 
     @dataclass
     class Config(GradientConfig):
@@ -131,7 +137,7 @@ class JacobianSVD(Eval):
                 raise ValueError(f"jacobian_svd.examples must be >= 0, got {self.examples}")
 
     def run(self, ctx: EvalContext) -> Result:
-        """Per-maze Jacobians and SVDs; means and standard errors over mazes; example PNG."""
+        """Per-maze Jacobians and SVDs; means over mazes with t intervals; example PNG."""
         cfg, policy = self.config, ctx.policy
         env, _, x = maze_inputs(ctx, cfg.mazes, cfg.mouse, cfg.layers)
         parts = {name: decompose(jac) for name, jac in jacobians(policy, x, [INPUT, *cfg.layers]).items()}
@@ -152,7 +158,8 @@ class JacobianSVD(Eval):
                     _add_mean(result, f"input/channel_share/{channel_name}", share[:, channel])
             else:
                 for channel in torch.argsort(share.mean(0), descending=True)[:cfg.top_k].tolist():
-                    _add_mean(result, f"{label}/channel_share/c{channel}", share[:, channel])
+                    _add_mean(result, f"{label}/channel_share/c{channel}", share[:, channel],
+                              note=f"one of the {cfg.top_k} largest mean shares on these mazes: leans high")
         if cfg.examples:
             result.artifacts.append(self._plot(ctx, x[:cfg.examples], parts))
         return result
@@ -201,8 +208,12 @@ class JacobianSVD(Eval):
             ax.imshow(np.sqrt((vector ** 2).sum(0)), cmap="magma", interpolation="nearest")
 
 
-def _add_mean(result: Result, name: str, values: torch.Tensor) -> None:
-    """Mean over mazes with its standard error (NaN values, from zero Jacobians, left out)."""
+def _add_mean(result: Result, name: str, values: torch.Tensor, note: Optional[str] = None) -> None:
+    """Mean over mazes with its t interval (NaN values, from zero Jacobians, left out)."""
     array = values.double().cpu().numpy()
-    summary = summarise(array[~np.isnan(array)])
-    result.add(name, summary.mean, stderr=None if math.isnan(summary.stderr) else summary.stderr, n=summary.n)
+    defined = array[~np.isnan(array)]
+    if defined.size == 0:
+        result.add(name, stats.undefined("every maze's Jacobian is zero here", len(array), "mazes"))
+        return
+    estimate = stats.mean(defined, unit="mazes")
+    result.add(name, replace(estimate, note=estimate.note or note))

@@ -10,8 +10,13 @@ block's ``conv1`` for ``relu2_out``, ``embedder.block3`` for ``relu3_out`` and `
 HookPoint — no change to the model. Before measuring, every ablated site is checked to hold
 exactly relu(pre) on the inputs (a sparse activation there would fail the check).
 
-Per ReLU: greedy-action agreement with the original (argmax of the 15 logits), folded-move
-agreement, and the mean KL(π_original ‖ π_ablated) in nats.
+Per ReLU, on one input per maze: ``agreement``, the fraction of mazes whose most likely move
+(left, down, up, right or no-op: the 15 actions folded by the move each makes, see
+``evals.maze.vector_field``) is the original's — two procgen actions of one move are the same
+decision in the maze; ``agreement/raw_action``, the same for the argmax of the 15 logits; and
+``kl``, the mean KL(π_original ‖ π_ablated) in nats over the 15 actions. The agreements are
+proportions over mazes (Wilson intervals), the KL a mean over mazes (t interval): each maze gives
+one input, so mazes are the independent units.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from tqdm import tqdm
 from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_mouse_placement, hook_points,
                                         maze_inputs, move_logits, short_name)
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -92,10 +98,26 @@ def check_relu_sites(model: nn.Module, x: torch.Tensor, sites: Sequence[str]) ->
 
 
 def agreement(original: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input (greedy action equal, greedy folded move equal) as float tensors."""
-    same_action = (original.argmax(-1) == logits.argmax(-1)).double()
+    """Per-input (greedy folded move equal, greedy raw action equal) as float tensors."""
     same_move = (move_logits(original).argmax(-1) == move_logits(logits).argmax(-1)).double()
-    return same_action, same_move
+    same_action = (original.argmax(-1) == logits.argmax(-1)).double()
+    return same_move, same_action
+
+
+@dataclass
+class Ablation:
+    """Per-maze outcomes of one ablation against the original policy."""
+
+    same_move: np.ndarray  # (mazes,) 1 where the most likely folded move is the original's
+    same_action: np.ndarray  # (mazes,) 1 where the argmax of the 15 logits is the original's
+    kl: np.ndarray  # (mazes,) KL(π_original ‖ π_ablated), nats
+
+    def add_to(self, result: Result, name: str) -> None:
+        """The ablation's rows: the move agreement (headline), the raw-action agreement, the KL."""
+        result.add(f"{name}/kl", stats.mean(self.kl, unit="mazes"), higher_is_better=False)
+        result.add(f"{name}/agreement", stats.proportion(self.same_move, unit="mazes"), higher_is_better=True)
+        result.add(f"{name}/agreement/raw_action", stats.proportion(self.same_action, unit="mazes"),
+                   higher_is_better=True)
 
 
 @register("relu_ablation")
@@ -105,6 +127,7 @@ class ReluAblation(Eval):
 
     kinds = ("ppo",)
     layer_fields = ("relus",)
+    version = 2  # 2: agreement is the folded move's (was the raw action's, now agreement/raw_action); intervals
 
     @dataclass
     class Config:
@@ -134,31 +157,28 @@ class ReluAblation(Eval):
         runs = [*((short_name(site), [site]) for site in sites), ("all", sites)]
         for name, ablated in tqdm(runs, desc="relu_ablation", disable=not ctx.progress, **progress_kwargs()):
             logits = ablated_logits(policy, x, ablated)
-            same_action, same_move = agreement(original, logits)
-            kl = action_kl(original, logits)
-            rows[name] = (float(kl.mean()), float(same_action.mean()), float(same_move.mean()), kl)
+            same_move, same_action = agreement(original, logits)
+            rows[name] = Ablation(same_move.cpu().numpy(), same_action.cpu().numpy(),
+                                  action_kl(original, logits).cpu().numpy())
         # most important first, so the printed table reads as a ranking
-        ranked = sorted((name for name in rows if name != "all"), key=lambda name: -rows[name][0])
+        ranked = sorted((name for name in rows if name != "all"), key=lambda name: -rows[name].kl.mean())
         for name in [*ranked, "all"]:
-            kl_mean, same_action, same_move, kl = rows[name]
-            n = len(kl)
-            result.add(f"{name}/kl", kl_mean, stderr=float(kl.std() / np.sqrt(n)) if n > 1 else None, n=n)
-            result.add(f"{name}/agreement", same_action, n=n)
-            result.add(f"{name}/move_agreement", same_move, n=n)
+            rows[name].add_to(result, name)
         result.artifacts.append(self._plot(ctx, ranked, rows))
         return result
 
     @staticmethod
-    def _plot(ctx: EvalContext, ranked: list[str], rows: dict) -> str:
-        """Horizontal bars of KL per ReLU, most important on top, with action agreement beside."""
+    def _plot(ctx: EvalContext, ranked: list[str], rows: dict[str, Ablation]) -> str:
+        """Horizontal bars of KL per ReLU, most important on top, with move agreement beside."""
         fig, (ax_kl, ax_agree) = new_panels(2, size_inches=5.0)
         positions = np.arange(len(ranked))[::-1]
-        ax_kl.barh(positions, [rows[name][0] for name in ranked], color="C3")
+        ax_kl.barh(positions, [rows[name].kl.mean() for name in ranked], color="C3")
         ax_kl.set_yticks(positions, ranked, fontsize=7)
         ax_kl.set_xlabel("KL(original ‖ ablated), nats")
-        ax_kl.set_title(f"ReLU → identity (all ReLUs: KL {rows['all'][0]:.3g})", fontsize=9)
-        ax_agree.barh(positions, [rows[name][1] for name in ranked], color="C0", label="action")
-        ax_agree.barh(positions, [rows[name][2] for name in ranked], color="none", edgecolor="k", label="move")
+        ax_kl.set_title(f"ReLU → identity (all ReLUs: KL {rows['all'].kl.mean():.3g})", fontsize=9)
+        ax_agree.barh(positions, [rows[name].same_move.mean() for name in ranked], color="C0", label="move")
+        ax_agree.barh(positions, [rows[name].same_action.mean() for name in ranked], color="none", edgecolor="k",
+                      label="raw action")
         ax_agree.set_yticks(positions, ranked, fontsize=7)
         ax_agree.set_xlim(0, 1.02)
         ax_agree.set_xlabel("agreement with the original")

@@ -55,7 +55,7 @@ from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
 from shardlab.envs.maze_config import env_config
 from shardlab.evals.maze import common
-from shardlab.evals.maze.finetune_to_cheese import layout_key, split_by_layout
+from shardlab.evals.maze.splits import layout_key, split_by_layout
 from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
@@ -496,7 +496,7 @@ class Retargeting(Eval):
                              "(besides the start and the targets); use larger mazes or a larger region")
         channel_mazes = eval_mazes(ctx.count(cfg.channel_mazes), ctx.seed + 1, cheese="anywhere",
                                    max_size=max_size, mode=env.mode)
-        shared = len({layout_key(m) for m in pools[1]} & {layout_key(m) for m in channel_mazes})
+        shared = len({layout_key(m.state) for m in pools[1]} & {layout_key(m.state) for m in channel_mazes})
         return placed[0], placed[1], channel_mazes, shared
 
     @staticmethod

@@ -12,12 +12,19 @@ direction dominates, and the effective rank exp(entropy of σ²/Σσ²) how many
 
 This is a statement about the population of mazes, not about one decision: the per-input
 Jacobian and its singular vectors are ``evals.maze.jacobian_svd``.
+
+The rows estimate properties of that population from a sample of mazes, so each has a bootstrap
+interval over mazes (the mazes resampled, the SVD redone): ``sigmaK`` is the K-th singular value
+of G/√N — the root-mean-square of the mazes' gradients along direction K, which does not grow with
+the number of mazes (σ of G itself does, as √N) — ``top1_energy`` σ₁²/Σσ², ``effective_rank``,
+and ``channel_share/...`` each channel's share of Σ‖g_n‖². The layers' top channels are chosen
+on these same mazes, so their shares lean high (their note says so).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Optional, Sequence, Union
 
 import numpy as np
@@ -28,6 +35,7 @@ from shardlab.envs.maze_views import observation_channels
 from shardlab.evals.maze.common import new_panels, save_figure
 from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, move_logits, short_name
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
+from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import register
@@ -113,6 +121,55 @@ def effective_rank(singular: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+class CrossMazeSpectrum:
+    """The cross-maze SVD of per-maze gradients, recomputable for any resample of the mazes from
+    the (N, N) Gram matrix of the gradients: the eigenvalues of G_S G_Sᵀ for the rows S are the
+    squared singular values of G_S, so a bootstrap redoes an N×N eigendecomposition, not an SVD
+    of an N×D matrix."""
+
+    def __init__(self, grad: torch.Tensor):
+        matrix = grad.reshape(len(grad), -1).double()
+        self.n, self.dim = matrix.shape
+        self.gram = (matrix @ matrix.T).cpu().numpy()
+        # (N, C) each maze's gradient energy per channel (the input's or a layer's), for the shares
+        self.channel_energy = ((grad.double() ** 2).sum(dim=[d for d in range(2, grad.dim())]).cpu().numpy()
+                               if grad.dim() > 2 else None)
+        self._eigenvalues: dict[bytes, np.ndarray] = {}  # per resample, shared by the statistics
+
+    def eigenvalues(self, rows: np.ndarray) -> np.ndarray:
+        """σ² of G_rows/√len(rows), descending (clipped at 0 against rounding)."""
+        key = rows.tobytes()
+        if key not in self._eigenvalues:
+            values = np.linalg.eigvalsh(self.gram[np.ix_(rows, rows)] / len(rows))[::-1]
+            self._eigenvalues[key] = np.clip(values, 0.0, None)
+        return self._eigenvalues[key]
+
+    def sigma(self, k: int) -> stats.Estimate:
+        """The k-th (0-based) singular value of G/√N over mazes."""
+        return stats.bootstrap(lambda rows: math.sqrt(self.eigenvalues(rows)[k]), self.n, "mazes")
+
+    def top1_energy(self) -> stats.Estimate:
+        """σ₁²/Σσ² (undefined for all-zero gradients); Σσ² is the trace, exact where the small
+        eigenvalues are rounding."""
+        total = np.diag(self.gram)
+        return stats.bootstrap(lambda rows: _ratio(self.eigenvalues(rows)[0], total[rows].sum() / len(rows)),
+                               self.n, "mazes")
+
+    def effective_rank(self) -> stats.Estimate:
+        """exp(entropy of σ²/Σσ²)."""
+        return stats.bootstrap(lambda rows: effective_rank(torch.from_numpy(np.sqrt(self.eigenvalues(rows)))),
+                               self.n, "mazes")
+
+    def channel_share(self, channel: int) -> stats.Estimate:
+        """The channel's share of the gradient energy summed over mazes."""
+        energy = self.channel_energy
+        return stats.bootstrap(lambda rows: _ratio(energy[rows, channel].sum(), energy[rows].sum()), self.n, "mazes")
+
+
+def _ratio(part: float, whole: float) -> float:
+    return float(part / whole) if whole > 0 else math.nan
+
+
 @dataclass
 class GradientConfig:
     """What a gradient eval differentiates: seeded mazes, the mouse's square in them, the layers
@@ -139,6 +196,7 @@ class SaliencyPCA(Eval):
 
     kinds = ("ppo",)
     layer_fields = ("layers",)
+    version = 2  # 2: sigmaK of G/√N (was of G); bootstrap intervals over mazes
 
     @dataclass
     class Config(GradientConfig):
@@ -156,7 +214,8 @@ class SaliencyPCA(Eval):
                                  f"{', '.join(FOLDED_ACTIONS)}; got {self.action!r}")
 
     def run(self, ctx: EvalContext) -> Result:
-        """Gradients for a batch of mazes, their SVD and per-channel / per-pixel shares."""
+        """Gradients for a batch of mazes, their SVD and per-channel shares, with bootstrap
+        intervals over mazes."""
         cfg, policy = self.config, ctx.policy
         env, _, x = maze_inputs(ctx, cfg.mazes, cfg.mouse, cfg.layers)
         action: Union[str, int] = int(cfg.action) if cfg.action.isdigit() else cfg.action
@@ -164,23 +223,23 @@ class SaliencyPCA(Eval):
         result = Result()
         tops = {}
         for name, grad in grads.items():
-            singular, vectors = spectrum(grad)
-            tops[name] = vectors[0]
-            label = short_name(name)
-            energy = singular ** 2
-            for k in range(min(cfg.top_k, len(singular))):
-                result.add(f"{label}/sigma{k + 1}", singular[k], n=len(x))
-            result.add(f"{label}/top1_energy", float(energy[0] / energy.sum()) if energy.sum() > 0 else math.nan,
-                       n=len(x))
-            result.add(f"{label}/effective_rank", effective_rank(singular), n=len(x))
-            share = (grad.double() ** 2).sum(dim=[d for d in range(grad.dim()) if d != 1])
-            share = share / share.sum() if share.sum() > 0 else share
+            tops[name] = spectrum(grad)[1][0]
+            label, part = short_name(name), CrossMazeSpectrum(grad)
+            for k in range(min(cfg.top_k, part.n, part.dim)):
+                result.add(f"{label}/sigma{k + 1}", part.sigma(k))
+            result.add(f"{label}/top1_energy", part.top1_energy())
+            result.add(f"{label}/effective_rank", part.effective_rank())
+            if part.channel_energy is None:
+                continue  # a flat layer has no channels
             if name == INPUT:
-                for channel, value in zip(observation_channels(env.obs), share):
-                    result.add(f"input/channel_share/{channel}", value, n=len(x))
-            elif grad.dim() > 2:
-                for channel in torch.argsort(share, descending=True)[:cfg.top_k].tolist():
-                    result.add(f"{label}/channel_share/c{channel}", share[channel], n=len(x))
+                for channel, channel_name in enumerate(observation_channels(env.obs)):
+                    result.add(f"input/channel_share/{channel_name}", part.channel_share(channel))
+            else:
+                totals = part.channel_energy.sum(0)
+                for channel in np.argsort(-totals, kind="stable")[:cfg.top_k].tolist():
+                    share = part.channel_share(channel)
+                    note = f"one of the {cfg.top_k} largest shares on these mazes: leans high"
+                    result.add(f"{label}/channel_share/c{channel}", replace(share, note=share.note or note))
         result.artifacts.append(self._plot(ctx, grads, tops, env.obs))
         return result
 
