@@ -7,7 +7,8 @@ results.json as ``tests/fixtures/ci_baseline.json``. Both files are written unde
 first and then renamed, so an interrupted or failing run leaves the old pair in place.
 
 The workflow (.github/workflows/ci.yml) evaluates the committed checkpoint against the committed
-baseline, so rerun this script whenever an eval or the policy format changes.
+baseline, so rerun this script whenever an eval or the policy format changes
+(``--baseline-only`` keeps the committed checkpoint and rewrites only the baseline).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=STEPS, help=f"env steps to train (default {STEPS})")
     parser.add_argument("--out", default=FIXTURES, help="folder for ci_policy.ckpt and ci_baseline.json")
     parser.add_argument("--keep-run", metavar="DIR", help="train into DIR and keep it (default: a temporary folder)")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="keep the committed checkpoint and rewrite only its baseline (after an eval changed)")
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -53,16 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir = args.keep_run or os.path.join(work, "run")
         start = time.perf_counter()
-        code = cli.main(["train", RECIPE, "name=ci_policy", "trainer.seed=0", "env.seed=0",
-                         f"trainer.total_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
-                         "trainer.keep_checkpoints=0", "trainer.progress_bar=false", "trainer.loggers=[]",
-                         "--run-dir", run_dir])
+        if args.baseline_only:
+            trained = os.path.join(args.out, "ci_policy.ckpt")
+        else:
+            code = cli.main(["train", RECIPE, "name=ci_policy", "trainer.seed=0", "env.seed=0",
+                             f"trainer.total_steps={args.steps}", f"trainer.checkpoint_every={args.steps}",
+                             "trainer.keep_checkpoints=0", "trainer.progress_bar=false", "trainer.loggers=[]",
+                             "--run-dir", run_dir])
+            if code != 0:
+                return code
+            trained = os.path.join(run_dir, "checkpoints", "last.ckpt")
         train_seconds = time.perf_counter() - start
-        if code != 0:
-            return code
         # evaluate a copy named like the fixture, so the baseline is what `shardlab eval` writes for it
         candidate = os.path.join(work, "ci_policy.ckpt")
-        shutil.copyfile(os.path.join(run_dir, "checkpoints", "last.ckpt"), candidate)
+        shutil.copyfile(trained, candidate)
         size = os.path.getsize(candidate)
         if size >= MAX_BYTES:
             print(f"error: the checkpoint is {size / 2**20:.2f} MiB, over the 3 MiB fixture limit", file=sys.stderr)
