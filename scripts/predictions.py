@@ -148,7 +148,10 @@ PREDICTIONS: list[Prediction] = [
 
 
 def _chosen(rows: Rows, *keys: str) -> str:
-    found = [str(rows[k].get("note") or rows[k].get("value")) for k in keys if rows.get(k) is not None]
+    """What was chosen on the selection mazes: each setting row's note (a layer's name), else
+    ``name value`` (``channels 2``)."""
+    found = [rows[k].get("note") or f"{k.rsplit('/', 1)[-1]} {rows[k]['value']:g}" for k in keys
+             if rows.get(k) is not None and rows[k].get("value") is not None]
     return "chosen on selection mazes: " + ", ".join(found) if found else ""
 
 

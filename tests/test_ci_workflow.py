@@ -100,7 +100,7 @@ def test_the_workflow_passes_locally_on_the_committed_checkpoint(tmp_path):
     for name in EVAL_OUTPUTS:
         assert (out / name).is_file(), name
     markdown = summary.read_text()
-    assert markdown.startswith("# shardlab eval ✅") and "| metric | value ± stderr |" in markdown
+    assert markdown.startswith("# shardlab eval ✅") and "| metric | value [95% CI] | n | threshold · verdict |" in markdown
     assert "## Baseline comparison" in markdown and "no regressions in" in markdown
     with open(out / "results.json") as handle:
         new = json.load(handle)

@@ -90,7 +90,8 @@ def test_sweep_evaluates_every_checkpoint(run_dir, swept, capsys):
         assert list(row["metrics"]) == HEADLINE
         values = {f"{r['eval']}.{r['name']}": r for r in results["results"]}
         for key, metric in row["metrics"].items():
-            assert metric == {"value": values[key]["value"], "stderr": values[key]["stderr"], "n": 2}
+            assert metric == {field: values[key][field] for field in ("value", "stderr", "ci_low", "ci_high", "n")}
+            assert metric["n"] == 2 and metric["ci_low"] <= metric["value"] <= metric["ci_high"]
     with open(os.path.join(swept, "sweep.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
