@@ -160,7 +160,7 @@ def test_classifier_rows_have_intervals_over_images_and_match_a_recomputation():
     assert values["density/act1"].value == 8 / 64
     for name in ("dead_fraction", "class_selectivity/act1", "class_density_spread"):
         assert values[name].kind == "data" and values[name].ci_low is None
-    assert Sparsity.version == 2
+    assert Sparsity.version == 3
 
 
 def test_density_threshold_fails_a_dense_network_and_holds_for_a_sparse_one():
@@ -169,3 +169,22 @@ def test_density_threshold_fails_a_dense_network_and_holds_for_a_sparse_one():
     dense, sparse = (rows(classifier_result(kind)[0])["density"] for kind in ("dense", "kwta"))
     assert dense.value > 0.4 and density.missed(dense)
     assert not density.missed(sparse) and density.verdict(sparse) == "held"
+
+
+def test_a_maze_policy_agrees_on_folded_moves_with_raw_actions_kept_secondary():
+    """Two procgen actions that make the same move (say, two of the left group) count as agreeing
+    in the headline; the raw 15-way agreement, kept as a secondary row, counts them as different."""
+    import torch
+
+    from shardlab.evals.maze.vector_field import ACTION_GROUPS
+    from shardlab.evals.sparsity.sparsity import _hits, _predict
+
+    group = next(g for g in ACTION_GROUPS if len(g) >= 2)
+    clean, noisy = torch.full((4, 15), -5.0), torch.full((4, 15), -5.0)
+    clean[:, group[0]], noisy[:, group[1]] = 5.0, 5.0  # different actions, one move
+    model = torch.nn.Identity()
+    reference = _predict(model, clean, torch.device("cpu"), fold=True)
+    hits = _hits(model, lambda: noisy, 1, reference, torch.device("cpu"), fold=True)
+    assert hits[:, 0].tolist() == [1.0] * 4 and hits[:, 1].tolist() == [0.0] * 4
+    # a classifier (no folding) answers with the argmax alone
+    assert _predict(model, clean, torch.device("cpu")).shape == (4, 1)

@@ -15,7 +15,9 @@ of the training env):
 
 Noise robustness: Gaussian noise of standard deviation σ is added to the inputs (images in [0, 1],
 clipped back to [0, 1]); the score is test accuracy (classifier) or agreement of the greedy action
-with the noise-free one (policy), and ``noise_auc`` is the area under score-vs-σ divided by the σ
+with the noise-free one (policy; for a procgen maze policy the folded move — left, down, up,
+right, noop — since its 15 actions make only 5 moves, with the raw 15-way agreement kept as
+``noise_agreement/raw_action/sigma=S``), and ``noise_auc`` is the area under score-vs-σ divided by the σ
 range, i.e. the mean score over the noise levels. ``majority_baseline`` is the score of always
 giving the most common answer (the commonest class, or the policy's commonest clean action): a
 policy that collapses to one action under heavy noise scores about that much, so agreement near
@@ -195,6 +197,7 @@ class SparsityReport:
     pixel_hits: Optional[np.ndarray] = None  # (levels, inputs), as noise_hits
     draws: int = 1  # noise draws per input at each level above 0
     inputs_digest: str = ""  # fingerprint of the inputs: two reports with equal digests saw the same batch
+    raw_noise_hits: Optional[np.ndarray] = None  # maze policies: (levels, inputs) agreement of the raw 15-way action
 
     @property
     def samples(self) -> int:
@@ -317,6 +320,9 @@ def report_rows(report: SparsityReport) -> dict[str, Row]:
         rows["class_density_spread"] = Row(_mean_over_layers(report, "class_density_spread"), kind="data")
     for sigma, hits in zip(report.noise_levels, report.noise_hits):
         rows[f"noise_{report.score_name}/sigma={sigma:g}"] = _score_row(report, hits, report.draws if sigma > 0 else 1)
+    for sigma, hits in zip(report.noise_levels, [] if report.raw_noise_hits is None else report.raw_noise_hits):
+        rows[f"noise_{report.score_name}/raw_action/sigma={sigma:g}"] = _score_row(
+            report, hits, report.draws if sigma > 0 else 1)
     rows["noise_auc"] = Row(report.noise_auc, higher_is_better=True)
     for fraction, hits in zip(report.pixel_levels, [] if report.pixel_hits is None else report.pixel_hits):
         rows[f"pixel_noise_{report.score_name}/fraction={fraction:g}"] = _score_row(
@@ -419,18 +425,27 @@ def _inputs(kind: Kind, train_config: DictConfig, samples: int, seed: int, split
     return kind.load("preprocess")(obs).contiguous(), None, envs, "envs"
 
 
-def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, fold: bool = False) -> torch.Tensor:
+    """(N, 1) argmax answers; with ``fold`` (a procgen maze policy) (N, 2): the folded move
+    (left/down/up/right/noop, the headline: 15 actions make only 5 moves) and the raw action."""
+    from shardlab.evals.maze.vector_field import fold_actions
+
     out = model(x.to(device))
-    return (out[0] if isinstance(out, tuple) else out).argmax(-1).cpu()
+    logits = out[0] if isinstance(out, tuple) else out
+    raw = logits.argmax(-1).cpu()
+    if not fold:
+        return raw[:, None]
+    return torch.stack([fold_actions(logits.float().softmax(-1)).argmax(-1).cpu(), raw], 1)
 
 
 def _hits(model: nn.Module, noisy: Callable[[], torch.Tensor], draws: int, reference: torch.Tensor,
-          device: torch.device) -> np.ndarray:
-    """Per input: the share of ``draws`` noisy versions (``noisy()``) answered like ``reference``."""
-    hits = torch.zeros(len(reference), dtype=torch.float64)
+          device: torch.device, fold: bool = False) -> np.ndarray:
+    """Per input (and answer column, see _predict): the share of ``draws`` noisy versions
+    (``noisy()``) answered like ``reference``."""
+    hits = torch.zeros(reference.shape, dtype=torch.float64)
     for _ in range(draws):
         x = noisy()
-        predicted = torch.cat([_predict(model, x[s:s + BATCH], device) for s in range(0, len(x), BATCH)])
+        predicted = torch.cat([_predict(model, x[s:s + BATCH], device, fold) for s in range(0, len(x), BATCH)])
         hits += (predicted == reference).double()
     return (hits / draws).numpy()
 
@@ -447,29 +462,32 @@ def measure(model: nn.Module, kind: str, train_config: DictConfig, samples: int 
     x, y, clusters, unit = _inputs(adapter, train_config, samples, seed, split, progress)
     sites = adapter.activation_sites(model)
     layers = {site: LayerStats() for site in sites}
+    fold = kind == "ppo"  # procgen maze policies: agreement of folded moves is the headline
     clean = []
     for start in range(0, len(x), BATCH):
         labels = None if y is None else y[start:start + BATCH]
         with hooked(model, cache=sites) as acts:
-            clean.append(_predict(model, x[start:start + BATCH], device))
+            clean.append(_predict(model, x[start:start + BATCH], device, fold))
         for site in sites:
             layers[site].add(acts[site].cpu(), labels)
     clean = torch.cat(clean)
-    reference = clean if y is None else y
+    reference = clean if y is None else y[:, None]
     generator = torch.Generator().manual_seed(seed)
     # images lie in [0, 1]; MiniGrid's index grids in [0, top]: noise and the pixel value scale with it
     top = 1.0 if adapter.unit_inputs else max(float(x.max()), 1.0)
-    noise_hits = [_hits(model, lambda: (x + sigma * top * torch.randn(x.shape, generator=generator)).clamp_(0, top),
-                        noise_repeats if sigma > 0 else 1, reference, device)
-                  for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress, **progress_kwargs())]
+    noise_hits = np.array([_hits(model, lambda: (x + sigma * top * torch.randn(x.shape, generator=generator)
+                                                 ).clamp_(0, top), noise_repeats if sigma > 0 else 1, reference,
+                                 device, fold)
+                           for sigma in tqdm(noise_levels, desc="noise levels", disable=not progress,
+                                             **progress_kwargs())])
     pixel_hits = [_hits(model, lambda: with_pixel_noise(x, fraction, pixel_value * top, generator),
-                        noise_repeats if fraction > 0 else 1, reference, device)
+                        noise_repeats if fraction > 0 else 1, reference, device, fold)
                   for fraction in tqdm(pixel_levels, desc="pixel noise", disable=not progress, **progress_kwargs())]
     return SparsityReport(
-        layers, list(noise_levels), np.array(noise_hits), "accuracy" if y is not None else "agreement",
-        clusters, unit, reference.numpy(), None if y is None else (clean == y).double().numpy(),
-        list(pixel_levels), np.array(pixel_hits) if pixel_hits else None, noise_repeats,
-        hashlib.sha1(x.numpy().tobytes()).hexdigest())
+        layers, list(noise_levels), noise_hits[..., 0], "accuracy" if y is not None else "agreement",
+        clusters, unit, reference[:, 0].numpy(), None if y is None else (clean[:, 0] == y).double().numpy(),
+        list(pixel_levels), np.array(pixel_hits)[..., 0] if pixel_hits else None, noise_repeats,
+        hashlib.sha1(x.numpy().tobytes()).hexdigest(), raw_noise_hits=noise_hits[..., 1] if fold else None)
 
 
 def with_pixel_noise(x: torch.Tensor, fraction: float, value: float, generator: torch.Generator) -> torch.Tensor:
@@ -562,7 +580,7 @@ class Sparsity(Eval):
     kinds = ("classify", "ppo", "ppo_minigrid")
     # 2: intervals over independent units (images, envs); dead_fraction is a data row; k-WTA keeps
     # nupic.torch's int(round(n·p)·factor) winners at test time (one fewer for some widths)
-    version = 2
+    version = 3  # 3: a maze policy's agreement is of folded moves (raw actions kept as raw_action)
 
     @dataclass
     class Config:
