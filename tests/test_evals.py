@@ -15,7 +15,7 @@ import pytest
 from shardlab import cli as shardlab
 from shardlab.evals.suite import registry
 from shardlab.evals.suite.results import SCHEMA_VERSION
-from tiny_suites import GOAL_MISGENERALIZATION, assert_rows_have_intervals
+from tiny_suites import GOAL_MISGENERALIZATION, assert_rows_have_intervals, record_finetune_episodes
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny forwards: one torch thread is fastest
 
@@ -296,16 +296,9 @@ def test_finetune_result_reports_the_selected_step_and_its_confirmation(tmp_path
 def test_finetune_to_cheese_end_to_end(checkpoint, tmp_path, monkeypatch, reward):
     from shardlab.envs import maze_state
     from shardlab.envs.eval_mazes import eval_mazes
-    from shardlab.evals.maze import finetune_to_cheese
     from shardlab.evals.maze.splits import split_by_layout
 
-    played = []
-    real_first_episodes = finetune_to_cheese.first_episodes
-
-    def recording(policy, env_cfg, **kwargs):
-        played.append(list(kwargs["states"]))
-        return real_first_episodes(policy, env_cfg, **kwargs)
-    monkeypatch.setattr(finetune_to_cheese, "first_episodes", recording)
+    played = record_finetune_episodes(monkeypatch)
     suite = _suite(tmp_path, f"""
         seed: 1
         evals:

@@ -11,13 +11,12 @@ import pytest
 
 from shardlab import cli as shardlab
 from shardlab.envs import maze_state
-from shardlab.evals.maze import finetune_to_cheese
 from shardlab.evals.maze.finetune_to_cheese import FinetuneToCheese
 from shardlab.evals.suite.context import EvalContext
 from shardlab.evals.suite.registry import EvalError
 from shardlab.trainers.config import load_config
 from shardlab.trainers.restore import load_oracle
-from tiny_suites import assert_rows_have_intervals
+from tiny_suites import assert_rows_have_intervals, record_finetune_episodes
 
 RECIPE = "configs/train/maze_demo.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,13 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _run(tmp_path, monkeypatch, config, **options):
     """Run the eval on the cheese-seeker oracle; (metrics by name, every state list it played)."""
-    played = []
-    real = finetune_to_cheese.first_episodes
-
-    def recording(policy, env_cfg, **kwargs):
-        played.append(list(kwargs["states"]))
-        return real(policy, env_cfg, **kwargs)
-    monkeypatch.setattr(finetune_to_cheese, "first_episodes", recording)
+    played = record_finetune_episodes(monkeypatch)
     trained = load_oracle("cheese_seeker", config)
     ctx = EvalContext(trained.model, trained.config, str(tmp_path), seed=2, progress=False, train_steps=1_400_000)
     evaluation = FinetuneToCheese(FinetuneToCheese.Config(steps=1000, eval_every=500, **options))

@@ -57,3 +57,17 @@ def assert_rows_have_intervals(metrics) -> None:
         if row["ci_low"] > row["ci_high"]:
             problems.append(f"{name}: ci_low > ci_high")
     assert not problems, "\n".join(problems)
+
+
+def record_finetune_episodes(monkeypatch) -> list:
+    """Patch finetune_to_cheese's episode player to record the states of every call; the list it fills."""
+    from shardlab.evals.maze import finetune_to_cheese
+
+    played = []
+    real = finetune_to_cheese.first_episodes
+
+    def recording(policy, env_cfg, **kwargs):
+        played.append(list(kwargs["states"]))
+        return real(policy, env_cfg, **kwargs)
+    monkeypatch.setattr(finetune_to_cheese, "first_episodes", recording)
+    return played

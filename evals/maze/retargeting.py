@@ -301,13 +301,6 @@ def choose_setting(scan: dict[Setting, tuple[float, float]], max_fraction: float
     return max(kept, key=lambda setting: scan[setting][1]) if kept else None
 
 
-def interval_bars(estimates: Sequence[stats.Estimate]) -> np.ndarray:
-    """(2, N) error-bar lengths below and above each value from its 95% interval (0 without one)."""
-    low = [e.value - e.ci_low if e.ci_low is not None else 0.0 for e in estimates]
-    high = [e.ci_high - e.value if e.ci_high is not None else 0.0 for e in estimates]
-    return np.clip(np.nan_to_num(np.array([low, high])), 0, None)
-
-
 @dataclass(frozen=True)
 class Runner:
     """How one eval run plays and scores its mazes: the policy, the rollout settings, the step budget."""
@@ -605,7 +598,7 @@ class Retargeting(Eval):
             for offset, condition in enumerate(CONDITIONS):
                 estimates = [summaries[t][f"{metric}/{condition}"] for t in cfg.targets]
                 ax.bar(positions + (offset - 1) * width, [e.value for e in estimates], width,
-                       yerr=interval_bars(estimates), color=colours[condition], label=condition, capsize=2)
+                       yerr=stats.error_bars(estimates), color=colours[condition], label=condition, capsize=2)
             ax.set_xticks(positions, [t.replace("_", " ") for t in cfg.targets])
             ax.set_ylim(0, 1.02)
             ax.set_ylabel(label, fontsize=8)
@@ -626,12 +619,12 @@ class Retargeting(Eval):
             for index, radius in enumerate(sorted({r for _, r, _, _ in scans[target]})):
                 points = sorted(((size, s) for _, r, size, s in scans[target] if r == radius), key=lambda p: p[0])
                 ax.errorbar([p[0] for p in points], [p[1].value for p in points],
-                            yerr=interval_bars([p[1] for p in points]), marker="o", capsize=2,
+                            yerr=stats.error_bars([p[1] for p in points]), marker="o", capsize=2,
                             color=f"C{index}", label=f"cell radius {radius}")
             setting, success = chosen[target]
             if setting is not None and success.defined:
                 size = next(size for k, r, size, _ in scans[target] if (k, r) == setting)
-                ax.errorbar([size], [success.value], yerr=interval_bars([success]), marker="*", markersize=10,
+                ax.errorbar([size], [success.value], yerr=stats.error_bars([success]), marker="*", markersize=10,
                             color="black", capsize=2, linestyle="none", label="chosen, confirmation mazes")
             ax.axhline(summaries[target]["success/baseline"].value, color="gray", linestyle="--", label="unedited")
             ax.axvline(cfg.max_fraction, color="black", linestyle=":", alpha=0.6)
@@ -655,7 +648,7 @@ class Retargeting(Eval):
         for index, target in enumerate(cfg.targets):
             colour = f"C{index}"
             estimates = [summaries[target][f"scale/{s:g}"] for s in scales]
-            ax.errorbar(scales, [e.value for e in estimates], yerr=interval_bars(estimates),
+            ax.errorbar(scales, [e.value for e in estimates], yerr=stats.error_bars(estimates),
                         marker="o", color=colour, capsize=2, label=target.replace("_", " "))
             ax.axhline(summaries[target]["path_prob/baseline"].value, color=colour, linestyle="--", alpha=0.6)
             ax.axhline(summaries[target]["path_prob/cheese_placed"].value, color=colour, linestyle=":", alpha=0.8)

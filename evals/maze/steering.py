@@ -129,13 +129,6 @@ def log_probability(probs: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(probs, dtype=np.float64), np.finfo(np.float32).tiny))
 
 
-def interval_bars(estimates: list[stats.Estimate]) -> np.ndarray:
-    """(2, N) error-bar lengths below and above each value from its 95% interval (0 without one)."""
-    low = [e.value - e.ci_low if e.ci_low is not None else 0.0 for e in estimates]
-    high = [e.ci_high - e.value if e.ci_high is not None else 0.0 for e in estimates]
-    return np.clip(np.nan_to_num(np.array([low, high])), 0, None)
-
-
 @dataclass(frozen=True)
 class Transfer:
     """Every (source, steered maze) pair of a transfer run: maze ``target[p]`` steered by the
@@ -351,7 +344,7 @@ class Steering(Eval):
         for ax, metric, ylabel in ((axes[0], "mean", "P(cheese) at the decision square (mean, 95% CI)"),
                                    (axes[1], "change", "change from the unedited policy (mean, 95% CI)")):
             estimates = [by_distance[label][metric] for label in labels]
-            ax.bar(positions, np.nan_to_num([e.value for e in estimates]), yerr=interval_bars(estimates),
+            ax.bar(positions, np.nan_to_num([e.value for e in estimates]), yerr=stats.error_bars(estimates),
                    color="#d4a017", capsize=2)
             for x, e in zip(positions, estimates):
                 ax.annotate(f"n={e.n}", (x, 0), ha="center", va="bottom", fontsize=7)

@@ -287,6 +287,13 @@ def verdict(value: Optional[float], ci_low: Optional[float], ci_high: Optional[f
     return HELD if inside else NOT_HELD if outside else UNDETERMINED
 
 
+def error_bars(estimates: Sequence[Estimate]) -> np.ndarray:
+    """(2, N) matplotlib error-bar lengths below and above each value from its 95% interval (0 without one)."""
+    low = [e.value - e.ci_low if e.ci_low is not None else 0.0 for e in estimates]
+    high = [e.ci_high - e.value if e.ci_high is not None else 0.0 for e in estimates]
+    return np.clip(np.nan_to_num(np.array([low, high], dtype=float)), 0, None)
+
+
 def as_row(estimate: Estimate) -> dict[str, Any]:
     """The metric-row fields of an estimate."""
     return {"value": estimate.value, "stderr": estimate.stderr, "ci_low": estimate.ci_low,
