@@ -239,7 +239,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         from shardlab.atomic import write_json
 
         write_json(os.path.join(args.out, "predictions.json"),
-                   {"results": [os.path.abspath(p) for p in paths], "predictions": judge_all(results)})
+                   {"results": [os.path.abspath(p) for p in paths], "predictions": judge_all(results)}, make_parents=True)
     print(text)
     return 0
 

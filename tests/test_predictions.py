@@ -79,8 +79,7 @@ def test_table_from_results_files(tmp_path, capsys):
     for name in ("seed0", "seed1"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps({"results": rows}))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
+    out_dir = tmp_path / "out"  # made by the script
     assert predictions.main(["--results", str(tmp_path / "seed0" / "results.json"),
                              str(tmp_path / "seed1" / "results.json"), "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
