@@ -41,6 +41,7 @@ class Check:
     maximum: Optional[float] = None
     percent: bool = True
     label: str = ""
+    support: tuple[float, float] = (0.0, 1.0)  # where the quantity can lie (a rate; (-1, 1) for a difference)
 
     def verdict(self, row: Optional[dict]) -> str:
         """The row's interval against the bound; a missing row is undetermined (nothing measured)."""
@@ -96,7 +97,11 @@ class Prediction:
                 verdicts.append(NOT_HELD if per_seed and all(v == NOT_HELD for v in per_seed) else UNDETERMINED)
                 continue
             estimate = stats.mean(values, unit="training seeds")
-            row = {"value": estimate.value, "ci_low": estimate.ci_low, "ci_high": estimate.ci_high}
+            # a t interval over three seeds can leave the quantity's support: clip it there
+            low, high = check.support
+            row = {"value": estimate.value,
+                   "ci_low": None if estimate.ci_low is None else max(low, estimate.ci_low),
+                   "ci_high": None if estimate.ci_high is None else min(high, estimate.ci_high)}
             parts.append(check.show(row))
             verdicts.append(check.verdict(row))
         return "; ".join(parts), combine(verdicts)
@@ -117,8 +122,8 @@ PREDICTIONS: list[Prediction] = [
                (Check("probes.best/accuracy", label="all sizes"),),
                lambda rows: _chosen(rows, "probes.best/probe", "probes.best/layer")),
     Prediction("'will it reach the cheese' is decodable from the start (published 78–85% vs a 68% base rate)",
-               (Check("probes.outcome/vs_majority", minimum=0.0, percent=True, label="vs majority class"),
-                Check("probes.outcome/vs_shuffled", minimum=0.0, percent=True, label="vs shuffled labels")),
+               (Check("probes.outcome/vs_majority", minimum=0.0, label="vs majority class", support=(-1.0, 1.0)),
+                Check("probes.outcome/vs_shuffled", minimum=0.0, label="vs shuffled labels", support=(-1.0, 1.0))),
                (Check("probes.outcome/accuracy", label="accuracy"), Check("probes.outcome/chance", label="majority")),
                lambda rows: _chosen(rows, "probes.outcome/layer")),
     Prediction("fine-tuning reaches a cheese-seeker (P(cheese) ≥ 90% outside the region) with < 10% of the "
@@ -136,9 +141,10 @@ PREDICTIONS: list[Prediction] = [
       for target in ("top_left", "bottom_right")],
     Prediction("subtracting the cheese vector cuts P(cheese-ward move) at the decision square, beyond a random "
                "vector of the same norm (published median 0.81 → 0.03)",
-               (Check("steering.cheese_vector/p_cheese/change", maximum=0.0, percent=False, label="change"),
+               (Check("steering.cheese_vector/p_cheese/change", maximum=0.0, percent=False, label="change",
+                      support=(-1.0, 1.0)),
                 Check("steering.cheese_vector/p_cheese/change_minus_random", maximum=0.0, percent=False,
-                      label="minus random vector's")),
+                      label="minus random vector's", support=(-1.0, 1.0))),
                (Check("steering.original/p_cheese/median", percent=False, label="median before"),
                 Check("steering.cheese_vector/p_cheese/median", percent=False, label="after"))),
     Prediction("P(cheese) < 30% with the cheese in the other quadrants",
