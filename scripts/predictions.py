@@ -29,6 +29,7 @@ from shardlab.evals.suite import stats  # noqa: E402
 
 SUITE = "configs/evals/predictions.yaml"
 Rows = dict[str, dict]
+TRAIN_STEPS = "meta.train_steps"  # not a metric: the document's training steps, kept beside the rows
 HELD, NOT_HELD, UNDETERMINED = stats.HELD, stats.NOT_HELD, stats.UNDETERMINED
 
 
@@ -78,9 +79,15 @@ class Prediction:
     context: tuple[Check, ...] = ()
     note: Callable[[Rows], str] = lambda rows: ""
 
+    decide: Callable[[Rows], Optional[str]] = lambda rows: None  # a verdict the bounds cannot give
+
+    def verdict(self, rows: Rows) -> str:
+        """The prediction's verdict on one checkpoint's rows."""
+        return self.decide(rows) or combine([c.verdict(rows.get(c.key)) for c in self.checks])
+
     def judge(self, rows: Rows) -> tuple[str, str]:
         """(cell text, verdict) for one checkpoint's rows."""
-        verdict = combine([c.verdict(rows.get(c.key)) for c in self.checks])
+        verdict = self.verdict(rows)
         shown = [c.show(rows.get(c.key)) for c in self.checks + self.context]
         extra = self.note(rows)
         return "; ".join(shown) + (f" ({extra})" if extra else ""), verdict
@@ -92,7 +99,7 @@ class Prediction:
             values = [rows[check.key]["value"] for rows in seeds
                       if rows.get(check.key) is not None and rows[check.key].get("value") is not None]
             if len(values) < len(seeds):
-                per_seed = [check.verdict(rows.get(check.key)) for rows in seeds]
+                per_seed = [self.verdict(rows) for rows in seeds]
                 parts.append(f"{check.label} — (measured on {len(values)} of {len(seeds)} seeds)".strip())
                 verdicts.append(NOT_HELD if per_seed and all(v == NOT_HELD for v in per_seed) else UNDETERMINED)
                 continue
@@ -107,11 +114,27 @@ class Prediction:
         return "; ".join(parts), combine(verdicts)
 
 
+def _finetune_unreached(rows: Rows) -> Optional[str]:
+    """Not held when fine-tuning never reached the target on the selection mazes although it was
+    given at least 10% of the training compute (the prediction's budget)."""
+    reached = rows.get("finetune_to_cheese.reached_target") or {}
+    budget = (rows.get("finetune_to_cheese.finetune_steps/fraction_of_training") or {}).get("value")
+    if budget is None:  # results written before that row: the budget over the checkpoint's own steps
+        steps = (rows.get("finetune_to_cheese.finetune_steps") or {}).get("value")
+        trained = rows.get(TRAIN_STEPS, {}).get("value")
+        budget = steps / trained if steps and trained else None
+    if reached.get("value") == 0 and budget is not None and budget >= 0.1:
+        return NOT_HELD
+    return None
+
+
 def _finetune_note(rows: Rows) -> str:
     fraction = rows.get("finetune_to_cheese.steps_to_target/fraction_of_training")
     if fraction is None or fraction.get("value") is None:
         budget = rows.get("finetune_to_cheese.finetune_steps") or {}
-        return f"target not reached in {budget.get('value', math.nan):,.0f} env steps"
+        final = Check("finetune_to_cheese.confirmation/final/p_cheese")
+        return (f"target not reached in {budget.get('value', math.nan):,.0f} env steps; confirmation P(cheese) at the "
+                f"end {final.show(rows.get(final.key))}")
     return f"reached on the selection mazes after {fraction['value']:.1%} of the training compute"
 
 
@@ -131,7 +154,7 @@ PREDICTIONS: list[Prediction] = [
                (Check("finetune_to_cheese.steps_to_target/fraction_of_training", maximum=0.1, label="compute"),
                 Check("finetune_to_cheese.confirmation/at_steps_to_target/p_cheese", minimum=0.9,
                       label="confirmation P(cheese)")),
-               (), _finetune_note),
+               (), _finetune_note, _finetune_unreached),
     *[Prediction(f"editing < 10% of activations sends the agent to the {target.replace('_', ' ')} with ≥ 33% success",
                  (Check(f"retargeting.{target}/confirmation/success", minimum=0.33, label="success"),),
                  (Check(f"retargeting.{target}/confirmation/success_minus_baseline", label="minus unedited"),
@@ -191,9 +214,12 @@ def table(results: list[tuple[str, Rows]]) -> str:
 
 
 def read_rows(path: str) -> Rows:
-    """results.json → {eval.metric: row}."""
+    """results.json → {eval.metric: row}, plus the checkpoint's training steps under TRAIN_STEPS."""
     with open(path) as handle:
-        return {f"{r['eval']}.{r['name']}": r for r in json.load(handle)["results"]}
+        document = json.load(handle)
+    rows = {f"{r['eval']}.{r['name']}": r for r in document["results"]}
+    rows[TRAIN_STEPS] = {"value": document.get("train_steps")}
+    return rows
 
 
 def _label(path: str) -> str:

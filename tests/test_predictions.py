@@ -55,6 +55,16 @@ def test_each_prediction_is_judged_from_its_interval():
     assert _verdicts({}) == ["undetermined"] * 7  # nothing measured: no verdict, no crash
 
 
+def test_fine_tuning_that_never_reached_the_target_within_its_budget_is_not_held():
+    rows = _rows({key: value for key, value in HELD.items() if not key.startswith("finetune_to_cheese.")})
+    rows.update({"finetune_to_cheese.reached_target": {"value": 0.0}, "finetune_to_cheese.finetune_steps":
+                 {"value": 300_000}, predictions.TRAIN_STEPS: {"value": 2_000_000}})
+    [_, _, finetune, *_] = predictions.judge_all([("a", rows)])
+    assert finetune["seeds"][0]["verdict"] == "not held" and "not reached in 300,000" in finetune["seeds"][0]["text"]
+    rows[predictions.TRAIN_STEPS] = {"value": 6_000_000}  # a 5% budget cannot tell
+    assert predictions.judge_all([("a", rows)])[2]["seeds"][0]["verdict"] == "undetermined"
+
+
 def test_the_outcome_probe_needs_both_paired_controls_to_exclude_zero():
     below = {**HELD, "probes.outcome/vs_majority": (-0.1, -0.2, -0.01)}
     assert _verdicts(below)[1] == "not held"
@@ -65,7 +75,8 @@ def test_mean_over_seeds_is_a_t_interval_over_seeds():
     seeds = [("s0", _rows({**HELD, "probes.best/min_over_sizes": (v, v - 0.02, v + 0.02)})) for v in (0.91, 0.95, 0.99)]
     [probe, *_] = predictions.judge_all(seeds)
     low, high = scipy_stats.t.interval(0.95, 2, loc=0.95, scale=scipy_stats.sem([0.91, 0.95, 0.99]))
-    assert probe["mean_over_seeds"]["text"].startswith(f"worst size 95.0% [{low * 100:.1f}, {high * 100:.1f}]")
+    # clipped to the rate's support [0, 1]
+    assert probe["mean_over_seeds"]["text"].startswith(f"worst size 95.0% [{low * 100:.1f}, {min(high, 1) * 100:.1f}]")
     # three seeds each clearly above 90% can still leave the mean's interval straddling it
     assert probe["mean_over_seeds"]["verdict"] == "undetermined" and low < 0.9
     # a bound measured on only some seeds is undetermined unless every seed failed it

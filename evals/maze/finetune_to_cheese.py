@@ -244,6 +244,8 @@ class FinetuneToCheese(Eval):
             result.add(f"{name}/p_cheese", cheese_rate(point), higher_is_better=seeking)
             result.add(f"{name}/p_corner", corner_rate(point))
         result.add("finetune_steps", final.env_steps, kind="count", higher_is_better=False)
+        if ctx.train_steps:  # the budget spent, so "not reached within X% of training" can be judged
+            result.add("finetune_steps/fraction_of_training", final.env_steps / ctx.train_steps, kind="setting")
         if seeking:
             # the step is chosen on the selection mazes: a setting, judged on the confirmation mazes
             reached = [p for p in curve if p.p_cheese >= c.target]
