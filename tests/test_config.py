@@ -70,6 +70,8 @@ BAD_TRAIN = {
     "missing-file": ("MISSING", [], ["no such file", "missing.yaml"]),
     "invalid-yaml": ("env: {num_envs: 4\nppo: [\n", [], ["not valid YAML", "recipe.yaml"]),
     "yaml-not-a-mapping": ("- 1\n- 2\n", [], ["mapping", "recipe.yaml"]),
+    "empty-recipe": ("", [], ["recipe.yaml", "is empty"]),
+    "comments-only-recipe": ("# nothing here yet\n", ["ppo.lr=1e-3"], ["recipe.yaml", "is empty"]),
     "override-without-equals": (None, ["ppo.lr"], ["'ppo.lr'", "dotted.key=value"]),
     "override-empty-key": (None, ["=3"], ["'=3'", "dotted.key=value"]),
     "minibatch-does-not-divide": (None, ["ppo.minibatch_size=1000"], ["ppo.minibatch_size", "1000", "8192"]),

@@ -140,8 +140,13 @@ def build_config(recipe: dict, overrides: list[str] = (), source: str = "config"
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> DictConfig:
-    """Load a YAML recipe with overrides into a validated config of its kind."""
-    return build_config(read_yaml(path), overrides, source=str(path))
+    """Load a YAML recipe with overrides into a validated config of its kind; an empty recipe (no
+    keys at all, e.g. a file truncated by accident) is refused rather than run as the kind's defaults."""
+    recipe = read_yaml(path)
+    if not recipe:
+        raise ConfigError(f"config file {path} is empty (no keys); a recipe sets at least its name, e.g. "
+                          "`shardlab config maze_ppo_cpu > my.yaml` writes one to start from")
+    return build_config(recipe, overrides, source=str(path))
 
 
 def validate(cfg: DictConfig) -> None:
