@@ -46,3 +46,20 @@ def tiny_maze_checkpoint(tmp_path_factory) -> str:
                           "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
                           "--run-dir", str(run_dir)]) == 0
     return str(run_dir / "checkpoints" / "last.ckpt")
+
+
+SLOW_CATEGORIES = ("wheel", "ddp", "gpu-check", "ci-workflow", "benchmark", "browser")
+
+
+def pytest_configure(config):
+    """Register the ``slow`` marker: `make test-fast` (``-m "not slow"``) leaves these out."""
+    config.addinivalue_line("markers", "slow(category): a slow test; category is one of " + ", ".join(SLOW_CATEGORIES))
+
+
+def pytest_collection_modifyitems(config, items):
+    """A ``slow`` marker must name its category, so the fast tier leaves out only what it should."""
+    for item in items:
+        for mark in item.iter_markers("slow"):
+            if len(mark.args) != 1 or mark.args[0] not in SLOW_CATEGORIES:
+                raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.slow needs one category of "
+                                        f"{', '.join(SLOW_CATEGORIES)}, got {mark.args!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -18,6 +20,7 @@ def run_benchmark(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow("benchmark")
 def test_ppo_benchmark_writes_three_positive_rates(tmp_path):
     out = tmp_path / "bench.json"
     # overrides on both sides of an option, as users type them
@@ -38,6 +41,7 @@ def test_ppo_benchmark_bad_override_exits_2():
     assert "env.num_envs" in result.stderr  # the config error names the right key
 
 
+@pytest.mark.slow("benchmark")
 def test_evals_benchmark_plays_the_same_episodes(tmp_path):
     out = tmp_path / "evals.json"
     result = run_benchmark("evals", "--mazes", "3", "--repeats", "1", "--json", str(out))

@@ -77,6 +77,7 @@ def test_workflow_names_only_files_the_repository_has():
         assert "make test" in handle.read()
 
 
+@pytest.mark.slow("ci-workflow")
 def test_ci_local_stops_at_the_first_failing_step(tmp_path):
     workflow = tmp_path / "ci.yml"
     workflow.write_text("jobs:\n  test:\n    steps:\n      - uses: actions/checkout@v4\n"
@@ -90,6 +91,7 @@ def test_ci_local_stops_at_the_first_failing_step(tmp_path):
 
 
 @pytest.mark.skipif(not os.path.isfile(CHECKPOINT), reason="run scripts/make_ci_checkpoint.py")
+@pytest.mark.slow("ci-workflow")
 def test_the_workflow_passes_locally_on_the_committed_checkpoint(tmp_path):
     """The eval step exits 0: the fixture still meets the CI thresholds and nothing regressed
     against the committed baseline."""
@@ -119,3 +121,16 @@ def test_readme_shows_the_workflow_commands():
     shown = {line.strip() for line in section.splitlines()}
     for step in ci_local.run_steps(ci_local.load_workflow()):
         assert step["run"] in shown, step["run"]
+
+
+def test_a_slow_marker_must_name_its_category(tmp_path):
+    """`make test-fast` leaves out `slow` tests; a bare @pytest.mark.slow is refused at collection."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_bare.py").write_text("import pytest\n\n@pytest.mark.slow\ndef test_x():\n    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0 and "needs one category" in done.stdout + done.stderr

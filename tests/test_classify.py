@@ -200,6 +200,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(resumed["state_dict"][key], value), key
 
 
+@pytest.mark.slow("ddp")
 def test_ddp_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
     base = [sys.executable, "-m", "shardlab.trainers.cli"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
 
 
+@pytest.mark.slow("ddp")
 def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
     run_dir = tmp_path / "ddp"
     tiny = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",

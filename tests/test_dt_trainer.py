@@ -175,6 +175,7 @@ def test_onehot_encoding_needs_index_observations():
         DTModule.build_model(cfg)
 
 
+@pytest.mark.slow("ddp")
 def test_ddp_two_cpu_processes(tmp_path):
     data = tiny_dataset(tmp_path / "d.npz")
     run_dir = tmp_path / "ddp"

@@ -3,6 +3,8 @@ runs and passes with tiny sizes, and a failing stage makes the exit non-zero whi
 
 from __future__ import annotations
 
+import pytest
+
 import importlib.util
 import json
 import os
@@ -25,6 +27,7 @@ def _report(out) -> dict:
         return json.load(handle)
 
 
+@pytest.mark.slow("gpu-check")
 def test_cpu_smoke_through_the_shell_script_passes_every_stage(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(["bash", os.path.join(REPO, "scripts", "gpu_check.sh"), "--cpu-smoke"], cwd=tmp_path,
@@ -56,6 +59,7 @@ def test_cpu_smoke_through_the_shell_script_passes_every_stage(tmp_path):
     assert (out / "gpu_check.log").is_file() and "all stages passed" in result.stdout
 
 
+@pytest.mark.slow("gpu-check")
 def test_a_failing_stage_fails_the_check_and_the_rest_still_runs(tmp_path):
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, SCRIPT, "--cpu-smoke", "--out", str(out), "--stages", "dt,classify,eval",

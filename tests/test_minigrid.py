@@ -317,6 +317,7 @@ def test_minigrid_return_rows_over_levels_against_known_answers(tmp_path, monkey
     assert started == [(3 + minigrid_return.LEVEL_OFFSET, 5)] * 2
 
 
+@pytest.mark.slow("ddp")
 def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
     result = subprocess.run([sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *TINY,

@@ -46,6 +46,7 @@ def run(installed: dict, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow("wheel")
 def test_the_wheel_holds_one_shardlab_package_with_its_recipes_and_license(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
@@ -59,6 +60,7 @@ def test_the_wheel_holds_one_shardlab_package_with_its_recipes_and_license(insta
     assert any(re.search(r"dist-info/(licenses/)?LICENSE$", name) for name in names)
 
 
+@pytest.mark.slow("wheel")
 def test_the_installed_package_is_the_one_imported(installed):
     code = ("import shardlab, importlib.util; print(shardlab.__file__); "
             "print([m for m in ('trainers', 'evals', 'envs', 'models') if importlib.util.find_spec(m)])")
@@ -69,6 +71,7 @@ def test_the_installed_package_is_the_one_imported(installed):
     assert stray == "[]"  # no top-level trainers/evals/... modules
 
 
+@pytest.mark.slow("wheel")
 def test_help_list_train_and_eval_from_outside_the_repository(installed):
     helped = run(installed, "--help")
     assert helped.returncode == 0 and all(f"    {c} " in helped.stdout for c in ("train", "eval", "list", "config"))
