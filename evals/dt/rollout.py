@@ -172,10 +172,3 @@ def summarise(episodes: list[PlayedEpisode]) -> dict[str, stats.Estimate]:
         return {name: stats.proportion(values, unit="levels") if name.endswith("rate") else
                 stats.mean(values, "levels") for name, values in columns.items()}
     return {name: stats.cluster_mean(values, seeds, "levels") for name, values in columns.items()}
-
-
-def error_bars(estimates: Sequence[stats.Estimate]) -> np.ndarray:
-    """(2, N) distances from each value to its interval's ends (0 without an interval), for errorbar plots."""
-    low = [0.0 if e.ci_low is None else max(e.value - e.ci_low, 0.0) for e in estimates]
-    high = [0.0 if e.ci_high is None else max(e.ci_high - e.value, 0.0) for e in estimates]
-    return np.array([low, high])

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from shardlab.evals.dt.rollout import error_bars, evaluation_seed, play, summarise
+from shardlab.evals.dt.rollout import evaluation_seed, play, summarise
 from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
@@ -118,7 +118,7 @@ class DTReturnConditioning(Eval):
 
         spec = ctx.train_config.spec
         achieved = [s["mean_return"] for s in summaries]
-        means, errors = np.array([a.value for a in achieved]), error_bars(achieved)
+        means, errors = np.array([a.value for a in achieved]), stats.error_bars(achieved)
         success = [s["success_rate"].value for s in summaries]
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         ax.axvspan(spec.return_min, spec.return_max, color="0.92", label="data's returns")

@@ -24,7 +24,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from shardlab.evals.dt.rollout import (PlayedEpisode, episode_windows, error_bars, evaluation_seed, play,
+from shardlab.evals.dt.rollout import (PlayedEpisode, episode_windows, evaluation_seed, play,
                                        recorded_windows, summarise)
 from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite import stats
@@ -231,7 +231,7 @@ class DTSteering(Eval):
         coeffs = [r[0] for r in rows]
         achieved = [r[1]["mean_return"] for r in rows]
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-        left.errorbar(coeffs, [a.value for a in achieved], yerr=error_bars(achieved), marker="o", capsize=3,
+        left.errorbar(coeffs, [a.value for a in achieved], yerr=stats.error_bars(achieved), marker="o", capsize=3,
                       label=f"playing at A (RTG {low:.2f}) + coeff·vector")
         left.axhline(summarise(clean)["mean_return"].value, color="tab:blue", ls=":", label="A, unedited")
         left.axhline(summarise(reference_b)["mean_return"].value, color="tab:red", ls="--",
@@ -240,7 +240,7 @@ class DTSteering(Eval):
                   label="success rate")
         if control:
             random_return = summarise(control)["mean_return"]
-            left.errorbar([1.0], [random_return.value], yerr=error_bars([random_return]), marker="x", color="0.3",
+            left.errorbar([1.0], [random_return.value], yerr=stats.error_bars([random_return]), marker="x", color="0.3",
                           ls="none", capsize=3, label="random vector, same norm")
         left.set_xlabel("coefficient")
         left.set_ylabel("mean return / success rate (95% CI over levels)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -26,6 +26,7 @@ from shardlab.envs.maze_config import WORLD_DIM
 from shardlab.evals.maze.render import activation_cell, write_png_atomic
 from shardlab.evals.maze.splits import layout_key
 from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
+from shardlab.evals.suite import stats
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import pooled_size, preprocess
 
@@ -385,10 +386,6 @@ def add_cheese_channel_rows(result, chosen: CheeseChannels, prefix: str = "") ->
     on this checkpoint, the selection mazes used and excluded (counts) and
     ``cheese_channel/rank=R/score``, its mean with-minus-without cheese over the selection mazes
     (an estimate; biased upward, since the same mazes ranked it)."""
-    from dataclasses import replace
-
-    from shardlab.evals.suite import stats
-
     result.add(f"{prefix}cheese_channels/count", len(chosen.channels), kind="setting")
     result.add(f"{prefix}cheese_channels/fraction", len(chosen.channels) / chosen.layer_channels, kind="setting")
     if chosen.samples is not None:

@@ -106,8 +106,6 @@ def relative_weight_change(before: dict[str, torch.Tensor], after: dict[str, tor
     return change
 
 
-
-
 @register("finetune_to_cheese")
 class FinetuneToCheese(Eval):
     """PPO fine-tuning with the cheese anywhere: learning curve, steps to target, weight change."""

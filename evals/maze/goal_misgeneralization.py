@@ -232,16 +232,10 @@ def held_out_predictions(x: np.ndarray, took: np.ndarray, seed: int) -> Optional
 def regression_coefficients(x: np.ndarray, took: np.ndarray) -> list[stats.Estimate]:
     """The standardised coefficients of the logistic regression fitted on all mazes, each with a
     bootstrap interval over mazes (a resample with a single class counts as undefined)."""
-    fits: dict[bytes, np.ndarray] = {}  # one fit per resample, shared by the coefficients
-
     def coefficients(indices: np.ndarray) -> np.ndarray:
-        key = indices.tobytes()
-        if key not in fits:
-            y = took[indices]
-            fits[key] = logistic_fit(x[indices], y) if 0 < y.sum() < len(y) else np.full(x.shape[1], math.nan)
-        return fits[key]
-    return [stats.bootstrap(lambda idx, k=k: float(coefficients(idx)[k]), len(took), "mazes")
-            for k in range(x.shape[1])]
+        y = took[indices]
+        return logistic_fit(x[indices], y) if 0 < y.sum() < len(y) else np.full(x.shape[1], math.nan)
+    return stats.bootstrap_each(coefficients, len(took), "mazes")  # one fit per resample for all of them
 
 
 def logistic_fit(x: np.ndarray, y: np.ndarray, c: float = 1.0, iterations: int = 100) -> np.ndarray:
@@ -315,13 +309,6 @@ def _add_rates(result: Result, prefix: str, episodes: list[Episode]) -> None:
     result.add(prefix + "mean_steps", stats.mean([e.length for e in episodes], unit="mazes"), higher_is_better=False)
 
 
-def _error_bars(rows: list) -> list[list[float]]:
-    """Matplotlib's (2, n) yerr of each row's 95% interval (0 where it has none)."""
-    low = [m.value - m.ci_low if m.ci_low is not None and math.isfinite(m.value) else 0 for m in rows]
-    high = [m.ci_high - m.value if m.ci_high is not None and math.isfinite(m.value) else 0 for m in rows]
-    return [low, high]
-
-
 def _plot(ctx: EvalContext, result: Result) -> str:
     """Outcome rates with the cheese in and out of the region, the paired gap by maze size, and
     P(cheese) by the cheese's quadrant (pooled over sizes), with 95% intervals."""
@@ -336,14 +323,14 @@ def _plot(ctx: EvalContext, result: Result) -> str:
                                               ("", "same layouts, cheese outside it"))):
         rates = [values[prefix + name] for name in outcomes]
         axes[0].bar([i + 0.4 * offset for i in range(3)], [m.value for m in rates], width=0.4, label=label,
-                    yerr=_error_bars(rates), capsize=3)
+                    yerr=stats.error_bars(rates), capsize=3)
     axes[0].set_xticks([i + 0.2 for i in range(3)], ["cheese", "top-right corner", "neither"])
     axes[0].set(ylabel="fraction of episodes", ylim=(0, 1.05), title="where the agent goes")
     axes[0].legend(fontsize=8)
     for ax, key, title, low in ((axes[1], "gap/p_cheese/size=", "paired drop in P(cheese) by maze size", -0.2),
                                 (axes[2], "p_cheese/quadrant=", "P(cheese) by cheese quadrant (outside)", 0)):
         rows = [m for m in result.metrics if m.name.startswith(key) and "/size=" not in m.name[len(key):]]
-        ax.bar(range(len(rows)), [m.value for m in rows], yerr=_error_bars(rows), capsize=3)
+        ax.bar(range(len(rows)), [m.value for m in rows], yerr=stats.error_bars(rows), capsize=3)
         ax.set_xticks(range(len(rows)), [m.name[len(key):].replace("_", " ") + f"\n(n={m.n})" for m in rows],
                       fontsize=7)
         ax.set(ylim=(low, 1.05), title=title)

@@ -56,13 +56,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from shardlab.envs import maze_geometry, maze_state
+from shardlab.envs import maze_geometry
 from shardlab.envs.eval_mazes import EvalMaze
 from shardlab.envs.maze import MazeEnvConfig
 from shardlab.evals.maze.common import (TrainEnv, activation_square_cell, at_square, new_panels, policy_input,
                                         save_figure, train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
                                         interp_mazes, maze_cells, short_name, world_tile)
+from shardlab.evals.maze.splits import layout_key
 from shardlab.evals.suite import stats
 from shardlab.evals.suite.base import Eval
 from shardlab.evals.suite.context import EvalContext
@@ -85,7 +86,7 @@ TRAIN, SELECTION, CONFIRMATION = 0, 1, 2
 # -- the probes (plain functions on arrays, so tests can plant a signal) --------------------------
 def layout_ids(mazes: Sequence[EvalMaze]) -> np.ndarray:
     """(N,) integer per maze, equal exactly when two mazes have the same size and walls."""
-    keys = [(m.maze_dim, (maze_state.inner_grid(m.state) == maze_state.WALL).tobytes()) for m in mazes]
+    keys = [layout_key(m.state) for m in mazes]
     index = {key: i for i, key in enumerate(dict.fromkeys(keys))}
     return np.array([index[key] for key in keys])
 

@@ -23,6 +23,7 @@ on these same mazes, so their shares lean high (their note says so).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, ClassVar, Optional, Sequence, Union
@@ -134,31 +135,35 @@ class CrossMazeSpectrum:
         # (N, C) each maze's gradient energy per channel (the input's or a layer's), for the shares
         self.channel_energy = ((grad.double() ** 2).sum(dim=[d for d in range(2, grad.dim())]).cpu().numpy()
                                if grad.dim() > 2 else None)
-        self._eigenvalues: dict[bytes, np.ndarray] = {}  # per resample, shared by the statistics
-
     def eigenvalues(self, rows: np.ndarray) -> np.ndarray:
         """σ² of G_rows/√len(rows), descending (clipped at 0 against rounding)."""
-        key = rows.tobytes()
-        if key not in self._eigenvalues:
-            values = np.linalg.eigvalsh(self.gram[np.ix_(rows, rows)] / len(rows))[::-1]
-            self._eigenvalues[key] = np.clip(values, 0.0, None)
-        return self._eigenvalues[key]
+        values = np.linalg.eigvalsh(self.gram[np.ix_(rows, rows)] / len(rows))[::-1]
+        return np.clip(values, 0.0, None)
+
+    def _statistics(self, rows: np.ndarray) -> np.ndarray:
+        """Every singular value of G_rows/√len(rows), then σ₁²/Σσ² (Σσ² is the trace, exact where the
+        small eigenvalues are rounding; undefined for all-zero gradients) and the effective rank."""
+        eigenvalues = self.eigenvalues(rows)
+        total = np.diag(self.gram)[rows].sum() / len(rows)
+        singular = np.sqrt(eigenvalues)
+        return np.concatenate([singular, [_ratio(eigenvalues[0], total), effective_rank(torch.from_numpy(singular))]])
+
+    @functools.cached_property
+    def _estimates(self) -> list[stats.Estimate]:
+        # one eigendecomposition per resample serves every statistic of the spectrum
+        return stats.bootstrap_each(self._statistics, self.n, "mazes")
 
     def sigma(self, k: int) -> stats.Estimate:
         """The k-th (0-based) singular value of G/√N over mazes."""
-        return stats.bootstrap(lambda rows: math.sqrt(self.eigenvalues(rows)[k]), self.n, "mazes")
+        return self._estimates[k]
 
     def top1_energy(self) -> stats.Estimate:
-        """σ₁²/Σσ² (undefined for all-zero gradients); Σσ² is the trace, exact where the small
-        eigenvalues are rounding."""
-        total = np.diag(self.gram)
-        return stats.bootstrap(lambda rows: _ratio(self.eigenvalues(rows)[0], total[rows].sum() / len(rows)),
-                               self.n, "mazes")
+        """σ₁²/Σσ² (undefined for all-zero gradients)."""
+        return self._estimates[self.n]
 
     def effective_rank(self) -> stats.Estimate:
         """exp(entropy of σ²/Σσ²)."""
-        return stats.bootstrap(lambda rows: effective_rank(torch.from_numpy(np.sqrt(self.eigenvalues(rows)))),
-                               self.n, "mazes")
+        return self._estimates[self.n + 1]
 
     def channel_share(self, channel: int) -> stats.Estimate:
         """The channel's share of the gradient energy summed over mazes."""

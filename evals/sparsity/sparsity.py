@@ -67,6 +67,11 @@ BATCH = 256
 Statistic = Callable[[np.ndarray], float]
 
 
+def _or_ones(weights: Optional[np.ndarray], n: int) -> np.ndarray:
+    """Per-input weights of a statistic: ``weights`` (how often each input is drawn), else all ones (the batch)."""
+    return np.ones(n) if weights is None else weights
+
+
 @dataclass
 class LayerStats:
     """Per-input activity at one activation site, so every statistic can be recomputed on a resample."""
@@ -121,17 +126,15 @@ class LayerStats:
             self._totals = self.active.sum(1)
         return self._totals
 
-    def _weights(self, weights: Optional[np.ndarray]) -> np.ndarray:
-        return np.ones(len(self.active)) if weights is None else weights
 
     def density(self, weights: Optional[np.ndarray] = None) -> float:
         """Fraction of non-zero values."""
-        w = self._weights(weights)
+        w = _or_ones(weights, len(self.active))
         return float(w @ self.totals / (w.sum() * self.active.shape[1] * self.positions))
 
     def unit_activity(self, weights: Optional[np.ndarray] = None) -> np.ndarray:
         """Per unit: how many of its values are non-zero over the (weighted) batch."""
-        return self._weights(weights) @ self.active
+        return _or_ones(weights, len(self.active)) @ self.active
 
     def dead_fraction(self, weights: Optional[np.ndarray] = None) -> float:
         """Fraction of units never non-zero on the batch."""
@@ -148,7 +151,7 @@ class LayerStats:
 
     def _class_weights(self, weights: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The classes present in the (weighted) batch and (classes, inputs) weights of their inputs."""
-        labels, w = self.labels, self._weights(weights)
+        labels, w = self.labels, _or_ones(weights, len(self.active))
         classes = np.unique(labels)
         per_class = (labels[None, :] == classes[:, None]) * w[None, :]
         present = per_class.sum(1) > 0  # a resample can miss a class
@@ -224,8 +227,6 @@ class SparsityReport:
         """Score per pixel-noise level."""
         return [] if self.pixel_hits is None else [float(row.mean()) for row in self.pixel_hits]
 
-    def _weights(self, weights: Optional[np.ndarray]) -> np.ndarray:
-        return np.ones(self.samples) if weights is None else weights
 
     def majority_hits(self) -> np.ndarray:
         """Per input: 1 where the reference is the batch's commonest answer (the majority baseline's hits)."""
@@ -239,7 +240,7 @@ class SparsityReport:
 
     def noise_auc(self, weights: Optional[np.ndarray] = None) -> float:
         """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
-        w = self._weights(weights)
+        w = _or_ones(weights, self.samples)
         scores = self.noise_hits @ w / w.sum()
         if len(self.noise_levels) < 2:
             return float(scores[0])
@@ -249,7 +250,7 @@ class SparsityReport:
         """Mean score over the pixel-noise levels (numenta's noise score per input and level)."""
         if self.pixel_hits is None or not len(self.pixel_hits):
             return math.nan
-        w = self._weights(weights)
+        w = _or_ones(weights, self.samples)
         return float((self.pixel_hits @ w / w.sum()).mean())
 
     def resampled(self, statistic: Statistic) -> stats.Estimate:

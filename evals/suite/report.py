@@ -68,7 +68,7 @@ def _n(metric: Metric) -> str:
     return f"{metric.n} {metric.unit}" if metric.unit else str(metric.n)
 
 
-_VERDICT_MARK = {"held": "✅", "not held": "❌", "undetermined": "❔"}
+VERDICTS = ("held", "not held", "undetermined")  # stats.HELD, NOT_HELD, UNDETERMINED: the order reports list them
 
 
 class _Section:
@@ -88,7 +88,7 @@ class _Section:
             metric = metrics.get(metric_name)
             held = all(h for _, h, _ in checks)
             # the mark is the exit code's rule (the point estimate); the verdict word reads the interval
-            verdicts = sorted({v for _, _, v in checks}, key=list(_VERDICT_MARK).index)
+            verdicts = sorted({v for _, _, v in checks}, key=VERDICTS.index)
             bounds = " and ".join(t.describe() for t, _, _ in checks) + " · " + ", ".join(verdicts)
             if metric is None:
                 self.rows.append((metric_name, "missing", "", bounds, held))
@@ -112,7 +112,7 @@ class _Section:
     def threshold_text(self) -> str:
         if not self.checks:
             return "none"
-        counts = [(self.verdicts.count(v), v) for v in _VERDICT_MARK]
+        counts = [(self.verdicts.count(v), v) for v in VERDICTS]
         return f"{sum(self.checks)}/{len(self.checks)} met; " + ", ".join(f"{c} {v}" for c, v in counts if c)
 
 

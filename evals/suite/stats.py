@@ -43,19 +43,16 @@ class Estimate:
         """False when the value could not be computed (``note`` says why)."""
         return not math.isnan(self.value)
 
-    def excludes(self, point: float) -> bool:
-        """True when the interval lies wholly on one side of ``point``."""
-        return self.ci_low is not None and self.ci_high is not None and (self.ci_low > point or self.ci_high < point)
-
-    def shifted(self, by: float) -> "Estimate":
-        """The same estimate plus a constant (a known offset adds no uncertainty)."""
-        move = lambda x: None if x is None else x + by
-        return replace(self, value=self.value + by, ci_low=move(self.ci_low), ci_high=move(self.ci_high))
 
 
 def undefined(reason: str, n: int = 0, unit: str = "units", method: str = "undefined") -> Estimate:
     """An estimate that cannot be computed, with the reason a reader sees in the row and the report."""
     return Estimate(math.nan, None, None, None, int(n), method, unit, note=reason)
+
+
+def _singular(unit: str) -> str:
+    """``mazes`` → ``maze`` (for "one maze: no interval")."""
+    return unit[:-1] if unit.endswith("s") else unit
 
 
 def _t(n: int) -> float:
@@ -116,7 +113,7 @@ def mean(values: ArrayLike, unit: str = "mazes") -> Estimate:
         return undefined(f"no {unit}", 0, unit, "t")
     m = float(array.mean())
     if n < 2:
-        return Estimate(m, None, None, None, n, "t", unit, note=f"one {unit[:-1] if unit.endswith('s') else unit}: no interval")
+        return Estimate(m, None, None, None, n, "t", unit, note=f"one {_singular(unit)}: no interval")
     stderr = float(array.std(ddof=1) / math.sqrt(n))
     half = _t(n) * stderr
     return Estimate(m, stderr, m - half, m + half, n, "t", unit)
@@ -178,34 +175,46 @@ def median(values: ArrayLike, unit: str = "mazes") -> Estimate:
 
 
 # -- clustered samples ----------------------------------------------------------------------------
-def cluster_bootstrap(statistic: Callable[[np.ndarray], float], clusters: ArrayLike, unit: str,
-                      seed: int = BOOTSTRAP_SEED, resamples: int = RESAMPLES) -> Estimate:
-    """A statistic of clustered samples with a percentile interval from resampling whole clusters.
+def cluster_bootstrap_each(statistic: Callable[[np.ndarray], ArrayLike], clusters: ArrayLike, unit: str,
+                           seed: int = BOOTSTRAP_SEED, resamples: int = RESAMPLES) -> list[Estimate]:
+    """Several statistics of clustered samples, each with a percentile interval from resampling
+    whole clusters: ``statistic(indices)`` returns a vector (say, the coefficients of one fit) from
+    the samples at ``indices`` (repeats allowed), computed once per resample for every component.
 
-    ``statistic(indices)`` computes the number from the samples at ``indices`` (repeats allowed);
-    ``clusters`` gives each sample's cluster (maze, level, env). The point estimate uses every
+    ``clusters`` gives each sample's cluster (maze, level, env). The point estimates use every
     sample once; ``n`` is the number of clusters, the independent units.
     """
     labels = np.asarray(clusters)
     names, inverse = np.unique(labels, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(names))]
-    value = float(statistic(np.arange(labels.size)))
+    values = np.atleast_1d(np.asarray(statistic(np.arange(labels.size)), dtype=float))
     if len(names) < 2:
-        return Estimate(value, None, None, None, len(names), "cluster bootstrap", unit,
-                        note=f"one {unit[:-1] if unit.endswith('s') else unit}: no interval")
+        return [Estimate(float(v), None, None, None, len(names), "cluster bootstrap", unit,
+                         note=f"one {_singular(unit)}: no interval") for v in values]
     rng = np.random.default_rng(seed)
-    draws = np.empty(resamples)
+    draws = np.empty((resamples, values.size))
     singletons = len(names) == labels.size  # one sample per unit: the cluster index is the sample
     order = np.array([m[0] for m in members]) if singletons else None
     for r in range(resamples):
         chosen = rng.integers(0, len(names), len(names))
         draws[r] = statistic(order[chosen] if singletons else np.concatenate([members[g] for g in chosen]))
-    draws = draws[np.isfinite(draws)]
-    if draws.size < resamples // 2:
-        return replace(undefined("the statistic is undefined on most resamples", len(names), unit,
-                                 "cluster bootstrap"), value=value)
-    low, high = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return Estimate(value, float(draws.std(ddof=1)), float(low), float(high), len(names), "cluster bootstrap", unit)
+    return [_percentile(float(v), draws[:, k], len(names), unit) for k, v in enumerate(values)]
+
+
+def _percentile(value: float, draws: np.ndarray, groups: int, unit: str) -> Estimate:
+    """The percentile interval of one statistic's bootstrap draws (undefined ones left out)."""
+    finite = draws[np.isfinite(draws)]
+    if finite.size < draws.size // 2:
+        return replace(undefined("the statistic is undefined on most resamples", groups, unit, "cluster bootstrap"),
+                       value=value)
+    low, high = np.quantile(finite, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Estimate(value, float(finite.std(ddof=1)), float(low), float(high), groups, "cluster bootstrap", unit)
+
+
+def cluster_bootstrap(statistic: Callable[[np.ndarray], float], clusters: ArrayLike, unit: str,
+                      seed: int = BOOTSTRAP_SEED, resamples: int = RESAMPLES) -> Estimate:
+    """One statistic of clustered samples (see :func:`cluster_bootstrap_each`)."""
+    return cluster_bootstrap_each(lambda idx: [statistic(idx)], clusters, unit, seed, resamples)[0]
 
 
 def cluster_mean(values: ArrayLike, clusters: ArrayLike, unit: str, seed: int = BOOTSTRAP_SEED) -> Estimate:
@@ -217,7 +226,14 @@ def cluster_mean(values: ArrayLike, clusters: ArrayLike, unit: str, seed: int = 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, unit: str, seed: int = BOOTSTRAP_SEED,
               resamples: int = RESAMPLES) -> Estimate:
     """``statistic(indices)`` over ``n`` independent units with a percentile bootstrap interval."""
-    return replace(cluster_bootstrap(statistic, np.arange(n), unit, seed, resamples), method="bootstrap")
+    return bootstrap_each(lambda idx: [statistic(idx)], n, unit, seed, resamples)[0]
+
+
+def bootstrap_each(statistic: Callable[[np.ndarray], ArrayLike], n: int, unit: str, seed: int = BOOTSTRAP_SEED,
+                   resamples: int = RESAMPLES) -> list[Estimate]:
+    """Each component of the vector ``statistic(indices)`` over ``n`` independent units, with a
+    percentile bootstrap interval from the same resamples."""
+    return [replace(e, method="bootstrap") for e in cluster_bootstrap_each(statistic, np.arange(n), unit, seed, resamples)]
 
 
 def two_way_cluster_mean(values: ArrayLike, first: ArrayLike, second: ArrayLike, unit: str) -> Estimate:
@@ -287,8 +303,9 @@ def verdict(value: Optional[float], ci_low: Optional[float], ci_high: Optional[f
     return HELD if inside else NOT_HELD if outside else UNDETERMINED
 
 
-def error_bars(estimates: Sequence[Estimate]) -> np.ndarray:
-    """(2, N) matplotlib error-bar lengths below and above each value from its 95% interval (0 without one)."""
+def error_bars(estimates: Sequence[Any]) -> np.ndarray:
+    """(2, N) matplotlib error-bar lengths below and above each value from its 95% interval (0 without
+    one); ``estimates`` are Estimates or anything else with ``value``, ``ci_low`` and ``ci_high`` (Metric rows)."""
     low = [e.value - e.ci_low if e.ci_low is not None else 0.0 for e in estimates]
     high = [e.ci_high - e.value if e.ci_high is not None else 0.0 for e in estimates]
     return np.clip(np.nan_to_num(np.array([low, high], dtype=float)), 0, None)
