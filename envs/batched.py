@@ -11,7 +11,7 @@ actions, rewards and done flags are whatever the env uses; both envs here use to
   it, since the rollout's step hook sees it after the step.
 - ``close()``: release the envs.
 
-:func:`trainers.rollout.rollout` plays any env of this shape.
+:func:`envs.rollout.rollout` plays any env of this shape.
 """
 
 from __future__ import annotations

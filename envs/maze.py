@@ -4,7 +4,7 @@ top-right r×r region at every episode start (the goal-misgeneralization trainin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,11 @@ def observation_shape(cfg: MazeEnvConfig) -> tuple[int, int, int]:
     """(H, W, C) of one observation."""
     side = 64 if cfg.obs == "rgb" else WORLD_DIM[cfg.distribution_mode]
     return side, side, 3
+
+
+def env_shapes(cfg: MazeEnvConfig) -> dict[str, Any]:
+    """What a network for these envs takes from them (the kind's ``env_shapes``): the observation shape."""
+    return {"observation_shape": observation_shape(cfg)}
 
 
 def cheese_candidates(inner: np.ndarray, region: int) -> list[tuple[int, int]]:

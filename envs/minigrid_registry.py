@@ -6,6 +6,7 @@ MiniGrid config stays torch-free; envs/minigrid.py batches these envs into torch
 from __future__ import annotations
 
 import difflib
+from typing import Any
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (importing registers the MiniGrid-* and BabyAI-* ids)
@@ -63,3 +64,9 @@ def num_actions(cfg: MiniGridEnvConfig) -> int:
     count = int(env.action_space.n)
     env.close()
     return count
+
+
+def env_shapes(cfg: MiniGridEnvConfig) -> dict[str, Any]:
+    """What a network for this env takes from it (the kind's ``env_shapes``): the observation shape
+    and the action count."""
+    return {"observation_shape": observation_shape(cfg), "num_actions": num_actions(cfg)}

@@ -6,8 +6,8 @@ The wings: ``suite`` (registry, suite files, runner, sweeps, results, reports, b
 ``maze`` (procgen maze evals and the maze pictures), ``dt`` (decision-transformer evals),
 ``minigrid`` (MiniGrid PPO evals) and ``sparsity``."""
 
-from shardlab.evals.suite.base import Eval
-from shardlab.evals.suite.registry import EvalError, available, register
+from shardlab.evals.suite.base import Eval, EvalError, register
+from shardlab.evals.suite.registry import available
 from shardlab.evals.suite.results import Result
 
 __all__ = ["Eval", "EvalError", "Result", "available", "register"]

@@ -13,7 +13,7 @@ sparse nets: each unit keeps a fixed random ``round(density · fan_in)`` of its 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from torch.nn.utils import prune
 
 from shardlab.models.classifier_config import ARCHS, layer_names, sparse_names
 from shardlab.models.sparse import make_activation
+from shardlab.models.sparse_config import activation_options
 
 
 def fan_in_mask(units: int, features: int, density: float) -> torch.Tensor:
@@ -83,3 +84,13 @@ class Classifier(nn.Module):
                 x = torch.flatten(x, 1)  # maps → features before the first linear layer
             x = module(x)
         return x
+
+
+def build_classifier(cfg: Any) -> Classifier:
+    """The network a classify config describes (data.shape and data.num_classes must be filled)."""
+    model = cfg.model
+    if cfg.data.shape is None or cfg.data.num_classes is None:
+        raise ValueError("data.shape and data.num_classes are unset; they are filled from the data when a run starts")
+    return Classifier(list(cfg.data.shape), cfg.data.num_classes, model.arch, list(model.channels),
+                      list(model.hidden), model.activation, list(model.sparse_layers), activation_options(model),
+                      model.norm, model.weight_density)

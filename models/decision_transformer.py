@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from shardlab.configs.checks import ConfigError
 from shardlab.models.decision_transformer_config import STATE_ENCODINGS
 from shardlab.models.hooks import HookPoint
 from shardlab.models.sparse import make_activation
@@ -271,3 +272,22 @@ class DecisionTransformer(nn.Module):
             x = block(x, allowed.unsqueeze(1))
         states_out = x[:, self.state_positions(K, M).to(x.device)]  # (B, K, d)
         return self.action_head(self.ln_final(states_out))
+
+
+def build_decision_transformer(cfg: Any) -> DecisionTransformer:
+    """The network a resolved dt config (with its spec filled) describes."""
+    m, spec = cfg.model, cfg.spec
+    if not spec.obs_shape or spec.num_actions < 1:
+        raise ConfigError("spec.obs_shape and spec.num_actions are empty; they are read from data.path "
+                          "when training starts (a checkpoint carries them)")
+    if m.state_encoding == "onehot" and spec.obs_shape[-1] != 3:
+        raise ConfigError(f"model.state_encoding=onehot needs MiniGrid's (H, W, 3) index encoding but the data's "
+                          f"observations are {tuple(spec.obs_shape)} (obs {spec.obs!r}); use model.state_encoding=linear")
+    return DecisionTransformer(
+        obs_shape=list(spec.obs_shape), num_actions=spec.num_actions, max_timestep=spec.max_timestep,
+        n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, context=m.context, dropout=m.dropout,
+        state_encoding=m.state_encoding, use_rtg=m.use_rtg,
+        mission_vocab=list(spec.mission_vocab) if m.use_mission else (),
+        max_mission_tokens=spec.max_mission_tokens if m.use_mission else 0,
+        mlp_activation=m.mlp_activation, mlp_activation_options=dict(m.mlp_activation_options),
+        mlp_ratio=m.mlp_ratio, rtg_scale=m.rtg_scale)

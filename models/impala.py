@@ -7,7 +7,7 @@ The state_dict keys match procgen-tools / train-procgen-pytorch (``embedder.bloc
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from shardlab.models.actor_critic import ActorCritic
 from shardlab.models.hooks import HookPoint
 from shardlab.models.impala_config import RELU_SITES, sparse_sites
 from shardlab.models.sparse import make_activation
+from shardlab.models.sparse_config import activation_options
 
 NUM_ACTIONS = 15
 
@@ -131,3 +132,16 @@ def preprocess(obs: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
     """uint8 NHWC observations → float NCHW in [0, 1] (channels-last memory if asked)."""
     x = obs.permute(0, 3, 1, 2).float().div_(255.0)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def build_policy(cfg: Any, observation_shape: Sequence[int]) -> ImpalaPolicy:
+    """The policy network a maze PPO config's ``model`` section describes, for the env's
+    ``observation_shape`` (H, W, C; the kind's ``env_shapes``)."""
+    model = cfg.model
+    sparse = activation_options(model)
+    policy = ImpalaPolicy(in_channels=3, scale=model.scale, image_size=observation_shape[0],
+                          activation=model.activation, sparse_layers=list(model.sparse_layers),
+                          activation_options=sparse)
+    if model.channels_last:
+        policy = policy.to(memory_format=torch.channels_last)
+    return policy

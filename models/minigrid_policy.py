@@ -19,7 +19,7 @@ IMPALA kind ``sparse_layers`` picks which of its 14 ReLUs it replaces.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,7 @@ from shardlab.models.impala import ImpalaEmbedder, SiteActivations
 from shardlab.models.impala_config import RELU_SITES
 from shardlab.models.minigrid_policy_config import KINDS
 from shardlab.models.sparse import make_activation
+from shardlab.models.sparse_config import activation_options
 
 
 
@@ -136,3 +137,13 @@ class MiniGridPolicy(ActorCritic):
 def preprocess(obs: torch.Tensor) -> torch.Tensor:
     """uint8 MiniGrid observations (index or one-hot encodings) → float, same layout (N, H, W, C)."""
     return obs.float()
+
+
+def build_minigrid_policy(cfg: Any, observation_shape: Sequence[int], num_actions: int) -> MiniGridPolicy:
+    """The actor-critic a MiniGrid PPO config's ``model`` section describes, for the env's
+    ``observation_shape`` and ``num_actions`` (the kind's ``env_shapes``)."""
+    model = cfg.model
+    return MiniGridPolicy(observation_shape, num_actions, kind=model.kind,
+                          channels=list(model.channels), hidden=list(model.hidden), activation=model.activation,
+                          activation_options=activation_options(model), scale=model.scale,
+                          sparse_layers=list(model.sparse_layers))

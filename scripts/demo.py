@@ -26,9 +26,9 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shardlab.atomic import write_json, write_text  # noqa: E402
-from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
 from shardlab import cli  # noqa: E402
+from shardlab.atomic import write_json, write_text  # noqa: E402
+from shardlab.figures import write_png_atomic  # noqa: E402
 
 RECIPE = "configs/train/maze_demo.yaml"
 MIN_DROP = 0.01  # the smallest cheese-vector drop in P(cheese-ward) that counts (published: 0.78)
@@ -64,7 +64,7 @@ def plot_curve(metrics_path: str, out: str) -> None:
         ax.set(xlabel="env steps", ylabel=label)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     fig.suptitle("training episodes (cheese in the top-right region)", fontsize=10)
-    save_pyplot_figure(fig, out, dpi=120)
+    write_png_atomic(fig, out, dpi=120, pyplot=True)
 
 
 def _metric(rows: dict, name: str) -> str:
@@ -236,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         return code
     timings["train"] = time.perf_counter() - start
 
-    from shardlab.evals.suite.runner import EXIT_BAD_INPUT, run_suite
+    from shardlab.evals.suite import evaluator
+    from shardlab.evals.suite.request import EvalRequest
     from shardlab.trainers.config import load_config
 
     checkpoint = os.path.join(args.run_dir, "checkpoints", "last.ckpt")
     start = time.perf_counter()
-    suite_code = run_suite(checkpoint, args.suite, os.path.join(args.run_dir, "evals"))
-    if suite_code == EXIT_BAD_INPUT:
+    suite_code = evaluator.run(EvalRequest(checkpoint=checkpoint, suite=args.suite, out=os.path.join(args.run_dir, "evals"),
+                                           progress=True, loggers=("tensorboard",)))
+    if suite_code == evaluator.EXIT_BAD_INPUT:
         return suite_code
     timings["evaluate"] = time.perf_counter() - start
     start = time.perf_counter()

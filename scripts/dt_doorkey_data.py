@@ -27,7 +27,7 @@ from minigrid.wrappers import ImgObsWrapper
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shardlab.trainers.bars import progress_kwargs  # noqa: E402
+from shardlab.bars import progress_kwargs  # noqa: E402
 from shardlab.trainers.trajectories import Trajectories, concat, from_episodes, save_trajectories  # noqa: E402
 
 DIRECTIONS = ((1, 0), (0, 1), (-1, 0), (0, -1))  # minigrid's agent_dir 0..3: right, down, left, up

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     importlib.import_module("shardlab.api")  # a broken eval import fails now, not after training
     from shardlab import cli
     from shardlab.atomic import atomic_write
-    from shardlab.evals.suite.runner import run_suite
+    from shardlab.evals.suite import evaluator
+    from shardlab.evals.suite.request import EvalRequest
 
     work = tempfile.mkdtemp(prefix="ci-checkpoint-")
     try:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the checkpoint is {size / 2**20:.2f} MiB, over the 3 MiB fixture limit", file=sys.stderr)
             return 1
         start = time.perf_counter()
-        code = run_suite(candidate, "ci", os.path.join(work, "evals"), limit=LIMIT, progress=False, loggers=())
+        code = evaluator.run(EvalRequest(checkpoint=candidate, suite="ci", out=os.path.join(work, "evals"), limit=LIMIT))
         eval_seconds = time.perf_counter() - start
         if code != 0:
             print(f"error: the CI suite does not pass at {args.steps} steps (exit {code}); nothing written",

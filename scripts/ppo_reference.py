@@ -57,10 +57,9 @@ import torch
 from omegaconf import DictConfig
 
 from shardlab.envs.maze import MazeEnv, observation_shape
-from shardlab.envs.maze_config import env_config
 from shardlab.models.impala import ImpalaPolicy, preprocess
-from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.config import ConfigError
+from shardlab.trainers.kinds import get_kind
 from shardlab.trainers.reward_norm import RewardNormalizer
 
 Phase = Callable[[str], ContextManager]  # times a named part of an iteration (benchmark.py ppo)
@@ -91,21 +90,11 @@ def autocast_for(cfg: DictConfig, device: torch.device) -> Callable[[], ContextM
     raise ConfigError(f"the benchmark supports trainer.precision 32-true or bf16-mixed, not {precision}")
 
 
-def make_env(cfg: DictConfig) -> MazeEnv:
-    """``env.num_envs`` procgen mazes stepped as one batch, seeded with ``env.seed``."""
-    return MazeEnv(env_config(cfg), rank=0)
-
-
 # -- 2. network -----------------------------------------------------------------------------------
 def make_policy(cfg: DictConfig, device: torch.device) -> ImpalaPolicy:
-    """The actor-critic IMPALA network of ``cfg.model`` (as trainers.ppo.build_policy builds it)."""
-    model = cfg.model
-    policy = ImpalaPolicy(in_channels=3, scale=model.scale, image_size=observation_shape(cfg.env)[0],
-                          activation=model.activation, sparse_layers=list(model.sparse_layers),
-                          activation_options=activation_options(model))
-    if model.channels_last:
-        policy = policy.to(memory_format=torch.channels_last)
-    return policy.to(device)
+    """The actor-critic IMPALA network of ``cfg.model`` on ``device``, built as the trainer builds it
+    (the ppo kind's network builder, models.impala.build_policy)."""
+    return get_kind("ppo").build_network(cfg).to(device)
 
 
 def make_optimizer(cfg: DictConfig, policy: torch.nn.Module
@@ -261,7 +250,7 @@ def train(cfg: DictConfig, device: torch.device, iterations: int, phase: Phase =
     policy = make_policy(cfg, device)
     optimizer, scheduler = make_optimizer(cfg, policy)
     autocast = autocast_for(cfg, device)
-    env = make_env(cfg)
+    env = get_kind("ppo").build_env(cfg)  # env.num_envs mazes seeded with env.seed, as the trainer's rank 0
     reward_norm = RewardNormalizer(N, ppo.gamma, ppo.reward_clip)
     rollout = Rollout.empty(cfg, device)
     generator = torch.Generator().manual_seed(cfg.trainer.seed)  # minibatch shuffling

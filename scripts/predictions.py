@@ -250,13 +250,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         if missing:
             print(f"predictions: error: no such checkpoint: {missing[0]}", file=sys.stderr)
             return 2
-        from shardlab.evals.suite.runner import EXIT_BAD_INPUT, run_suite
+        from shardlab.evals.suite import evaluator
+        from shardlab.evals.suite.request import EvalRequest
 
         for index, checkpoint in enumerate(checkpoints):
             out = os.path.join(args.out, str(index))
-            code = run_suite(checkpoint, args.suite, out, limit=args.limit, overrides=overrides,
-                             progress=not args.no_progress)
-            if code == EXIT_BAD_INPUT:
+            try:
+                request = EvalRequest(checkpoint=checkpoint, suite=args.suite, out=out, limit=args.limit,
+                                      overrides=overrides, progress=not args.no_progress, loggers=("tensorboard",))
+            except evaluator.BAD_INPUT as exc:
+                print(f"predictions: error: {exc}", file=sys.stderr)
+                return 2
+            code = evaluator.run(request)
+            if code == evaluator.EXIT_BAD_INPUT:
                 return 2
             paths.append(os.path.join(out, "results.json"))
     if not paths:

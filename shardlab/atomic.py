@@ -17,8 +17,9 @@ import contextlib
 import json
 import os
 import secrets
-from typing import IO, Any, Callable, Iterator, Union
+from typing import IO, Any, Callable, Iterator, TypeVar, Union
 
+T = TypeVar("T")
 PathLike = Union[str, "os.PathLike[str]"]
 TEMP_MARK = ".tmp-"  # in every temp file name, old and new
 _MODES = ("w", "wb")
@@ -33,16 +34,23 @@ def _temp_path(folder: str, name: str) -> str:
     return os.path.join(folder, f".{name}{TEMP_MARK}{secrets.token_hex(4)}")
 
 
-def _create_temp(target: str) -> tuple[int, str]:
-    """A new, empty temp file beside ``target``: (descriptor, path)."""
+def _claim_temp(target: str, create: Callable[[str], T]) -> tuple[T, str]:
+    """``create(path)`` at a fresh temp name beside ``target``, retried with another name while the
+    name is taken (``create`` raises FileExistsError): (what ``create`` returned, the path)."""
     folder, name = os.path.split(os.path.abspath(target))
     for _ in range(100):
         tmp = _temp_path(folder, name)
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+            return create(tmp), tmp
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temp file name beside {target}")
+
+
+def _create_temp(target: str) -> tuple[int, str]:
+    """A new, empty temp file beside ``target``: (descriptor, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    return _claim_temp(target, lambda tmp: os.open(tmp, flags, 0o666))
 
 
 def fsync_dir(folder: PathLike) -> None:
@@ -123,15 +131,6 @@ def link_atomic(source: PathLike, target: PathLike, *, sync_dir: bool = False) -
     """Make ``target`` a hard link to ``source``, replacing any old ``target`` atomically (a hard link
     costs nothing, so ``last.ckpt`` points at the newest ``step-*.ckpt`` without a copy)."""
     target = os.fspath(target)
-    folder, name = os.path.split(os.path.abspath(target))
-    for _ in range(100):
-        tmp = _temp_path(folder, name)
-        try:
-            os.link(source, tmp)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(f"no free temp file name beside {target}")
-    _publish(tmp, target, folder, sync_dir)
+    _, tmp = _claim_temp(target, lambda tmp: os.link(source, tmp))
+    _publish(tmp, target, os.path.dirname(os.path.abspath(target)), sync_dir)
     return target

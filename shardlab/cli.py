@@ -2,7 +2,8 @@
 
 Every subcommand exits 0 on success and 2 on bad input (one line on stderr, nothing written);
 ``eval`` exits 1 when a threshold is missed, an eval crashes or a metric regressed against
-``--baseline``; ``compare`` exits 1 on a regression.
+``--baseline``; ``compare`` exits 1 on a regression. ``train`` and ``resume`` stopped by Ctrl-C or
+SIGTERM exit 130 or 143, keeping the last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -91,8 +92,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("checkpoint", nargs="?", help=f"a shardlab checkpoint, a training run directory (evaluates its "
                     f"checkpoints: a sweep), or a scripted policy: {ORACLES}")
     ev.add_argument("--suite", default="ci", help="suite name (`shardlab list suites`) or YAML path (default: ci)")
-    ev.add_argument("--out", required=True,
-                    help="output folder for results.json, junit.xml, report.md, report.html and plots")
+    ev.add_argument("--out", help="output folder for results.json, junit.xml, report.md, report.html and plots")
     ev.add_argument("--recipe", help="training recipe for a scripted policy or a --weights file")
     ev.add_argument("--weights", help="a published weights file (e.g. procgen-tools' maze .pth), with --recipe")
     ev.add_argument("--only", type=_names, help="run only these evals of the suite, comma-separated")
@@ -105,6 +105,11 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true", help="no progress bars (logs stay short)")
     ev.add_argument("--every", type=_positive_int, metavar="N",
                     help="with a run directory: only the first checkpoint at or after each multiple of N steps")
+    ev.add_argument("--shard", metavar="K/N",
+                    help="with a run directory: evaluate every N-th checkpoint from the K-th (0-based) and write "
+                         "this shard's part; under a SLURM job array or torchrun K/N come from the environment")
+    ev.add_argument("--merge", metavar="DIR",
+                    help="write DIR/sweep.json from the parts of a sharded sweep (the last shard does it itself)")
     ev.add_argument("--log-episodes", action="store_true",
                     help="evals that play maze episodes also write <out>/<eval>/episodes.jsonl, one line per episode")
     ev.add_argument("--baseline", metavar="OLD/results.json",
@@ -167,15 +172,15 @@ def _train(args: argparse.Namespace) -> int:
             run.check_run_dir(run_dir, cfg.trainer.loggers)
             module = run.build_module(cfg)  # reads the data: its problems stop the run before the folder exists
             run.prepare_run_dir(cfg, run_dir)
-            ckpt = None
+            resume = None
         else:
             run_dir = args.run_dir
-            cfg, ckpt = run.load_run(run_dir, args.overrides)
+            cfg, resume = run.load_run(run_dir, args.overrides)
             check_runnable(cfg)
             module = run.build_module(cfg)
         if not run.is_launched_worker():
             print(f"run directory: {run_dir}", file=sys.stderr)
-        module = run.fit(cfg, run_dir, ckpt, module=module)
+        module = run.fit(cfg, run_dir, resume, module=module)
     except (ConfigError, CheckpointError) as exc:
         print(f"shardlab {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -202,25 +207,29 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from shardlab.evals.suite.runner import run_suite  # heavy imports after parsing
-    from shardlab.evals.suite.sweep import run_sweep
+    from shardlab.evals.suite import evaluator, sweep  # heavy imports after parsing
+    from shardlab.evals.suite.request import EvalRequest
 
-    reporting = {"baseline": args.baseline, "tolerance": args.tolerance, "min_effect": args.min_effect,
-                 "summary": args.summary}
-    if (args.every is not None or (args.checkpoint and os.path.isdir(args.checkpoint))) \
-            and any(value is not None for value in reporting.values()):
-        print("shardlab eval: error: --baseline, --tolerance, --min-effect and --summary take one checkpoint, "
-              "not a run directory", file=sys.stderr)
+    try:
+        if args.merge is not None:
+            given = [name for name, value in (("a checkpoint", args.checkpoint), ("--out", args.out),
+                                              ("--shard", args.shard), ("--every", args.every)) if value]
+            if given:
+                raise evaluator.EvalError(f"--merge DIR takes no {', '.join(given)}: it only combines the parts "
+                                          "the shards wrote to DIR")
+            return sweep.merge(args.merge)
+        if args.out is None:
+            raise evaluator.EvalError("--out is required: the folder results.json, junit.xml and the reports go to")
+        request = EvalRequest(checkpoint=args.checkpoint, suite=args.suite, only=args.only, limit=args.limit,
+                              seed=args.seed, device=args.device, out=args.out, recipe=args.recipe,
+                              weights=args.weights, overrides=args.overrides, progress=not args.no_progress,
+                              log_episodes=args.log_episodes, loggers=args.loggers, baseline=args.baseline,
+                              tolerance=args.tolerance, min_effect=args.min_effect, summary=args.summary,
+                              every=args.every, shard=args.shard)
+    except evaluator.BAD_INPUT as exc:
+        print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    if args.every is not None or (args.checkpoint and os.path.isdir(args.checkpoint)):  # a run directory
-        return run_sweep(args.checkpoint, args.suite, args.out, every=args.every, only=args.only, limit=args.limit,
-                         seed=args.seed, progress=not args.no_progress, overrides=args.overrides, recipe=args.recipe,
-                         weights=args.weights, device=args.device, loggers=args.loggers,
-                         log_episodes=args.log_episodes)
-    return run_suite(args.checkpoint, args.suite, args.out, only=args.only, limit=args.limit, seed=args.seed,
-                     progress=not args.no_progress, overrides=args.overrides, recipe=args.recipe,
-                     weights=args.weights, device=args.device, loggers=args.loggers, log_episodes=args.log_episodes,
-                     **reporting)
+    return sweep.run_sweep(request) if request.sweep else evaluator.run(request)
 
 
 def _compare(args: argparse.Namespace) -> int:

@@ -19,11 +19,18 @@ OLD_CHECKPOINT = os.path.join(ROOT, "tests", "fixtures", "maze_ppo_v0.1.0.ckpt")
 SUITE = "seed: 0\nevals:\n  goal_misgeneralization: {mazes: 3}\nthresholds:\n  goal_misgeneralization.p_cheese: {min: 2}\n"
 
 
-@pytest.fixture
-def suite(tmp_path) -> str:
-    path = tmp_path / "suite.yaml"
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("suite") / "suite.yaml"
     path.write_text(SUITE)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def cpu_results(suite, tiny_maze_checkpoint):
+    """``shardlab.evaluate`` of the tiny checkpoint on 2 mazes on the CPU, run once for the tests
+    that only read the Results."""
+    return shardlab.evaluate(tiny_maze_checkpoint, suite=suite, limit=2, device="cpu")
 
 
 def published_state_dict(scale: int, image: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -50,8 +57,9 @@ def published_state_dict(scale: int, image: int = 64, seed: int = 0) -> dict[str
     return state
 
 
-def test_evaluate_returns_results_that_match_the_written_document(tmp_path, suite, tiny_maze_checkpoint):
-    results = shardlab.evaluate(tiny_maze_checkpoint, suite=suite, limit=2, device="cpu")
+def test_evaluate_returns_results_that_match_the_written_document(tmp_path, suite, tiny_maze_checkpoint,
+                                                                  cpu_results):
+    results = cpu_results  # shardlab.evaluate(tiny_maze_checkpoint, suite=suite, limit=2, device="cpu")
     p_cheese = results["goal_misgeneralization"]["p_cheese"]
     assert 0 <= p_cheese <= 1 and "goal_misgeneralization" in results and len(results) == 1
     assert not results.passed and results.exit_code == 1  # min 2 on a probability cannot hold
@@ -72,10 +80,10 @@ def test_evaluate_returns_results_that_match_the_written_document(tmp_path, suit
         results["steering"]
 
 
-def test_to_dataframe_without_pandas_says_how_to_install(suite, tiny_maze_checkpoint, monkeypatch):
+def test_to_dataframe_without_pandas_says_how_to_install(cpu_results, monkeypatch):
     import builtins
 
-    results = shardlab.evaluate(tiny_maze_checkpoint, suite=suite, limit=1)
+    results = cpu_results
     real_import = builtins.__import__
 
     def no_pandas(name, *args, **kwargs):
@@ -96,10 +104,10 @@ def test_load_returns_the_network_and_its_config(tiny_maze_checkpoint):
     assert config.algo == "ppo" and config.env.obs == "grid" and not model.training
 
 
-def test_evaluate_a_network_object_with_a_recipe(suite, tiny_maze_checkpoint):
+def test_evaluate_a_network_object_with_a_recipe(suite, tiny_maze_checkpoint, cpu_results):
     model, _ = shardlab.load(tiny_maze_checkpoint)
-    by_path = shardlab.evaluate(tiny_maze_checkpoint, suite=suite, limit=2)
-    by_object = shardlab.evaluate(model, suite=suite, limit=2, recipe="maze_ppo_cpu")
+    by_path = cpu_results  # shardlab.evaluate(tiny_maze_checkpoint, suite=suite, limit=2, device="cpu")
+    by_object = shardlab.evaluate(model, suite=suite, limit=2, recipe="maze_ppo_cpu", device="cpu")
     assert by_object["goal_misgeneralization"] == by_path["goal_misgeneralization"]
     with pytest.raises(EvalError, match="recipe="):
         shardlab.evaluate(model, suite=suite)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 
 from shardlab import cli
+from shardlab.bars import LOG_INTERVAL, TERMINAL_INTERVAL, progress_kwargs
 from shardlab.evals.suite import registry
-from shardlab.trainers.bars import LOG_INTERVAL, TERMINAL_INTERVAL, progress_kwargs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,8 +92,8 @@ def test_register_defaults_the_version_to_1_and_rejects_bad_ones():
                 registry.register("bad_version_eval")(type("Bad", (), {"Config": Settings, "version": bad,
                                                                        "run": lambda self, ctx: None}))
     finally:
-        registry._REGISTRY.pop("versionless_eval", None)
-        registry._REGISTRY.pop("bad_version_eval", None)
+        registry.DECLARED.pop("versionless_eval", None)
+        registry.DECLARED.pop("bad_version_eval", None)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -203,7 +203,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 @pytest.mark.slow("ddp")
 def test_ddp_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
-    base = [sys.executable, "-m", "shardlab.trainers.cli"]
+    base = [sys.executable, "-m", "shardlab"]
     args = ["trainer.accelerator=cpu", "trainer.devices=2", *TINY]
     result = subprocess.run([*base, "train", KWTA, *args, "trainer.total_steps=1024", "--run-dir", str(run_dir)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -247,7 +247,7 @@ def test_pixel_noise_sets_exactly_the_fraction_of_values():
 
 
 def test_k_inference_factor_config_reaches_the_network_and_checks(tmp_path):
-    from shardlab.trainers.classify import build_classifier
+    from shardlab.models.classifier import build_classifier
     config = load_config(KWTA, ["model.k_inference_factor=1.5", "data.shape=[1,8,8]", "data.num_classes=10"])
     model = build_classifier(config).eval()
     assert model.act1.k_inference_factor == 1.5
@@ -275,12 +275,17 @@ def test_sparsity_eval_on_a_sparse_maze_policy(tmp_path):
 
 
 def test_compare_sparse_script(runs, tmp_path):
+    """The comparison through the script's main() in this process; the script as a user runs it
+    (its own process, exit 2 on bad input) at the end."""
+    import importlib.util
+
     script = os.path.join(ROOT, "scripts", "compare_sparse.py")
+    spec = importlib.util.spec_from_file_location("compare_sparse", script)
+    compare_sparse = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_sparse)
     out = tmp_path / "compare"
-    result = subprocess.run([sys.executable, script, runs["dense"], runs["kwta"], "--out", str(out),
-                             "--samples", "100", "--noise-levels", "0", "0.5", "--noise-repeats", "1"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert compare_sparse.main([runs["dense"], runs["kwta"], "--out", str(out), "--samples", "100",
+                                "--noise-levels", "0", "0.5", "--noise-repeats", "1"]) == 0
     table = (out / "comparison.md").read_text()
     assert "| accuracy |" in table and "| density/act1 |" in table and "paired bootstrap over the same" in table
     both = json.loads((out / "comparison.json").read_text())

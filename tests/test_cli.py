@@ -19,36 +19,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("train", "resume", "collect", "eval", "list", "config")
 
 
-def run(*args: str, cwd: str = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "shardlab", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=env)
-
-
 class Ran:
-    """What an in-process ``shardlab`` run returned and printed to stderr."""
+    """What an in-process ``shardlab`` run returned and printed to stdout and stderr."""
 
-    def __init__(self, returncode: int, stderr: str):
-        self.returncode, self.stderr = returncode, stderr
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
 def run_here(capsys, monkeypatch, cwd, *argv: str) -> Ran:
-    """``shardlab ARGV`` in this process, from ``cwd`` (argparse errors exit through SystemExit)."""
+    """``shardlab ARGV`` in this process, from ``cwd`` (argparse errors, --help and --version exit
+    through SystemExit, whose code is the process's exit status)."""
     monkeypatch.chdir(cwd)
     capsys.readouterr()
     try:
         code = cli.main(list(argv))
     except SystemExit as exc:
-        code = exc.code
-    return Ran(code, capsys.readouterr().err)
+        code = 0 if exc.code is None else exc.code
+    captured = capsys.readouterr()
+    return Ran(code, captured.out, captured.err)
 
 
-def test_help_lists_every_subcommand_and_version_prints():
-    out = run("--help")
+def test_help_lists_every_subcommand_and_version_prints(capsys, monkeypatch):
+    """In-process (argparse prints and exits through SystemExit); tests/test_bad_input.py runs
+    ``python -m shardlab`` as a real process."""
+    out = run_here(capsys, monkeypatch, ROOT, "--help")
     assert out.returncode == 0
     for command in COMMANDS:
         assert f"    {command} " in out.stdout, command
-    version = run("--version")
+    version = run_here(capsys, monkeypatch, ROOT, "--version")
     assert version.returncode == 0 and version.stdout.strip() == f"shardlab {shardlab.__version__}"
 
 
@@ -116,8 +114,8 @@ def test_eval_out_naming_a_file_is_refused_and_the_file_kept(tmp_path, tiny_maze
 
 def test_suite_by_name_and_only_as_a_comma_list(tmp_path, tiny_maze_checkpoint, monkeypatch):
     suite = tmp_path / "two.yaml"
-    suite.write_text("seed: 0\nevals:\n  goal_misgeneralization: {mazes: 2}\n  relu_ablation: {mazes: 2}\n"
-                     "  steering: {mazes: 2}\n")
+    suite.write_text("seed: 0\nevals:\n  goal_misgeneralization: {mazes: 2, decision_mazes: 2}\n"
+                     "  relu_ablation: {mazes: 2}\n  steering: {mazes: 2}\n")
     out = tmp_path / "out"
     code = cli.main(["eval", tiny_maze_checkpoint, "--suite", str(suite), "--out", str(out), "--no-progress",
                      "--only", "goal_misgeneralization,relu_ablation"])
@@ -128,7 +126,7 @@ def test_suite_by_name_and_only_as_a_comma_list(tmp_path, tiny_maze_checkpoint, 
     # a shipped suite by its name, from a folder that has no configs/
     monkeypatch.chdir(tmp_path)
     named = tmp_path / "named"
-    assert cli.main(["eval", tiny_maze_checkpoint, "--suite", "ci", "--out", str(named), "--limit", "2",
+    assert cli.main(["eval", tiny_maze_checkpoint, "--suite", "ci", "--out", str(named), "--limit", "1",
                      "--no-progress"]) in (0, 1)
     document = json.loads((named / "results.json").read_text())
     assert document["suite"] == os.path.join(configs.HERE, "evals", "ci.yaml")
@@ -176,7 +174,7 @@ def test_recipe_that_is_not_text_run_dir_that_is_a_file_and_a_region_larger_than
     assert sorted(os.listdir(tmp_path)) == ["occupied", "recipe.yaml"]
 
 
-def test_eval_sends_metrics_and_figures_to_the_loggers_asked_for(tmp_path, tiny_maze_checkpoint):
+def test_eval_sends_metrics_and_figures_to_the_loggers_asked_for(tmp_path, tiny_maze_checkpoint, capsys, monkeypatch):
     import csv
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -193,6 +191,6 @@ def test_eval_sends_metrics_and_figures_to_the_loggers_asked_for(tmp_path, tiny_
     assert events.Scalars("goal_misgeneralization/p_cheese")[-1].value == pytest.approx(p_cheese)
     pngs = document["artifacts"]["goal_misgeneralization"]
     assert pngs and len(events.Tags()["images"]) == len(pngs)
-    bad = run("eval", tiny_maze_checkpoint, "--out", str(tmp_path / "bad"), "--loggers", "tensorboard,mlflow",
-              cwd=str(tmp_path))
+    bad = run_here(capsys, monkeypatch, tmp_path, "eval", tiny_maze_checkpoint, "--out", str(tmp_path / "bad"),
+                   "--loggers", "tensorboard,mlflow")
     assert bad.returncode == 2 and "mlflow" in bad.stderr and not (tmp_path / "bad").exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from shardlab.trainers.cli import main
+from shardlab.cli import main
 from shardlab.trainers.config import ConfigError, build_config, load_config, to_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -338,7 +338,7 @@ def test_bad_lightning_settings_exit_2_without_run_dir(tmp_path, capsys, overrid
     capsys.readouterr()
     assert rc == 2 and not run_dir.exists(), (
         "BUG trainers/config.py validate(): trainer.accelerator / trainer.precision are not checked, so "
-        f"{overrides[0]} passes validation, trainers/cli.py creates {run_dir.name}/config.yaml, and then "
+        f"{overrides[0]} passes validation, shardlab/cli.py creates {run_dir.name}/config.yaml, and then "
         f"pl.Trainer raises ({rc}); exit code 1 with a traceback, and the orphan run dir blocks a re-run "
         f"with the same --run-dir (run dir left behind: {run_dir.exists()})")
 
@@ -353,7 +353,7 @@ def test_overrides_after_run_dir_are_overrides(tmp_path, capsys):
         rc = f"SystemExit({exc.code})"
     err = capsys.readouterr().err
     assert rc == 2 and "'ppo.lrr'" in err, (
-        "BUG trainers/cli.py main(): parse_args() rejects overrides placed after --run-dir as "
+        "BUG shardlab/cli.py main(): parse_args() rejects overrides placed after --run-dir as "
         f"'unrecognized arguments' (got {rc}: {err.strip().splitlines()[-1] if err.strip() else ''}); "
         "use parse_known_args and append the leftovers that contain '=' to args.overrides")
     assert not run_dir.exists()

@@ -21,7 +21,7 @@ def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
     tiny = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",
             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.checkpoint_every=256",
             "trainer.progress_bar=false"]
-    base = [sys.executable, "-m", "shardlab.trainers.cli"]
+    base = [sys.executable, "-m", "shardlab"]
     result = subprocess.run([*base, "train", RECIPE, *tiny, "trainer.total_steps=512",
                              "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
                             timeout=300)

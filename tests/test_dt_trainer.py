@@ -179,7 +179,7 @@ def test_onehot_encoding_needs_index_observations():
 def test_ddp_two_cpu_processes(tmp_path):
     data = tiny_dataset(tmp_path / "d.npz")
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *tiny_args(data, steps=10),
+    result = subprocess.run([sys.executable, "-m", "shardlab", "train", RECIPE, *tiny_args(data, steps=10),
                              "trainer.accelerator=cpu", "trainer.devices=2", "--run-dir", str(run_dir)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -75,7 +75,7 @@ def test_the_readme_plugin_example_registers_and_runs():
         result = cls(config).run(SimpleNamespace())
         assert [(row.name, row.value, row.n) for row in result.metrics] == [("something", 0.5, 128)]
     finally:
-        registry._REGISTRY.pop("mean_value", None)
+        registry.DECLARED.pop("mean_value", None)
 
 
 def test_episode_rates_follow_the_declared_episode_fields():

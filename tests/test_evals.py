@@ -34,9 +34,18 @@ def _suite(tmp_path, text: str) -> str:
 SUITE = GOAL_MISGENERALIZATION
 
 
-def test_suite_passes_and_writes_results(checkpoint, tmp_path):
-    out = tmp_path / "out"
-    assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out)]) == 0
+@pytest.fixture(scope="module")
+def suite_out(checkpoint, tmp_path_factory):
+    """The output folder of ``shardlab eval CHECKPOINT --suite SUITE``, run once for the tests that
+    only read what it wrote."""
+    tmp = tmp_path_factory.mktemp("suite_run")
+    out = tmp / "out"
+    assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp, SUITE), "--out", str(out)]) == 0
+    return out
+
+
+def test_suite_passes_and_writes_results(suite_out):
+    out = suite_out
     document = json.loads((out / "results.json").read_text())
     assert document["schema_version"] == SCHEMA_VERSION
     for key in ("checkpoint_sha256", "package_version", "git_commit", "time"):
@@ -72,12 +81,12 @@ def test_greedy_rates_on_the_same_mazes(checkpoint, tmp_path):
     assert rows["decision/p_corner_first"]["n"] == 8
 
 
-def test_results_are_reproducible(checkpoint, tmp_path):
+def test_results_are_reproducible(checkpoint, suite_out, tmp_path):
+    """A second run of the module's suite run (suite_out) gives the same values."""
     suite = _suite(tmp_path, SUITE)
-    values = []
-    for name in ("a", "b"):
-        assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / name)]) == 0
-        values.append([(r["name"], r["value"]) for r in json.loads((tmp_path / name / "results.json").read_text())["results"]])
+    values = [[(r["name"], r["value"]) for r in json.loads((suite_out / "results.json").read_text())["results"]]]
+    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "b")]) == 0
+    values.append([(r["name"], r["value"]) for r in json.loads((tmp_path / "b" / "results.json").read_text())["results"]])
     assert values[0] == values[1]
 
 
@@ -167,19 +176,17 @@ def test_plugin_evals_are_discovered_through_entry_points(tmp_path, monkeypatch)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shardlab-plugin-demo\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[shardlab.evals]\nconstant = shardlab_plugin_demo\n")
     monkeypatch.syspath_prepend(str(package))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "_loaded", False)
     assert "plugin_constant" in registry.available()
     assert registry.get("plugin_constant").Config().value == 0.25
     sys.modules.pop("shardlab_plugin_demo", None)
-    registry._REGISTRY.pop("plugin_constant", None)
+    registry.DECLARED.pop("plugin_constant", None)
 
 
-def test_suite_writes_png_and_tensorboard_scalars(checkpoint, tmp_path):
+def test_suite_writes_png_and_tensorboard_scalars(suite_out):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = tmp_path / "out"
-    assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out),
-                          "--no-progress"]) == 0
+    out = suite_out
     document = json.loads((out / "results.json").read_text())
     [png] = document["artifacts"]["goal_misgeneralization"]
     assert png.endswith(".png") and os.path.getsize(png) > 1000
@@ -201,23 +208,12 @@ def test_results_json_is_strict_json(tmp_path):
 
 
 def test_eval_for_another_checkpoint_kind_exits_2(checkpoint, tmp_path, capsys):
-    from dataclasses import dataclass
+    from tiny_suites import throwaway_eval
 
-    @registry.register("needs_other_kind")
-    class NeedsOtherKind:
-        kinds = ("some_other_kind",)
+    def must_not_run(ctx):
+        raise AssertionError("must not run")
 
-        @dataclass
-        class Config:
-            pass
-
-        def __init__(self, config):
-            self.config = config
-
-        def run(self, ctx):
-            raise AssertionError("must not run")
-
-    try:
+    with throwaway_eval("needs_other_kind", must_not_run, kinds=("some_other_kind",)):
         suite = _suite(tmp_path, "evals:\n  goal_misgeneralization: {}\n  needs_other_kind: {}\n")
         capsys.readouterr()
         assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o")]) == 2
@@ -225,8 +221,6 @@ def test_eval_for_another_checkpoint_kind_exits_2(checkpoint, tmp_path, capsys):
         assert len(err.splitlines()) == 1
         assert "needs_other_kind" in err and "some_other_kind" in err and "is a ppo checkpoint" in err
         assert not (tmp_path / "o").exists()
-    finally:
-        registry._REGISTRY.pop("needs_other_kind", None)
 
 
 def test_relative_weight_change_per_layer():

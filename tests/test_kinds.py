@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from shardlab.configs.checks import ConfigError
 from shardlab.trainers.kinds import KINDS, LEGACY_NAMES, get_kind, stored_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +56,7 @@ def test_get_kind_names_the_known_kinds():
 
 # -- the adapters --------------------------------------------------------------------------------
 
-ENTRIES = ("schema", "validate", "module", "network", "env_config", "make_env", "preprocess")
+ENTRIES = ("schema", "validate", "module", "network", "env_config", "make_env", "env_shapes", "preprocess")
 
 
 @pytest.mark.parametrize("algo", sorted(KINDS))
@@ -131,6 +132,30 @@ def test_the_minigrid_env_config_builders_honour_overrides():
     assert (played.env_id, played.obs, played.num_envs, played.seed) == ("MiniGrid-DoorKey-5x5-v0", "image", 4, 11)
     with pytest.raises(ValueError, match="spec.env_id is empty"):
         get_kind("dt").load("env_config")(OmegaConf.create({"spec": {"env_id": "", "obs": ""}}))
+
+
+def test_the_kind_builds_a_configs_env_and_network():
+    """One env builder and one network builder per config, through the kind: the network is sized by
+    what the env tells (``env_shapes``), the env takes the config's env section and overrides."""
+    cfg = _recipe("maze_ppo_cpu")
+    ppo = get_kind("ppo")
+    shapes = ppo.load("env_shapes")(ppo.load("env_config")(cfg))
+    env = ppo.build_env(cfg, num_envs=2, seed=5)
+    try:
+        assert env.num_envs == 2 and tuple(env.reset().shape) == (2, *shapes["observation_shape"])
+    finally:
+        env.close()
+    assert ppo.load("network") == ppo.build_network
+    assert ppo.build_network(cfg).image_size == shapes["observation_shape"][0]
+
+    grid = _recipe("minigrid_ppo_doorkey")
+    minigrid = get_kind("ppo_minigrid")
+    shapes = minigrid.load("env_shapes")(minigrid.load("env_config")(grid))
+    network = minigrid.build_network(grid)
+    assert network.obs_shape == shapes["observation_shape"]
+    assert network.fc_policy.out_features == shapes["num_actions"] == 7
+    with pytest.raises(ConfigError, match="training kind 'classify' has no (make_env|env_config)"):
+        KINDS["classify"].build_env(grid)
 
 
 BUILDERS = {os.path.join("envs", "maze_config.py"), os.path.join("envs", "minigrid_config.py")}

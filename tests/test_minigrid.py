@@ -320,7 +320,7 @@ def test_minigrid_return_rows_over_levels_against_known_answers(tmp_path, monkey
 @pytest.mark.slow("ddp")
 def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *TINY,
+    result = subprocess.run([sys.executable, "-m", "shardlab", "train", RECIPE, *TINY,
                              "trainer.accelerator=cpu", "trainer.devices=2", "trainer.total_steps=512",
                              "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

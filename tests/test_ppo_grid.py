@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 
-from shardlab.models.weights import load_policy_weights
 from shardlab import cli
+from shardlab.models.weights import load_policy_weights
 from shardlab.trainers.checkpointing import load_checkpoint
 from shardlab.trainers.config import build_config, load_config
-from shardlab.trainers.ppo import build_policy
+from shardlab.trainers.kinds import get_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
@@ -24,11 +24,11 @@ def test_grid_observation_run_trains_and_reloads(tmp_path):
     assert checkpoint["shardlab"]["env_steps"] == 256
     cfg = load_config(run_dir / "config.yaml")
     assert cfg.env.obs == "grid" and cfg.env.max_maze_size == 7
-    policy = load_policy_weights(build_policy(cfg), run_dir / "checkpoints" / "last.ckpt")
+    policy = load_policy_weights(get_kind("ppo").build_network(cfg), run_dir / "checkpoints" / "last.ckpt")
     assert policy.image_size == 15  # easy mode: a 15×15 world
 
 
 def test_policy_input_size_follows_observation():
-    base = {"env": {"distribution_mode": "hard"}}
-    assert build_policy(build_config({**base, "env": {"obs": "grid", "distribution_mode": "hard"}})).image_size == 25
-    assert build_policy(build_config(base)).image_size == 64
+    base, ppo = {"env": {"distribution_mode": "hard"}}, get_kind("ppo")
+    assert ppo.build_network(build_config({**base, "env": {"obs": "grid", "distribution_mode": "hard"}})).image_size == 25
+    assert ppo.build_network(build_config(base)).image_size == 64

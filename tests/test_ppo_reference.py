@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 from shardlab.models.impala import preprocess
 from shardlab.trainers.config import load_config, to_dict
-from shardlab.trainers.ppo import LOSS_STATS, PPOModule, build_policy
+from shardlab.trainers.ppo import LOSS_STATS, PPOModule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -168,10 +168,10 @@ def test_reference_matches_ppo_module_on_one_rollout(normalize_advantage, clip_v
 
 
 def test_reference_builds_the_trainers_network():
-    """make_policy builds the network trainers.ppo.build_policy builds: same weights from the same seed."""
+    """make_policy builds the network PPOModule.build_model builds: same weights from the same seed."""
     cfg = load_config(RECIPE, TINY)
     torch.manual_seed(3)
-    want = build_policy(cfg).state_dict()
+    want = PPOModule.build_model(cfg).state_dict()
     torch.manual_seed(3)
     have = ppo_reference.make_policy(cfg, torch.device("cpu")).state_dict()
     assert list(have) == list(want)

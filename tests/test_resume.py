@@ -64,7 +64,7 @@ def test_checkpoint_carries_resolved_config(tmp_path):
 
 def test_sigkill_then_resume(tmp_path):
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "shardlab.trainers.cli", "train", RECIPE, *TINY,
+    command = [sys.executable, "-m", "shardlab", "train", RECIPE, *TINY,
                "trainer.total_steps=1280", "--run-dir", str(run_dir)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = run_dir / "checkpoints"

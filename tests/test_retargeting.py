@@ -224,17 +224,24 @@ class ConstantPolicy(nn.Module):
         return self.logits.expand(x.shape[0], 15), x.new_zeros(x.shape[0])
 
 
-def test_reach_rates_with_scripted_policies(maze):
+def test_the_runner_reaches_targets_with_scripted_policies(maze):
     state = ms.without_cheese(maze)
     cfg = MazeEnvConfig(distribution_mode="hard", obs="grid")
-    up = retargeting.reach_rates(ConstantPolicy(5), [state, state], [(0, 4), (4, 4)], cfg, rollouts=2,
-                                 max_steps=10, seed=0)
+
+    def reach_rates(policy, states, targets, rollouts, max_steps):
+        """Per maze, the fraction of the Runner's rollouts that reached the target within the budget."""
+        runner = retargeting.Runner(policy, {"env_cfg": cfg, "rollouts": rollouts, "seed": 0}, max_steps)
+        reached = runner.reached(states, targets)
+        assert reached.shape == (len(states), rollouts)
+        return reached.mean(1)
+
+    up = reach_rates(ConstantPolicy(5), [state, state], [(0, 4), (4, 4)], rollouts=2, max_steps=10)
     assert up.tolist() == [1.0, 0.0]  # straight up the left column to the top-left, never right
-    assert retargeting.reach_rates(ConstantPolicy(5), [state], [(0, 4)], cfg, 1, max_steps=3, seed=0).tolist() == [0.0]
-    right = retargeting.reach_rates(ConstantPolicy(7), [state], [(0, 4)], cfg, 2, max_steps=10, seed=0)
+    assert reach_rates(ConstantPolicy(5), [state], [(0, 4)], 1, max_steps=3).tolist() == [0.0]
+    right = reach_rates(ConstantPolicy(7), [state], [(0, 4)], 2, max_steps=10)
     assert right.tolist() == [0.0]  # the start's right side is a wall
     cheese_on_target = ms.with_cheese_at(maze, (0, 4))  # the episode ends on the target, counted
-    assert retargeting.reach_rates(ConstantPolicy(5), [cheese_on_target], [(0, 4)], cfg, 1, 10, 0).tolist() == [1.0]
+    assert reach_rates(ConstantPolicy(5), [cheese_on_target], [(0, 4)], 1, 10).tolist() == [1.0]
 
 
 def grid_input(states: list[bytes]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""trainers.rollout.rollout: first-episode semantics, hooks, and equality with the hand-written loops it replaced."""
+"""envs.rollout.rollout: first-episode semantics, hooks, and equality with the hand-written loops it replaced."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from shardlab.envs.batched import BatchedEnv
-from shardlab.trainers.rollout import rollout
+from shardlab.envs.rollout import rollout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -115,9 +115,9 @@ def test_bad_arguments():
 
 
 def _hand_written_first_episodes(env_cfg):
-    """trainers.episodes.first_episodes(None, env_cfg) as it was written before rollout()."""
+    """envs.episodes.first_episodes(None, env_cfg) as it was written before rollout()."""
     from shardlab.envs.maze import MazeEnv
-    from shardlab.trainers.episodes import MAX_EPISODE_STEPS
+    from shardlab.envs.episodes import MAX_EPISODE_STEPS
 
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
@@ -140,7 +140,7 @@ def _hand_written_first_episodes(env_cfg):
 
 def test_maze_first_episodes_match_the_hand_written_loop():
     from shardlab.envs.maze import MazeEnvConfig
-    from shardlab.trainers.episodes import first_episodes
+    from shardlab.envs.episodes import first_episodes
 
     cfg = MazeEnvConfig(num_envs=6, distribution_mode="hard", rand_region=5, max_maze_size=9, seed=17)
     expected = _hand_written_first_episodes(cfg)

@@ -121,7 +121,7 @@ def test_majority_baseline_fixes_the_commonest_answer_once():
 # -- the eval on classifiers ---------------------------------------------------------------------------
 
 def digits_classifier(activation: str):
-    from shardlab.trainers.classify import build_classifier
+    from shardlab.models.classifier import build_classifier
     from shardlab.trainers.config import load_config
 
     recipe = os.path.join(ROOT, "configs", "train", f"digits_{activation}.yaml")

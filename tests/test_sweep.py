@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from shardlab import cli as shardlab
-from shardlab.evals.suite import runner, sweep
+from shardlab.evals.suite import evaluator, sweep
 from shardlab.evals.suite.sweep import Point, run_checkpoints, select_every
-from tiny_suites import GOAL_MISGENERALIZATION
+from tiny_suites import GOAL_MISGENERALIZATION, train_sweep_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,13 +28,7 @@ HEADLINE = ["goal_misgeneralization.p_neither", "goal_misgeneralization.p_cheese
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> str:
     """A 96-env-step run of maze_ppo_cpu with three kept step checkpoints."""
-    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "configs", "train", "maze_ppo_cpu.yaml")
-    run = tmp_path_factory.mktemp("sweep") / "run"
-    assert shardlab.main(["train", recipe, "env.num_envs=2", "ppo.num_steps=16", "ppo.minibatch_size=32",
-                          "ppo.epochs=1", "trainer.total_steps=96", "trainer.checkpoint_every=32",
-                          "trainer.progress_bar=false", "--run-dir", str(run)]) == 0
-    return str(run)
+    return train_sweep_run(tmp_path_factory.mktemp("sweep") / "run", 96)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +56,14 @@ def _sha(path: str) -> str:
 
 
 def _counting(monkeypatch) -> list[str]:
-    """Record the checkpoints runner.run_suite is called with (and still run them)."""
-    calls, real = [], runner.run_suite
+    """Record the checkpoints evaluator.run is asked to evaluate (and still run them)."""
+    calls, real = [], evaluator.run
 
-    def counted(checkpoint, *args, **kwargs):
-        calls.append(os.path.basename(checkpoint))
-        return real(checkpoint, *args, **kwargs)
+    def counted(request):
+        calls.append(os.path.basename(request.checkpoint))
+        return real(request)
 
-    monkeypatch.setattr(runner, "run_suite", counted)
+    monkeypatch.setattr(evaluator, "run", counted)
     return calls
 
 
@@ -155,13 +149,13 @@ def test_last_ckpt_only_when_no_step_file_holds_its_step(run_dir, tmp_path):
 
 def test_exit_code_is_the_worst_checkpoints(run_dir, suite, tmp_path, monkeypatch, capsys):
     codes = iter([0, 1, 2])  # the third checkpoint is refused: a failure once others have run
-    monkeypatch.setattr(runner, "run_suite", lambda *args, **kwargs: next(codes))
+    monkeypatch.setattr(evaluator, "run", lambda request: next(codes))
     out = tmp_path / "out"
     assert _sweep(run_dir, suite, out) == 1
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [row["exit_code"] for row in rows] == [0, 1, 1] and all(row["results"] is None for row in rows)
     # refused at the first evaluation: bad input, nothing written
-    monkeypatch.setattr(runner, "run_suite", lambda *args, **kwargs: 2)
+    monkeypatch.setattr(evaluator, "run", lambda request: 2)
     assert _sweep(run_dir, suite, tmp_path / "refused") == 2 and not (tmp_path / "refused").exists()
 
 
@@ -200,6 +194,5 @@ def test_sweep_png_leaves_no_pyplot_figures(swept, tmp_path):
 
     before = plt.get_fignums()
     document = json.loads(open(os.path.join(swept, "sweep.json")).read())
-    plan = sweep._Plan(document["suite"], {"goal_misgeneralization": {}}, [], 3, 2)
-    sweep.plot_sweep(document["rows"], plan, str(tmp_path / "again.png"))
+    sweep.plot_sweep(document["rows"], document["headline"], document["thresholds"], str(tmp_path / "again.png"))
     assert plt.get_fignums() == before and (tmp_path / "again.png").stat().st_size > 0

@@ -71,3 +71,46 @@ def record_finetune_episodes(monkeypatch) -> list:
         return real(policy, env_cfg, **kwargs)
     monkeypatch.setattr(finetune_to_cheese, "first_episodes", recording)
     return played
+
+
+# overrides of MAZE_RECIPE for a run with a step checkpoint every 32 env steps (2 envs × 16 steps)
+SWEEP_PPO = ["env.num_envs=2", "ppo.num_steps=16", "ppo.minibatch_size=32", "ppo.epochs=1",
+             "trainer.checkpoint_every=32", "trainer.keep_checkpoints=10", "trainer.progress_bar=false"]
+
+
+def train_sweep_run(run, total_steps: int, *extra: str) -> str:
+    """Train MAZE_RECIPE with SWEEP_PPO for ``total_steps`` env steps into ``run``: a run directory
+    with a checkpoint every 32 env steps."""
+    from shardlab import cli
+
+    assert cli.main(["train", MAZE_RECIPE, *SWEEP_PPO, f"trainer.total_steps={total_steps}", *extra,
+                     "--run-dir", str(run)]) == 0
+    return str(run)
+
+
+class throwaway_eval:
+    """``with throwaway_eval("name", run) as cls:`` registers an eval whose ``run(ctx)`` is ``run``
+    (a Result-returning function; ``kinds`` as for @register) and forgets it afterwards."""
+
+    def __init__(self, name: str, run, kinds=None):
+        self.name, self.run, self.kinds = name, run, kinds
+
+    def __enter__(self) -> type:
+        from dataclasses import dataclass
+
+        from shardlab.evals.suite.base import register
+
+        @dataclass
+        class Config:
+            pass
+
+        body = {"Config": Config, "__init__": lambda self, config: setattr(self, "config", config),
+                "run": lambda self, ctx: self.__class__.function(ctx), "function": staticmethod(self.run)}
+        if self.kinds is not None:
+            body["kinds"] = tuple(self.kinds)
+        return register(self.name)(type(f"Throwaway_{self.name}", (), body))
+
+    def __exit__(self, *exc) -> None:
+        from shardlab.evals.suite.base import DECLARED
+
+        DECLARED.pop(self.name, None)

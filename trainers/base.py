@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
+from shardlab.trainers.kinds import get_kind
 from shardlab.trainers.loggers import write_row
 
 
@@ -42,10 +43,10 @@ class ShardlabModule(pl.LightningModule):
     resume_fixed_keys: tuple[str, ...] = ("model",)  # config keys a resumed run may not change
     metrics_path: Optional[str] = None
 
-    @staticmethod
-    def build_model(cfg: DictConfig) -> nn.Module:
-        """The untrained network a resolved config describes."""
-        raise NotImplementedError
+    @classmethod
+    def build_model(cls, cfg: DictConfig) -> nn.Module:
+        """The untrained network a resolved config describes (built by the kind's network builder)."""
+        return get_kind(cls.kind).build_network(cfg)
 
     def max_optimizer_steps(self) -> int:
         """Optimizer steps of the whole run (Lightning's max_steps)."""

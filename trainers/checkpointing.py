@@ -12,6 +12,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
 
 from shardlab.atomic import link_atomic, save_with
+from shardlab.torch_files import Advice, read_torch_file
 
 LAST = "last.ckpt"
 _STEP_FILE = re.compile(r"step-(\d+)\.ckpt$")
@@ -21,25 +22,25 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated, corrupt or not a shardlab checkpoint."""
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint with ``weights_only=True``; a missing or damaged file is a CheckpointError."""
+CHECKPOINT = Advice("checkpoint", "pass a .ckpt file (e.g. <run dir>/checkpoints/last.ckpt)",
+                    "resume from an older step-*.ckpt in the same folder")
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
+    """A checkpoint (loaded with ``weights_only=True``) and its file's SHA-256, from one read; a
+    missing, damaged or foreign file is a CheckpointError."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file; pass a .ckpt file "
-                              "(e.g. <run dir>/checkpoints/last.ckpt)")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist; check the path")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncation and foreign files raise many different types
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); resume from an "
-                              "older step-*.ckpt in the same folder") from None
+    checkpoint, sha256 = read_torch_file(path, CheckpointError, CHECKPOINT)
     if not isinstance(checkpoint, dict) or "shardlab" not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} is not a shardlab checkpoint (no 'shardlab' block)")
     if not isinstance(checkpoint["shardlab"], dict) or not isinstance(checkpoint["state_dict"], dict):
         raise CheckpointError(f"checkpoint {path} is damaged: its 'shardlab' block or state_dict is not a mapping")
-    return checkpoint
+    return checkpoint, sha256
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint with ``weights_only=True``; a missing or damaged file is a CheckpointError."""
+    return read_checkpoint(path)[0]
 
 
 def saved_config(checkpoint: dict, path: str | os.PathLike) -> dict:
@@ -54,15 +55,24 @@ def saved_config(checkpoint: dict, path: str | os.PathLike) -> dict:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that never leaves a half-written file and loads weights_only."""
+    """Lightning checkpoint IO that never leaves a half-written file and loads weights_only.
+
+    ``preloaded`` maps a checkpoint path to the checkpoint already read from it (a resume validates
+    the file before training starts): Lightning then gets that object instead of a second read.
+    """
+
+    def __init__(self, preloaded: dict[str, dict] | None = None) -> None:
+        super().__init__()
+        self.preloaded = {os.path.realpath(path): checkpoint for path, checkpoint in (preloaded or {}).items()}
 
     def save_checkpoint(self, checkpoint: dict, path: str, storage_options: Any = None) -> None:
         """Write atomically (temp file, fsync, rename, folder fsync)."""
         save_with(path, lambda handle: torch.save(checkpoint, handle), make_parents=True, sync_dir=True)
 
     def load_checkpoint(self, path: str, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        """Load safely, naming the file if it is damaged."""
-        return load_checkpoint(path)
+        """The preloaded checkpoint of ``path`` (once), else load it safely, naming the file if it is damaged."""
+        preloaded = self.preloaded.pop(os.path.realpath(path), None)
+        return preloaded if preloaded is not None else load_checkpoint(path)
 
 
 def step_checkpoints(folder: str) -> list[tuple[int, str]]:

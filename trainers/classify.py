@@ -13,26 +13,13 @@ import math
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from shardlab.models.classifier import Classifier
 from shardlab.models.sparse import l1_penalty
-from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.base import ShardlabModule, tick_loader
 from shardlab.trainers.config import build_config, to_dict
 from shardlab.trainers.datasets import DataError, Splits, load_splits
-
-
-def build_classifier(cfg: DictConfig) -> Classifier:
-    """The network a config describes (data.shape and data.num_classes must be filled)."""
-    model = cfg.model
-    if cfg.data.shape is None or cfg.data.num_classes is None:
-        raise ValueError("data.shape and data.num_classes are unset; they are filled from the data when a run starts")
-    return Classifier(list(cfg.data.shape), cfg.data.num_classes, model.arch, list(model.channels),
-                      list(model.hidden), model.activation, list(model.sparse_layers), activation_options(model),
-                      model.norm, model.weight_density)
 
 
 def with_data_shape(config: dict, splits: Splits) -> dict:
@@ -72,7 +59,7 @@ class ClassifyModule(ShardlabModule):
         self.save_hyperparameters({"config": config, "world_size": world_size})
         self.cfg = build_config(config, source="checkpoint config")
         self.world_size = world_size
-        self.model = build_classifier(self.cfg)
+        self.model = self.build_model(self.cfg)
         self.global_batch = self.cfg.optim.batch_size * world_size
         self.total_optimizer_steps = max(1, math.ceil(self.cfg.trainer.total_steps / self.global_batch))
         self.steps_per_checkpoint = max(1, self.cfg.trainer.checkpoint_every // self.global_batch)
@@ -142,11 +129,6 @@ class ClassifyModule(ShardlabModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # -- the shared run loop's interface (trainers/base.py) -----------------------------------
-    @staticmethod
-    def build_model(cfg: DictConfig) -> Classifier:
-        """The classifier a resolved (checkpoint) config describes."""
-        return build_classifier(cfg)
-
     def max_optimizer_steps(self) -> int:
         """ceil(total samples / global batch)."""
         return self.total_optimizer_steps

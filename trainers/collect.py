@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs.minigrid import MiniGridEnv, MiniGridEnvConfig, check_config, make_single
 from shardlab.envs.minigrid_config import OBSERVATIONS
-from shardlab.trainers.bars import progress_kwargs
-from shardlab.trainers.paths import file_in_the_way
-from shardlab.trainers.rollout import rollout
+from shardlab.envs.rollout import rollout
+from shardlab.paths import file_in_the_way
 from shardlab.trainers.trajectories import (DatasetError, Trajectories, concat, from_episodes, load_trajectories,
                                    save_trajectories)
 

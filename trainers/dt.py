@@ -87,25 +87,6 @@ def fill_spec(config: dict, traj: Trajectories) -> dict:
     return {**config, "spec": spec}
 
 
-def build_decision_transformer(cfg: DictConfig) -> DecisionTransformer:
-    """The network a resolved config (with its spec filled) describes."""
-    m, spec = cfg.model, cfg.spec
-    if not spec.obs_shape or spec.num_actions < 1:
-        raise ConfigError("spec.obs_shape and spec.num_actions are empty; they are read from data.path "
-                          "when training starts (a checkpoint carries them)")
-    if m.state_encoding == "onehot" and spec.obs_shape[-1] != 3:
-        raise ConfigError(f"model.state_encoding=onehot needs MiniGrid's (H, W, 3) index encoding but the data's "
-                          f"observations are {tuple(spec.obs_shape)} (obs {spec.obs!r}); use model.state_encoding=linear")
-    return DecisionTransformer(
-        obs_shape=list(spec.obs_shape), num_actions=spec.num_actions, max_timestep=spec.max_timestep,
-        n_layers=m.n_layers, d_model=m.d_model, n_heads=m.n_heads, context=m.context, dropout=m.dropout,
-        state_encoding=m.state_encoding, use_rtg=m.use_rtg,
-        mission_vocab=list(spec.mission_vocab) if m.use_mission else (),
-        max_mission_tokens=spec.max_mission_tokens if m.use_mission else 0,
-        mlp_activation=m.mlp_activation, mlp_activation_options=dict(m.mlp_activation_options),
-        mlp_ratio=m.mlp_ratio, rtg_scale=m.rtg_scale)
-
-
 def action_loss(logits: torch.Tensor, batch: WindowBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean cross-entropy, correct predictions, real timesteps) over the real timesteps only."""
     mask = batch.step_mask
@@ -174,7 +155,7 @@ class DTModule(ShardlabModule):
         config = fill_spec(config, traj)
         self.save_hyperparameters({"config": config, "world_size": world_size})
         self.cfg = build_config(config, source="config")
-        self.model = build_decision_transformer(self.cfg)
+        self.model = self.build_model(self.cfg)
         self.data = TrainingData(self.cfg, traj, self.model)
         if len(self.data.train) == 0:
             raise ConfigError(f"data.path {raw.data.path} leaves no training episodes; lower data.validation_fraction")
@@ -265,11 +246,6 @@ class DTModule(ShardlabModule):
         self.log_row(row)
 
     # -- the shared run loop's interface (trainers/base.py) -------------------------------------
-    @staticmethod
-    def build_model(cfg: DictConfig) -> DecisionTransformer:
-        """The decision transformer a checkpoint's config describes."""
-        return build_decision_transformer(cfg)
-
     def max_optimizer_steps(self) -> int:
         """trainer.total_steps (optimizer steps)."""
         return self.cfg.trainer.total_steps

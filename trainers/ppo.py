@@ -32,14 +32,14 @@ with gym_notice_silenced():  # torchrl imports the unmaintained gym, which print
     from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
 from shardlab.envs.maze import Episode, MazeEnv, observation_shape
-from shardlab.envs.maze_config import env_config
-from shardlab.models.impala import ImpalaPolicy, preprocess
+from shardlab.models.impala import preprocess
 from shardlab.models.sparse import l1_penalty
-from shardlab.models.sparse_config import activation_options
 from shardlab.trainers.base import ShardlabModule, tick_loader
 from shardlab.trainers.config import build_config
+from shardlab.trainers.kinds import get_kind
 from shardlab.trainers.reward_norm import RewardNormalizer
-from shardlab.trainers.rollout import rollout
+from shardlab.envs.rollout import rollout
+from shardlab.trainers.stopping import raise_if_stop_requested, stop_requested
 
 LOSS_STATS = ("loss_objective", "loss_critic", "loss_entropy", "entropy", "kl_approx",
               "clip_fraction", "value_clip_fraction", "explained_variance")
@@ -65,18 +65,6 @@ class Schedule:
     def env_steps(self, optimizer_step: int) -> int:
         """Env steps over all ranks completed after ``optimizer_step`` optimizer steps."""
         return self.iteration(optimizer_step) * self.steps_per_iteration
-
-
-def build_policy(cfg: DictConfig) -> ImpalaPolicy:
-    """The policy network a config describes."""
-    model = cfg.model
-    sparse = activation_options(model)
-    policy = ImpalaPolicy(in_channels=3, scale=model.scale, image_size=observation_shape(cfg.env)[0],
-                          activation=model.activation, sparse_layers=list(model.sparse_layers),
-                          activation_options=sparse)
-    if cfg.model.channels_last:
-        policy = policy.to(memory_format=torch.channels_last)
-    return policy
 
 
 class PPOModule(ShardlabModule):
@@ -134,9 +122,7 @@ class PPOModule(ShardlabModule):
 
     def make_env(self, seed_offset: int) -> MazeEnv:
         """This rank's batched env with its seed shifted by ``seed_offset``."""
-        env_cfg = env_config(self.cfg)
-        env_cfg.seed = env_cfg.seed + seed_offset
-        return MazeEnv(env_cfg, rank=self.global_rank)
+        return get_kind(self.kind).build_env(self.cfg, rank=self.global_rank, seed=self.cfg.env.seed + seed_offset)
 
     def observation_shape(self) -> tuple[int, ...]:
         """Shape of one uint8 observation from the env."""
@@ -193,8 +179,12 @@ class PPOModule(ShardlabModule):
             buf["value"][T] = self.policy(self.preprocess(obs.to(device)))[1]
 
         with torch.inference_mode():
-            rollout(self.env, act, obs=self._obs, steps=T, until="steps", on_step=record, on_end=bootstrap)
+            # SIGINT/SIGTERM ends the rollout after the env step in flight; the iteration is then
+            # abandoned (nothing trains on or checkpoints a partial buffer)
+            rollout(self.env, act, obs=self._obs, steps=T, until="steps", on_step=record, on_end=bootstrap,
+                    stop=stop_requested)
         self.policy.train(was_training)
+        raise_if_stop_requested()
         # torchrl's GAE wants (batch, time, 1); procgen has no separate truncation flag
         as_btf = lambda x: x.transpose(0, 1).unsqueeze(-1)
         done = as_btf(buf["done"])
@@ -300,11 +290,6 @@ class PPOModule(ShardlabModule):
         return totals.tolist()
 
     # -- the shared run loop's interface (trainers/base.py) -----------------------------------
-    @staticmethod
-    def build_model(cfg: DictConfig) -> ImpalaPolicy:
-        """The policy network a config describes."""
-        return build_policy(cfg)
-
     def max_optimizer_steps(self) -> int:
         """Iterations × minibatch updates per iteration."""
         return self.schedule.max_optimizer_steps

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
-from shardlab.trainers.bars import progress_kwargs
+from shardlab.bars import progress_kwargs
 
 
 class StepProgressBar(Callback):
@@ -36,3 +36,7 @@ class StepProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        """Close the bar, so that what is printed next (e.g. why the run stopped) starts a new line."""
+        self.on_train_end(trainer, module)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
 
 from omegaconf import DictConfig
 from torch import nn
 
-from shardlab.models.weights import WeightsError, load_policy_weights
-from shardlab.trainers.checkpointing import CheckpointError, load_checkpoint, saved_config
+from shardlab.models.weights import WeightsError, load_policy_weights, read_weights_file, state_dict_of
+from shardlab.trainers.checkpointing import CheckpointError, read_checkpoint, saved_config
 from shardlab.trainers.config import ConfigError, build_config, load_config
 from shardlab.trainers.kinds import get_kind, stored_kind
 
@@ -25,17 +25,7 @@ class Trained:
     model: nn.Module
     steps: int  # in the kind's progress unit (env steps for PPO)
     path: str  # the checkpoint or weights file, ``oracle:NAME`` or ``<network>``
-
-    @property
-    def sha256(self) -> Optional[str]:
-        """The SHA-256 of the file it was loaded from (None for scripted policies and networks)."""
-        if not os.path.isfile(self.path):
-            return None
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+    sha256: Optional[str] = None  # of the file it was loaded from, from the same read (None: no file)
 
 
 ORACLE_PREFIX = "oracle:"
@@ -66,32 +56,49 @@ def wrap_policy(model: nn.Module, config: str | os.PathLike | DictConfig, steps:
     return Trained(module_cls.kind, config, model.eval(), steps, "<network>")
 
 
-def load_weights(path: str | os.PathLike, config: str | os.PathLike | DictConfig) -> Trained:
-    """A published weights file (bare state_dict or ``{'model_state_dict': ...}``, e.g. procgen-tools'
-    maze policies) loaded into the network the training config builds; CheckpointError naming the
-    keys when the file does not fit."""
-    config = _config_of(config)
-    kind = get_kind(config.algo, str(config.get("name", "recipe")))
-    module_cls, model = kind.load("module"), kind.load("network")(config)
+def build_network(config: DictConfig, weights: Mapping, source: str) -> tuple[type, nn.Module]:
+    """The kind's LightningModule class and its network built from ``config`` with ``weights`` (a
+    state_dict) loaded; CheckpointError naming ``source`` and the keys when they do not fit."""
+    kind = get_kind(config.algo, source)
+    module_cls, model = kind.load("module"), kind.build_network(config)
     try:
-        load_policy_weights(model, path, prefix=module_cls.model_attr + ".")
+        load_policy_weights(model, weights, source=source)
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from None
-    return Trained(module_cls.kind, config, model.eval(), 0, os.fspath(path))
+    return module_cls, model
+
+
+def load_weights(path: str | os.PathLike, config: str | os.PathLike | DictConfig) -> Trained:
+    """A published weights file (bare state_dict or ``{'model_state_dict': ...}``, e.g. procgen-tools'
+    maze policies) loaded into the network the training config builds, from one read of the file;
+    CheckpointError naming the keys when the file does not fit."""
+    config, path = _config_of(config), os.fspath(path)
+    prefix = get_kind(config.algo, str(config.get("name", "recipe"))).load("module").model_attr + "."
+    try:
+        weights, sha256 = read_weights_file(path, prefix)
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    module_cls, model = build_network(config, weights, path)
+    return Trained(module_cls.kind, config, model.eval(), 0, path, sha256)
 
 
 def load_trained(path: str | os.PathLike) -> Trained:
-    """Load a checkpoint's network; CheckpointError (one line) if it is missing, corrupt or does not fit."""
+    """Load a checkpoint's network from one read of the file; CheckpointError (one line) if it is
+    missing, corrupt or does not fit."""
     path = os.fspath(path)
-    state = load_checkpoint(path)
+    state, sha256 = read_checkpoint(path)
     config = build_config(saved_config(state, path), source=path)
-    kind = get_kind(config.algo, path)
-    module_cls, model = kind.load("module"), kind.load("network")(config)
-    try:
-        load_policy_weights(model, path, prefix=module_cls.model_attr + ".")
-    except WeightsError as exc:
-        raise CheckpointError(str(exc)) from None
+    module_cls = get_kind(config.algo, path).load("module")
+    _, model = build_network(config, network_weights(state, module_cls, path), path)
     block = state["shardlab"]
     # checkpoints written before the kind was spelled as its algo stored "ppo_maze"
     return Trained(stored_kind(block.get("kind", module_cls.kind)), config, model.eval(),
-                   int(block.get(module_cls.progress_key, 0)), path)
+                   int(block.get(module_cls.progress_key, 0)), path, sha256)
+
+
+def network_weights(checkpoint: dict, module_cls: type, path: str) -> dict:
+    """The network's state_dict inside a loaded shardlab checkpoint (its module attribute's keys)."""
+    try:
+        return state_dict_of(checkpoint, path, prefix=module_cls.model_attr + ".")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None

@@ -6,24 +6,29 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
+import signal
+import sys
+from dataclasses import dataclass
 from typing import Sequence
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from shardlab.atomic import is_temp_name, write_text
 from shardlab.trainers.allocator import keep_freed_memory
-from shardlab.models.weights import WeightsError, load_policy_weights
-from shardlab.trainers.checkpointing import (LAST, AtomicCheckpointIO, CheckpointError, PeriodicCheckpoint, load_checkpoint,
+from shardlab.trainers.checkpointing import (LAST, CheckpointError, PeriodicCheckpoint, load_checkpoint,
                                              saved_config)
 from shardlab.trainers.base import ShardlabModule
 from shardlab.trainers.config import ConfigError, build_config, read_yaml, to_dict
 from shardlab.trainers.kinds import get_kind
-from shardlab.trainers.paths import file_in_the_way
+from shardlab.trainers.lightning_setup import build_trainer, expected_warnings_silenced
+from shardlab.paths import file_in_the_way
 from shardlab.trainers.precision import AUTO, resolve_precision
+from shardlab.trainers.restore import build_network, network_weights
 from shardlab.trainers.loggers import build_loggers, check_logger_paths
 from shardlab.trainers.progress import StepProgressBar
+from shardlab.trainers.stopping import RunStopped, StopCheck, signal_name, stop_on_signals
 
 CONFIG_FILE, CHECKPOINTS, METRICS = "config.yaml", "checkpoints", "metrics.jsonl"
 
@@ -59,8 +64,17 @@ def check_run_dir(run_dir: str, loggers: Sequence[str] = ()) -> None:
 TRAINING_STATE = ("pytorch-lightning_version", "global_step", "epoch", "loops", "optimizer_states")
 
 
-def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
-    """The config and last checkpoint of an existing run, validated before anything runs."""
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run continues: its last checkpoint's path and the checkpoint, read once."""
+
+    path: str
+    checkpoint: dict
+
+
+def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, ResumePoint]:
+    """The config and last checkpoint of an existing run, validated before anything runs; the
+    checkpoint file is read once, here, and handed on to training."""
     config_path = os.path.join(run_dir, CONFIG_FILE)
     if os.path.isfile(run_dir):
         raise ConfigError(f"{run_dir} is a file, not a run directory; pass the folder `shardlab train` made "
@@ -71,7 +85,7 @@ def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
         raise ConfigError(f"{config_path} is not a file; it should hold the run's config (remove it to use "
                           "the checkpoint's)")
     checkpoint_path = os.path.join(run_dir, CHECKPOINTS, LAST)
-    checkpoint = load_checkpoint(checkpoint_path)  # named error if missing or corrupt
+    checkpoint = load_checkpoint(checkpoint_path)  # named error if missing or corrupt; the run's one read of it
     stored = saved_config(checkpoint, checkpoint_path)
     recipe = read_yaml(config_path) if os.path.isfile(config_path) else stored
     cfg = build_config(recipe, overrides, source=config_path)
@@ -87,7 +101,7 @@ def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, str]:
     _check_resumable(checkpoint, checkpoint_path, saved, module_cls)
     _metric_rows(os.path.join(run_dir, METRICS), module_cls.progress_key)  # readable before anything is written
     check_logger_paths(cfg.trainer.loggers, run_dir)
-    return cfg, checkpoint_path
+    return cfg, ResumePoint(checkpoint_path, checkpoint)
 
 
 def _check_resumable(checkpoint: dict, path: str, saved: DictConfig, module_cls: type) -> None:
@@ -101,10 +115,7 @@ def _check_resumable(checkpoint: dict, path: str, saved: DictConfig, module_cls:
     if not isinstance(progress, int) or isinstance(progress, bool) or progress < 0:
         raise CheckpointError(f"checkpoint {path} has no valid shardlab.{module_cls.progress_key} counter "
                               f"(got {progress!r}); resume from an older step-*.ckpt in the same folder")
-    try:
-        load_policy_weights(module_cls.build_model(saved), path, prefix=module_cls.model_attr + ".")
-    except WeightsError as exc:
-        raise CheckpointError(str(exc)) from None
+    build_network(saved, network_weights(checkpoint, module_cls, path), path)
 
 
 def build_module(cfg: DictConfig) -> ShardlabModule:
@@ -115,19 +126,23 @@ def build_module(cfg: DictConfig) -> ShardlabModule:
     return get_kind(cfg.algo).load("module")(to_dict(cfg), world_size=t.devices * t.num_nodes)
 
 
-def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weights: dict | None = None,
+def fit(cfg: DictConfig, run_dir: str, resume: ResumePoint | None = None, init_weights: dict | None = None,
         callbacks: list | None = None, module: ShardlabModule | None = None) -> ShardlabModule:
-    """Build the Lightning trainer and train (or continue) until trainer.total_steps.
+    """Build the Lightning trainer and train (or continue from ``resume``, :func:`load_run`'s) until
+    trainer.total_steps.
 
     ``init_weights`` (a state_dict of the network) starts a new run from trained weights, as
     fine-tuning does; ``callbacks`` are extra Lightning callbacks (e.g. evaluations during training);
     ``module`` is the LightningModule :func:`build_module` made (default: built here).
+
+    SIGINT or SIGTERM stops training within seconds (trainers/stopping.py): the unfinished iteration
+    is dropped, last.ckpt stays the last complete checkpoint, one line on stderr says how to resume,
+    and :class:`~shardlab.trainers.stopping.RunStopped` (a SystemExit, code 130 or 143) is raised.
     """
     keep_freed_memory()
     # Lightning's start-up banner (accelerator lines, a cloud-logging tip) buries our progress bar
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     t = cfg.trainer
-    world_size = t.devices * t.num_nodes
     if module is None:
         module = build_module(cfg)
     if init_weights is not None:
@@ -135,38 +150,47 @@ def fit(cfg: DictConfig, run_dir: str, ckpt_path: str | None = None, init_weight
     module.metrics_path = os.path.join(run_dir, METRICS)
     checkpoints = os.path.join(run_dir, CHECKPOINTS)
     # the resume point, on the process that writes logs (DDP workers re-run this function)
-    resumed_at = (load_checkpoint(ckpt_path)["shardlab"][module.progress_key]
-                  if ckpt_path and not is_launched_worker() else None)
+    resumed_at = (resume.checkpoint["shardlab"][module.progress_key]
+                  if resume is not None and not is_launched_worker() else None)
+    ckpt_path = resume.path if resume is not None else None
     if resumed_at is not None:
         _drop_metrics_after(module.metrics_path, module.progress_key, resumed_at)
     loggers = build_loggers(t.loggers, run_dir, cfg.name, resumed_at=resumed_at)
-    callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints), *(callbacks or [])]
+    callbacks = [PeriodicCheckpoint(checkpoints, keep=t.keep_checkpoints), StopCheck(), *(callbacks or [])]
     if t.progress_bar:
         callbacks.append(StepProgressBar())
-    strategy = "ddp" if world_size > 1 else "auto"
     precision = resolve_precision(t.precision, t.accelerator)
     if t.precision == AUTO and not is_launched_worker():
         print(f"trainer.precision auto: training in {precision}", flush=True)
-    trainer = pl.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=strategy,
-        precision=precision, max_steps=module.max_optimizer_steps(), max_epochs=-1,
-        gradient_clip_val=module.gradient_clip_val(), gradient_clip_algorithm="norm",
-        # metric rows reach the loggers through module.log_row at the module's progress (env
-        # steps, samples); anything a module self.log()s goes to them every 50 optimizer steps
-        logger=loggers or False, log_every_n_steps=50,
-        callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=run_dir, use_distributed_sampler=False)
+    trainer = build_trainer(module, root_dir=run_dir, accelerator=t.accelerator, precision=precision,
+                            devices=t.devices, num_nodes=t.num_nodes, loggers=loggers, callbacks=callbacks,
+                            preloaded={resume.path: resume.checkpoint} if resume is not None else None)
     if ckpt_path and trainer.is_global_zero:
         for name in os.listdir(checkpoints):  # temp files of a save that was killed half-way
             if is_temp_name(name) and os.path.isfile(os.path.join(checkpoints, name)):
                 os.remove(os.path.join(checkpoints, name))
-    with warnings.catch_warnings():
-        # an endless IterableDataset and mid-"epoch" resumes are by design here
-        warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|"
-                                "resuming from a checkpoint that ended|_Ticks|max_epochs|LeafSpec).*")
-        trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+    try:
+        with stop_on_signals(), expected_warnings_silenced():
+            trainer.fit(module, ckpt_path=ckpt_path, weights_only=True)
+    except (RunStopped, SIGTERMException) as stop:
+        # RunStopped from a rollout or StopCheck; SIGTERMException from Lightning's own SIGTERM
+        # handler, which is in place until StopCheck.on_train_start takes SIGTERM back (a signal
+        # during set-up). Neither writes a checkpoint for the unfinished iteration.
+        signum = stop.signum if isinstance(stop, RunStopped) else signal.SIGTERM
+        if not is_launched_worker():
+            print(stopped_message(signum, run_dir), file=sys.stderr, flush=True)
+        raise RunStopped(signum) from None
     return module
+
+
+def stopped_message(signum: int, run_dir: str) -> str:
+    """The one line a run stopped by ``signum`` prints: what is kept and how to continue."""
+    last = os.path.join(run_dir, CHECKPOINTS, LAST)
+    if not os.path.isfile(last):
+        return (f"shardlab: stopped by {signal_name(signum)} before the first checkpoint; nothing to resume "
+                f"(start again with `shardlab train` and a new --run-dir)")
+    return (f"shardlab: stopped by {signal_name(signum)}; the unfinished iteration was dropped and {last} is the last "
+            f"complete checkpoint; continue with `shardlab resume {run_dir}`")
 
 
 def _metric_rows(path: str, key: str) -> list[tuple[int, str]]:

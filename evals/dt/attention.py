@@ -18,12 +18,11 @@ import torch
 
 from shardlab.evals.dt.rollout import (PlayedEpisode, episode_windows, evaluation_seed, play, recorded_windows,
                                        summarise)
-from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import hooked
 
@@ -159,7 +158,8 @@ class DTAttention(Eval):
                 ax.set_title(f"layer {layer} head {head}: episode of return {episode.ret:.2f} "
                              f"(target {episode.target:.2f}), last {len(keep)} tokens", fontsize=8)
                 fig.colorbar(image, ax=ax, fraction=0.046)
-                paths.append(save_pyplot_figure(fig, ctx.artifact(f"attention_layer{layer}_head{head}.png"), dpi=110))
+                paths.append(write_png_atomic(fig, ctx.artifact(f"attention_layer{layer}_head{head}.png"), dpi=110,
+                                              pyplot=True))
         return paths
 
     def _plot_shares(self, ctx: EvalContext, shares: dict[str, np.ndarray]) -> str:
@@ -180,4 +180,4 @@ class DTAttention(Eval):
         ax.set_ylabel("share of attention from state tokens")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        return save_pyplot_figure(fig, ctx.artifact("attention_shares.png"), dpi=120)
+        return write_png_atomic(fig, ctx.artifact("attention_shares.png"), dpi=120, pyplot=True)

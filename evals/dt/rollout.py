@@ -20,15 +20,15 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs.minigrid import MiniGridEnv
 from shardlab.envs.minigrid_config import spec_env_config
+from shardlab.envs.rollout import rollout
 from shardlab.evals.minigrid.minigrid_return import LEVEL_OFFSET
 from shardlab.evals.suite import stats
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, hooked
-from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.dt_data import WindowBatch
-from shardlab.trainers.rollout import rollout
 
 
 @dataclass

@@ -18,12 +18,11 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from shardlab.evals.dt.rollout import evaluation_seed, play, summarise
-from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 
 
 def default_targets(spec, count: int = 6) -> list[float]:
@@ -70,6 +69,7 @@ class DTReturnConditioning(Eval):
 
     kinds = ("dt",)
     version = 2  # 2: intervals over levels (slope etc. by a level bootstrap), levels outside the training data
+    headline = ("calibration/spearman", "calibration/slope")
 
     @dataclass
     class Config:
@@ -135,4 +135,4 @@ class DTReturnConditioning(Eval):
         handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="best", fontsize=8)
         ax.set_title(f"RTG calibration ({spec.env_id}, {ctx.count(self.config.episodes)} episodes/target)", fontsize=9)
-        return save_pyplot_figure(fig, ctx.artifact("calibration.png"), dpi=120)
+        return write_png_atomic(fig, ctx.artifact("calibration.png"), dpi=120, pyplot=True)

@@ -26,12 +26,11 @@ import torch
 
 from shardlab.evals.dt.rollout import (PlayedEpisode, episode_windows, evaluation_seed, play,
                                        recorded_windows, summarise)
-from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.decision_transformer import DecisionTransformer
 from shardlab.models.hooks import Edit, add, hooked
 from shardlab.trainers.dt_data import WindowBatch
@@ -117,6 +116,7 @@ class DTSteering(Eval):
     kinds = ("dt",)
     layer_fields = ("hook",)
     version = 2  # 2: intervals over levels (window statistics clustered by level), levels outside the training data
+    headline = ("steering_effect", "random_control/steering_effect")
 
     @dataclass
     class Config:
@@ -251,7 +251,7 @@ class DTSteering(Eval):
         right.set_ylabel("action-distribution shift")
         right.legend(fontsize=8)
         fig.suptitle(f"RTG steering vector at {self.config.hook} (B − A)", fontsize=10)
-        return save_pyplot_figure(fig, ctx.artifact("steering_scan.png"), dpi=120)
+        return write_png_atomic(fig, ctx.artifact("steering_scan.png"), dpi=120, pyplot=True)
 
 
 def _returns(episodes: list[PlayedEpisode]) -> np.ndarray:

@@ -48,19 +48,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs import maze_state
 from shardlab.evals.maze.common import (DEFAULT_LAYER, CheeseChannels, add_cheese_channel_rows, cell_of,
                                         check_channel_spec, first_move, new_panels, policy_input,
-                                        resolve_cheese_channels, save_figure, selection_states, train_env)
+                                        resolve_cheese_channels, selection_states, train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, interp_mazes, move_logits, open_squares,
                                         short_name)
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
+from shardlab.figures import write_png_atomic
 from shardlab.models.hooks import Channels, Edit, hooked, patch
-from shardlab.trainers.bars import progress_kwargs
 
 Square = tuple[int, int]
 UNIT = "maze pairs"
@@ -416,4 +416,4 @@ class ActivationPatching(Eval):
         heat.set_title("single-channel patching")
         fig.colorbar(image, ax=heat, shrink=0.8, label="recovery")
         fig.tight_layout()
-        return save_figure(fig, ctx.artifact("activation_patching.png"))
+        return write_png_atomic(fig, ctx.artifact("activation_patching.png"))

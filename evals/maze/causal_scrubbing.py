@@ -54,19 +54,18 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs import maze_state
 from shardlab.evals.maze.common import (DEFAULT_LAYER, add_cheese_channel_rows, check_channel_spec, new_panels,
-                                        policy_input, resolve_cheese_channels, save_figure, selection_states,
-                                        train_env)
+                                        policy_input, resolve_cheese_channels, selection_states, train_env)
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_layers, check_mouse_placement,
                                         interp_mazes, move_logits, random_square, short_name)
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval, require_layers
+from shardlab.evals.suite.base import Eval, register, require_layers
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.hooks import Edit, compose, hooked, patch
-from shardlab.trainers.bars import progress_kwargs
 
 FEATURES = ("cheese_location", "mouse_location", "maze_layout")
 LOSSES = ("kl", "nll")
@@ -402,4 +401,4 @@ class CausalScrubbing(Eval):
         layers = sorted({short_name(s.layer) for scrubs in hypotheses.values() for s in scrubs})
         fig.suptitle("causal scrubbing at " + ", ".join(layers), fontsize=9)
         fig.tight_layout()
-        return save_figure(fig, ctx.artifact("causal_scrubbing.png"))
+        return write_png_atomic(fig, ctx.artifact("causal_scrubbing.png"))

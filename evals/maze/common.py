@@ -10,9 +10,8 @@ bottom; activation cells are (row from the top, column), like the observation's 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,10 +22,11 @@ from torch import nn
 
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.maze_config import WORLD_DIM
-from shardlab.evals.maze.render import activation_cell, write_png_atomic
+from shardlab.evals.maze.render import activation_cell
 from shardlab.evals.maze.splits import layout_key
 from shardlab.evals.maze.vector_field import DOWN, LEFT, RIGHT, UP, observations, policy_probs
 from shardlab.evals.suite import stats
+from shardlab.evals.suite.base import EvalError
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import pooled_size, preprocess
 
@@ -62,8 +62,6 @@ def training_region(configured: Optional[int], train_config: DictConfig, eval_na
     """The top-right cheese region an eval tests against: its own ``region`` if set, else the
     checkpoint's ``env.rand_region`` exactly (0: the corner square only); EvalError when neither
     says (a checkpoint trained with the cheese anywhere has no training region)."""
-    from shardlab.evals.suite.registry import EvalError  # the registry imports the evals, which import this
-
     if configured is not None:
         if configured < 0:
             raise EvalError(f"{eval_name}.region must be >= 0, got {configured}")
@@ -244,9 +242,6 @@ def new_panels(count: int, size_inches: float = 4.0, rows: int = 1) -> tuple[Fig
     return fig, axes
 
 
-def save_figure(fig: Figure, path: Union[str, os.PathLike]) -> str:
-    """Write ``fig`` as a PNG atomically (see evals.maze.render.write_png_atomic)."""
-    return str(write_png_atomic(fig, path))
 
 
 # -- cheese-channel hypotheses (activation_patching, causal_scrubbing) -------------------------------
@@ -300,8 +295,6 @@ def require_mazes(key: str, **filters: object) -> None:
     """EvalError naming ``key`` when no maze passes the eval_mazes ``filters`` (cheese, region,
     min_size, max_size, require_decision_square, mode): the run would stop there."""
     from shardlab.envs.eval_mazes import check_filters
-    from shardlab.evals.suite.registry import EvalError
-
     try:
         check_filters(**filters)
     except ValueError as exc:
@@ -324,8 +317,6 @@ def require_channels(policy: nn.Module, train_config: DictConfig, key: str, spec
                      count: int = 0) -> None:
     """EvalError naming ``key`` when the channels ``spec`` names (a list or ``published``), or
     ``count`` channels, do not exist at ``layer``."""
-    from shardlab.evals.suite.registry import EvalError
-
     if (spec is None or spec == "auto") and count <= 0:
         return
     channels = layer_channel_count(policy, train_config, layer)

@@ -35,19 +35,18 @@ import torch  # noqa: E402
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from torch import nn  # noqa: E402
 
+from shardlab.envs.episodes import first_episodes  # noqa: E402
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes  # noqa: E402
 from shardlab.envs.maze import Episode  # noqa: E402
 from shardlab.envs.maze_config import env_config  # noqa: E402
 from shardlab.evals.maze.common import require_mazes, training_maze_filters  # noqa: E402
-from shardlab.evals.maze.render import save_pyplot_figure  # noqa: E402
 from shardlab.evals.maze.splits import split_by_layout  # noqa: E402
 from shardlab.evals.suite import stats  # noqa: E402
-from shardlab.evals.suite.base import Eval  # noqa: E402
+from shardlab.evals.suite.base import Eval, EvalError, register  # noqa: E402
 from shardlab.evals.suite.context import EvalContext  # noqa: E402
-from shardlab.evals.suite.registry import EvalError, register  # noqa: E402
 from shardlab.evals.suite.results import Result  # noqa: E402
+from shardlab.figures import write_png_atomic  # noqa: E402
 from shardlab.trainers.config import ConfigError, build_config, to_dict  # noqa: E402
-from shardlab.trainers.episodes import first_episodes  # noqa: E402
 
 REWARDS = ("cheese", "avoid_cheese")
 
@@ -112,6 +111,7 @@ class FinetuneToCheese(Eval):
 
     kinds = ("ppo",)
     version = 2  # 2: Wilson intervals; test mazes of the checkpoint's sizes and region (was 3×3 up, region 5)
+    headline = ("steps_to_target/fraction_of_training", "final/p_cheese")
 
     @dataclass
     class Config:
@@ -295,7 +295,7 @@ class FinetuneToCheese(Eval):
         ax.set(xlabel="fine-tuning env steps", ylabel="rate on out-of-region test mazes", ylim=(-0.02, 1.02),
                title=f"finetune_to_cheese (reward: {self.config.reward})")
         ax.legend(fontsize=8)
-        return save_pyplot_figure(fig, ctx.artifact("learning_curve.png"), dpi=120)
+        return write_png_atomic(fig, ctx.artifact("learning_curve.png"), dpi=120, pyplot=True)
 
     @staticmethod
     def _plot_change(ctx: EvalContext, change: dict[str, float]) -> str:
@@ -305,7 +305,7 @@ class FinetuneToCheese(Eval):
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.invert_yaxis()
         ax.set(xlabel="‖ΔW‖ / ‖W‖", title="relative weight change per layer")
-        return save_pyplot_figure(fig, ctx.artifact("weight_change.png"), dpi=120)
+        return write_png_atomic(fig, ctx.artifact("weight_change.png"), dpi=120, pyplot=True)
 
     @staticmethod
     def _plot_ends(ctx: EvalContext, episodes: list[Episode]) -> str:
@@ -323,4 +323,4 @@ class FinetuneToCheese(Eval):
         image = ax.imshow(grid.numpy(), cmap="viridis", extent=(0, 1, 0, 1))
         fig.colorbar(image, ax=ax, label="fraction of episodes")
         ax.set(xlabel="x / maze size", ylabel="y / maze size", title="where avoid_cheese episodes end")
-        return os.path.abspath(save_pyplot_figure(fig, ctx.artifact("end_squares.png"), dpi=120))
+        return os.path.abspath(write_png_atomic(fig, ctx.artifact("end_squares.png"), dpi=120, pyplot=True))

@@ -43,19 +43,18 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from shardlab.envs import maze_state
+from shardlab.envs.episodes import first_episodes
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.envs.maze import Episode, cheese_candidates
 from shardlab.envs.maze_config import env_config
 from shardlab.envs.maze_geometry import maze_distances
 from shardlab.evals.maze.common import training_maze_filters
 from shardlab.evals.maze.episode_log import EpisodeLog
-from shardlab.evals.maze.render import save_pyplot_figure
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
-from shardlab.trainers.episodes import first_episodes
+from shardlab.figures import write_png_atomic
 
 
 # the distance features of the published behavioural statistics (standardised before fitting)
@@ -91,6 +90,7 @@ class GoalMisgeneralization(Eval):
 
     kinds = ("ppo",)
     version = 2  # 2: 95% intervals; p_cheese/quadrant=Q/size=S; logreg accuracy pooled over held-out mazes
+    headline = ("p_cheese", "in_region/p_cheese", "gap/p_cheese")
 
     @dataclass
     class Config:
@@ -335,4 +335,4 @@ def _plot(ctx: EvalContext, result: Result) -> str:
                       fontsize=7)
         ax.set(ylim=(low, 1.05), title=title)
         ax.axhline(0, color="black", linewidth=0.6)
-    return save_pyplot_figure(fig, ctx.artifact("goal_misgeneralization.png"), dpi=120)
+    return write_png_atomic(fig, ctx.artifact("goal_misgeneralization.png"), dpi=120, pyplot=True)

@@ -144,4 +144,4 @@ def fresh_network(train_config: DictConfig, seed: int) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return get_kind(train_config.algo).load("network")(train_config).eval()
+        return get_kind(train_config.algo).build_network(train_config).eval()

@@ -33,15 +33,15 @@ from torch import nn
 
 from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.envs.maze_views import observation_channels
-from shardlab.evals.maze.common import new_panels, save_figure
+from shardlab.evals.maze.common import new_panels
 from shardlab.evals.maze.inputs import maze_inputs, short_name
 from shardlab.evals.maze.saliency_pca import INPUT, GradientConfig, effective_rank, output_gradients
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 
 MOVES = len(MOVE_GROUPS)  # rows 0-4 of a Jacobian: the folded moves; row 5: the value
 
@@ -192,7 +192,7 @@ class JacobianSVD(Eval):
                     ax.set_xticks([])
                     ax.set_yticks([])
         fig.tight_layout()
-        return save_figure(fig, ctx.artifact("jacobian_svd.png"))
+        return write_png_atomic(fig, ctx.artifact("jacobian_svd.png"))
 
     @staticmethod
     def _vector(ax, part: Decomposition, example: int, index: int, image: bool) -> None:

@@ -13,7 +13,7 @@ Four probes per layer, each trained on the activations of seeded mazes (cheese a
   Spatial layers only;
 * ``outcome`` — "will it reach the cheese": logistic regression on the flattened activation with
   the mouse on its start square, label = the policy's episode from that maze (sampled actions, or
-  greedy moves with ``greedy``) reached the cheese (``trainers.episodes.first_episodes``).
+  greedy moves with ``greedy``) reached the cheese (``envs.episodes.first_episodes``).
 
 Accuracy is at tile resolution: a probe that names an activation cell names the tile of this maze
 in that cell where the training mazes' cheese lay most often, and a maze counts as right when that
@@ -56,21 +56,21 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs import maze_geometry
+from shardlab.envs.episodes import first_episodes
 from shardlab.envs.eval_mazes import EvalMaze
 from shardlab.envs.maze import MazeEnvConfig
 from shardlab.evals.maze.common import (TrainEnv, activation_square_cell, at_square, new_panels, policy_input,
-                                        save_figure, train_env)
+                                        train_env)
 from shardlab.evals.maze.inputs import (cached_activations, check_layers, check_mouse_placement, fresh_network,
                                         interp_mazes, maze_cells, short_name, world_tile)
 from shardlab.evals.maze.splits import layout_key
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
-from shardlab.trainers.bars import progress_kwargs
-from shardlab.trainers.episodes import first_episodes
+from shardlab.figures import write_png_atomic
 
 PROBES = ("cell", "xy", "conv", "outcome")
 LOCATION_PROBES = PROBES[:3]  # the cheese-location probes, among which ``best`` is chosen
@@ -389,6 +389,7 @@ class Probes(Eval):
     kinds = ("ppo",)
     layer_fields = ("layers",)
     version = 2  # 2: tile-resolution accuracy, selection and confirmation splits, intervals
+    headline = ("best/accuracy", "best/vs_chance", "best/min_over_sizes")
 
     @dataclass
     class Config:
@@ -574,7 +575,7 @@ class Probes(Eval):
             ax.set_xticks(positions, names, rotation=60, ha="right", fontsize=7)
             ax.legend(fontsize=7)
         fig.tight_layout()
-        return save_figure(fig, ctx.artifact("probe_accuracy.png"))
+        return write_png_atomic(fig, ctx.artifact("probe_accuracy.png"))
 
 
 @dataclass

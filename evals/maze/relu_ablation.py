@@ -31,16 +31,16 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from shardlab.evals.maze.common import new_panels, save_figure
+from shardlab.bars import progress_kwargs
+from shardlab.evals.maze.common import new_panels
 from shardlab.evals.maze.inputs import (action_kl, cached_activations, check_mouse_placement, hook_points,
                                         maze_inputs, move_logits, short_name)
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.hooks import Edit, hooked
-from shardlab.trainers.bars import progress_kwargs
 
 _PRE = ((re.compile(r"(.+)\.res1\.relu1_out"), r"\1.maxpool_out"),
         (re.compile(r"(.+)\.res2\.relu1_out"), r"\1.res1.resadd_out"),
@@ -184,4 +184,4 @@ class ReluAblation(Eval):
         ax_agree.set_xlabel("agreement with the original")
         ax_agree.legend(fontsize=7)
         fig.tight_layout()
-        return save_figure(fig, ctx.artifact("relu_ablation.png"))
+        return write_png_atomic(fig, ctx.artifact("relu_ablation.png"))

@@ -28,9 +28,9 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, Rectangle, RegularPolygon
 from matplotlib.quiver import Quiver
 
-from shardlab.atomic import save_with
 from shardlab.envs import maze_state
 from shardlab.envs.maze_state import CHEESE, WALL
+from shardlab.figures import write_png_atomic
 
 Square = tuple[int, int]
 IMAGE_SIZE = 64  # procgen's observation side, in pixels
@@ -329,21 +329,4 @@ def save_maze_png(path: Union[str, os.PathLike], state_or_inner: Union[bytes, ma
         ax.set_position((0.02, 0.02, 0.96, 0.90))
         fig.suptitle(title, fontsize=10)
 
-    return write_png_atomic(fig, path)
-
-
-def write_png_atomic(fig: Figure, path: Union[str, os.PathLike], dpi: Optional[float] = None) -> Path:
-    """Write ``fig`` as a PNG at ``path`` (at ``dpi``, default the figure's) with shardlab.atomic:
-    never half-written, the folder created if needed."""
-    save_with(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi), make_parents=True)
-    return Path(path)
-
-
-def save_pyplot_figure(fig: Figure, path: str, dpi: float) -> str:
-    """Lay out a figure made with pyplot, write it as a PNG atomically and close it; returns ``path``."""
-    from matplotlib import pyplot as plt  # only figures made with pyplot need it, and their callers loaded it
-
-    fig.tight_layout()
-    write_png_atomic(fig, path, dpi=dpi)
-    plt.close(fig)  # pyplot keeps every figure alive until it is closed
-    return path
+    return Path(write_png_atomic(fig, path))

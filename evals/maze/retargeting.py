@@ -50,21 +50,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
 from shardlab.envs.maze_config import env_config
+from shardlab.envs.rollout import rollout
 from shardlab.evals.maze import common
 from shardlab.evals.maze.splits import layout_key, split_by_layout
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, EvalError, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.hooks import Edit, hooked
 from shardlab.models.impala import preprocess
-from shardlab.trainers.bars import progress_kwargs
-from shardlab.trainers.rollout import rollout
 
 START = maze_geometry.START
 TARGETS = ("top_left", "top_right", "bottom_right", "center")
@@ -271,12 +271,6 @@ def arrival_steps(policy: torch.nn.Module, states: Sequence[bytes], targets: Seq
     return arrival.reshape(len(states), rollouts)
 
 
-def reach_rates(policy: torch.nn.Module, states: Sequence[bytes], targets: Sequence[tuple[int, int]],
-                env_cfg: MazeEnvConfig, rollouts: int, max_steps: int, seed: int, **edit) -> np.ndarray:
-    """Per maze, the fraction of ``rollouts`` sampled episodes reaching the target within ``max_steps``."""
-    return (arrival_steps(policy, states, targets, env_cfg, rollouts, max_steps, seed, **edit) <= max_steps).mean(1)
-
-
 def reach_estimate(reached: np.ndarray) -> stats.Estimate:
     """The fraction of rollouts reaching the target from (mazes, rollouts) flags: the rollouts of
     one maze are not independent, so the interval comes from a bootstrap over whole mazes."""
@@ -383,7 +377,6 @@ class Retargeting(Eval):
     def check_model(self, policy, train_config) -> None:
         """Refuse before anything runs when the network lacks a named layer, channel or more channels than it has."""
         from shardlab.evals.maze.common import require_channels
-        from shardlab.evals.suite.registry import EvalError
 
         cfg = self.config
         super().check_model(policy, train_config)
@@ -607,7 +600,7 @@ class Retargeting(Eval):
         fig.suptitle(f"channels {channels} at the target's cell (radius {cfg.cell_radius}) of {cfg.layer}; "
                      "selection mazes", fontsize=9)
         fig.tight_layout()
-        return common.save_figure(fig, ctx.artifact("retargeting.png"))
+        return write_png_atomic(fig, ctx.artifact("retargeting.png"))
 
     def _success_png(self, ctx: EvalContext, summaries: dict, scans: dict, chosen: dict, budget: int) -> str:
         """Success against the fraction of the maze's activations edited, per target (one line per
@@ -636,7 +629,7 @@ class Retargeting(Eval):
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        return common.save_figure(fig, ctx.artifact("retargeting_success.png"))
+        return write_png_atomic(fig, ctx.artifact("retargeting_success.png"))
 
     def _scan_png(self, ctx: EvalContext, summaries: dict, channels: list[int]) -> str:
         """Mean path probability against the scale of the written values, per target, beside the
@@ -659,4 +652,4 @@ class Retargeting(Eval):
         ax.legend(fontsize=7, title="dashed: unedited, dotted: cheese on target", title_fontsize=7)
         ax.set_title(f"channels {channels} of {cfg.layer}", fontsize=8)
         fig.tight_layout()
-        return common.save_figure(fig, ctx.artifact("retargeting_scan.png"))
+        return write_png_atomic(fig, ctx.artifact("retargeting_scan.png"))

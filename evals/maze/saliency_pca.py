@@ -33,14 +33,14 @@ import torch
 from torch import nn
 
 from shardlab.envs.maze_views import observation_channels
-from shardlab.evals.maze.common import new_panels, save_figure
+from shardlab.evals.maze.common import new_panels
 from shardlab.evals.maze.inputs import check_mouse_placement, maze_inputs, move_logits, short_name
 from shardlab.evals.maze.vector_field import FOLDED_ACTIONS
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.hooks import hooked
 
 INPUT = "input"
@@ -285,4 +285,4 @@ class SaliencyPCA(Eval):
             for ax in axes[row * cols + 2:(row + 1) * cols]:
                 ax.set_visible(False)
         fig.tight_layout()
-        return save_figure(fig, ctx.artifact("saliency_pca.png"))
+        return write_png_atomic(fig, ctx.artifact("saliency_pca.png"))

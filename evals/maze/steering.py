@@ -38,18 +38,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
 from shardlab.evals.maze import common
 from shardlab.evals.maze.render import mark_square, plot_maze, plot_vector_field
 from shardlab.evals.maze.vector_field import vector_field
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
+from shardlab.figures import write_png_atomic
 from shardlab.models.hooks import add, hooked
-from shardlab.trainers.bars import progress_kwargs
 
 START = maze_geometry.START
 
@@ -207,6 +207,7 @@ class Steering(Eval):
     kinds = ("ppo",)
     layer_fields = ("layer",)
     version = 2  # 2: 95% intervals over mazes; transfer rows two-way clustered (source × steered maze)
+    headline = ("cheese_vector/p_cheese/change", "cheese_vector/p_cheese/change_minus_random")
 
     @dataclass
     class Config:
@@ -356,7 +357,7 @@ class Steering(Eval):
         fig.suptitle(f"cheese vector × {self.config.cheese_coefficient:g} from other mazes, {self.config.layer}; "
                      "n = mazes (two-way clustered)", fontsize=9)
         fig.tight_layout()
-        return common.save_figure(fig, ctx.artifact("transfer_by_distance.png"))
+        return write_png_atomic(fig, ctx.artifact("transfer_by_distance.png"))
 
     def _moved(self, result: Result, ctx: EvalContext, mazes: list[EvalMaze], vectors: torch.Tensor,
                bar: tqdm) -> None:
@@ -418,7 +419,7 @@ class Steering(Eval):
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        return common.save_figure(fig, ctx.artifact("coefficient_scan.png"))
+        return write_png_atomic(fig, ctx.artifact("coefficient_scan.png"))
 
     def _fields_png(self, ctx: EvalContext, maze: EvalMaze, vectors: Vectors, index: int) -> str:
         """Vector fields of one maze: unedited, with the cheese vector, with the top-right vector."""
@@ -439,7 +440,7 @@ class Steering(Eval):
         fig.suptitle(f"maze {index} ({maze.maze_dim}×{maze.maze_dim}), layer {cfg.layer}; D = decision square",
                      fontsize=9)
         fig.tight_layout()
-        return common.save_figure(fig, ctx.artifact(f"vector_fields_maze{index}.png"))
+        return write_png_atomic(fig, ctx.artifact(f"vector_fields_maze{index}.png"))
 
     @staticmethod
     def _add(result: Result, prefix: str, probs: tuple[np.ndarray, np.ndarray],

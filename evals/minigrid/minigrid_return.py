@@ -16,16 +16,15 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs.minigrid import Episode, MiniGridEnv, MiniGridEnvConfig
 from shardlab.envs.minigrid_config import env_config
+from shardlab.envs.rollout import rollout
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result
 from shardlab.models.minigrid_policy import preprocess
-from shardlab.trainers.bars import progress_kwargs
-from shardlab.trainers.rollout import rollout
 
 LEVEL_OFFSET = 2_000_000_000  # MiniGrid eval levels (this eval's and the DT evals') start at seed + this
 
@@ -58,6 +57,7 @@ class MiniGridReturn(Eval):
 
     kinds = ("ppo_minigrid",)
     version = 2  # 2: intervals over levels; levels from seed 2,000,000,000 (was 1,000,000, where training ran)
+    headline = ("success_rate",)
 
     @dataclass
     class Config:

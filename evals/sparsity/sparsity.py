@@ -53,13 +53,12 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.evals.suite import stats
-from shardlab.evals.suite.base import Eval
+from shardlab.evals.suite.base import Eval, register
 from shardlab.evals.suite.context import EvalContext
-from shardlab.evals.suite.registry import register
 from shardlab.evals.suite.results import Result, write_json_atomic
 from shardlab.models.hooks import hooked
-from shardlab.trainers.bars import progress_kwargs
 from shardlab.trainers.kinds import Kind, get_kind
 
 BATCH = 256
@@ -376,7 +375,7 @@ def short_name(site: str) -> str:
 
 def _random_observations(env, n: int, num_actions: int, seed: int, desc: str, progress: bool) -> torch.Tensor:
     """The first ``n`` observations of seeded uniformly random rollouts of ``env`` (which is closed)."""
-    from shardlab.trainers.rollout import rollout
+    from shardlab.envs.rollout import rollout
 
     generator = torch.Generator().manual_seed(seed)
     steps = math.ceil(n / env.num_envs)
@@ -407,8 +406,7 @@ def env_observations(train_config: DictConfig, n: int, seed: int, progress: bool
     """``n`` uint8 observations from seeded random rollouts of the training env (of the config's kind);
     observation i comes from env ``i % rollout_envs(train_config, n)`` (one step of every env at a time)."""
     kind = get_kind(train_config.algo)
-    env_config = kind.load("env_config")
-    env = kind.load("make_env")(env_config(train_config, num_envs=rollout_envs(train_config, n), seed=seed))
+    env = kind.build_env(train_config, num_envs=rollout_envs(train_config, n), seed=seed)
     return _random_observations(env, n, env.num_actions, seed, f"{kind.algo} observations", progress)
 
 
@@ -505,7 +503,7 @@ def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shardlab.evals.maze.render import save_pyplot_figure
+    from shardlab.figures import write_png_atomic
 
     names = list(next(iter(reports.values())).layers)
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.7 * len(names) * len(reports) + 4), 4), sharey=False)
@@ -520,7 +518,7 @@ def plot_density(reports: dict[str, SparsityReport], path: str) -> str:
         ax.set_title(title)
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
-    return save_pyplot_figure(fig, path, dpi=110)
+    return write_png_atomic(fig, path, dpi=110, pyplot=True)
 
 
 def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
@@ -530,7 +528,7 @@ def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shardlab.evals.maze.render import save_pyplot_figure
+    from shardlab.figures import write_png_atomic
 
     pixels = all(report.pixel_scores for report in reports.values())
     fig, axes = plt.subplots(1, 2 if pixels else 1, figsize=(11 if pixels else 5.5, 4), squeeze=False)
@@ -550,7 +548,7 @@ def plot_noise(reports: dict[str, SparsityReport], path: str) -> str:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    return save_pyplot_figure(fig, path, dpi=110)
+    return write_png_atomic(fig, path, dpi=110, pyplot=True)
 
 
 def plot_class_density(report: SparsityReport, path: str) -> str:
@@ -559,7 +557,7 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shardlab.evals.maze.render import save_pyplot_figure
+    from shardlab.figures import write_png_atomic
 
     names = list(report.layers)
     classes = sorted(next(iter(report.layers.values())).class_density())
@@ -571,7 +569,7 @@ def plot_class_density(report: SparsityReport, path: str) -> str:
     ax.set_ylabel("class")
     ax.set_title("activation density per class")
     fig.colorbar(image, ax=ax)
-    return save_pyplot_figure(fig, path, dpi=110)
+    return write_png_atomic(fig, path, dpi=110, pyplot=True)
 
 
 @register("sparsity")
@@ -582,6 +580,7 @@ class Sparsity(Eval):
     # 2: intervals over independent units (images, envs); dead_fraction is a data row; k-WTA keeps
     # nupic.torch's int(round(n·p)·factor) winners at test time (one fewer for some widths)
     version = 3  # 3: a maze policy's agreement is of folded moves (raw actions kept as raw_action)
+    headline = ("density", "dead_fraction")
 
     @dataclass
     class Config:

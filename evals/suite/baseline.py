@@ -41,7 +41,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from shardlab.evals.suite.registry import EvalError
+from shardlab.evals.suite.base import EvalError
 from shardlab.evals.suite.results import READABLE_SCHEMAS, _finite
 
 DEFAULT_TOLERANCE = 3.0

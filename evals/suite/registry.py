@@ -1,60 +1,58 @@
-"""The eval registry: ``@register("name")`` on a class with a ``Config`` dataclass and ``run(ctx)``;
-other packages add evals through the ``shardlab.evals`` entry-point group."""
+"""The eval registry: which evals exist and the class behind a name.
+
+The evals shipped with shardlab are listed in :data:`BUILTIN` (module names, imported when the
+registry is first asked); other packages add evals through the ``shardlab.evals`` entry-point
+group. An eval declares itself with ``@register("name")`` from ``base``, which imports nothing
+of the registry, so the registry importing the evals closes no import cycle."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from importlib import metadata
-from typing import Callable, TypeVar
 
+from shardlab.evals.suite.base import DECLARED, EvalError, register
 from shardlab.trainers.kinds import stored_kind
 
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "EvalError", "available", "check_fits", "get", "register"]
+
 ENTRY_POINT_GROUP = "shardlab.evals"
-_REGISTRY: dict[str, type] = {}
-_plugins_loaded = False
-T = TypeVar("T", bound=type)
+BUILTIN = (
+    "shardlab.evals.dt.attention",
+    "shardlab.evals.dt.rtg",
+    "shardlab.evals.dt.steering",
+    "shardlab.evals.maze.activation_patching",
+    "shardlab.evals.maze.causal_scrubbing",
+    "shardlab.evals.maze.finetune_to_cheese",
+    "shardlab.evals.maze.goal_misgeneralization",
+    "shardlab.evals.maze.jacobian_svd",
+    "shardlab.evals.maze.probes",
+    "shardlab.evals.maze.relu_ablation",
+    "shardlab.evals.maze.retargeting",
+    "shardlab.evals.maze.saliency_pca",
+    "shardlab.evals.maze.steering",
+    "shardlab.evals.minigrid.minigrid_return",
+    "shardlab.evals.sparsity.sparsity",
+)
+_loaded = False
 
 
-class EvalError(ValueError):
-    """Bad input to the eval suite (unknown eval, a checkpoint it does not fit, bad config)."""
-
-
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator adding an eval under ``name``; it needs a ``Config`` dataclass and ``run(ctx)``.
-
-    An optional class attribute ``kinds = ("ppo", ...)`` names the training kinds (config ``algo`` values) it fits;
-    ``version`` (a positive integer, default 1) goes into every results.json row as ``eval_version``:
-    bump it when a change makes the eval's numbers incomparable with older results (baseline
-    comparisons refuse to compare across versions).
-    """
-    def add(cls: T) -> T:
-        if not hasattr(cls, "Config") or not callable(getattr(cls, "run", None)):
-            raise TypeError(f"eval {name!r} needs a Config dataclass and a run(ctx) method")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"eval name {name!r} is already registered by {_REGISTRY[name].__module__}")
-        version = getattr(cls, "version", 1)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise TypeError(f"eval {name!r}: version must be a positive integer, got {version!r}")
-        cls.name, cls.version = name, version
-        _REGISTRY[name] = cls
-        return cls
-    return add
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
+def _load() -> None:
+    """Import the built-in evals and the plugins once; their @register decorators fill DECLARED."""
+    global _loaded
+    if _loaded:
         return
-    _plugins_loaded = True
-    import shardlab.evals.suite.builtin  # noqa: F401  (registers the evals shipped with shardlab)
+    _loaded = True
+    for module in BUILTIN:
+        importlib.import_module(module)
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        entry.load()  # importing the module runs its @register decorators
+        entry.load()  # a module (its decorators run) or an eval class decorated where it is defined
 
 
 def available() -> list[str]:
     """Names of all registered evals, plugins included."""
-    _load_plugins()
-    return sorted(_REGISTRY)
+    _load()
+    return sorted(DECLARED)
 
 
 def check_fits(cls: type, kind: str, checkpoint: str) -> None:
@@ -68,9 +66,9 @@ def check_fits(cls: type, kind: str, checkpoint: str) -> None:
 
 def get(name: str) -> type:
     """The eval class registered as ``name``; EvalError with close names if there is none."""
-    _load_plugins()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(sorted(_REGISTRY))}"
+    _load()
+    if name not in DECLARED:
+        close = difflib.get_close_matches(name, DECLARED, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; available: {', '.join(sorted(DECLARED))}"
         raise EvalError(f"unknown eval {name!r}{hint}")
-    return _REGISTRY[name]
+    return DECLARED[name]

@@ -9,8 +9,9 @@ A baseline comparison (``--baseline``), when there is one, comes before the eval
 ``--summary FILE`` appends the Markdown to FILE (GitHub Actions: ``--summary "$GITHUB_STEP_SUMMARY"``),
 with the plots listed by path instead of embedded, since a job summary cannot show local files.
 
-Long metric lists stay readable: the Markdown keeps every row but puts the thresholded (headline)
-metrics first; the HTML shows the headline rows and folds the full table into a ``<details>``.
+Long metric lists stay readable: the Markdown keeps every row but puts the headline metrics (the
+thresholded ones, then those the eval declares in ``headline``) first; the HTML shows the headline
+rows and folds the full table into a ``<details>``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from urllib.parse import quote
 
 from shardlab.atomic import write_text
 from shardlab.evals.suite.baseline import Comparison, md_cell
-from shardlab.evals.suite.registry import EvalError
+from shardlab.evals.suite.base import EvalError
 from shardlab.evals.suite.results import Metric, Threshold
 
 MARKDOWN_NAME, HTML_NAME = "report.md", "report.html"
@@ -94,9 +95,11 @@ class _Section:
                 self.rows.append((metric_name, "missing", "", bounds, held))
             else:
                 self.rows.append((metric_name, _value(metric), _n(metric), bounds, held))
-        self.headline = len(self.rows)
+        declared = [name for name in run.get("headline") or () if name in metrics and name not in bounded]
+        self.rows += [(name, _value(metrics[name]), _n(metrics[name]), "", None) for name in declared]
+        self.headline = len(self.rows)  # thresholded rows, then the eval's declared headline
         self.rows += [(m.name, _value(m), _n(m), "", None) for m in run["result"].metrics
-                      if m.name not in bounded]
+                      if m.name not in bounded and m.name not in declared]
         self.checks = [h for _, checks in bounded.items() for _, h, _ in checks]
         self.verdicts = [v for _, checks in bounded.items() for _, _, v in checks]
         self.passed = not self.error and all(self.checks)

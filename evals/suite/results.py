@@ -1,10 +1,12 @@
-"""Eval results: metrics, the schema-versioned results.json and a JUnit XML report."""
+"""Eval results: metrics, what a suite run measured (``Results``), the schema-versioned results.json
+and a JUnit XML report."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 from xml.etree import ElementTree
 
 from shardlab.atomic import save_with, write_json
@@ -154,3 +156,64 @@ def write_junit(path: str, runs: list[dict], failures: dict[str, list[str]]) -> 
         out.text = "\n".join(f"{m.name} = {m.value:.6g}" for m in run["result"].metrics)
     save_with(path, lambda handle: ElementTree.ElementTree(suite).write(handle, encoding="utf-8",
                                                                          xml_declaration=True))
+
+
+class Results(Mapping):
+    """What a suite run measured: ``results["goal_misgeneralization"]["p_cheese"]`` is a value,
+    ``rows()`` every metric with its stderr and n, ``missed``/``errors`` what failed."""
+
+    def __init__(self, runs: list[dict], thresholds: list[Threshold], meta: dict, out_dir: str):
+        self.runs, self.meta, self.out_dir = runs, meta, out_dir
+        self.thresholds = list(thresholds)
+        self._values = {run["eval"]: {m.name: m.value for m in run["result"].metrics} for run in runs}
+        metrics = {f"{run['eval']}.{m.name}": m for run in runs for m in run["result"].metrics}
+        ran = [t for t in thresholds if t.key.split(".", 1)[0] in self._values]
+        # the exit code's rule is the point estimate against the bound; verdicts read the interval
+        self.missed: list[tuple[Threshold, Optional[float]]] = [
+            (t, metrics[t.key].value if t.key in metrics else None) for t in ran if t.missed(metrics.get(t.key))]
+        self.verdicts: dict[str, str] = {t.key: t.verdict(metrics.get(t.key)) for t in ran}
+        self.errors: dict[str, str] = {run["eval"]: run["error"] for run in runs if run.get("error")}
+
+    def __getitem__(self, eval_name: str) -> dict[str, float]:
+        """The metrics of one eval, name → value."""
+        if eval_name not in self._values:
+            raise KeyError(f"no eval {eval_name!r} in these results; they have {', '.join(self._values)}")
+        return self._values[eval_name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def passed(self) -> bool:
+        """True when every threshold held and no eval crashed."""
+        return not self.missed and not self.errors
+
+    @property
+    def exit_code(self) -> int:
+        """0 when passed, 1 when a threshold was missed or an eval crashed (``shardlab eval``'s code)."""
+        return 0 if self.passed else 1
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per (eval, metric): eval, name, value, stderr, ci_low, ci_high, n, unit, method, kind, note, seed, seconds."""
+        return [row for row in self.to_dict()["results"]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The results.json document (schema-versioned, with the run's metadata)."""
+        return results_document(self.runs, self.meta)
+
+    def to_dataframe(self) -> Any:
+        """The rows as a pandas DataFrame (``pip install 'shardlab[pandas]'``)."""
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError("Results.to_dataframe needs pandas; pip install 'shardlab[pandas]'") from None
+        columns = ["eval", "name", "value", "stderr", "ci_low", "ci_high", "n", "unit", "method", "kind", "seed",
+                   "seconds"]
+        return pandas.DataFrame([{key: row[key] for key in columns} for row in self.rows()], columns=columns)
+
+    def __repr__(self) -> str:
+        state = "passed" if self.passed else f"{len(self.missed)} threshold(s) missed, {len(self.errors)} error(s)"
+        return f"Results({', '.join(self._values)}; {state})"

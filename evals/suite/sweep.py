@@ -1,13 +1,20 @@
-"""``shardlab eval RUN_DIR``: one suite over the checkpoints of a training run.
+"""``shardlab eval RUN_DIR``: one suite over the checkpoints of a training run, on one machine or
+split into shards over many.
 
 A run directory (a folder with ``checkpoints/``, made by ``shardlab train``) is evaluated at each
 kept ``step-N.ckpt`` — with ``every`` only at the first checkpoint at or after each multiple of
 ``every`` (0, every, 2·every, …) — and at ``last.ckpt`` when it holds a step no step file has.
-Each checkpoint gets the usual outputs of ``shardlab eval`` in ``OUT/step-N/`` (``run_suite``);
+Each checkpoint gets the usual outputs of ``shardlab eval`` in ``OUT/step-N/`` (``evaluator.run``);
 ``OUT/sweep.json`` collects one row per checkpoint (step, path, sha256, results path, exit code and
-the headline metrics: every metric the suite has a threshold for, plus P(cheese) outside and in
-the region and the paired gap of ``goal_misgeneralization``) and ``OUT/sweep.png`` plots each
-headline metric with its stderr against the training steps.
+the headline metrics: every metric the suite has a threshold for, then each eval's declared
+``headline``) and ``OUT/sweep.png`` plots each headline metric with its interval against the
+training steps.
+
+Sharded (``--shard K/N``, or a SLURM job array's or torchrun's variables): the shard evaluates
+every N-th checkpoint from the K-th and writes its part, ``OUT/shards/shard-K-of-N.json``,
+atomically; the last shard to finish, or ``shardlab eval --merge OUT``, writes sweep.json and
+sweep.png from the N parts, refusing parts made with another suite, seed, limit, run or code
+version. The merged sweep.json is the one an unsharded sweep writes.
 
 Resumable: a checkpoint whose ``step-N/results.json`` was made from a file with the same sha256
 (and the same suite, evals, configs, seed and ``--limit``) is not evaluated again; sweep.json is
@@ -24,17 +31,23 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
-from shardlab.configs.checks import ConfigError
-from shardlab.evals.suite.registry import EvalError, get
+from shardlab import __version__
+from shardlab.evals.suite import evaluator
+from shardlab.evals.suite.base import EvalError
+from shardlab.evals.suite.registry import get
+from shardlab.evals.suite.request import EvalRequest
 from shardlab.evals.suite.results import Threshold, metric_from_row, write_json_atomic
-from shardlab.trainers.checkpointing import LAST, CheckpointError, step_checkpoints
+from shardlab.trainers.checkpointing import LAST, step_checkpoints
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 SCHEMA_VERSION = 1
-# goal_misgeneralization's headline metrics, shown in a sweep with or without thresholds
-HEADLINE = {"goal_misgeneralization": ("p_cheese", "in_region/p_cheese", "gap/p_cheese")}
+PART_SCHEMA_VERSION = 1
+SHARDS = "shards"  # OUT/shards/shard-K-of-N.json
+# what every part of one sweep must share; the first that differs is named when a merge refuses
+SAME_IN_EVERY_PART = ("run_dir", "suite", "suite_sha256", "evals", "seed", "limit", "every", "thresholds",
+                      "headline", "package_version", "git_commit", "shards")
 
 
 @dataclass(frozen=True)
@@ -49,11 +62,6 @@ class Point:
     def folder(self) -> str:
         """The output subfolder, named like the checkpoint file (zero-padded, so it sorts)."""
         return f"step-{self.step:012d}"
-
-
-def is_run_dir(path: Optional[str]) -> bool:
-    """True for a folder with a ``checkpoints/`` subfolder (a ``shardlab train`` run directory)."""
-    return bool(path) and os.path.isdir(os.path.join(path, "checkpoints"))
 
 
 def file_sha256(path: str) -> str:
@@ -103,32 +111,24 @@ class _Plan:
     thresholds: list[Threshold]
     seed: int
     limit: Optional[int]
-
-    @property
-    def headline(self) -> list[str]:
-        keys = [t.key for t in self.thresholds if t.key.split(".", 1)[0] in self.evals]
-        for name, metrics in HEADLINE.items():
-            if name in self.evals:
-                keys += [f"{name}.{metric}" for metric in metrics]
-        return list(dict.fromkeys(keys))
+    headline: list[str]  # thresholded metrics first, then each eval's declared headline
 
 
-def _plan(suite: str, only: Union[str, Sequence[str], None], seed: Optional[int], limit: Optional[int],
-          overrides: Sequence[str]) -> _Plan:
+def _plan(request: EvalRequest) -> _Plan:
     """Resolve and check the suite before anything runs (EvalError / ValueError on bad input)."""
     from shardlab.evals.suite.suite_file import eval_config, load_suite, resolve_suite
 
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise EvalError(f"limit must be a positive integer, got {limit!r}")
-    path = resolve_suite(suite)
-    names = [only] if isinstance(only, str) else list(only) if only else None
-    evals, thresholds, suite_seed = load_suite(path, names, overrides)
+    path = resolve_suite(request.suite)
+    evals, thresholds, suite_seed = load_suite(path, request.only, request.overrides)
     configs = {}
     for name, values in evals.items():
         config = eval_config(get(name), name, values)
         get(name)(config)  # an eval may reject its config
         configs[name] = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    return _Plan(os.path.abspath(path), configs, thresholds, suite_seed if seed is None else seed, limit)
+    headline = [t.key for t in thresholds if t.key.split(".", 1)[0] in configs]
+    headline += [f"{name}.{metric}" for name in configs for metric in get(name).headline]
+    return _Plan(os.path.abspath(path), configs, thresholds, suite_seed if request.seed is None else request.seed,
+                 request.limit, list(dict.fromkeys(headline)))
 
 
 def _read(path: str) -> Optional[dict]:
@@ -174,43 +174,39 @@ def _row(point: Point, out_dir: str, plan: _Plan, code: int, evaluated: bool) ->
             "metrics": metrics}
 
 
-def run_sweep(run_dir: str, suite: str, out_dir: str, every: Optional[int] = None,
-              only: Union[str, Sequence[str], None] = None, limit: Optional[int] = None,
-              seed: Optional[int] = None, progress: bool = True, overrides: Sequence[str] = (),
-              recipe: Optional[str] = None, weights: Optional[str] = None, device: str = "auto",
-              loggers: Sequence[str] = ("tensorboard",), log_episodes: bool = False) -> int:
-    """Evaluate the suite on the run's checkpoints (see the module docstring); the exit code."""
-    from shardlab.api import check_out_dir, resolve_device
-    from shardlab.evals.suite import runner
-    from shardlab.trainers.trainer_config import LOGGERS, check_loggers_installed
+def _fingerprint(request: EvalRequest, plan: _Plan) -> dict[str, Any]:
+    """What the sweep's parts must share (SAME_IN_EVERY_PART) and what sweep.json is made from."""
+    return {"run_dir": os.path.abspath(request.checkpoint), "suite": plan.suite, "suite_sha256": file_sha256(plan.suite),
+            "evals": plan.evals, "seed": plan.seed, "limit": plan.limit, "every": request.every,
+            "thresholds": {t.key: {"min": t.min, "max": t.max} for t in plan.thresholds}, "headline": plan.headline,
+            "package_version": __version__, "git_commit": evaluator.git_commit(),
+            "shards": request.shard[1] if request.shard else 1}
 
+
+def run_sweep(request: EvalRequest) -> int:
+    """Evaluate the request's suite on its run directory's checkpoints (this shard's, when
+    sharded; see the module docstring); the exit code."""
     try:
-        if not is_run_dir(run_dir):
-            what = "--every needs a training run directory" if run_dir is None or os.path.isfile(run_dir) else \
-                f"{run_dir} is not a training run directory"
-            raise EvalError(f"{what} (a folder with checkpoints/, made by `shardlab train`)")
-        if every is not None and every < 1:
-            raise EvalError(f"--every must be a positive integer, got {every}")
-        if recipe is not None or weights is not None:
-            raise EvalError("a run directory's checkpoints carry their own config; drop --recipe/--weights")
-        unknown = sorted(set(loggers) - set(LOGGERS))
-        if unknown:
-            raise EvalError(f"--loggers {','.join(unknown)}: unknown; use some of {', '.join(LOGGERS)}")
-        check_loggers_installed(loggers)
-        check_out_dir(out_dir)
-        resolve_device(device)
-        plan = _plan(suite, only, seed, limit, overrides)
-        points = select_every(run_checkpoints(run_dir), every)
+        plan = _plan(request)
+        points = select_every(run_checkpoints(request.checkpoint), request.every)
         if not points:
-            raise EvalError(f"no checkpoints in {os.path.join(run_dir, 'checkpoints')} (step-*.ckpt or last.ckpt)")
-    except (EvalError, CheckpointError, ConfigError, ValueError) as exc:
+            raise EvalError(f"no checkpoints in {os.path.join(request.checkpoint, 'checkpoints')} "
+                            "(step-*.ckpt or last.ckpt)")
+    except evaluator.BAD_INPUT as exc:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    out_dir = request.out
+    mine = points
+    if request.shard is not None:
+        index, count = request.shard
+        mine = points[index::count]
+        source = f" (from {request.shard_source})" if request.shard_source else ""
+        print(f"sweep shard {index}/{count}{source}: {len(mine)} of {len(points)} checkpoint(s)", file=sys.stderr)
 
     rows, evaluated = [], 0
-    for number, point in enumerate(points, 1):
+    for number, point in enumerate(mine, 1):
         where = os.path.join(out_dir, point.folder)
-        head = f"sweep [{number}/{len(points)}] step {point.step} ({os.path.basename(point.path)})"
+        head = f"sweep [{number}/{len(mine)}] step {point.step} ({os.path.basename(point.path)})"
         document = _read(os.path.join(where, "results.json"))
         if _reusable(document, point, plan):
             print(f"{head}: results for this file (sha256 {point.sha256[:12]}) already in {where}, reused",
@@ -218,8 +214,8 @@ def run_sweep(run_dir: str, suite: str, out_dir: str, every: Optional[int] = Non
             rows.append(_row(point, out_dir, plan, _exit_code(document, plan), evaluated=False))
             continue
         print(f"{head}: evaluating into {where}", file=sys.stderr)
-        code = runner.run_suite(point.path, suite, where, only=only, limit=limit, seed=seed, progress=progress,
-                                overrides=overrides, device=device, loggers=loggers, log_episodes=log_episodes)
+        code = evaluator.run(request.replace(checkpoint=point.path, out=where, every=None, shard=None,
+                                             shard_source=None))
         if code == EXIT_BAD_INPUT:
             if not evaluated:  # the first evaluation refused its input: nothing has run, nothing is written
                 return EXIT_BAD_INPUT
@@ -227,16 +223,96 @@ def run_sweep(run_dir: str, suite: str, out_dir: str, every: Optional[int] = Non
         evaluated += 1
         rows.append(_row(point, out_dir, plan, code, evaluated=True))
 
+    fingerprint = _fingerprint(request, plan)
+    if request.shard is None:
+        return _write_sweep(out_dir, fingerprint, rows, evaluated)
+    index, count = request.shard
+    os.makedirs(os.path.join(out_dir, SHARDS), exist_ok=True)
+    write_json_atomic(_part_path(out_dir, index, count),
+                      {"schema_version": PART_SCHEMA_VERSION, "shard": [index, count], **fingerprint,
+                       "evaluated": evaluated, "rows": rows})
+    parts = _parts(out_dir, count)
+    if len(parts) == count and all(_difference(fingerprint, part) is None for part in parts.values()):
+        print(f"sweep shard {index}/{count}: every part is in, merging", file=sys.stderr)
+        return merge(out_dir)
+    worst = max((row["exit_code"] for row in rows), default=EXIT_OK)
+    print(f"\nsweep shard {index}/{count}: {len(rows)} checkpoint(s), {evaluated} evaluated; "
+          f"{len(parts)} of {count} parts in {os.path.join(out_dir, SHARDS)}. The last shard to finish, or "
+          f"`shardlab eval --merge {out_dir}`, writes sweep.json", file=sys.stderr)
+    return worst
+
+
+def _part_path(out_dir: str, index: int, count: int) -> str:
+    return os.path.join(out_dir, SHARDS, f"shard-{index}-of-{count}.json")
+
+
+def _parts(out_dir: str, count: Optional[int] = None) -> dict[str, dict]:
+    """The readable part files under ``OUT/shards`` (of ``count`` shards, when given), by path."""
+    folder = os.path.join(out_dir, SHARDS)
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    parts = {}
+    for name in names:
+        if not (name.startswith("shard-") and name.endswith(".json")):
+            continue
+        document = _read(os.path.join(folder, name))
+        if document is not None and (count is None or document.get("shards") == count):
+            parts[os.path.join(folder, name)] = document
+    return parts
+
+
+def _difference(fingerprint: dict, part: dict) -> Optional[str]:
+    """The first SAME_IN_EVERY_PART field ``part`` has otherwise than ``fingerprint`` (None: none)."""
+    return next((key for key in SAME_IN_EVERY_PART if part.get(key) != fingerprint.get(key)), None)
+
+
+def merge(out_dir: str) -> int:
+    """``shardlab eval --merge OUT``: sweep.json and sweep.png from the parts of a sharded sweep;
+    2 with one line when parts are missing or were made with another suite, seed, run or code."""
+    try:
+        if not os.path.isdir(out_dir):
+            raise EvalError(f"--merge {out_dir}: no such folder; give the --out folder the shards wrote to")
+        parts = _parts(out_dir)
+        if not parts:
+            raise EvalError(f"--merge {out_dir}: no shard parts in {os.path.join(out_dir, SHARDS)}; "
+                            "run the shards first (`shardlab eval RUN_DIR --out DIR --shard K/N`)")
+        paths = list(parts)
+        first = parts[paths[0]]
+        for path in paths[1:]:
+            key = _difference(first, parts[path])
+            if key is not None:
+                raise EvalError(f"--merge: {os.path.basename(path)} and {os.path.basename(paths[0])} differ in "
+                                f"{key} ({parts[path].get(key)!r} vs {first.get(key)!r}); re-run the stale shard "
+                                f"or remove its part from {os.path.join(out_dir, SHARDS)}")
+        count = first.get("shards")
+        have = {tuple(part.get("shard") or ()) for part in parts.values()}
+        missing = [index for index in range(count) if (index, count) not in have]
+        if missing:
+            raise EvalError(f"--merge: shard(s) {', '.join(map(str, missing))} of {count} have not finished "
+                            f"(no part in {os.path.join(out_dir, SHARDS)}); run them, then merge")
+    except EvalError as exc:
+        print(f"shardlab eval: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    rows = sorted((row for part in parts.values() for row in part["rows"]), key=lambda row: row["step"])
+    for row in rows:  # where the results are now: a cluster's nodes may mount the folder elsewhere
+        if row.get("results"):
+            folder = Point(row["step"], row["checkpoint"], row["sha256"]).folder
+            row["results"] = os.path.abspath(os.path.join(out_dir, folder, "results.json"))
+    return _write_sweep(out_dir, first, rows, sum(part.get("evaluated", 0) for part in parts.values()))
+
+
+def _write_sweep(out_dir: str, fingerprint: dict, rows: list[dict], evaluated: int) -> int:
+    """sweep.json and sweep.png from the rows; the worst exit code among them."""
     os.makedirs(out_dir, exist_ok=True)
-    plot = plot_sweep(rows, plan, os.path.join(out_dir, "sweep.png"), _step_label(run_dir))
-    document = {"schema_version": SCHEMA_VERSION, "run_dir": os.path.abspath(run_dir), "suite": plan.suite,
-                "every": every, "limit": limit, "seed": plan.seed, "headline": plan.headline,
-                "thresholds": {t.key: {"min": t.min, "max": t.max} for t in plan.thresholds},
+    plot = plot_sweep(rows, fingerprint["headline"], fingerprint["thresholds"], os.path.join(out_dir, "sweep.png"),
+                      _step_label(fingerprint["run_dir"]))
+    document = {"schema_version": SCHEMA_VERSION, "run_dir": fingerprint["run_dir"], "suite": fingerprint["suite"],
+                "every": fingerprint["every"], "limit": fingerprint["limit"], "seed": fingerprint["seed"],
+                "headline": fingerprint["headline"], "thresholds": fingerprint["thresholds"],
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plot": os.path.abspath(plot),
                 "rows": rows}
     path = os.path.join(out_dir, "sweep.json")
     write_json_atomic(path, document)
-    worst = max(row["exit_code"] for row in rows)
+    worst = max((row["exit_code"] for row in rows), default=EXIT_OK)
     print(f"\nsweep: {len(rows)} checkpoint(s), {evaluated} evaluated, {len(rows) - evaluated} reused; "
           f"{'all passed' if worst == EXIT_OK else 'some failed'}\nsweep: {path}  plot: {plot}")
     return worst
@@ -254,7 +330,8 @@ def _step_label(run_dir: str) -> str:
         return "training steps"
 
 
-def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training env steps") -> str:
+def plot_sweep(rows: list[dict], headline: Sequence[str], thresholds: dict[str, dict], path: str,
+               xlabel: str = "training env steps") -> str:
     """One panel per headline metric: its value and 95% interval at each checkpoint's step, the suite's
     bounds as dashed lines. A Figure on its own Agg canvas (no pyplot state), written atomically."""
     import math
@@ -262,9 +339,9 @@ def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from shardlab.evals.maze.render import write_png_atomic
+    from shardlab.figures import write_png_atomic
 
-    keys = plan.headline
+    keys = list(headline)
     cols = min(3, max(1, len(keys)))
     nrows = max(1, math.ceil(len(keys) / cols))
     fig = Figure(figsize=(4.2 * cols, 3.2 * nrows + 0.3), dpi=100)
@@ -273,7 +350,6 @@ def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "no headline metrics: the suite has no thresholds", ha="center", va="center")
         ax.set_axis_off()
-    bounds = {t.key: t for t in plan.thresholds}
     for index, key in enumerate(keys):
         ax = fig.add_subplot(nrows, cols, index + 1)
         points = [(row["step"], row["metrics"][key]) for row in rows
@@ -286,8 +362,7 @@ def plot_sweep(rows: list[dict], plan: _Plan, path: str, xlabel: str = "training
                     for _, m in points]
             ax.errorbar([step for step, _ in points], [m["value"] for _, m in points],
                         yerr=[low, high], marker="o", capsize=3)
-        threshold = bounds.get(key)
-        for bound in (threshold.min, threshold.max) if threshold else ():
+        for bound in (thresholds.get(key) or {}).values():
             if bound is not None:
                 ax.axhline(bound, color="tab:red", linestyle="--", linewidth=0.8)
         ax.set_title(key, fontsize=9)

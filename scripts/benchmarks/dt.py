@@ -4,13 +4,14 @@ plain-PyTorch loop of the same model, in the same process, interleaved.
 Both sides build the model, the dataset windows, the per-step seeded window sampling, the masked
 action loss, AdamW with the warmup + cosine schedule and grad-norm clipping from the same functions
 of ``trainers/dt.py``, on the same config and data. The trainer side is the real ``DTModule`` under
-a ``pl.Trainer`` built like ``trainers.run.fit`` (no logger, no checkpoints, no progress bar, one
-process); the plain side is a hand-written loop (sample → forward → loss → backward → clip → step →
-schedule). Each measurement runs ``--warmup`` untimed steps, then ``--steps`` timed ones, the clock
-read at step boundaries (for the trainer from a callback after the optimizer step, so Lightning's
-per-step overhead is inside the window). A token is one position of the model's sequence
-(``batch × tokens per window``, padding included), the same count on both sides. Logging and
-validation intervals are pushed past the run so neither side validates. Repeats alternate the order.
+the ``pl.Trainer`` ``trainers.run.fit`` builds (``trainers.lightning_setup.build_trainer``; no logger,
+no checkpoints, no progress bar, one process); the plain side is a hand-written loop (sample →
+forward → loss → backward → clip → step → schedule). Each measurement runs ``--warmup`` untimed
+steps, then ``--steps`` timed ones, the clock read at step boundaries (for the trainer from a
+callback after the optimizer step, so Lightning's per-step overhead is inside the window). A token
+is one position of the model's sequence (``batch × tokens per window``, padding included), the same
+count on both sides. Logging and validation intervals are pushed past the run so neither side
+validates. Repeats alternate the order.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from typing import Any
 
 from benchmarks.common import finish_report
@@ -77,6 +77,7 @@ def measure_trainer(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
 
     from shardlab.trainers.config import to_dict
     from shardlab.trainers.dt import DTModule
+    from shardlab.trainers.lightning_setup import build_trainer, expected_warnings_silenced
 
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     module = DTModule(to_dict(cfg))
@@ -88,13 +89,10 @@ def measure_trainer(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
                 marks.append((time.perf_counter(), time.process_time()))
 
     with tempfile.TemporaryDirectory(prefix="shardlab-bench-dt-") as root:
-        trainer = pl.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, max_steps=warmup + steps,
-                             max_epochs=-1, gradient_clip_val=module.gradient_clip_val(),
-                             gradient_clip_algorithm="norm", logger=False, callbacks=[Clock()],
-                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                             default_root_dir=root, use_distributed_sampler=False)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|max_epochs|LeafSpec).*")
+        # the Trainer trainers.run.fit builds, on one CPU, without loggers or checkpoint callbacks
+        trainer = build_trainer(module, root_dir=root, accelerator="cpu", precision=cfg.trainer.precision,
+                                max_steps=warmup + steps, callbacks=[Clock()])
+        with expected_warnings_silenced():
             trainer.fit(module)
     return marks[1][0] - marks[0][0], marks[1][1] - marks[0][1]
 
@@ -103,9 +101,10 @@ def measure_plain(cfg: Any, warmup: int, steps: int) -> tuple[float, float]:
     """(wall, process CPU) seconds of ``steps`` timed optimizer steps of a plain PyTorch loop doing the same work."""
     import torch
 
+    from shardlab.models.decision_transformer import build_decision_transformer
     from shardlab.trainers.config import build_config, to_dict
-    from shardlab.trainers.dt import (TrainingData, action_loss, batch_generator, build_decision_transformer, fill_spec,
-                             make_optimizer, read_dataset)
+    from shardlab.trainers.dt import (TrainingData, action_loss, batch_generator, fill_spec, make_optimizer,
+                                      read_dataset)
 
     torch.manual_seed(cfg.trainer.seed)
     traj = read_dataset(cfg.data.path)
@@ -132,8 +131,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved repeats of both measurements; rates in tokens/s and their median ratio."""
     import torch
 
+    from shardlab.models.decision_transformer import build_decision_transformer
     from shardlab.trainers.config import ConfigError, build_config, to_dict
-    from shardlab.trainers.dt import build_decision_transformer, fill_spec, read_dataset
+    from shardlab.trainers.dt import fill_spec, read_dataset
 
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         raise ConfigError("--steps and --repeats must be >= 1 and --warmup >= 0")

@@ -38,23 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _policy(args: argparse.Namespace) -> tuple[Any, Any, int]:
     """(policy, training config, training steps) from --checkpoint or a random-init --config."""
     from shardlab.trainers.config import load_config
-    from shardlab.trainers.ppo import build_policy
+    from shardlab.trainers.kinds import get_kind
     from shardlab.trainers.restore import load_trained
 
     if args.checkpoint:
         trained = load_trained(args.checkpoint)
         return trained.model, trained.config, trained.steps
     cfg = load_config(args.config)
-    return build_policy(cfg).eval(), cfg, 0
+    return get_kind(cfg.algo).build_network(cfg).eval(), cfg, 0
 
 
 def bare_rollout(policy: Any, env_cfg: Any, states: Optional[list[bytes]], channels_last: bool) -> int:
     """Play the first episode of every env with seeded sampled actions; returns episodes played."""
     import torch
 
+    from shardlab.envs.episodes import MAX_EPISODE_STEPS
     from shardlab.envs.maze import MazeEnv
     from shardlab.models.impala import preprocess
-    from shardlab.trainers.episodes import MAX_EPISODE_STEPS
 
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
@@ -79,8 +79,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from shardlab.envs.eval_mazes import eval_mazes
     from shardlab.envs.maze_config import env_config
-    from shardlab.evals.suite.context import EvalContext
     from shardlab.evals.maze.goal_misgeneralization import GoalMisgeneralization
+    from shardlab.evals.suite.context import EvalContext
 
     policy, cfg, steps = _policy(args)
     eval_cfg = GoalMisgeneralization.Config(mazes=args.mazes, decision_mazes=args.mazes)

@@ -46,7 +46,6 @@ import subprocess
 import sys
 import time
 import traceback
-import warnings
 from typing import Any, Callable
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -535,9 +534,12 @@ def _load_script(name: str) -> Any:
 def _quiet_lightning() -> None:
     """Lightning's info banners (GPU available, tips) would bury the progress lines."""
     import pytorch_lightning  # noqa: F401  (importing it resets its logger level)
+
+    from shardlab.trainers.lightning_setup import silence_expected_warnings
+
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*(LeafSpec|does not have many workers|IterableDataset).*")
+    silence_expected_warnings()  # for the whole check: evals and scripts it runs build trainers too
 
 
 def _environment(device: str) -> dict[str, Any]:

@@ -50,12 +50,12 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
 def run_parity(args: argparse.Namespace) -> int:
     """Train both settings on every seed and compare held-out returns at the --at step counts."""
     from shardlab import cli
+    from shardlab.envs.episodes import first_episodes, summarise
     from shardlab.envs.maze_config import env_config
     from shardlab.models.weights import load_policy_weights
     from shardlab.trainers.checkpointing import step_checkpoints
     from shardlab.trainers.config import ConfigError, load_config
-    from shardlab.trainers.episodes import first_episodes, summarise
-    from shardlab.trainers.ppo import build_policy
+    from shardlab.trainers.kinds import get_kind
 
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     at = [int(float(s)) for s in args.at.split(",") if s.strip()]
@@ -89,7 +89,7 @@ def run_parity(args: argparse.Namespace) -> int:
                 path = next((p for s, p in found if s >= target), None)
                 if path is None:
                     raise ConfigError(f"{run_dir} has no checkpoint at or after {target:,} env steps")
-                policy = load_policy_weights(build_policy(cfg), path).eval()
+                policy = load_policy_weights(get_kind(cfg.algo).build_network(cfg), path).eval()
                 returns[target].append(summarise(first_episodes(policy, held_out)).mean_return)
         results[name] = {"overrides": extra, "returns": returns,
                          "env_steps_per_sec": trained / seconds if seconds else float("nan")}
@@ -117,13 +117,13 @@ def run(args: argparse.Namespace) -> int:
     """Train the recipe, evaluate every step-N checkpoint and a random policy on the same held-out mazes."""
     if args.seeds:
         return run_parity(args)
+    from shardlab import cli
+    from shardlab.envs.episodes import first_episodes, summarise
     from shardlab.envs.maze_config import env_config
     from shardlab.models.weights import load_policy_weights
-    from shardlab import cli
     from shardlab.trainers.checkpointing import step_checkpoints
     from shardlab.trainers.config import load_config
-    from shardlab.trainers.episodes import first_episodes, summarise
-    from shardlab.trainers.ppo import build_policy
+    from shardlab.trainers.kinds import get_kind
 
     start = time.perf_counter()
     length = [f"trainer.total_steps={args.steps}", f"trainer.checkpoint_every={args.checkpoint_every}",
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     held_out = env_config(cfg, num_envs=args.episodes, seed=987_654)
     rows = [{"env_steps": 0, "policy": "random", **asdict(summarise(first_episodes(None, held_out)))}]
     for steps, path in step_checkpoints(os.path.join(args.run_dir, "checkpoints")):
-        policy = load_policy_weights(build_policy(cfg), path).eval()
+        policy = load_policy_weights(get_kind(cfg.algo).build_network(cfg), path).eval()
         for greedy in (False, True):
             summary = summarise(first_episodes(policy, held_out, greedy=greedy))
             rows.append({"env_steps": steps, "policy": "greedy" if greedy else "sampled", **asdict(summary)})

@@ -3,9 +3,10 @@
 In one process, one after the other, on the same env config, network, num_envs, num_steps,
 minibatch size and epochs:
 
-1. **trainer** — the real Lightning ``PPOModule`` under a ``pl.Trainer`` built like
-   ``trainers.run.fit`` (same precision, gradient-norm clipping and ``max_steps`` arithmetic; no
-   logger, no checkpoints, no progress bar, one process even if the config asks for DDP).
+1. **trainer** — the real Lightning ``PPOModule`` under the ``pl.Trainer`` that
+   ``trainers.run.fit`` builds (``trainers.lightning_setup.build_trainer``: same precision,
+   gradient-norm clipping and ``max_steps`` arithmetic; no logger, no checkpoints, no progress
+   bar, one process even if the config asks for DDP).
 2. **plain** — the hand-written PyTorch PPO loop of ``scripts/ppo_reference.py`` (no Lightning, no
    torchrl): the same ``MazeEnv``, ``ImpalaPolicy`` and reward normaliser; rollout under
    ``torch.inference_mode``, GAE in plain torch, clipped policy and value losses, entropy bonus,
@@ -51,7 +52,6 @@ import math
 import os
 import statistics
 import tempfile
-import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from benchmarks.common import (EXIT_OK, REPO, IterationClock, Measurement, PhaseTimer, progress,
@@ -91,6 +91,7 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
     from pytorch_lightning.callbacks import Callback
 
     from shardlab.trainers.config import to_dict
+    from shardlab.trainers.lightning_setup import build_trainer, expected_warnings_silenced
     from shardlab.trainers.ppo import PPOModule
     from shardlab.trainers.precision import device_precision
 
@@ -120,19 +121,12 @@ def measure_trainer(cfg: "DictConfig", warmup: int, iterations: int, device: "to
                         "perf/env_steps_per_sec", float("nan")))
 
     with tempfile.TemporaryDirectory(prefix="shardlab-bench-") as root:
-        trainer = pl.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, num_nodes=1, strategy="auto",
-            precision=device_precision(t.precision, device.type),
-            max_steps=(warmup + iterations) * schedule.updates_per_iteration,
-            max_epochs=-1, gradient_clip_val=cfg.ppo.max_grad_norm, gradient_clip_algorithm="norm",
-            logger=False, callbacks=[Boundaries()], enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, log_every_n_steps=50, default_root_dir=root,
-            use_distributed_sampler=False)
-        with warnings.catch_warnings():
-            # the same warnings trainers.run.fit silences: an endless IterableDataset is by design
-            warnings.filterwarnings("ignore", message=".*(IterableDataset|does not have many workers|"
-                                    "_Ticks|max_epochs).*")
-            warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch, harmless
+        # the Trainer trainers.run.fit builds, on one device, without loggers or checkpoint callbacks
+        trainer = build_trainer(module, root_dir=root, accelerator="gpu" if device.type == "cuda" else "cpu",
+                                precision=device_precision(t.precision, device.type),
+                                max_steps=(warmup + iterations) * schedule.updates_per_iteration,
+                                callbacks=[Boundaries()])
+        with expected_warnings_silenced():
             trainer.fit(module)
     # rollout as PPOModule times it (collection + GAE + shuffles); everything else is update
     window = clock.wall[-1] - clock.wall[warmup]

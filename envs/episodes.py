@@ -9,10 +9,10 @@ from typing import Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from shardlab.bars import progress_kwargs
 from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
+from shardlab.envs.rollout import rollout
 from shardlab.models.impala import ImpalaPolicy, preprocess
-from shardlab.trainers.bars import progress_kwargs
-from shardlab.trainers.rollout import rollout
 
 MAX_EPISODE_STEPS = 500  # procgen maze's own time limit
 
