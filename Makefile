@@ -20,14 +20,24 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 # one torch thread per test process: the tests use tiny networks, and the DDP tests run two
-# processes on two cores, where more threads only contend
-test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
+# processes on two cores, where more threads only contend.
+# The tests that are not slow run in TEST_WORKERS pytest-xdist processes (auto: one per CPU core),
+# each test file's tests in one of them, so that a module's shared fixtures are made once; the slow
+# ones (`@pytest.mark.slow("category")`: wheel builds, DDP processes, the GPU-check smoke,
+# benchmarks) then run in one process, so that the DDP runs get the cores to themselves.
+TEST_WORKERS ?= auto
+PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
-# everything but the slow tests (wheel builds, DDP processes, the GPU-check smoke, the CI workflow
-# run locally, benchmarks: `@pytest.mark.slow("category")`)
+# everything: the fast tier in parallel, then the slow tests; fails when either fails
+test: $(STAMP)
+	status=0; \
+	$(PYTEST) -m "not slow" -n $(TEST_WORKERS) --dist loadfile || status=$$?; \
+	$(PYTEST) -m slow || status=$$?; \
+	exit $$status
+
+# everything but the slow tests
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/python scripts/benchmark.py ppo

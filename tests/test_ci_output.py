@@ -106,7 +106,7 @@ def test_results_json_records_torch_device_host_and_eval_versions(tiny_maze_chec
           goal_misgeneralization: {mazes: 4, decision_mazes: 4}
     """))
     out = tmp_path / "out"
-    assert cli.main(["eval", tiny_maze_checkpoint, "--suite", str(suite), "--out", str(out), "--limit", "2",
+    assert cli.main(["eval", tiny_maze_checkpoint, "--suite", str(suite), "--out", str(out), "--limit", "1",
                      "--loggers", "none", "--no-progress", "--device", "cpu"]) == 0
     document = json.loads((out / "results.json").read_text())
     assert document["torch_version"] == torch.__version__ and document["device"] == "cpu"

@@ -1,6 +1,7 @@
-"""The GitHub Actions workflow (.github/workflows/ci.yml) run locally through scripts/ci_local.py:
-its eval step passes on the committed fixture policy against the committed baseline, and it
-names only files the repository has."""
+"""The GitHub Actions workflow (.github/workflows/ci.yml) and scripts/ci_local.py, which runs it
+locally: `make test` then the eval step on the committed fixture policy against the committed
+baseline, with only files the repository has. The eval step itself is left to the workflow (it runs
+right after `make test`); here ci_local hands it to bash as written, and its inputs are checked."""
 
 from __future__ import annotations
 
@@ -77,7 +78,6 @@ def test_workflow_names_only_files_the_repository_has():
         assert "make test" in handle.read()
 
 
-@pytest.mark.slow("ci-workflow")
 def test_ci_local_stops_at_the_first_failing_step(tmp_path):
     workflow = tmp_path / "ci.yml"
     workflow.write_text("jobs:\n  test:\n    steps:\n      - uses: actions/checkout@v4\n"
@@ -90,27 +90,59 @@ def test_ci_local_stops_at_the_first_failing_step(tmp_path):
     assert not (tmp_path / "work" / "after").exists()
 
 
-@pytest.mark.skipif(not os.path.isfile(CHECKPOINT), reason="run scripts/make_ci_checkpoint.py")
-@pytest.mark.slow("ci-workflow")
-def test_the_workflow_passes_locally_on_the_committed_checkpoint(tmp_path):
-    """The eval step exits 0: the fixture still meets the CI thresholds and nothing regressed
-    against the committed baseline."""
-    summary = tmp_path / "summary.md"
-    work = tmp_path / "work"
+def test_ci_local_hands_the_eval_step_to_bash_as_the_workflow_writes_it(tmp_path, monkeypatch):
+    """scripts/ci_local.py runs the eval step's command in the work folder with CI=true and the step
+    summary file, and the command is one ``shardlab eval`` accepts. The eval itself is not run here:
+    the workflow's next step runs it, right after `make test` (which runs this file), and fails the
+    job when a threshold is missed or a metric regressed against the baseline."""
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    ran = []
+
+    def record(argv, **kwargs):
+        ran.append((argv, kwargs))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(ci_local, "subprocess", SimpleNamespace(run=record))
+    summary, work = tmp_path / "summary.md", tmp_path / "work"
     assert ci_local.main(["--skip-make-test", "--summary", str(summary), "--workdir", str(work)]) == 0
-    out = work / _option(_eval_command(), "--out")
-    for name in EVAL_OUTPUTS:
-        assert (out / name).is_file(), name
-    markdown = summary.read_text()
-    assert markdown.startswith("# shardlab eval ✅") and "| metric | value [95% CI] | n | threshold · verdict |" in markdown
-    assert "## Baseline comparison" in markdown and "no regressions in" in markdown
-    with open(out / "results.json") as handle:
-        new = json.load(handle)
+    [(argv, kwargs)] = ran  # make test skipped, the eval step handed over, nothing else
+    assert argv[:-1] == ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c"] and kwargs["cwd"] == str(work)
+    env = kwargs["env"]
+    assert env["CI"] == "true" and env["GITHUB_STEP_SUMMARY"] == str(summary) and env["GITHUB_WORKSPACE"] == str(work)
+    words, workflow_words = shlex.split(argv[-1]), _eval_command()
+    executable = words[:words.index("eval")]
+    assert executable in ([ci_local.VENV_SHARDLAB], [sys.executable, "-m", "shardlab"]), executable
+    assert words[len(executable):] == workflow_words[1:]
+    for name in ("tests", "configs", "scripts"):  # the relative paths resolve in the work folder
+        assert os.path.samefile(work / name, os.path.join(ROOT, name))
+    # shardlab eval's own parser takes the step's options
+    from shardlab import cli
+
+    args = cli.parser().parse_args([word.replace("$GITHUB_STEP_SUMMARY", str(summary)) for word in workflow_words[1:]])
+    assert (args.command, args.checkpoint, args.suite, args.limit, args.baseline, args.summary) == (
+        "eval", "tests/fixtures/ci_policy.ckpt", "ci", 50, "tests/fixtures/ci_baseline.json", str(summary))
+
+
+@pytest.mark.skipif(not os.path.isfile(CHECKPOINT), reason="run scripts/make_ci_checkpoint.py")
+def test_the_committed_baseline_is_the_committed_checkpoints_at_the_workflows_limit():
+    """What the eval step's --baseline needs, checked without running the eval: the baseline is
+    this checkpoint's (same sha256), at the step's --limit, without errors, and it matches the
+    config, seed and eval version that the ci suite runs now (else the eval step exits 2)."""
+    import hashlib
+
+    from shardlab.evals.suite.baseline import prepare_baseline
+
+    words = _eval_command()
     with open(BASELINE) as handle:
         old = json.load(handle)
-    assert new["checkpoint_sha256"] == old["checkpoint_sha256"]  # the baseline is this checkpoint's
-    assert new["limit"] == old["limit"] == 50 and not new["errors"]
-    assert "<testsuite" in (out / "junit.xml").read_text()
+    with open(CHECKPOINT, "rb") as handle:
+        assert old["checkpoint_sha256"] == hashlib.sha256(handle.read()).hexdigest()
+    assert old["limit"] == int(_option(words, "--limit")) == 50 and not old["errors"]
+    baseline = prepare_baseline(os.path.join(ROOT, _option(words, "--baseline")), None, None, _option(words, "--suite"))
+    assert baseline is not None and baseline.doc["checkpoint_sha256"] == old["checkpoint_sha256"]
 
 
 def test_readme_shows_the_workflow_commands():

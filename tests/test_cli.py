@@ -114,14 +114,14 @@ def test_eval_out_naming_a_file_is_refused_and_the_file_kept(tmp_path, tiny_maze
 
 def test_suite_by_name_and_only_as_a_comma_list(tmp_path, tiny_maze_checkpoint, monkeypatch):
     suite = tmp_path / "two.yaml"
-    suite.write_text("seed: 0\nevals:\n  goal_misgeneralization: {mazes: 2, decision_mazes: 2}\n"
-                     "  relu_ablation: {mazes: 2}\n  steering: {mazes: 2}\n")
+    suite.write_text("seed: 0\nevals:\n  goal_misgeneralization: {mazes: 2}\n  relu_ablation: {mazes: 2}\n"
+                     "  steering: {mazes: 2}\n")
     out = tmp_path / "out"
     code = cli.main(["eval", tiny_maze_checkpoint, "--suite", str(suite), "--out", str(out), "--no-progress",
-                     "--only", "goal_misgeneralization,relu_ablation"])
+                     "--only", "relu_ablation,steering"])
     assert code in (0, 1)
     document = json.loads((out / "results.json").read_text())
-    assert {row["eval"] for row in document["results"]} == {"goal_misgeneralization", "relu_ablation"}
+    assert {row["eval"] for row in document["results"]} == {"relu_ablation", "steering"}
     assert document["device"] == "cpu"
     # a shipped suite by its name, from a folder that has no configs/
     monkeypatch.chdir(tmp_path)
@@ -180,7 +180,7 @@ def test_eval_sends_metrics_and_figures_to_the_loggers_asked_for(tmp_path, tiny_
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "out"
-    assert cli.main(["eval", tiny_maze_checkpoint, "--out", str(out), "--limit", "2", "--no-progress",
+    assert cli.main(["eval", tiny_maze_checkpoint, "--out", str(out), "--limit", "1", "--no-progress",
                      "--loggers", "tensorboard,csv"]) in (0, 1)
     document = json.loads((out / "results.json").read_text())
     p_cheese = next(r["value"] for r in document["results"] if r["name"] == "p_cheese")

@@ -92,7 +92,7 @@ def test_results_are_reproducible(checkpoint, suite_out, tmp_path):
 
 def test_missed_threshold_exits_1_with_a_table(checkpoint, tmp_path, capsys):
     suite = _suite(tmp_path, SUITE.replace("{max: 1.0}", "{min: 1.5}"))
-    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o"), "--limit", "4"]) == 1
+    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(tmp_path / "o"), "--limit", "1"]) == 1
     err = capsys.readouterr().err
     assert "thresholds missed" in err and "goal_misgeneralization.p_neither" in err and ">= 1.5" in err
     case = next(ElementTree.parse(tmp_path / "o" / "junit.xml").getroot().iter("testcase"))
@@ -144,9 +144,10 @@ def test_bad_override_exits_2(checkpoint, tmp_path, capsys, override, named):
 def test_override_changes_the_eval_config(checkpoint, tmp_path):
     out = tmp_path / "o"
     assert shardlab.main(["eval", checkpoint, "--suite", _suite(tmp_path, SUITE), "--out", str(out),
-                          "goal_misgeneralization.mazes=3", "--no-progress"]) == 0
+                          "goal_misgeneralization.mazes=3", "goal_misgeneralization.decision_mazes=1",
+                          "--no-progress"]) == 0
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["results"]}
-    assert rows["p_cheese"]["n"] == 3
+    assert rows["p_cheese"]["n"] == 3 and rows["decision/p_cheese"]["n"] == 1
 
 
 def test_plugin_evals_are_discovered_through_entry_points(tmp_path, monkeypatch):

@@ -168,11 +168,20 @@ def test_bad_specs_and_rgb_input_are_refused():
 
 
 # -- goal_misgeneralization against the independent answers ------------------------------------
+_RUNS: dict = {}  # (spec, recipe path, config) → metrics: the same seeded eval is run once per session
+
+
 def run_eval(spec: str, recipe=RECIPE, **config) -> dict:
+    key = (spec, recipe, tuple(sorted(config.items()))) if isinstance(recipe, str) else None
+    if key in _RUNS:
+        return _RUNS[key]
     trained = load_oracle(spec, recipe)
     ctx = EvalContext(trained.model, trained.config, "/tmp/shardlab-oracle-test", seed=SEED, progress=False)
     cfg = GoalMisgeneralization.Config(mazes=MAZES, decision_mazes=MAZES, **config)
-    return {m.name: m for m in GoalMisgeneralization(cfg).run(ctx).metrics}
+    metrics = {m.name: m for m in GoalMisgeneralization(cfg).run(ctx).metrics}
+    if key is not None:
+        _RUNS[key] = metrics
+    return metrics
 
 
 @pytest.fixture(scope="module")
