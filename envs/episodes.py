@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -29,6 +29,22 @@ class Summary:
     mean_length: float
 
 
+def actor(policy: Optional[ImpalaPolicy], num_envs: int, generator: torch.Generator, greedy: bool = False,
+          channels_last: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The act function every maze episode uses: the greedy move, or an action sampled with the
+    seeded ``generator`` (reproducible evaluations); ``policy=None`` acts uniformly at random."""
+
+    def act(obs: torch.Tensor) -> torch.Tensor:
+        if policy is None:
+            return torch.randint(0, 15, (num_envs,), generator=generator)
+        device = next(policy.parameters()).device
+        logits, _ = policy(preprocess(obs.to(device), channels_last))
+        action = greedy_move_actions(logits) if greedy else torch.multinomial(
+            logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
+        return action.cpu()
+    return act
+
+
 def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greedy: bool = False,
                    channels_last: bool = True, progress: bool = False,
                    states: Optional[Sequence[bytes]] = None, starts: Optional[list] = None) -> list[Episode]:
@@ -44,16 +60,7 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
     if starts is not None:
         starts.extend(env.get_state(index) for index in range(env.num_envs))
 
-    def act(obs: torch.Tensor) -> torch.Tensor:
-        if policy is None:
-            return torch.randint(0, 15, (env.num_envs,), generator=generator)
-        device = next(policy.parameters()).device
-        logits, _ = policy(preprocess(obs.to(device), channels_last))
-        # sampled with the seeded generator, so evaluations are reproducible
-        action = greedy_move_actions(logits) if greedy else torch.multinomial(
-            logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
-        return action.cpu()
-
+    act = actor(policy, env.num_envs, generator, greedy, channels_last)
     bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress, **progress_kwargs())
     try:
         with torch.inference_mode():

@@ -17,10 +17,11 @@ from shardlab.envs.maze import MazeEnv
 from shardlab.envs.maze_config import WORLD_DIM, MazeEnvConfig
 from shardlab.envs.maze_state import CHEESE, EMPTY, WALL, StateError, with_maze
 
-__all__ = ["parse_ascii", "with_maze", "MazeFile", "load_maze_file", "make_env_from_maze"]
+__all__ = ["parse_ascii", "to_ascii", "with_maze", "MazeFile", "load_maze_file", "make_env_from_maze"]
 
 Square = tuple[int, int]
 _CODES = {"#": WALL, ".": EMPTY, "M": EMPTY, "C": CHEESE}
+_CHARACTERS = {WALL: "#", EMPTY: ".", CHEESE: "C"}
 
 
 def parse_ascii(text: str) -> tuple[np.ndarray, Square]:
@@ -38,6 +39,30 @@ def parse_ascii(text: str) -> tuple[np.ndarray, Square]:
     if len(mice) > 1 or (inner == CHEESE).sum() > 1:
         raise StateError("an ASCII maze holds at most one M (mouse) and one C (cheese)")
     return inner, (mice[0] if mice else (0, 0))
+
+
+def to_ascii(state: bytes) -> str:
+    """The ASCII art of a maze state, :func:`parse_ascii`'s inverse; StateError when the state holds
+    something ASCII cannot show."""
+    where = maze_state.layout(state)
+    inner = maze_state.inner_grid(state, where)
+    unknown = sorted({int(code) for code in np.unique(inner)} - set(_CHARACTERS))
+    if unknown:
+        raise StateError(f"the maze holds tile codes {unknown[:5]} that are not wall, open or cheese")
+    if int((inner == CHEESE).sum()) > 1:
+        raise StateError("the maze holds more than one cheese; ASCII mazes hold at most one")
+    try:
+        mouse = maze_state.mouse_square(state, where)
+    except (ValueError, OverflowError):  # NaN or infinite coordinates in damaged bytes
+        raise StateError("the state's mouse position is not a number") from None
+    size = where.maze_dim
+    if not (0 <= mouse[0] < size and 0 <= mouse[1] < size) or inner[mouse[1], mouse[0]] == WALL:
+        raise StateError(f"the state's mouse {list(mouse)} is outside the maze or on a wall")
+    if inner[mouse[1], mouse[0]] == CHEESE:
+        raise StateError("the state's mouse stands on the cheese; ASCII cannot show both on one square")
+    rows = [[_CHARACTERS[int(code)] for code in inner[y]] for y in range(size)]
+    rows[mouse[1]][mouse[0]] = "M"
+    return "\n".join("".join(row) for row in reversed(rows))
 
 
 # -- hand-made mazes in files and envs ----------------------------------------------------------

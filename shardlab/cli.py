@@ -1,4 +1,4 @@
-"""The ``shardlab`` command: one parser for train, resume, collect, eval, compare, list and config.
+"""The ``shardlab`` command: one parser for train, resume, collect, eval, explore, compare, list and config.
 
 Every subcommand exits 0 on success and 2 on bad input (one line on stderr, nothing written);
 ``eval`` exits 1 when a threshold is missed, an eval crashes or a metric regressed against
@@ -33,6 +33,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0..65535, got {value}")
     return value
 
 
@@ -120,6 +130,15 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", metavar="EVAL.KEY=VALUE",
                     help="change an eval's config, e.g. retargeting.max_steps=500 steering.mazes=200")
 
+    explore = sub.add_parser("explore", help="open a checkpoint in the browser: move the cheese, steer, retarget, "
+                             "watch the vector field and activations (pip install 'shardlab[explore]')")
+    explore.add_argument("checkpoint", nargs="?", help=f"a shardlab checkpoint or a scripted policy: {ORACLES}")
+    explore.add_argument("--recipe", help="training recipe for a scripted policy or a --weights file")
+    explore.add_argument("--weights", help="a published weights file (e.g. procgen-tools' maze .pth), with --recipe")
+    explore.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default 127.0.0.1: this machine only)")
+    explore.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0: any free port)")
+
     compare = sub.add_parser("compare", help="compare two results.json metric by metric; exit 1 on a regression")
     compare.add_argument("old", metavar="OLD", help="the baseline results.json (or the eval --out folder holding it)")
     compare.add_argument("new", metavar="NEW", help="the results.json to check against it")
@@ -147,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.overrides = [*args.overrides, *extra]
             else:
                 top.error(f"unrecognized arguments: {' '.join(extra)}")
-    handler = {"train": _train, "resume": _train, "collect": _collect, "eval": _eval, "list": _list,
+    handler = {"train": _train, "resume": _train, "collect": _collect, "eval": _eval, "explore": _explore, "list": _list,
                "config": _config, "compare": _compare}[args.command]
     return handler(args)
 
@@ -218,6 +237,8 @@ def _eval(args: argparse.Namespace) -> int:
                 raise evaluator.EvalError(f"--merge DIR takes no {', '.join(given)}: it only combines the parts "
                                           "the shards wrote to DIR")
             return sweep.merge(args.merge)
+        if args.checkpoint and "=" in args.checkpoint and not os.path.exists(args.checkpoint):
+            args.overrides, args.checkpoint = [args.checkpoint, *args.overrides], None  # an override, not a file
         if args.out is None:
             raise evaluator.EvalError("--out is required: the folder results.json, junit.xml and the reports go to")
         request = EvalRequest(checkpoint=args.checkpoint, suite=args.suite, only=args.only, limit=args.limit,
@@ -230,6 +251,24 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"shardlab eval: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return sweep.run_sweep(request) if request.sweep else evaluator.run(request)
+
+
+def _explore(args: argparse.Namespace) -> int:
+    try:
+        from shardlab.explore import app
+    except ImportError as exc:  # starlette/uvicorn are an extra
+        print(f"shardlab explore: error: {exc.name or exc} is not installed; pip install 'shardlab[explore]'",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        session = app.open_source(args.checkpoint, args.weights, args.recipe)
+    except app.SOURCE_ERRORS as exc:
+        print(f"shardlab explore: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.host != "127.0.0.1":
+        print(f"shardlab explore: listening on {args.host}, not only this machine: anyone who can reach it "
+              "can use the loaded network", file=sys.stderr)
+    return app.serve(session, host=args.host, port=args.port)
 
 
 def _compare(args: argparse.Namespace) -> int:

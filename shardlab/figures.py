@@ -1,12 +1,14 @@
 """The one way shardlab writes a figure: a matplotlib figure saved as a PNG with shardlab.atomic.
 
 Every eval plot, report picture and script figure goes through :func:`write_png_atomic`, so a PNG is
-never half-written and its folder is created when missing. Light on purpose: matplotlib is only
+never half-written and its folder is created when missing; :func:`png_bytes` is the same encoding
+kept in memory (the explorer sends it to the browser). Light on purpose: matplotlib is only
 imported (pyplot only for ``pyplot=True``) by whoever made the figure.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -33,3 +35,10 @@ def write_png_atomic(fig: "Figure", path: Union[str, os.PathLike], dpi: Optional
 
         plt.close(fig)
     return os.fspath(path)
+
+
+def png_bytes(fig: "Figure", dpi: Optional[float] = None) -> bytes:
+    """``fig`` encoded as PNG bytes (at ``dpi``, default the figure's), for a figure that is sent, not saved."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()

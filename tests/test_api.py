@@ -122,16 +122,24 @@ def test_a_checkpoint_written_before_the_namespace_still_loads_and_evaluates(tmp
     assert json.loads((out / "results.json").read_text())["errors"] == {}
 
 
+# an eval that does not play episodes: these weights never reach the cheese, so every episode would
+# run to procgen's 500-step timeout through a 64×64 RGB network
+WEIGHTS_SUITE = ("seed: 0\nevals:\n  relu_ablation: {mazes: 2}\n"
+                 "thresholds:\n  relu_ablation.all/agreement: {min: 2}\n")
+
+
 @pytest.mark.parametrize("wrapped", [False, True])
-def test_published_weights_evaluate_with_a_recipe(tmp_path, suite, wrapped):
+def test_published_weights_evaluate_with_a_recipe(tmp_path, wrapped):
     state = published_state_dict(scale=1)
     path = tmp_path / "maze_policy.pth"
     torch.save({"model_state_dict": state, "optimizer_state_dict": {}} if wrapped else state, path)
-    results = shardlab.evaluate(weights=str(path), recipe="maze_ppo_cpu_rgb", suite=suite, limit=1)
-    assert "p_cheese" in results["goal_misgeneralization"]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(WEIGHTS_SUITE)
+    results = shardlab.evaluate(weights=str(path), recipe="maze_ppo_cpu_rgb", suite=str(suite))
+    assert 0 <= results["relu_ablation"]["all/agreement"] <= 1
     out = tmp_path / "out"
-    assert cli.main(["eval", "--weights", str(path), "--recipe", "maze_ppo_cpu_rgb", "--suite", suite,
-                     "--out", str(out), "--limit", "1", "--no-progress"]) == 1
+    assert cli.main(["eval", "--weights", str(path), "--recipe", "maze_ppo_cpu_rgb", "--suite", str(suite),
+                     "--out", str(out), "--no-progress", "relu_ablation.mazes=1"]) == 1  # the impossible threshold
     document = json.loads((out / "results.json").read_text())
     assert document["checkpoint"] == str(path) and len(document["checkpoint_sha256"]) == 64
 

@@ -60,5 +60,5 @@ def test_evals_benchmark_bad_argument_exits_2():
 def test_help_lists_every_subcommand():
     result = run_benchmark("--help")
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("ppo", "learn", "maze", "evals", "demo", "dt", "interp"):
+    for name in ("ppo", "learn", "maze", "evals", "demo", "dt", "interp", "explore"):
         assert f"    {name} " in result.stdout, name

@@ -72,13 +72,14 @@ def test_suite_passes_and_writes_results(suite_out):
 def test_greedy_rates_on_the_same_mazes(checkpoint, tmp_path):
     suite = _suite(tmp_path, SUITE.replace("decision_mazes: 8}", "decision_mazes: 8, also_greedy: true}"))
     out = tmp_path / "out"
-    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(out), "--no-progress"]) == 0
+    # 3 mazes a set: an untrained greedy policy mostly loops to the timeout
+    assert shardlab.main(["eval", checkpoint, "--suite", suite, "--out", str(out), "--no-progress", "--limit", "3"]) == 0
     rows = {r["name"]: r for r in json.loads((out / "results.json").read_text())["results"]}
     for name in ("greedy/p_cheese", "greedy/p_corner", "greedy/in_distribution/p_cheese", "greedy/in_region/p_cheese",
                  "greedy/gap/p_cheese",
                  "greedy/decision/p_cheese", "greedy/decision/p_corner_first"):
-        assert rows[name]["n"] == 8 and 0 <= rows[name]["value"] <= 1
-    assert rows["decision/p_corner_first"]["n"] == 8
+        assert rows[name]["n"] == 3 and 0 <= rows[name]["value"] <= 1
+    assert rows["decision/p_corner_first"]["n"] == 3
 
 
 def test_results_are_reproducible(checkpoint, suite_out, tmp_path):

@@ -659,3 +659,12 @@ def test_cheese_reward_and_end_square(template):
         assert episode.reached_cheese and episode.ret == -10.0 and episode.end_square == (6, 0)
     finally:
         env.close()
+
+
+def test_to_ascii_is_parse_ascii_inverted(template):
+    """ASCII → state → ASCII gives the same text, mouse and cheese included."""
+    from shardlab.envs.maze_build import parse_ascii, to_ascii
+
+    text = "..C\n.#.\nM.."
+    inner, mouse = parse_ascii(text)
+    assert to_ascii(ms.with_maze(template, inner, mouse)) == text
