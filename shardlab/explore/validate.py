@@ -59,23 +59,14 @@ def parse_json(raw: bytes) -> dict:
     return body
 
 
+# JSON type names for messages; bool before int, since a bool is an int in Python
+_KINDS = ((type(None), "null"), (bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+          (list, "an array"), (dict, "an object"))
+
+
 def _kind(value: Any) -> str:
     """A JSON type name for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((name for kind, name in _KINDS if isinstance(value, kind)), type(value).__name__)
 
 
 # -- field checks: each takes (value, where) and returns the cleaned value ----------------------------
