@@ -52,15 +52,30 @@ DEFAULT_RECIPES = ("maze_ppo_cpu",)
 # the page's breakdown of a round trip: server compute, the whole request (server, transfer, JSON
 # parsing), drawing the answer, waiting for the paint
 PARTS = ("server_ms", "fetch_ms", "draw_ms", "paint_ms")
-BROWSER_PATHS = {"chromium": ("chromium", "/usr/bin/chromium"), "chromedriver": ("chromedriver", "/usr/bin/chromedriver")}
+# the distribution's packages first; GitHub's Ubuntu runners ship Google Chrome and name their
+# chromedriver's folder in CHROMEWEBDRIVER
+BROWSER_PATHS = {"chromium": ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium"),
+                 "chromedriver": ("chromedriver", "/usr/bin/chromedriver",
+                                  os.path.join(os.environ.get("CHROMEWEBDRIVER", "/nonexistent"), "chromedriver"))}
 
 
 # -- browser and server (shared with tests/test_explore_browser.py) -----------------------------
+def _first_executable(candidates: tuple[str, ...]) -> Optional[str]:
+    """The first candidate that is a command on PATH or an executable file."""
+    for candidate in candidates:
+        path = shutil.which(candidate)
+        if path is None and os.path.isabs(candidate) and os.access(candidate, os.X_OK):
+            path = candidate
+        if path is not None:
+            return path
+    return None
+
+
 def browser_paths() -> tuple[str, str]:
     """(chromium, chromedriver) executables; RuntimeError with a one-line reason when one is missing."""
     found = []
-    for name, (command, fallback) in BROWSER_PATHS.items():
-        path = shutil.which(command) or (fallback if os.access(fallback, os.X_OK) else None)
+    for name, candidates in BROWSER_PATHS.items():
+        path = _first_executable(candidates)
         if path is None:
             raise RuntimeError(f"{name} not found (apt-get install chromium chromium-driver)")
         found.append(path)
