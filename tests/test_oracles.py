@@ -428,7 +428,7 @@ def test_quadrant_rates_by_size_follow_the_bfs_walk(sized_mazes):
 def test_every_row_has_its_interval():
     trained = load_oracle("corner_then_cheese:2", load_config(RECIPE, SIZED))
     ctx = EvalContext(trained.model, trained.config, "/tmp/shardlab-oracle-test", seed=SEED, progress=False)
-    cfg = GoalMisgeneralization.Config(mazes=MAZES, decision_mazes=MAZES, also_greedy=True)
+    cfg = GoalMisgeneralization.Config(mazes=12, decision_mazes=12, also_greedy=True)  # the rows, not the rates
     metrics = GoalMisgeneralization(cfg).run(ctx).metrics
     assert_rows_have_intervals(metrics)
     rows = {m.name: m for m in metrics}
