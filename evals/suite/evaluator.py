@@ -53,24 +53,29 @@ def single_process() -> Iterator[None]:
 
 
 def prepare(request: EvalRequest) -> Trained:
-    """What the request evaluates: a checkpoint, ``oracle:NAME`` or a network (with ``recipe``), or a
-    published weights file (``weights`` with ``recipe``)."""
+    """What the request evaluates: see :func:`load_source`."""
+    return load_source(request.checkpoint, request.weights, request.recipe)
+
+
+def load_source(checkpoint: Any, weights: Optional[str] = None, recipe: Any = None, verb: str = "evaluate") -> Trained:
+    """The network a command names: a checkpoint, ``oracle:NAME`` or a network object (with
+    ``recipe``), or a published weights file (``weights`` with ``recipe``); EvalError (one line)
+    for a combination that names none (``verb``: what the command does with it, for that line)."""
     from torch import nn
 
-    checkpoint, recipe = request.checkpoint, request.recipe
-    if request.weights is not None:
+    if weights is not None:
         if recipe is None:
             raise EvalError("--weights needs --recipe: the training recipe the network was trained with, "
                             "e.g. --recipe maze_ppo")
         if checkpoint is not None:
             raise EvalError("give either a checkpoint or --weights, not both")
-        return load_weights(request.weights, _recipe(recipe))
+        return load_weights(weights, _recipe(recipe))
     if isinstance(checkpoint, nn.Module):
         if recipe is None:
             raise EvalError("evaluating a network object needs recipe= (a recipe name, path or training config)")
         return wrap_policy(checkpoint, _recipe(recipe))
     if checkpoint is None:
-        raise EvalError("nothing to evaluate: give a checkpoint, oracle:NAME or --weights FILE --recipe RECIPE")
+        raise EvalError(f"nothing to {verb}: give a checkpoint, oracle:NAME or --weights FILE --recipe RECIPE")
     if checkpoint.startswith(ORACLE_PREFIX):
         if recipe is None:
             raise EvalError(f"{checkpoint} is a scripted policy: give the training recipe whose mazes it plays, "

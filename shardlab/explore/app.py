@@ -38,51 +38,29 @@ class ExploreError(ValueError):
 
 
 SOURCE_ERRORS = (ExploreError,)
+# the POST endpoints of each kind of session: path → (request schema, the session's method)
+ENDPOINTS = {"maze": {"/api/maze/new": (validate.MAZE_NEW, "new_maze"),
+                      "/api/maze/import": (validate.MAZE_IMPORT, "import_maze"),
+                      "/api/maze/export": (validate.MAZE_EXPORT, "export_maze"),
+                      "/api/maze/view": (validate.MAZE_VIEW, "view"),
+                      "/api/maze/play": (validate.MAZE_PLAY, "play")},
+             "dt": {"/api/dt/view": (validate.DT_VIEW, "view"), "/api/dt/play": (validate.DT_PLAY, "play")}}
 Session = Any  # MazeSession or DTSession
 
 
 # -- loading -----------------------------------------------------------------------------------------
 def open_source(checkpoint: Optional[str], weights: Optional[str] = None, recipe: Optional[str] = None) -> Session:
-    """A session over what ``shardlab eval`` would evaluate: a shardlab checkpoint, ``oracle:NAME``
-    with ``recipe``, or a published ``weights`` file with ``recipe``; ExploreError (one line) otherwise."""
+    """A session over what ``shardlab eval`` would evaluate, loaded as it loads it
+    (``evals.suite.evaluator.load_source``); ExploreError (one line) otherwise."""
     from shardlab.configs.checks import ConfigError
+    from shardlab.evals.suite.evaluator import load_source
     from shardlab.trainers.checkpointing import CheckpointError
-    from shardlab.trainers.restore import ORACLE_PREFIX, load_oracle, load_trained, load_weights
 
     try:
-        if weights is not None:
-            if recipe is None:
-                raise ExploreError("--weights needs --recipe: the training recipe the network was trained with, "
-                                   "e.g. --recipe maze_ppo")
-            if checkpoint is not None:
-                raise ExploreError("give either a checkpoint or --weights, not both")
-            trained = load_weights(weights, _recipe(recipe))
-        elif checkpoint is None:
-            raise ExploreError("nothing to explore: give a checkpoint, oracle:NAME --recipe RECIPE or "
-                               "--weights FILE --recipe RECIPE")
-        elif checkpoint.startswith(ORACLE_PREFIX):
-            if recipe is None:
-                raise ExploreError(f"{checkpoint} is a scripted policy: give the training recipe whose mazes it "
-                                   "plays, e.g. --recipe maze_demo")
-            trained = load_oracle(checkpoint[len(ORACLE_PREFIX):], _recipe(recipe))
-        else:
-            if recipe is not None:
-                raise ExploreError("--recipe is for scripted policies and weights files; a checkpoint carries its "
-                                   "own config")
-            trained = load_trained(checkpoint)
-        return open_session(trained)
+        return open_session(load_source(checkpoint, weights, recipe, verb="explore"))
     except ExploreError:
         raise
     except (CheckpointError, ConfigError, ValueError) as exc:
-        raise ExploreError(one_line(exc, 500)) from None
-
-
-def _recipe(recipe: str) -> str:
-    from shardlab import configs
-
-    try:
-        return configs.resolve("recipe", os.fspath(recipe))
-    except FileNotFoundError as exc:
         raise ExploreError(one_line(exc, 500)) from None
 
 
@@ -180,18 +158,9 @@ def make_app(session: Session) -> Starlette:
 
     routes = [Route("/", index, methods=["GET"]), Route("/static/{name}", static, methods=["GET"]),
               Route("/api/info", info, methods=["GET"])]
-    if session.kind == "maze":
-        endpoints = {"/api/maze/new": (validate.MAZE_NEW, session.new_maze),
-                     "/api/maze/import": (validate.MAZE_IMPORT, session.import_maze),
-                     "/api/maze/export": (validate.MAZE_EXPORT, session.export_maze),
-                     "/api/maze/view": (validate.MAZE_VIEW, session.view),
-                     "/api/maze/play": (validate.MAZE_PLAY, session.play)}
-        other = ("/api/dt/view", "/api/dt/play")
-    else:
-        endpoints = {"/api/dt/view": (validate.DT_VIEW, session.view),
-                     "/api/dt/play": (validate.DT_PLAY, session.play)}
-        other = ("/api/maze/new", "/api/maze/import", "/api/maze/export", "/api/maze/view", "/api/maze/play")
-    routes += [Route(path, _endpoint(schema, method), methods=["POST"]) for path, (schema, method) in endpoints.items()]
+    routes += [Route(path, _endpoint(schema, getattr(session, method)), methods=["POST"])
+               for path, (schema, method) in ENDPOINTS[session.kind].items()]
+    other = [path for kind, paths in ENDPOINTS.items() if kind != session.kind for path in paths]
 
     shows = "a maze policy" if session.kind == "maze" else "a decision transformer"
 
