@@ -271,6 +271,22 @@ def arrival_steps(policy: torch.nn.Module, states: Sequence[bytes], targets: Seq
     return arrival.reshape(len(states), rollouts)
 
 
+def choice_mazes(count: int, seed: int, max_size: int, mode: str) -> list[EvalMaze]:
+    """The seeded mazes (cheese anywhere, the eval's seed + 1) on which the channels and the values
+    written into them are chosen."""
+    return eval_mazes(count, seed + 1, cheese="anywhere", max_size=max_size, mode=mode)
+
+
+def written_values(channels: Sequence[int], value_multiple: float, value: Optional[float] = None,
+                   means: Optional[np.ndarray] = None) -> np.ndarray:
+    """What the edit writes into each of ``channels``: ``value`` in every one, else ``value_multiple``
+    × the channel's mean activation at the cheese (``means``: every channel's, from
+    :func:`cheese_activation_means`)."""
+    if value is not None:
+        return np.full(len(channels), value, np.float32)
+    return (value_multiple * means[list(channels)]).astype(np.float32)
+
+
 def reach_estimate(reached: np.ndarray) -> stats.Estimate:
     """The fraction of rollouts reaching the target from (mazes, rollouts) flags: the rollouts of
     one maze are not independent, so the interval comes from a bootstrap over whole mazes."""
@@ -480,10 +496,9 @@ class Retargeting(Eval):
         if not placed[0] or not placed[1]:
             raise ValueError(f"no maze has a free square in the top-right region {region} for the cheese "
                              "(besides the start and the targets); use larger mazes or a larger region")
-        channel_mazes = eval_mazes(ctx.count(cfg.channel_mazes), ctx.seed + 1, cheese="anywhere",
-                                   max_size=max_size, mode=env.mode)
-        shared = len({layout_key(m.state) for m in pools[1]} & {layout_key(m.state) for m in channel_mazes})
-        return placed[0], placed[1], channel_mazes, shared
+        choice = choice_mazes(ctx.count(cfg.channel_mazes), ctx.seed, max_size, env.mode)
+        shared = len({layout_key(m.state) for m in pools[1]} & {layout_key(m.state) for m in choice})
+        return placed[0], placed[1], choice, shared
 
     @staticmethod
     def _conditions(result: Result, name: str, runner: Runner, states: list[bytes], targets: list[tuple[int, int]],
@@ -548,9 +563,8 @@ class Retargeting(Eval):
         else:
             scores = common.cheese_channel_scores(ctx.policy, channel_states, env.obs, cfg.layer)
             ranked = common.choose_channels(scores, max([cfg.top_channels, *cfg.channel_counts]), sign)
-        means = cheese_activation_means(ctx.policy, channel_states, env.obs, cfg.layer)[ranked]
-        values = np.full(len(ranked), cfg.value, np.float32) if cfg.value is not None else \
-            (cfg.value_multiple * means).astype(np.float32)
+        every = cheese_activation_means(ctx.policy, channel_states, env.obs, cfg.layer)
+        means, values = every[ranked], written_values(ranked, cfg.value_multiple, cfg.value, every)
         result.add("channels/channel_mazes", len(channel_states), kind="count")
         for rank, channel in enumerate(ranked):
             # the ranking and the values are choices made from these mazes: settings, not estimates

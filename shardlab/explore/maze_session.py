@@ -260,15 +260,13 @@ class MazeSession:
     def _retarget_defaults(self, layer: str) -> tuple[list[int], np.ndarray]:
         """The retargeting eval's channels (best first) and each channel's mean activation at the
         cheese's cell, on its seeded channel mazes (cheese anywhere), for ``layer``."""
-        from shardlab.envs.eval_mazes import eval_mazes
         from shardlab.evals.maze import common
-        from shardlab.evals.maze.retargeting import cheese_activation_means
+        from shardlab.evals.maze.retargeting import cheese_activation_means, choice_mazes
 
         def make() -> tuple[list[int], np.ndarray]:
             cfg = self.retarget_config
-            # the eval's channel mazes (its seed + 1, here seed 0 + 1) of the checkpoint's sizes and mode
-            mazes = eval_mazes(cfg.channel_mazes, 1, cheese="anywhere", max_size=self.env.max_size, mode=self.mode)
-            states = [m.state for m in mazes]
+            # the eval's channel mazes at seed 0, of the checkpoint's sizes and mode
+            states = [m.state for m in choice_mazes(cfg.channel_mazes, 0, self.env.max_size, self.mode)]
             scores = common.cheese_channel_scores(self.policy, states, self.obs, layer)
             sign = cfg.value if cfg.value is not None else cfg.value_multiple
             ranked = common.choose_channels(scores, cfg.top_channels, sign)
@@ -278,7 +276,7 @@ class MazeSession:
     def _edits(self, state: bytes, layer: Optional[str], body: dict, batch: int) -> tuple[Optional[dict], dict]:
         """The hook edits a request asks for (steer, retarget) at ``layer`` for a batch of
         ``batch`` forwards of this maze, and what they are (for the answer)."""
-        from shardlab.evals.maze.retargeting import edit_cells, target_edit
+        from shardlab.evals.maze.retargeting import edit_cells, target_edit, written_values
         from shardlab.models.hooks import add, compose
 
         parts, shown = [], {}
@@ -296,13 +294,11 @@ class MazeSession:
             if channels is not None and max(channels) >= count:
                 raise RequestError(f"retarget.channels must lie in 0..{count - 1} ({layer} has {count} channels), "
                                    f"got {max(channels)}")
+            means = None
             if channels is None or retarget["value"] is None:
                 ranked, means = self._retarget_defaults(layer)
                 channels = list(ranked) if channels is None else list(channels)
-            if retarget["value"] is not None:
-                values = np.full(len(channels), retarget["value"], np.float32)
-            else:  # the eval's default: value_multiple × the channel's mean activation at the cheese
-                values = (self.retarget_config.value_multiple * means[channels]).astype(np.float32)
+            values = written_values(channels, self.retarget_config.value_multiple, retarget["value"], means)
             edit, _ = target_edit([state] * batch, [target] * batch, self.obs, side, channels, values,
                                   retarget["radius"])
             parts.append(edit)
