@@ -155,13 +155,6 @@ def square() -> Check:
     return array(integer(-10**6, 10**6), 2, 2)
 
 
-def obj(schema: "Schema") -> Check:
-    """A nested JSON object checked against ``schema``."""
-    def check(value: Any, where: str) -> dict:
-        return schema.check(value, where)
-    return check
-
-
 @dataclass(frozen=True)
 class Field:
     """One field of a schema: its check, whether it must be present, its default otherwise."""
@@ -238,7 +231,7 @@ MAZE_NEW = Schema({"seed": required(integer(0, MAX_INT32)), "size": required(int
 MAZE_IMPORT = Schema({"ascii": optional(text(ASCII_CHARS)), "state": optional(base64_bytes(MAX_BODY))},
                      one_of=("ascii", "state"))
 MAZE_EXPORT = Schema({"ascii": required(text(ASCII_CHARS))})
-EDITS = {"steer": optional(obj(STEER)), "retarget": optional(obj(RETARGET))}
+EDITS = {"steer": optional(STEER.check), "retarget": optional(RETARGET.check)}  # nested objects
 MAZE_VIEW = Schema({"ascii": required(text(ASCII_CHARS)), "layer": optional(text(200)),
                     "channel": optional(integer(0, 4096), 0), **EDITS})
 MAX_PLAY_STEPS = 500  # procgen maze's own episode limit
