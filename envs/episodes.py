@@ -30,29 +30,51 @@ class Summary:
 
 
 def actor(policy: Optional[ImpalaPolicy], num_envs: int, generator: torch.Generator, greedy: bool = False,
-          channels_last: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+          channels_last: bool = True, groups: Optional[Sequence[int]] = None,
+          ) -> Callable[[torch.Tensor], torch.Tensor]:
     """The act function every maze episode uses: the greedy move, or an action sampled with the
-    seeded ``generator`` (reproducible evaluations); ``policy=None`` acts uniformly at random."""
+    seeded ``generator`` (reproducible evaluations); ``policy=None`` acts uniformly at random.
+
+    ``groups`` (sizes summing to ``num_envs``) splits the envs into consecutive groups, each
+    sampling from its own generator in the state ``generator`` starts in: one forward for the whole
+    batch, and each group draws what it would draw played alone."""
+    sizes = [num_envs] if groups is None else [int(size) for size in groups]
+    if sum(sizes) != num_envs:
+        raise ValueError(f"groups {list(sizes)} must add up to the {num_envs} envs")
+    streams = [generator] + [torch.Generator().set_state(generator.get_state()) for _ in sizes[1:]]
+
+    def sample(draw: Callable[[int, Optional[torch.Tensor], torch.Generator], torch.Tensor],
+               probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        parts, start = [], 0
+        for size, stream in zip(sizes, streams):
+            if size:  # an empty group draws nothing (torch.multinomial refuses an empty batch)
+                parts.append(draw(size, None if probs is None else probs[start:start + size], stream))
+            start += size
+        return parts[0] if len(parts) == 1 else torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
     def act(obs: torch.Tensor) -> torch.Tensor:
         if policy is None:
-            return torch.randint(0, 15, (num_envs,), generator=generator)
+            return sample(lambda size, _, stream: torch.randint(0, 15, (size,), generator=stream))
         device = next(policy.parameters()).device
         logits, _ = policy(preprocess(obs.to(device), channels_last))
-        action = greedy_move_actions(logits) if greedy else torch.multinomial(
-            logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(-1)
-        return action.cpu()
+        if greedy:
+            return greedy_move_actions(logits).cpu()
+        return sample(lambda size, probs, stream: torch.multinomial(probs, 1, generator=stream).squeeze(-1),
+                      logits.float().softmax(-1).cpu())
     return act
 
 
 def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greedy: bool = False,
                    channels_last: bool = True, progress: bool = False,
-                   states: Optional[Sequence[bytes]] = None, starts: Optional[list] = None) -> list[Episode]:
+                   states: Optional[Sequence[bytes]] = None, starts: Optional[list] = None,
+                   groups: Optional[Sequence[int]] = None) -> list[Episode]:
     """The first episode of each of ``env_cfg.num_envs`` seeded envs; ``policy=None`` acts randomly.
 
     Two calls with the same ``env_cfg`` play the same mazes with the same cheese squares, so
     policies can be compared episode for episode. With ``states`` (one per env) the episodes start
     from those states instead. A ``starts`` list receives each env's start state, in env order.
+    ``groups`` (sizes of consecutive sets of ``states``) plays several sets in one batch, each
+    sampling its actions as it would alone (see :func:`actor`): one forward per step, not one per set.
     """
     env = MazeEnv(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
@@ -60,7 +82,7 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
     if starts is not None:
         starts.extend(env.get_state(index) for index in range(env.num_envs))
 
-    act = actor(policy, env.num_envs, generator, greedy, channels_last)
+    act = actor(policy, env.num_envs, generator, greedy, channels_last, groups)
     bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress, **progress_kwargs())
     try:
         with torch.inference_mode():

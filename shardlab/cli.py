@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="a run directory made by `shardlab train`")
     resume.add_argument("overrides", nargs="*", help="overrides, e.g. trainer.total_steps=2000000")
 
-    from shardlab.trainers.collect import add_arguments as add_collect_arguments
+    from shardlab.trainers.collect_arguments import add_arguments as add_collect_arguments
     add_collect_arguments(sub.add_parser("collect", help="roll out a policy on MiniGrid/BabyAI and write a "
                                          "trajectory dataset"))
 

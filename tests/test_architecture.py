@@ -199,6 +199,39 @@ def test_importing_the_trainers_and_evals_prints_nothing():
         assert out.returncode == 0 and out.stderr == "", (code, out.stderr[-2000:])
 
 
+# what only training needs: evaluating a maze checkpoint starts without them (seconds per process)
+TRAINING_ONLY = ("pytorch_lightning", "lightning_fabric", "torchrl", "tensordict", "minigrid", "gymnasium")
+
+
+def test_evaluating_a_maze_checkpoint_imports_nothing_only_training_needs(tmp_path):
+    """`shardlab eval` on a maze checkpoint, TensorBoard scalars included, in a fresh interpreter:
+    the checkpoint's network loads without its LightningModule, the suite imports only the evals
+    it names, and the scalars are written with torch's SummaryWriter."""
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("evals:\n  steering: {mazes: 2}\n")
+    checkpoint = os.path.join(ROOT, "tests", "fixtures", "ci_policy.ckpt")
+    code = ("import sys, json\nfrom shardlab import cli\n"
+            f"code = cli.main(['eval', {checkpoint!r}, '--suite', {str(suite)!r}, '--out', {str(tmp_path / 'out')!r}, "
+            "'--no-progress', '--loggers', 'tensorboard'])\n"
+            f"print(json.dumps([code, sorted(m for m in {TRAINING_ONLY!r} if m in sys.modules)]))")
+    code, imported = json.loads(_run_python(code).strip().splitlines()[-1])
+    assert code == 0 and imported == []
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "out" / "tb"))
+
+
+def test_the_registry_table_names_the_module_that_registers_each_builtin_eval():
+    import importlib
+
+    from shardlab.evals.suite import registry
+
+    for name, module in registry.BUILTIN.items():
+        importlib.import_module(module)
+        assert registry.DECLARED[name].__module__ == module, name
+    registry.available()  # every shipped module: none registers an eval the table leaves out
+    shipped = {name for name, cls in registry.DECLARED.items() if cls.__module__.startswith("shardlab.")}
+    assert shipped == set(registry.BUILTIN)
+
+
 @pytest.mark.parametrize("recipe", _recipes())
 def test_loading_and_validating_a_shipped_recipe_imports_no_torch_or_env_library(recipe, trajectory_file):
     """In a fresh interpreter, load_config (read, merge, validate) of each shipped recipe imports
@@ -338,8 +371,8 @@ def test_no_cycle_is_hidden_in_an_import_inside_a_function_or_the_registry_table
     from shardlab.evals.suite import registry
 
     graph = import_graph(in_functions=True)
-    graph["shardlab.evals.suite.registry"] |= set(registry.BUILTIN)
-    assert set(registry.BUILTIN) <= set(graph)  # every table entry is a module of the package
+    graph["shardlab.evals.suite.registry"] |= set(registry.BUILTIN.values())
+    assert set(registry.BUILTIN.values()) <= set(graph)  # every table entry is a module of the package
     cycle = find_cycle(graph)
     assert not cycle, "import cycle through an import inside a function: " + " -> ".join(cycle)
 

@@ -37,11 +37,18 @@ class ShardlabModule(pl.LightningModule):
     """Base class: subclasses set the class attributes and implement the methods below."""
 
     kind: str = ""  # the config's algo (its KINDS key); stored in checkpoint["shardlab"]["kind"]
+    # from the kind's table entry (trainers/kinds.py), set for each subclass that names its kind
     model_attr: str = "model"  # the attribute holding the network; its state_dict prefix
     progress_key: str = "steps"  # the x-axis of metrics.jsonl rows and the loggers (env_steps, samples, ...)
     progress_unit: str = "step"
     resume_fixed_keys: tuple[str, ...] = ("model",)  # config keys a resumed run may not change
     metrics_path: Optional[str] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            entry = get_kind(cls.kind)
+            cls.model_attr, cls.progress_key = entry.model_attr, entry.progress_key
 
     @classmethod
     def build_model(cls, cfg: DictConfig) -> nn.Module:

@@ -46,7 +46,7 @@ def stream_indices(step: int, batch: int, n: int, seed: int) -> torch.Tensor:
 class ClassifyModule(ShardlabModule):
     """Cross-entropy training of a Classifier (+ l1_coef · L1 activation penalty)."""
 
-    kind, model_attr, progress_key, progress_unit = "classify", "model", "samples", "sample"
+    kind, progress_unit = "classify", "sample"
     resume_fixed_keys = ("model", "optim.batch_size", "data.source", "data.path", "data.val_fraction",
                          "data.test_fraction", "data.split_seed", "data.channels", "data.image_size")
 

@@ -145,7 +145,7 @@ def batch_generator(seed: int, rank: int, step: int) -> torch.Generator:
 class DTModule(ShardlabModule):
     """Supervised action prediction on context windows, with a held-out validation split."""
 
-    kind, model_attr, progress_key, progress_unit = "dt", "model", "steps", "step"
+    kind, progress_unit = "dt", "step"
     resume_fixed_keys = ("model", "data", "optim.batch_size")
 
     def __init__(self, config: dict, world_size: int = 1):

@@ -42,6 +42,11 @@ class Kind:
     env_shapes: Optional[str] = None
     preprocess: Optional[str] = None  # "module:function(uint8 observations) -> network input"; None: as they are
     unit_inputs: bool = True  # network inputs lie in [0, 1]; False: MiniGrid's index grids (0 .. max index)
+    # the checkpoint's layout, here rather than only on the LightningModule so that loading a
+    # network never imports Lightning: the module attribute holding the network (its state_dict
+    # prefix) and the progress counter (checkpoint["shardlab"][key], the x-axis of metric rows)
+    model_attr: str = "model"
+    progress_key: str = "steps"
 
     def load(self, field: str) -> Any:
         """Import the object one of the string fields names; ``"network"`` gives
@@ -89,12 +94,13 @@ KINDS: dict[str, Kind] = {
     "ppo": Kind("ppo", "shardlab.trainers.ppo_config:TrainConfig", "shardlab.trainers.ppo_config:validate_ppo",
                 "shardlab.trainers.ppo:PPOModule", "PPO on the procgen maze with an IMPALA policy",
                 network="shardlab.models.impala:build_policy", preprocess="shardlab.models.impala:preprocess",
-                **_MAZE),
+                model_attr="policy", progress_key="env_steps", **_MAZE),
     "ppo_minigrid": Kind("ppo_minigrid", "shardlab.trainers.ppo_minigrid_config:MiniGridPPOConfig",
                          "shardlab.trainers.ppo_minigrid_config:validate_ppo_minigrid", "shardlab.trainers.ppo_minigrid:PPOMiniGridModule",
                          "PPO on a MiniGrid/BabyAI env with a small CNN or MLP",
                          network="shardlab.models.minigrid_policy:build_minigrid_policy",
-                         preprocess="shardlab.models.minigrid_policy:preprocess", unit_inputs=False, **_MINIGRID),
+                         preprocess="shardlab.models.minigrid_policy:preprocess", unit_inputs=False,
+                         model_attr="policy", progress_key="env_steps", **_MINIGRID),
     # the env a decision transformer plays is the one its dataset came from (the config's spec); the
     # network embeds the env's uint8 states itself, so there is no preprocessing
     "dt": Kind("dt", "shardlab.trainers.dt_config:DTTrainConfig", "shardlab.trainers.dt_config:validate_dt", "shardlab.trainers.dt:DTModule",
@@ -105,7 +111,7 @@ KINDS: dict[str, Kind] = {
     "classify": Kind("classify", "shardlab.trainers.classify_config:ClassifyConfig",
                      "shardlab.trainers.classify_config:validate_classify",
                      "shardlab.trainers.classify:ClassifyModule", "image classifier (MLP/CNN) with dense or sparse activations",
-                     network="shardlab.models.classifier:build_classifier"),
+                     network="shardlab.models.classifier:build_classifier", progress_key="samples"),
 }
 
 

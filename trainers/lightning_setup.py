@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional, Sequence
 import pytorch_lightning as pl
 
 from shardlab.trainers.base import ShardlabModule
-from shardlab.trainers.checkpointing import AtomicCheckpointIO
+from shardlab.trainers.checkpoint_callbacks import AtomicCheckpointIO
 
 # warnings Lightning (and Lightning on a newer torch) raises for what shardlab does on purpose: an
 # endless IterableDataset of ticks without loader workers (trainers/base.py), max_epochs=-1 with

@@ -4,6 +4,10 @@ A metric row is a flat dict such as ``{"env_steps": 2048, "iteration": 1, "episo
 :func:`write_row` appends it to ``metrics.jsonl`` (the run's own record, read by tests, the demo
 report and resume) and sends its ``section/name`` scalars to every Lightning logger at the row's
 progress value, so TensorBoard, the CSV file and wandb show the same numbers as the JSONL file.
+
+Lightning is imported where a logger is built, not with this module: ``shardlab eval`` writes its
+TensorBoard scalars with torch's own ``SummaryWriter`` (what Lightning's TensorBoardLogger wraps)
+and so starts without Lightning's seconds of imports.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ import math
 import numbers
 import os
 import warnings
-from typing import Any, Mapping, Optional, Sequence, Union
+import sys
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
-from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import CSVLogger, Logger
 
 from shardlab.configs.checks import ConfigError
 from shardlab.trainers.trainer_config import DEFAULT_LOGGERS, check_loggers_installed
@@ -32,6 +38,8 @@ def build_loggers(names: Sequence[str], run_dir: str, run_name: str = "shardlab"
     what the interrupted session logged after it, from TensorBoard's view and from the CSV, so a
     resumed curve has each step once, as metrics.jsonl does.
     """
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
     check_loggers_installed(names)
     loggers: list[Logger] = []
     for name in names:
@@ -88,7 +96,7 @@ def scalars(row: Mapping[str, Any]) -> dict[str, float]:
             if "/" in key and isinstance(value, numbers.Real) and not math.isnan(value)}
 
 
-def send(loggers: Sequence[Logger], metrics: Mapping[str, float], step: int) -> None:
+def send(loggers: Sequence[Any], metrics: Mapping[str, float], step: int) -> None:
     """``metrics`` at ``step`` to every logger, flushed so a killed run keeps them (rows are rare)."""
     if not metrics:
         return
@@ -97,7 +105,7 @@ def send(loggers: Sequence[Logger], metrics: Mapping[str, float], step: int) -> 
         logger.save()  # CSVLogger otherwise buffers until (step + 1) % 100 == 0 or the end of fit
 
 
-def write_row(row: Mapping[str, Any], step: int, metrics_path: Optional[str], loggers: Sequence[Logger]) -> None:
+def write_row(row: Mapping[str, Any], step: int, metrics_path: Optional[str], loggers: Sequence[Any]) -> None:
     """Append ``row`` to metrics.jsonl and send its scalars to ``loggers``; call on global rank 0 only."""
     if metrics_path:
         with open(metrics_path, "a") as handle:
@@ -139,22 +147,57 @@ def eval_scalars(runs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
             if m.value == m.value}
 
 
-def log_eval_metrics(target: Union[str, os.PathLike, Sequence[Logger]], runs: Sequence[Mapping[str, Any]],
+class EvalTensorBoard:
+    """TensorBoard event files in ``<folder>/tb`` from torch's ``SummaryWriter``: the files
+    Lightning's TensorBoardLogger writes for the same scalars, without importing Lightning."""
+
+    def __init__(self, folder: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.experiment = SummaryWriter(log_dir=os.path.join(folder, TB))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """One scalar per metric at ``step``."""
+        for key, value in metrics.items():
+            self.experiment.add_scalar(key, value, step)
+
+    def save(self) -> None:
+        """Flush the event file."""
+        self.experiment.flush()
+
+    def finalize(self, status: str) -> None:
+        """Close the event file."""
+        self.experiment.close()
+
+
+def _eval_loggers(names: Sequence[str], folder: str) -> list[Any]:
+    """The loggers ``names`` for an eval folder: TensorBoard without Lightning, the CSV keeping
+    the rows of earlier evals, wandb as a run has it."""
+    loggers = [EvalTensorBoard(folder)] if "tensorboard" in names else []
+    others = [name for name in names if name != "tensorboard"]
+    if others:
+        from pytorch_lightning.loggers import CSVLogger
+
+        for logger in build_loggers(others, folder):
+            if isinstance(logger, CSVLogger):
+                keep_csv_rows(logger)  # evals of successive checkpoints add rows to one file
+            loggers.append(logger)
+    return loggers
+
+
+def log_eval_metrics(target: Union[str, os.PathLike, Sequence[Any]], runs: Sequence[Mapping[str, Any]],
                      step: int, names: Sequence[str] = DEFAULT_LOGGERS) -> dict[str, float]:
     """Send eval results as ``eval/metric`` scalars, and their PNGs as images, at ``step`` (the
     checkpoint's training progress, so evals of successive checkpoints line up as curves).
 
     ``target`` is a list of Lightning loggers (e.g. a run's, from :func:`build_loggers`) or a folder,
-    for which the loggers ``names`` are built (TensorBoard events in ``<folder>/tb``, the CSV in
+    for which the loggers ``names`` are made (TensorBoard events in ``<folder>/tb``, the CSV in
     ``<folder>/csv/metrics.csv``) and finalized. Returns the scalars sent.
     """
     metrics = eval_scalars(runs)
     owned = isinstance(target, (str, os.PathLike))
-    loggers = build_loggers(names, os.fspath(target)) if owned else list(target)
-    if owned:
-        for logger in loggers:
-            if isinstance(logger, CSVLogger):
-                keep_csv_rows(logger)  # evals of successive checkpoints add rows to one file
+    check_loggers_installed(names if owned else ())
+    loggers = _eval_loggers(names, os.fspath(target)) if owned else list(target)
     send(loggers, metrics, step)
     _send_figures(loggers, runs, step)
     if owned:
@@ -163,15 +206,24 @@ def log_eval_metrics(target: Union[str, os.PathLike, Sequence[Logger]], runs: Se
     return metrics
 
 
-def _send_figures(loggers: Sequence[Logger], runs: Sequence[Mapping[str, Any]], step: int) -> None:
+def _image_writer(logger: Any) -> Any:
+    """The SummaryWriter behind a TensorBoard logger (ours or Lightning's), else None."""
+    if isinstance(logger, EvalTensorBoard):
+        return logger.experiment
+    lightning = sys.modules.get("pytorch_lightning.loggers")  # not imported: no Lightning logger exists
+    return logger.experiment if lightning is not None and isinstance(logger, lightning.TensorBoardLogger) else None
+
+
+def _send_figures(loggers: Sequence[Any], runs: Sequence[Mapping[str, Any]], step: int) -> None:
     """Every PNG artifact of ``runs`` as an image ``eval/name`` (TensorBoard and wandb; CSV has none)."""
     pngs = [(run["eval"], path) for run in runs for path in run["result"].artifacts if path.endswith(".png")]
     for logger in loggers:
+        writer = _image_writer(logger)
         for eval_name, path in pngs:
             tag = f"{eval_name}/{os.path.splitext(os.path.basename(path))[0]}"
-            if isinstance(logger, TensorBoardLogger):
+            if writer is not None:
                 import matplotlib.image
 
-                logger.experiment.add_image(tag, matplotlib.image.imread(path)[..., :3], step, dataformats="HWC")
+                writer.add_image(tag, matplotlib.image.imread(path)[..., :3], step, dataformats="HWC")
             elif type(logger).__name__ == "WandbLogger":
                 logger.log_image(key=tag, images=[path], step=step)

@@ -70,7 +70,7 @@ class Schedule:
 class PPOModule(ShardlabModule):
     """PPO with torchrl's GAE and ClipPPOLoss on an IMPALA policy."""
 
-    kind, model_attr, progress_key, progress_unit = "ppo", "policy", "env_steps", "step"
+    kind, progress_unit = "ppo", "step"
     resume_fixed_keys = ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs")
     # the episode/<metric> rates beside return and length: metric → the Episode's boolean field
     episode_rates = {"cheese_rate": "reached_cheese", "corner_rate": "reached_corner"}

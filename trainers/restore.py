@@ -52,20 +52,19 @@ def _config_of(config: str | os.PathLike | DictConfig) -> DictConfig:
 def wrap_policy(model: nn.Module, config: str | os.PathLike | DictConfig, steps: int = 0) -> Trained:
     """A network object with the training config (recipe path or resolved config) its evals read."""
     config = _config_of(config)
-    module_cls = get_kind(config.algo, str(config.get("name", "recipe"))).load("module")
-    return Trained(module_cls.kind, config, model.eval(), steps, "<network>")
+    return Trained(get_kind(config.algo, str(config.get("name", "recipe"))).algo, config, model.eval(), steps,
+                   "<network>")
 
 
-def build_network(config: DictConfig, weights: Mapping, source: str) -> tuple[type, nn.Module]:
-    """The kind's LightningModule class and its network built from ``config`` with ``weights`` (a
-    state_dict) loaded; CheckpointError naming ``source`` and the keys when they do not fit."""
-    kind = get_kind(config.algo, source)
-    module_cls, model = kind.load("module"), kind.build_network(config)
+def build_network(config: DictConfig, weights: Mapping, source: str) -> nn.Module:
+    """The kind's network built from ``config`` with ``weights`` (a state_dict) loaded;
+    CheckpointError naming ``source`` and the keys when they do not fit."""
+    model = get_kind(config.algo, source).build_network(config)
     try:
         load_policy_weights(model, weights, source=source)
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from None
-    return module_cls, model
+    return model
 
 
 def load_weights(path: str | os.PathLike, config: str | os.PathLike | DictConfig) -> Trained:
@@ -73,13 +72,12 @@ def load_weights(path: str | os.PathLike, config: str | os.PathLike | DictConfig
     maze policies) loaded into the network the training config builds, from one read of the file;
     CheckpointError naming the keys when the file does not fit."""
     config, path = _config_of(config), os.fspath(path)
-    prefix = get_kind(config.algo, str(config.get("name", "recipe"))).load("module").model_attr + "."
+    kind = get_kind(config.algo, str(config.get("name", "recipe")))
     try:
-        weights, sha256 = read_weights_file(path, prefix)
+        weights, sha256 = read_weights_file(path, kind.model_attr + ".")
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from None
-    module_cls, model = build_network(config, weights, path)
-    return Trained(module_cls.kind, config, model.eval(), 0, path, sha256)
+    return Trained(kind.algo, config, build_network(config, weights, path).eval(), 0, path, sha256)
 
 
 def load_trained(path: str | os.PathLike) -> Trained:
@@ -88,17 +86,18 @@ def load_trained(path: str | os.PathLike) -> Trained:
     path = os.fspath(path)
     state, sha256 = read_checkpoint(path)
     config = build_config(saved_config(state, path), source=path)
-    module_cls = get_kind(config.algo, path).load("module")
-    _, model = build_network(config, network_weights(state, module_cls, path), path)
+    kind = get_kind(config.algo, path)
+    model = build_network(config, network_weights(state, config.algo, path), path)
     block = state["shardlab"]
     # checkpoints written before the kind was spelled as its algo stored "ppo_maze"
-    return Trained(stored_kind(block.get("kind", module_cls.kind)), config, model.eval(),
-                   int(block.get(module_cls.progress_key, 0)), path, sha256)
+    return Trained(stored_kind(block.get("kind", kind.algo)), config, model.eval(),
+                   int(block.get(kind.progress_key, 0)), path, sha256)
 
 
-def network_weights(checkpoint: dict, module_cls: type, path: str) -> dict:
-    """The network's state_dict inside a loaded shardlab checkpoint (its module attribute's keys)."""
+def network_weights(checkpoint: dict, algo: str, path: str) -> dict:
+    """The network's state_dict inside a loaded shardlab checkpoint of kind ``algo`` (its module
+    attribute's keys)."""
     try:
-        return state_dict_of(checkpoint, path, prefix=module_cls.model_attr + ".")
+        return state_dict_of(checkpoint, path, prefix=get_kind(algo, path).model_attr + ".")
     except WeightsError as exc:
         raise CheckpointError(str(exc)) from None

@@ -17,8 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from shardlab.atomic import is_temp_name, write_text
 from shardlab.trainers.allocator import keep_freed_memory
-from shardlab.trainers.checkpointing import (LAST, CheckpointError, PeriodicCheckpoint, load_checkpoint,
-                                             saved_config)
+from shardlab.trainers.checkpoint_callbacks import PeriodicCheckpoint
+from shardlab.trainers.checkpointing import LAST, CheckpointError, load_checkpoint, saved_config
 from shardlab.trainers.base import ShardlabModule
 from shardlab.trainers.config import ConfigError, build_config, read_yaml, to_dict
 from shardlab.trainers.kinds import get_kind
@@ -115,7 +115,7 @@ def _check_resumable(checkpoint: dict, path: str, saved: DictConfig, module_cls:
     if not isinstance(progress, int) or isinstance(progress, bool) or progress < 0:
         raise CheckpointError(f"checkpoint {path} has no valid shardlab.{module_cls.progress_key} counter "
                               f"(got {progress!r}); resume from an older step-*.ckpt in the same folder")
-    build_network(saved, network_weights(checkpoint, module_cls, path), path)
+    build_network(saved, network_weights(checkpoint, saved.algo, path), path)
 
 
 def build_module(cfg: DictConfig) -> ShardlabModule:

@@ -35,29 +35,25 @@ def target_label(target: float) -> str:
     return f"target={target:.2f}"
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rho = stats.spearman(x, y)
-    return float("nan") if rho is None else rho
-
-
 def calibration(targets: Sequence[float], returns: np.ndarray) -> dict[str, stats.Estimate]:
     """Slope, Spearman, spread and mean absolute error of achieved on target return, from
     ``returns[t, level]`` (every target played on the same levels), with intervals over levels."""
     x, returns = np.asarray(targets, dtype=float), np.asarray(returns, dtype=float)
     n = returns.shape[1]
 
-    def means(idx: np.ndarray) -> np.ndarray:  # the mean achieved return per target on the chosen levels
-        return returns[:, idx].mean(1)
+    def means(rows: np.ndarray) -> np.ndarray:  # (resamples, targets): mean achieved return on the chosen levels
+        return returns[:, rows].mean(2).T
 
-    error = stats.bootstrap(lambda idx: float(np.abs(means(idx) - x).mean()), n, "levels")
+    # every resample at once (a batched bootstrap): rows of level indices, one row per resample
+    error = stats.bootstrap(lambda rows: np.abs(means(rows) - x).mean(1), n, "levels", batched=True)
     if x.size < 2 or np.ptp(x) == 0:
         undefined = stats.undefined("needs at least two different target returns", n, "levels")
         return {"slope": undefined, "spearman": undefined, "return_spread": undefined, "mean_abs_error": error}
-    out = {"slope": stats.bootstrap(lambda idx: stats.slope(x, means(idx)), n, "levels")}
+    out = {"slope": stats.bootstrap(lambda rows: stats.slope_rows(x, means(rows)), n, "levels", batched=True)}
     if np.ptp(returns.mean(1)) == 0:
         out["spearman"] = stats.undefined("every target return gave the same mean return", n, "levels")
     else:
-        out["spearman"] = stats.bootstrap(lambda idx: _spearman(x, means(idx)), n, "levels")
+        out["spearman"] = stats.bootstrap(lambda rows: stats.spearman_rows(x, means(rows)), n, "levels", batched=True)
     out["return_spread"] = stats.paired_difference(returns[int(np.argmax(x))], returns[int(np.argmin(x))], "levels")
     out["mean_abs_error"] = error
     return out

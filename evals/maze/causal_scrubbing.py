@@ -192,6 +192,14 @@ def loss_recovered(original: Any, scrubbed: Any, random: Any) -> float:
     return float((scrubbed.mean() - random.mean()) / gap) if gap != 0 else math.nan
 
 
+def _recovered_from_means(means: np.ndarray) -> np.ndarray:
+    """:func:`loss_recovered` of rows of (E[original], E[scrubbed], E[random]) means."""
+    original, scrubbed, random = means.T
+    gap = original - random
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gap != 0, (scrubbed - random) / np.where(gap != 0, gap, 1.0), math.nan)
+
+
 def per_input_losses(original_logits: torch.Tensor, scrubbed: torch.Tensor, random: torch.Tensor
                      ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """{LOSS: (L_original, L_scrubbed, L_random)} per input, float64, for both losses."""
@@ -213,8 +221,8 @@ def loss_estimates(original: np.ndarray, scrubbed: np.ndarray, random: np.ndarra
     change = scrubbed - original
     gap = float(original.mean() - random.mean())
     if abs(gap) > min_gap:
-        recovered = stats.cluster_bootstrap(
-            lambda index: loss_recovered(original[index], scrubbed[index], random[index]), mazes, UNIT)
+        recovered = stats.cluster_bootstrap_means(np.stack([original, scrubbed, random], 1), mazes, UNIT,
+                                                  _recovered_from_means)
     else:
         recovered = stats.undefined(f"E[L_original] − E[L_random] is {gap:.3g}, not above min_loss_gap={min_gap:g}: "
                                     "too small to normalise by", len(np.unique(mazes)), UNIT)
@@ -222,7 +230,8 @@ def loss_estimates(original: np.ndarray, scrubbed: np.ndarray, random: np.ndarra
             "original": stats.cluster_mean(original, mazes, UNIT),
             "scrubbed": stats.cluster_mean(scrubbed, mazes, UNIT),
             "random": stats.cluster_mean(random, mazes, UNIT),
-            "abs_mean_change": stats.cluster_bootstrap(lambda index: abs(float(change[index].mean())), mazes, UNIT),
+            "abs_mean_change": stats.cluster_bootstrap_means(change[:, None], mazes, UNIT,
+                                                             lambda means: np.abs(means[:, 0])),
             "mean_abs_change": stats.cluster_mean(np.abs(change), mazes, UNIT)}
 
 

@@ -176,29 +176,49 @@ def median(values: ArrayLike, unit: str = "mazes") -> Estimate:
 
 # -- clustered samples ----------------------------------------------------------------------------
 def cluster_bootstrap_each(statistic: Callable[[np.ndarray], ArrayLike], clusters: ArrayLike, unit: str,
-                           seed: int = BOOTSTRAP_SEED, resamples: int = RESAMPLES) -> list[Estimate]:
+                           seed: int = BOOTSTRAP_SEED, resamples: int = RESAMPLES,
+                           batched: bool = False) -> list[Estimate]:
     """Several statistics of clustered samples, each with a percentile interval from resampling
     whole clusters: ``statistic(indices)`` returns a vector (say, the coefficients of one fit) from
     the samples at ``indices`` (repeats allowed), computed once per resample for every component.
 
     ``clusters`` gives each sample's cluster (maze, level, env). The point estimates use every
     sample once; ``n`` is the number of clusters, the independent units.
+
+    ``batched``: with one sample per cluster, ``statistic`` takes a (resamples, n) array of index
+    rows and returns a (resamples, components) array, one call for a block of resamples instead of
+    a Python call per resample (the same resamples, so the same interval).
     """
     labels = np.asarray(clusters)
     names, inverse = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(names))]
-    values = np.atleast_1d(np.asarray(statistic(np.arange(labels.size)), dtype=float))
+    singletons = len(names) == labels.size  # one sample per unit: the cluster index is the sample
+    if batched and not singletons:
+        raise ValueError("a batched statistic needs one sample per cluster")
+    everything = np.arange(labels.size)
+    values = np.asarray(statistic(everything[None]), dtype=float)[0] if batched else \
+        np.atleast_1d(np.asarray(statistic(everything), dtype=float))
     if len(names) < 2:
         return [Estimate(float(v), None, None, None, len(names), "cluster bootstrap", unit,
                          note=f"one {_singular(unit)}: no interval") for v in values]
-    rng = np.random.default_rng(seed)
+    # one draw of every resample's clusters: the same stream as drawing them one resample at a time
+    chosen = np.random.default_rng(seed).integers(0, len(names), (resamples, len(names)))
+    order = None
+    if singletons:
+        order = np.empty(len(names), dtype=np.int64)
+        order[inverse.reshape(-1)] = np.arange(labels.size)
     draws = np.empty((resamples, values.size))
-    singletons = len(names) == labels.size  # one sample per unit: the cluster index is the sample
-    order = np.array([m[0] for m in members]) if singletons else None
-    for r in range(resamples):
-        chosen = rng.integers(0, len(names), len(names))
-        draws[r] = statistic(order[chosen] if singletons else np.concatenate([members[g] for g in chosen]))
+    if batched:
+        block = max(1, _BATCH_ELEMENTS // len(names))  # bounded memory however many units
+        for start in range(0, resamples, block):
+            draws[start:start + block] = np.asarray(statistic(order[chosen[start:start + block]]), dtype=float)
+    else:
+        members = None if singletons else [np.flatnonzero(inverse == g) for g in range(len(names))]
+        for r in range(resamples):
+            draws[r] = statistic(order[chosen[r]] if singletons else np.concatenate([members[g] for g in chosen[r]]))
     return [_percentile(float(v), draws[:, k], len(names), unit) for k, v in enumerate(values)]
+
+
+_BATCH_ELEMENTS = 1 << 22  # index entries per block of a batched bootstrap
 
 
 def _percentile(value: float, draws: np.ndarray, groups: int, unit: str) -> Estimate:
@@ -220,20 +240,56 @@ def cluster_bootstrap(statistic: Callable[[np.ndarray], float], clusters: ArrayL
 def cluster_mean(values: ArrayLike, clusters: ArrayLike, unit: str, seed: int = BOOTSTRAP_SEED) -> Estimate:
     """The mean over all samples, its interval from a bootstrap over whole clusters."""
     array = np.asarray(values, dtype=float)
-    return cluster_bootstrap(lambda idx: float(array[idx].mean()), clusters, unit, seed)
+    if np.unique(np.asarray(clusters)).size == array.size:  # one sample per cluster: all resamples at once
+        return cluster_bootstrap_each(lambda rows: array[rows].mean(axis=1, keepdims=True), clusters, unit, seed,
+                                      batched=True)[0]
+    return cluster_bootstrap_means(array[:, None], clusters, unit, seed=seed)
+
+
+def cluster_bootstrap_means(columns: np.ndarray, clusters: ArrayLike, unit: str,
+                            combine: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+                            seed: int = BOOTSTRAP_SEED, resamples: int = RESAMPLES) -> Estimate:
+    """``combine`` of the means of the columns of ``columns`` (samples × k), its interval from
+    resampling whole clusters, every resample at once: a resample's means are its clusters' sums
+    over its clusters' sizes, the resamples :func:`cluster_bootstrap_each` draws. ``combine`` maps
+    (resamples, k) means to (resamples,) values (default: the first column's mean)."""
+    columns = np.asarray(columns, dtype=float).reshape(len(columns), -1)
+    combine = combine or (lambda means: means[:, 0])
+    _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    groups = int(inverse.max()) + 1 if inverse.size else 0
+    value = float(combine(columns.mean(0)[None])[0])
+    if groups < 2:
+        return Estimate(value, None, None, None, groups, "cluster bootstrap", unit,
+                        note=f"one {_singular(unit)}: no interval")
+    sums = np.stack([np.bincount(inverse, weights=column, minlength=groups) for column in columns.T], axis=1)
+    sizes = np.bincount(inverse, minlength=groups).astype(float)
+    chosen = np.random.default_rng(seed).integers(0, groups, (resamples, groups))
+    draws = np.empty(resamples)
+    block = max(1, _BATCH_ELEMENTS // (groups * columns.shape[1]))
+    for start in range(0, resamples, block):
+        picked = chosen[start:start + block]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            draws[start:start + block] = combine(sums[picked].sum(1) / sizes[picked].sum(1)[:, None])
+    return _percentile(value, draws, groups, unit)
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, unit: str, seed: int = BOOTSTRAP_SEED,
-              resamples: int = RESAMPLES) -> Estimate:
-    """``statistic(indices)`` over ``n`` independent units with a percentile bootstrap interval."""
+              resamples: int = RESAMPLES, batched: bool = False) -> Estimate:
+    """``statistic(indices)`` over ``n`` independent units with a percentile bootstrap interval
+    (``batched``: ``statistic`` maps (resamples, n) index rows to (resamples,) values)."""
+    if batched:
+        return bootstrap_each(lambda rows: np.asarray(statistic(rows))[:, None], n, unit, seed, resamples, True)[0]
     return bootstrap_each(lambda idx: [statistic(idx)], n, unit, seed, resamples)[0]
 
 
 def bootstrap_each(statistic: Callable[[np.ndarray], ArrayLike], n: int, unit: str, seed: int = BOOTSTRAP_SEED,
-                   resamples: int = RESAMPLES) -> list[Estimate]:
+                   resamples: int = RESAMPLES, batched: bool = False) -> list[Estimate]:
     """Each component of the vector ``statistic(indices)`` over ``n`` independent units, with a
-    percentile bootstrap interval from the same resamples."""
-    return [replace(e, method="bootstrap") for e in cluster_bootstrap_each(statistic, np.arange(n), unit, seed, resamples)]
+    percentile bootstrap interval from the same resamples (``batched``: see
+    :func:`cluster_bootstrap_each`)."""
+    return [replace(e, method="bootstrap")
+            for e in cluster_bootstrap_each(statistic, np.arange(n), unit, seed, resamples, batched)]
 
 
 def two_way_cluster_mean(values: ArrayLike, first: ArrayLike, second: ArrayLike, unit: str) -> Estimate:
@@ -275,6 +331,31 @@ def slope(x: ArrayLike, y: ArrayLike) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     spread = ((x - x.mean()) ** 2).sum()
     return math.nan if spread == 0 else float(((x - x.mean()) * (y - y.mean())).sum() / spread)
+
+
+def slope_rows(x: ArrayLike, y_rows: np.ndarray) -> np.ndarray:
+    """:func:`slope` of each row of ``y_rows`` on ``x`` (a batched bootstrap's resamples)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y_rows, dtype=float)
+    spread = ((x - x.mean()) ** 2).sum()
+    if spread == 0:
+        return np.full(len(y), math.nan)
+    return ((x - x.mean()) * (y - y.mean(1, keepdims=True))).sum(1) / spread
+
+
+def spearman_rows(x: ArrayLike, y_rows: np.ndarray) -> np.ndarray:
+    """:func:`spearman` of ``x`` with each row of ``y_rows`` (NaN where either side is constant):
+    the Pearson correlation of the average ranks, as scipy computes it."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y_rows, dtype=float)
+    out = np.full(len(y), math.nan)
+    if x.size < 2 or np.ptp(x) == 0:
+        return out
+    rx = _scipy.rankdata(x)
+    ry = _scipy.rankdata(y, axis=1)
+    rx, ry = rx - rx.mean(), ry - ry.mean(1, keepdims=True)
+    varying = np.ptp(y, axis=1) > 0
+    r = ry[varying]
+    out[varying] = (r @ rx) / np.sqrt((r * r).sum(1) * (rx * rx).sum())
+    return np.clip(out, -1.0, 1.0)
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> Optional[float]:

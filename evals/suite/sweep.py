@@ -325,7 +325,7 @@ def _step_label(run_dir: str) -> str:
         from shardlab.trainers.kinds import get_kind
 
         algo = read_yaml(os.path.join(run_dir, "config.yaml")).get("algo", "ppo")
-        return "training " + get_kind(algo).load("module").progress_key.replace("_", " ")
+        return "training " + get_kind(algo).progress_key.replace("_", " ")
     except Exception:  # a label is not worth failing the sweep for
         return "training steps"
 
