@@ -198,10 +198,8 @@ def cluster_bootstrap_each(statistic: Callable[[np.ndarray], ArrayLike], cluster
     values = np.asarray(statistic(everything[None]), dtype=float)[0] if batched else \
         np.atleast_1d(np.asarray(statistic(everything), dtype=float))
     if len(names) < 2:
-        return [Estimate(float(v), None, None, None, len(names), "cluster bootstrap", unit,
-                         note=f"one {_singular(unit)}: no interval") for v in values]
-    # one draw of every resample's clusters: the same stream as drawing them one resample at a time
-    chosen = np.random.default_rng(seed).integers(0, len(names), (resamples, len(names)))
+        return [_no_interval(float(v), len(names), unit) for v in values]
+    chosen = _resampled_clusters(len(names), seed, resamples)
     order = None
     if singletons:
         order = np.empty(len(names), dtype=np.int64)
@@ -219,6 +217,17 @@ def cluster_bootstrap_each(statistic: Callable[[np.ndarray], ArrayLike], cluster
 
 
 _BATCH_ELEMENTS = 1 << 22  # index entries per block of a batched bootstrap
+
+
+def _resampled_clusters(groups: int, seed: int, resamples: int) -> np.ndarray:
+    """(resamples, groups) cluster indices drawn with replacement, in one draw: the same stream as
+    drawing them one resample at a time."""
+    return np.random.default_rng(seed).integers(0, groups, (resamples, groups))
+
+
+def _no_interval(value: float, groups: int, unit: str) -> Estimate:
+    """A cluster-bootstrap estimate over fewer than two units: the value, no interval."""
+    return Estimate(value, None, None, None, groups, "cluster bootstrap", unit, note=f"one {_singular(unit)}: no interval")
 
 
 def _percentile(value: float, draws: np.ndarray, groups: int, unit: str) -> Estimate:
@@ -260,11 +269,10 @@ def cluster_bootstrap_means(columns: np.ndarray, clusters: ArrayLike, unit: str,
     groups = int(inverse.max()) + 1 if inverse.size else 0
     value = float(combine(columns.mean(0)[None])[0])
     if groups < 2:
-        return Estimate(value, None, None, None, groups, "cluster bootstrap", unit,
-                        note=f"one {_singular(unit)}: no interval")
+        return _no_interval(value, groups, unit)
     sums = np.stack([np.bincount(inverse, weights=column, minlength=groups) for column in columns.T], axis=1)
     sizes = np.bincount(inverse, minlength=groups).astype(float)
-    chosen = np.random.default_rng(seed).integers(0, groups, (resamples, groups))
+    chosen = _resampled_clusters(groups, seed, resamples)
     draws = np.empty(resamples)
     block = max(1, _BATCH_ELEMENTS // (groups * columns.shape[1]))
     for start in range(0, resamples, block):
@@ -328,9 +336,7 @@ def two_way_cluster_mean(values: ArrayLike, first: ArrayLike, second: ArrayLike,
 # -- regression and rank correlation --------------------------------------------------------------
 def slope(x: ArrayLike, y: ArrayLike) -> float:
     """The least-squares slope of y on x (NaN when x does not vary)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    spread = ((x - x.mean()) ** 2).sum()
-    return math.nan if spread == 0 else float(((x - x.mean()) * (y - y.mean())).sum() / spread)
+    return float(slope_rows(x, np.asarray(y, dtype=float)[None])[0])
 
 
 def slope_rows(x: ArrayLike, y_rows: np.ndarray) -> np.ndarray:
