@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from shardlab.bars import progress_kwargs
-from shardlab.envs.maze import Episode, MazeEnv, MazeEnvConfig, greedy_move_actions
+from shardlab.envs.maze import Episode, MazeEnvConfig, greedy_move_actions, make
 from shardlab.envs.rollout import rollout
 from shardlab.models.impala import ImpalaPolicy, preprocess
 
@@ -75,12 +75,16 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
     from those states instead. A ``starts`` list receives each env's start state, in env order.
     ``groups`` (sizes of consecutive sets of ``states``) plays several sets in one batch, each
     sampling its actions as it would alone (see :func:`actor`): one forward per step, not one per set.
+    The env is ``env_cfg.backend``'s (:func:`envs.maze.make`).
     """
-    env = MazeEnv(env_cfg)
+    if starts is not None and states is None and env_cfg.backend != "procgen":
+        raise ValueError("the start states of fresh mazes are procgen state bytes: play them with "
+                         "env.backend: procgen, or pass states")
+    env = make(env_cfg)
     generator = torch.Generator().manual_seed(env_cfg.seed)
     obs = env.reset() if states is None else env.load_states(states)
-    if starts is not None:
-        starts.extend(env.get_state(index) for index in range(env.num_envs))
+    if starts is not None:  # procgen reads a loaded state back byte for byte, so loaded states are the starts
+        starts.extend(states if states is not None else (env.get_state(index) for index in range(env.num_envs)))
 
     act = actor(policy, env.num_envs, generator, greedy, channels_last, groups)
     bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress, **progress_kwargs())

@@ -1,16 +1,20 @@
 """Batched, seeded procgen ``maze`` returning torch tensors, with the cheese confined to the
-top-right r×r region at every episode start (the goal-misgeneralization training setup)."""
+top-right r×r region at every episode start (the goal-misgeneralization training setup).
+
+:func:`make`, the one factory configs go through, builds the env of ``env.backend``: this
+module's :class:`MazeEnv` (procgen) or envs/maze_native.py's torch re-implementation (grid only)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from shardlab.envs import maze_generate, maze_geometry, maze_state, maze_views
-from shardlab.envs.maze_config import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig
+from shardlab.envs.batched import BatchedEnv
+from shardlab.envs.maze_config import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig, backend_problem
 from shardlab.envs.procgen_import import MAX_STATE_SIZE, ProcgenGym3Env
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
@@ -273,6 +277,17 @@ class MazeEnv:
         self._env.close()
 
 
-def make(cfg: MazeEnvConfig, rank: int = 0) -> MazeEnv:
-    """Build the batched maze env for DDP rank ``rank`` (each rank gets distinct seeds)."""
+def make(cfg: MazeEnvConfig, rank: int = 0, device: Union[str, torch.device] = "cpu") -> BatchedEnv:
+    """The batched maze env of ``cfg.backend`` for DDP rank ``rank`` (each rank gets distinct seeds);
+    only the native backend can live on another ``device`` than the CPU."""
+    problem = backend_problem(cfg.backend, cfg.obs, cfg.num_levels)
+    if problem is not None:
+        raise ValueError(problem)
+    if cfg.backend == "native":
+        from shardlab.envs import maze_native  # it imports this module: a top-level import would be a cycle
+
+        return maze_native.make(cfg, rank, device)
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"the procgen maze backend runs on the CPU, not {device}; "
+                         "use env.backend: native for an env on another device")
     return MazeEnv(cfg, rank)

@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-__all__ = ["DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MAX_INT32", "RANK_SEED_STRIDE", "MazeEnvConfig",
-           "env_config"]
+__all__ = ["BACKENDS", "DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MAX_INT32", "RANK_SEED_STRIDE",
+           "MazeEnvConfig", "env_config", "backend_problem"]
 
+BACKENDS = ("procgen", "native")
 DISTRIBUTION_MODES = ("easy", "hard")
 OBSERVATIONS = ("rgb", "grid")
 WORLD_DIM = {"easy": 15, "hard": 25}
@@ -34,6 +35,22 @@ class MazeEnvConfig:
     max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
     min_maze_size: Optional[int] = None  # odd; smaller procgen mazes are replaced by random ones in [min, max]
     cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)
+    # procgen: the real game (RGB or grid); native: envs/maze_native.py's torch re-implementation,
+    # grid only and fresh mazes only (num_levels: 0), with the same dynamics and maze distribution, faster
+    backend: str = "procgen"
+
+
+def backend_problem(backend: str, obs: str, num_levels: int) -> Optional[str]:
+    """Why ``backend`` cannot run this env (one line naming the fix), or None when it can."""
+    if backend not in BACKENDS:
+        return f"env.backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+    if backend == "native" and obs != "grid":
+        return (f"env.backend: native renders the grid observation only, but env.obs is {obs}; "
+                "use env.backend: procgen for RGB (or env.obs: grid)")
+    if backend == "native" and num_levels != 0:
+        return (f"env.backend: native draws fresh mazes only (procgen's level seeds cannot be reproduced), but "
+                f"env.num_levels is {num_levels}; use env.num_levels: 0 or env.backend: procgen")
+    return None
 
 
 def env_config(train_config: Any, **overrides: Any) -> MazeEnvConfig:

@@ -29,7 +29,8 @@ def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite:
              only: Union[str, Sequence[str], None] = None, limit: Optional[int] = None, seed: Optional[int] = None,
              device: Union[str, torch.device, None] = "auto", out: Optional[str] = None,
              recipe: Union[str, DictConfig, None] = None, weights: Optional[str] = None,
-             overrides: Sequence[str] = (), progress: bool = False, log_episodes: bool = False) -> Results:
+             overrides: Sequence[str] = (), progress: bool = False, log_episodes: bool = False,
+             env_backend: Optional[str] = None) -> Results:
     """Run an eval suite (a shipped name such as ``ci`` or a YAML path) and return its Results.
 
     ``checkpoint`` is a shardlab checkpoint, ``oracle:NAME`` or a network object (both with
@@ -37,8 +38,9 @@ def evaluate(checkpoint: Union[str, os.PathLike, nn.Module, None] = None, suite:
     where plots go (default: a fresh temporary folder); results files are written by the CLI.
     Bad input raises ``EvalError`` (or a subclass of ValueError) before anything is written.
     ``log_episodes``: evals that play episodes also write ``<out>/<eval>/episodes.jsonl``.
+    ``env_backend`` (procgen or native) plays a maze checkpoint's evals on that env backend.
     """
     request = EvalRequest(checkpoint=checkpoint, suite=suite, only=only, limit=limit, seed=seed, device=device,
                           out=out, recipe=recipe, weights=weights, overrides=overrides, progress=progress,
-                          log_episodes=log_episodes)
+                          log_episodes=log_episodes, env_backend=env_backend)
     return evaluator.evaluate(request)

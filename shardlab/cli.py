@@ -122,6 +122,9 @@ def parser() -> argparse.ArgumentParser:
                     help="write DIR/sweep.json from the parts of a sharded sweep (the last shard does it itself)")
     ev.add_argument("--log-episodes", action="store_true",
                     help="evals that play maze episodes also write <out>/<eval>/episodes.jsonl, one line per episode")
+    ev.add_argument("--env-backend", metavar="procgen|native",
+                    help="play the maze evals on this env backend instead of the checkpoint's env.backend; native "
+                         "(the torch re-implementation, faster) takes grid checkpoints only")
     ev.add_argument("--baseline", metavar="OLD/results.json",
                     help="compare every shared metric with an earlier run's results.json; exit 1 on a regression")
     _add_tolerances(ev)
@@ -244,7 +247,8 @@ def _eval(args: argparse.Namespace) -> int:
         request = EvalRequest(checkpoint=args.checkpoint, suite=args.suite, only=args.only, limit=args.limit,
                               seed=args.seed, device=args.device, out=args.out, recipe=args.recipe,
                               weights=args.weights, overrides=args.overrides, progress=not args.no_progress,
-                              log_episodes=args.log_episodes, loggers=args.loggers, baseline=args.baseline,
+                              log_episodes=args.log_episodes, env_backend=args.env_backend,
+                              loggers=args.loggers, baseline=args.baseline,
                               tolerance=args.tolerance, min_effect=args.min_effect, summary=args.summary,
                               every=args.every, shard=args.shard)
     except evaluator.BAD_INPUT as exc:

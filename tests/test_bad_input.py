@@ -321,6 +321,7 @@ EVAL = {
     "unknown-eval": ([], lambda tmp: _suite(tmp, "evals:\n  goal_misgeneralisation: {}\n"), ("did you mean",)),
     "oracle-without-recipe": (["--checkpoint", "oracle:cheese_seeker"], lambda tmp: _suite(tmp, GM), ("--recipe",)),
     "device-unknown": (["--device", "tpu"], lambda tmp: _suite(tmp, GM), ("device 'tpu'",)),
+    "env-backend-unknown": (["--env-backend", "gym"], lambda tmp: _suite(tmp, GM), ("--env-backend", "'gym'")),
 }
 
 
@@ -343,6 +344,20 @@ def test_eval_bad_input(case, tmp_path, tiny_maze_checkpoint, capsys):
     suite = [] if "--suite" in extra else ["--suite", str(tmp_path / "suite.yaml")]
     check_refused(["eval", checkpoint, *suite, "--out", str(tmp_path / "o"), "--no-progress", *extra], needles,
                   tmp_path, capsys)
+
+
+def test_eval_env_backend_native_refuses_an_rgb_network(tmp_path, capsys):
+    """The native backend renders no RGB: an RGB network is refused before anything runs."""
+    from shardlab.trainers.config import load_config
+    from shardlab.trainers.kinds import get_kind
+
+    recipe = "maze_ppo_cpu_rgb"
+    network = get_kind("ppo").build_network(load_config(ROOT / "configs" / "train" / f"{recipe}.yaml"))
+    torch.save(network.state_dict(), tmp_path / "rgb.pth")
+    _suite(tmp_path, GM)
+    check_refused(["eval", "--weights", str(tmp_path / "rgb.pth"), "--recipe", recipe, "--suite",
+                   str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "o"), "--no-progress", "--env-backend",
+                   "native"], ("--env-backend native", "env.obs: rgb", "drop --env-backend"), tmp_path, capsys)
 
 
 # -- eval: every maze eval's config, checked against the checkpoint before anything runs --------------------

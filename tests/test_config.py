@@ -79,6 +79,11 @@ BAD_TRAIN = {
     "scale-zero": (None, ["model.scale=0"], ["model.scale"]),
     "devices-zero": (None, ["trainer.devices=0"], ["trainer.devices"]),
     "bad-distribution-mode": (None, ["env.distribution_mode=medium"], ["env.distribution_mode", "medium"]),
+    "bad-backend": (None, ["env.backend=gym"], ["env.backend", "procgen, native", "'gym'"]),
+    "native-backend-rgb": (None, ["env.backend=native", "env.obs=rgb"],
+                           ["env.backend: native", "env.obs is rgb", "env.backend: procgen"]),
+    "native-backend-levels": (None, ["env.backend=native", "env.num_levels=100"],
+                              ["env.backend: native", "env.num_levels is 100", "env.num_levels: 0"]),
 }
 
 
@@ -254,6 +259,7 @@ def _minimal_run(run_dir: pathlib.Path) -> None:
     (["ppo.lrr=1"], ["'ppo.lrr'"]),
     (["model.scale=2"], ["model", "differs"]),
     (["env.num_envs=16"], ["env.num_envs", "differs"]),
+    (["env.backend=native"], ["env.backend", "differs", "fixed on resume"]),  # the env RNG state is the backend's
 ])
 def test_resume_bad_overrides_exit_2_before_training(tmp_path, capsys, overrides, expected):
     run_dir = tmp_path / "run"

@@ -19,7 +19,7 @@ from scipy import stats
 from shardlab.envs import maze_generate, maze_geometry, maze_views
 from shardlab.envs import maze_state as ms
 from shardlab.envs.batched import BatchedEnv
-from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
+from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates, make
 from shardlab.envs.maze_config import WORLD_DIM
 from shardlab.envs.maze_native import (TIMEOUT, NativeMazeEnv, cur_time, generate_mazes, inner_grid,
                                        with_cur_time)
@@ -433,6 +433,20 @@ def test_bad_configs_are_refused():
                 {"min_maze_size": 9, "max_maze_size": 7}, {"min_maze_size": 17, "distribution_mode": "easy"}):
         with pytest.raises(ValueError):
             NativeMazeEnv(grid_cfg(**bad))
+
+
+def test_make_builds_the_configured_backend():
+    """envs.maze.make (what trainers and evals call) picks env.backend, on the CPU unless told."""
+    native, procgen = make(grid_cfg(backend="native")), make(grid_cfg())
+    assert isinstance(native, NativeMazeEnv) and native.device == torch.device("cpu")
+    assert isinstance(procgen, MazeEnv)
+    procgen.close()
+    with pytest.raises(ValueError, match="env.backend: native renders the grid observation only"):
+        make(grid_cfg(backend="native", obs="rgb"))
+    with pytest.raises(ValueError, match="env.backend must be one of procgen, native"):
+        make(grid_cfg(backend="gym"))
+    with pytest.raises(ValueError, match="procgen maze backend runs on the CPU"):
+        make(grid_cfg(), device="cuda")
 
 
 def test_load_states_refuses_other_modes_and_counts(procgen_mazes):

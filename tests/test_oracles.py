@@ -4,6 +4,7 @@ programme, not from the eval, the env or envs.maze_geometry."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import deque
@@ -168,14 +169,15 @@ def test_bad_specs_and_rgb_input_are_refused():
 
 
 # -- goal_misgeneralization against the independent answers ------------------------------------
-_RUNS: dict = {}  # (spec, recipe path, config) → metrics: the same seeded eval is run once per session
+_RUNS: dict = {}  # (spec, recipe path, backend, config) → metrics: the same seeded eval is run once per session
 
 
-def run_eval(spec: str, recipe=RECIPE, **config) -> dict:
-    key = (spec, recipe, tuple(sorted(config.items()))) if isinstance(recipe, str) else None
+def run_eval(spec: str, recipe=RECIPE, backend: str = "procgen", **config) -> dict:
+    """The eval's metrics for ``spec`` on ``recipe`` (a path: played on env ``backend``)."""
+    key = (spec, recipe, backend, tuple(sorted(config.items()))) if isinstance(recipe, str) else None
     if key in _RUNS:
         return _RUNS[key]
-    trained = load_oracle(spec, recipe)
+    trained = load_oracle(spec, load_config(recipe, [f"env.backend={backend}"]) if isinstance(recipe, str) else recipe)
     ctx = EvalContext(trained.model, trained.config, "/tmp/shardlab-oracle-test", seed=SEED, progress=False)
     cfg = GoalMisgeneralization.Config(mazes=MAZES, decision_mazes=MAZES, **config)
     metrics = {m.name: m for m in GoalMisgeneralization(cfg).run(ctx).metrics}
@@ -245,8 +247,14 @@ def test_the_headline_facts_of_each_policy(maze_sets):
     assert corner["p_corner"].value == pytest.approx(1 - np.mean(on_path))  # the cheese ends the rest first
 
 
-def test_uniform_policy_matches_the_random_walk(maze_sets):
-    metrics = run_eval("uniform")
+@pytest.mark.parametrize("backend", ["procgen", "native"])
+def test_uniform_policy_matches_the_random_walk(maze_sets, backend):
+    metrics = run_eval("uniform", backend=backend)
+    if backend != "procgen":
+        # every set is played from loaded states with the same seeded actions, and the dynamics are
+        # exact: each metric, interval included, is procgen's (so it answers the random walk too)
+        assert {name: repr(m) for name, m in metrics.items()} == \
+            {name: repr(m) for name, m in run_eval("uniform").items()}
     for prefix, states in (("", maze_sets["outside"]), ("in_region/", maze_sets["inside"])):
         probs = np.array([uniform_walk(s) for s in states])
         for column, name in ((0, "p_cheese"), (1, "p_corner")):
@@ -288,6 +296,13 @@ def test_cli_runs_scripted_policies_and_refuses_a_checkpoint_without_region(tmp_
                      "thresholds:\n  goal_misgeneralization.gap/p_cheese: {max: 0}\n")
     assert shardlab.main(["eval", "oracle:cheese_seeker", "--recipe", RECIPE, "--suite", str(suite),
                           "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    # --env-backend native: the same episodes (loaded states, exact dynamics), recorded as native
+    assert shardlab.main(["eval", "oracle:cheese_seeker", "--recipe", RECIPE, "--suite", str(suite),
+                          "--out", str(tmp_path / "native"), "--no-progress", "--env-backend", "native"]) == 0
+    procgen, native = (json.loads((tmp_path / out / "results.json").read_text()) for out in ("a", "native"))
+    assert (procgen["env_backend"], native["env_backend"]) == ("procgen", "native")
+    timeless = lambda doc: [{k: v for k, v in row.items() if k != "seconds"} for row in doc["results"]]  # noqa: E731
+    assert timeless(native) == timeless(procgen)
     recipe = tmp_path / "anywhere.yaml"
     text = open(RECIPE).read()
     assert re.search(r"^  rand_region: \d+$", text, re.M)

@@ -31,7 +31,8 @@ with gym_notice_silenced():  # torchrl imports the unmaintained gym, which print
     from torchrl.objectives import ClipPPOLoss
     from torchrl.objectives.value.functional import vec_generalized_advantage_estimate
 
-from shardlab.envs.maze import Episode, MazeEnv, observation_shape
+from shardlab.envs.batched import BatchedEnv
+from shardlab.envs.maze import Episode, observation_shape
 from shardlab.models.impala import preprocess
 from shardlab.models.sparse import l1_penalty
 from shardlab.trainers.base import ShardlabModule, tick_loader
@@ -71,7 +72,8 @@ class PPOModule(ShardlabModule):
     """PPO with torchrl's GAE and ClipPPOLoss on an IMPALA policy."""
 
     kind, progress_unit = "ppo", "step"
-    resume_fixed_keys = ("model", "env.num_envs", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs")
+    # env.backend: the checkpoint's maze RNG state is the backend's own (numpy's or a torch generator's)
+    resume_fixed_keys = ("model", "env.num_envs", "env.backend", "ppo.num_steps", "ppo.minibatch_size", "ppo.epochs")
     # the episode/<metric> rates beside return and length: metric → the Episode's boolean field
     episode_rates = {"cheese_rate": "reached_cheese", "corner_rate": "reached_corner"}
 
@@ -92,7 +94,7 @@ class PPOModule(ShardlabModule):
                                 normalize_advantage=ppo.normalize_advantage,
                                 clip_value=ppo.clip_eps if ppo.clip_value else None, functional=False)
         self.log_prob_key = self.loss.tensor_keys.sample_log_prob
-        self.env: MazeEnv | None = None
+        self.env: BatchedEnv | None = None
         self.reward_norm = RewardNormalizer(self.cfg.env.num_envs, ppo.gamma, ppo.reward_clip)
         self._restored: dict[str, Any] | None = None
         self._buffer: dict[str, torch.Tensor] = {}
@@ -120,8 +122,8 @@ class PPOModule(ShardlabModule):
             self._restored = None
         self._obs = self.env.reset()
 
-    def make_env(self, seed_offset: int) -> MazeEnv:
-        """This rank's batched env with its seed shifted by ``seed_offset``."""
+    def make_env(self, seed_offset: int) -> BatchedEnv:
+        """This rank's batched env (env.backend's, on the CPU) with its seed shifted by ``seed_offset``."""
         return get_kind(self.kind).build_env(self.cfg, rank=self.global_rank, seed=self.cfg.env.seed + seed_offset)
 
     def observation_shape(self) -> tuple[int, ...]:

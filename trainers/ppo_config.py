@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from shardlab.configs.checks import need, need_finite, need_one_of, need_seed
 from shardlab.envs.maze_config import (DISTRIBUTION_MODES, MAX_INT32, OBSERVATIONS, RANK_SEED_STRIDE, WORLD_DIM,
-                                       MazeEnvConfig)
+                                       MazeEnvConfig, backend_problem)
 from shardlab.models.impala_config import ModelConfig, validate_sparse
 from shardlab.trainers.trainer_config import need_mixed_precision, run_schema
 
@@ -67,6 +67,8 @@ def validate_ppo(cfg: DictConfig) -> None:
     need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
     need(env.num_levels <= MAX_INT32 and env.start_level <= MAX_INT32,
          f"env.num_levels and env.start_level must be <= {MAX_INT32} (procgen's levels are 32-bit)")
+    problem = backend_problem(env.backend, env.obs, env.num_levels)
+    need(problem is None, problem or "")
     ranks = cfg.trainer.devices * cfg.trainer.num_nodes  # rank r's envs are seeded env.seed + r·stride
     need_seed(env.seed, "env.seed", MAX_INT32 - RANK_SEED_STRIDE * (ranks - 1))
     need_finite(env, "env", ["cheese_reward"])

@@ -96,8 +96,8 @@ def load_run(run_dir: str, overrides: list[str] = ()) -> tuple[DictConfig, Resum
     module_cls = get_kind(cfg.algo).load("module")
     for key in module_cls.resume_fixed_keys:
         if OmegaConf.select(cfg, key) != OmegaConf.select(saved, key):
-            raise ConfigError(f"{key} differs between {config_path} and {checkpoint_path}; "
-                              "a resumed run must keep its model and batch shape")
+            raise ConfigError(f"{key} differs between {config_path} and {checkpoint_path}; a resumed run "
+                              f"must keep it (fixed on resume: {', '.join(module_cls.resume_fixed_keys)})")
     _check_resumable(checkpoint, checkpoint_path, saved, module_cls)
     _metric_rows(os.path.join(run_dir, METRICS), module_cls.progress_key)  # readable before anything is written
     check_logger_paths(cfg.trainer.loggers, run_dir)

@@ -38,12 +38,13 @@ _MOVE_OF_STEP = {(-1, 0): LEFT, (0, -1): DOWN, (0, 1): UP, (1, 0): RIGHT}
 
 @dataclass(frozen=True)
 class TrainEnv:
-    """What the maze evals need from a checkpoint's env config: observation, mode, largest maze."""
+    """What the maze evals need from a checkpoint's env config: observation, mode, maze sizes, backend."""
 
     obs: str
     mode: str
     max_size: int
     min_size: int = 3
+    backend: str = "procgen"  # the env that plays episodes (env.backend)
 
     @property
     def world_dim(self) -> int:
@@ -52,10 +53,11 @@ class TrainEnv:
 
 
 def train_env(train_config: DictConfig) -> TrainEnv:
-    """The observation kind, procgen mode and largest maze size of a training run."""
+    """The observation kind, procgen mode, maze sizes and env backend of a training run."""
     env = train_config.env
     mode = env.distribution_mode
-    return TrainEnv(env.obs, mode, env.max_maze_size or WORLD_DIM[mode], env.get("min_maze_size") or 3)
+    return TrainEnv(env.obs, mode, env.max_maze_size or WORLD_DIM[mode], env.get("min_maze_size") or 3,
+                    env.get("backend") or "procgen")
 
 
 def training_region(configured: Optional[int], train_config: DictConfig, eval_name: str) -> int:

@@ -309,6 +309,7 @@ class MazeSets:
         """Start states of as many of the training env's own mazes (its region and sizes) as there
         are paired layouts, seeded with the eval's seed."""
         ctx = self.ctx
+        # procgen whatever env.backend is: these are state bytes, which play_all loads into env.backend's env
         env = MazeEnv(env_config(ctx.train_config, seed=ctx.seed, num_envs=len(self.mazes), rand_region=self.region,
                                  max_maze_size=self.max_size))
         try:

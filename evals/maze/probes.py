@@ -369,7 +369,7 @@ def episode_outcomes(policy: torch.nn.Module, states: Sequence[bytes], env: Trai
                      greedy: bool = False, channels_last: bool = False) -> np.ndarray:
     """(N,) bool: the policy's first episode from each state reached the cheese."""
     env_cfg = MazeEnvConfig(num_envs=len(states), distribution_mode=env.mode, obs=env.obs, rand_region=None,
-                            max_maze_size=None, min_maze_size=None, seed=seed)
+                            max_maze_size=None, min_maze_size=None, seed=seed, backend=env.backend)
     episodes = first_episodes(policy, env_cfg, greedy=greedy, channels_last=channels_last, states=states)
     if len(episodes) != len(states):
         raise RuntimeError(f"only {len(episodes)} of {len(states)} outcome episodes finished")

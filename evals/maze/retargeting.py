@@ -53,7 +53,7 @@ from tqdm import tqdm
 from shardlab.bars import progress_kwargs
 from shardlab.envs import maze_geometry, maze_state
 from shardlab.envs.eval_mazes import EvalMaze, eval_mazes
-from shardlab.envs.maze import MazeEnv, MazeEnvConfig, cheese_candidates
+from shardlab.envs.maze import MazeEnvConfig, cheese_candidates, make
 from shardlab.envs.maze_config import env_config
 from shardlab.envs.rollout import rollout
 from shardlab.evals.maze import common
@@ -232,7 +232,7 @@ def arrival_steps(policy: torch.nn.Module, states: Sequence[bytes], targets: Seq
     never reaches it, unless the cheese was on the target."""
     batch_states = [s for s in states for _ in range(rollouts)]
     batch_targets = np.array([t for t in targets for _ in range(rollouts)])
-    env = MazeEnv(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(env_cfg), {
+    env = make(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(env_cfg), {
         "num_envs": len(batch_states), "rand_region": None, "max_maze_size": None, "min_maze_size": None, "seed": seed})))
     generator = torch.Generator().manual_seed(seed)
     edits = None

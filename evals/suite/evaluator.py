@@ -53,8 +53,29 @@ def single_process() -> Iterator[None]:
 
 
 def prepare(request: EvalRequest) -> Trained:
-    """What the request evaluates: see :func:`load_source`."""
-    return load_source(request.checkpoint, request.weights, request.recipe)
+    """What the request evaluates (see :func:`load_source`), on ``request.env_backend`` when given."""
+    trained = load_source(request.checkpoint, request.weights, request.recipe)
+    return trained if request.env_backend is None else with_env_backend(trained, request.env_backend)
+
+
+def with_env_backend(trained: Trained, backend: str) -> Trained:
+    """``trained`` with ``env.backend`` replaced in its config (the maze evals build their envs from
+    it); EvalError (one line) for a checkpoint the backend cannot play."""
+    from omegaconf import OmegaConf
+
+    from shardlab.envs.maze_config import backend_problem
+
+    if trained.kind != "ppo":
+        raise EvalError(f"--env-backend picks the procgen maze's env, but {trained.path} is a {trained.kind} "
+                        "checkpoint; drop --env-backend")
+    env = trained.config.env
+    if backend_problem(backend, env.obs, env.num_levels) is not None:
+        raise EvalError(f"--env-backend {backend} plays grid observations of fresh mazes only, but {trained.path} "
+                        f"was trained with env.obs: {env.obs}, env.num_levels: {env.num_levels}; "
+                        "drop --env-backend (procgen plays it)")
+    config = OmegaConf.merge(trained.config, {"env": {"backend": backend}})
+    OmegaConf.set_readonly(config, True)  # as load_trained hands it out: evals read it, never change it
+    return dataclasses.replace(trained, config=config)
 
 
 def load_source(checkpoint: Any, weights: Optional[str] = None, recipe: Any = None, verb: str = "evaluate") -> Trained:
@@ -132,6 +153,8 @@ def evaluate(request: EvalRequest) -> Results:
             "checkpoint_sha256": trained.sha256, "package_version": __version__, "git_commit": git_commit(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "suite": os.path.abspath(suite_path),
             "limit": request.limit, "device": str(device), "train_steps": trained.steps, **host_info(device)}
+    if trained.kind == "ppo":  # the maze env the episodes were played in (--env-backend)
+        meta["env_backend"] = trained.config.env.get("backend") or "procgen"
     return Results(runs, thresholds, meta, out_dir)
 
 

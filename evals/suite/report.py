@@ -160,6 +160,8 @@ def _meta_items(results: Any) -> list[tuple[str, str]]:
         items.append(("limit", str(meta["limit"])))
     if meta.get("device"):
         items.append(("device", _with_detail(meta, "device", "device_name", " ({})")))
+    if meta.get("env_backend"):
+        items.append(("env backend", str(meta["env_backend"])))
     if meta.get("torch_version"):
         items.append(("torch", str(meta["torch_version"])))
     host = meta.get("host") or {}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
+from shardlab.envs.maze_config import BACKENDS
 from shardlab.evals.suite.base import EvalError
 from shardlab.evals.suite.suite_file import check_seed
 from shardlab.trainers.trainer_config import LOGGERS
@@ -74,8 +75,9 @@ class EvalRequest:
     ``checkpoint`` is a checkpoint file, a training run directory (a sweep over its checkpoints),
     ``oracle:NAME`` or a network object (both with ``recipe``), or None with ``weights`` and
     ``recipe``. ``out`` is the output folder (``evaluate`` without one uses a temporary folder).
-    ``loggers``, ``baseline``/``tolerance``/``min_effect`` and ``summary`` concern the written
-    outputs; ``every`` and ``shard`` (K, N) the sweep. Under a SLURM job array or torchrun a
+    ``env_backend`` (procgen or native) replaces a maze checkpoint's ``env.backend`` in the config
+    the evals see. ``loggers``, ``baseline``/``tolerance``/``min_effect`` and ``summary`` concern
+    the written outputs; ``every`` and ``shard`` (K, N) the sweep. Under a SLURM job array or torchrun a
     sweep's shard comes from the environment unless ``shard`` is given (``shard_source`` says).
     """
 
@@ -91,6 +93,7 @@ class EvalRequest:
     overrides: tuple[str, ...] = ()
     progress: bool = False
     log_episodes: bool = False
+    env_backend: Optional[str] = None  # play the maze evals on this env.backend instead of the checkpoint's
     loggers: tuple[str, ...] = ()
     baseline: Optional[str] = None
     tolerance: Optional[float] = None
@@ -135,6 +138,8 @@ class EvalRequest:
             raise EvalError(f"limit must be a positive integer, got {limit!r}")
         if self.seed is not None:
             check_seed(self.seed, "--seed")
+        if self.env_backend is not None and self.env_backend not in BACKENDS:
+            raise EvalError(f"--env-backend must be one of {', '.join(BACKENDS)}, got {self.env_backend!r}")
         if self.out is not None:
             check_out_dir(self.out)
         self._check_loggers()

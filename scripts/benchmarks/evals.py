@@ -53,10 +53,10 @@ def bare_rollout(policy: Any, env_cfg: Any, states: Optional[list[bytes]], chann
     import torch
 
     from shardlab.envs.episodes import MAX_EPISODE_STEPS
-    from shardlab.envs.maze import MazeEnv
+    from shardlab.envs.maze import make
     from shardlab.models.impala import preprocess
 
-    env = MazeEnv(env_cfg)
+    env = make(env_cfg)  # the config's env.backend, as the eval plays it
     generator = torch.Generator().manual_seed(env_cfg.seed)
     done = torch.zeros(env.num_envs, dtype=torch.bool)
     try:
