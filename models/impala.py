@@ -70,9 +70,12 @@ class ImpalaBlock(nn.Module):
         self.res1 = ResidualBlock(out_channels, activations, f"{name}.res1")
         self.res2 = ResidualBlock(out_channels, activations, f"{name}.res2")
 
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        """conv → maxpool, the block's first half (its ``maxpool_out`` hook point included)."""
+        return self.maxpool_out(F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool_out(F.max_pool2d(self.conv(x), kernel_size=3, stride=2, padding=1))
-        return self.res2(self.res1(x))
+        return self.res2(self.res1(self.pool(x)))
 
 
 def pooled_size(size: int) -> int:
@@ -98,11 +101,20 @@ class ImpalaEmbedder(nn.Module):
         self.actfc = activations("embedder.relufc_out", hidden)
         self.relufc_out = HookPoint()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu3_out(_apply(self.act3, self.block3(self.block2(self.block1(x)))))
+    @property
+    def blocks(self) -> tuple[ImpalaBlock, ImpalaBlock, ImpalaBlock]:
+        """The three IMPALA blocks in forward order."""
+        return self.block1, self.block2, self.block3
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """relu → flatten → fc → relu on the last block's output."""
+        x = self.relu3_out(_apply(self.act3, x))
         # flatten in NCHW order whatever the memory format, so weights stay compatible
         x = torch.flatten(x.contiguous(), 1)
         return self.relufc_out(_apply(self.actfc, self.fc(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block3(self.block2(self.block1(x))))
 
 
 class ImpalaPolicy(ActorCritic):

@@ -19,6 +19,7 @@ from torch import nn
 from shardlab.envs import maze_state
 from shardlab.envs.maze import MOVE_GROUPS
 from shardlab.models.impala import NUM_ACTIONS, preprocess
+from shardlab.models.impala_local import local_forward
 
 Square = tuple[int, int]
 FOLDED_ACTIONS = ("left", "down", "up", "right", "noop")
@@ -104,8 +105,12 @@ def _policy_device_dtype(policy: nn.Module) -> tuple[torch.device, Optional[torc
 
 
 def policy_probs(policy: Callable[[torch.Tensor], object], obs: np.ndarray,
-                 device: Union[str, torch.device, None] = None) -> np.ndarray:
-    """(K, 5) folded action probabilities of ``policy`` on uint8 NHWC ``obs``, in one forward pass."""
+                 device: Union[str, torch.device, None] = None, *, one_maze: bool = False) -> np.ndarray:
+    """(K, 5) folded action probabilities of ``policy`` on uint8 NHWC ``obs``, in one forward pass.
+
+    ``one_maze``: the images are one maze with the mouse moved, so an IMPALA policy recomputes its
+    first layers only around each mouse (:func:`models.impala_local.local_forward`, same numbers).
+    """
     own_device, dtype = (_policy_device_dtype(policy) if isinstance(policy, nn.Module)
                          else (torch.device("cpu"), None))
     device = torch.device(device) if device is not None else own_device
@@ -117,7 +122,7 @@ def policy_probs(policy: Callable[[torch.Tensor], object], obs: np.ndarray,
             x = preprocess(torch.from_numpy(np.ascontiguousarray(obs)).to(device))
             if dtype is not None and dtype != x.dtype:
                 x = x.to(dtype)
-            out = policy(x)
+            out = local_forward(policy, x) if one_maze else policy(x)
             logits = out[0] if isinstance(out, (tuple, list)) else out
             # softmax in float32 at least, so half-precision policies still sum to 1
             probs = torch.softmax(logits.float(), -1)
@@ -130,11 +135,12 @@ def policy_probs(policy: Callable[[torch.Tensor], object], obs: np.ndarray,
 def vector_field(policy: Callable[[torch.Tensor], object],
                  state: Union[bytes, maze_state.MazeState], obs: str = "rgb",
                  device: Union[str, torch.device, None] = None, *,
-                 include_cheese: bool = False) -> VectorField:
+                 include_cheese: bool = False, images: Optional[np.ndarray] = None) -> VectorField:
     """The policy's folded action probabilities with the mouse on every open square of ``state``.
 
     The cheese square is left out unless ``include_cheese``: reaching it ends the episode, so the
-    policy never sees the mouse there. All K observations go through the policy as one batch.
+    policy never sees the mouse there. All K observations go through the policy as one batch;
+    ``images`` are those observations when already rendered (:func:`field_observations`).
     """
     if obs not in OBSERVATIONS:
         raise ValueError(f"obs must be one of {OBSERVATIONS}, got {obs!r}")
@@ -144,9 +150,20 @@ def vector_field(policy: Callable[[torch.Tensor], object],
     squares = mouse_squares(inner, include_cheese)
     if not squares:
         raise ValueError("the maze has no open square to put the mouse on")
-    states = [maze_state.with_mouse_at(state, square, where) for square in squares]
-    probs = policy_probs(policy, observations(states, obs), device)
+    if images is None:
+        images = observations([maze_state.with_mouse_at(state, square, where) for square in squares], obs)
+    elif len(images) != len(squares):
+        raise ValueError(f"images holds {len(images)} observations, the maze has {len(squares)} mouse squares")
+    probs = policy_probs(policy, images, device, one_maze=True)
     return VectorField(inner, squares, probs, state, obs)
+
+
+def field_observations(state: bytes, obs: str = "rgb", include_cheese: bool = False) -> np.ndarray:
+    """The (K, H, W, 3) observations :func:`vector_field` feeds the policy for ``state``, to render once
+    and reuse across fields of the same maze (steering, retargeting)."""
+    where = maze_state.layout(state)
+    squares = mouse_squares(maze_state.inner_grid(state, where).copy(), include_cheese)
+    return observations([maze_state.with_mouse_at(state, square, where) for square in squares], obs)
 
 
 def vector_field_diff(a: VectorField, b: VectorField) -> VectorField:

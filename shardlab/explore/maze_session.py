@@ -104,6 +104,7 @@ class MazeSession:
         self.retarget_config = Retargeting.Config()  # the eval's defaults: top channels, value multiple, mazes
         self.lock = threading.Lock()
         self._base, self._vectors, self._retarget = _Cache(), _Cache(), _Cache(8)
+        self._images = _Cache()  # a maze's field observations, rendered once for every edit of it
         with torch.inference_mode():
             self.template = self._template_state()
             self.layers = self._layer_shapes()
@@ -218,12 +219,13 @@ class MazeSession:
         """The vector field (one batched forward over every open square) with ``edits``, reading
         the layer's activations and the value head on the way."""
         from shardlab.evals.maze.common import policy_input
-        from shardlab.evals.maze.vector_field import vector_field
+        from shardlab.evals.maze.vector_field import field_observations, vector_field
         from shardlab.models.hooks import hooked
 
         cache = [name for name in (layer, self.value_site) if name]
+        images = self._images.get_or_make(state, lambda: field_observations(state, self.obs))
         with hooked(self.policy, edits=edits, cache=cache) as acts:
-            field = vector_field(self.policy, state, obs=self.obs)
+            field = vector_field(self.policy, state, obs=self.obs, images=images)
             if self.value_site:
                 values = acts[self.value_site].reshape(-1).float().numpy()
             else:  # no value head module (a scripted policy): a plain forward of the same batch
