@@ -12,44 +12,13 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from shardlab.envs import maze_generate, maze_geometry, maze_state, maze_views
+from shardlab.envs import maze_generate, maze_geometry, maze_native, maze_state, maze_views
 from shardlab.envs.batched import BatchedEnv
+from shardlab.envs.maze_actions import ACTION_DX, ACTION_DY, MOVE_GROUPS, greedy_move_actions  # noqa: F401 (re-exported)
 from shardlab.envs.maze_config import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig, backend_problem
+from shardlab.envs.maze_episode import Episode  # noqa: F401 (re-exported)
 from shardlab.envs.procgen_import import MAX_STATE_SIZE, ProcgenGym3Env
 from shardlab.envs.seeding import RANK_SEED_STRIDE
-
-# the move of each of the 15 actions; maze drops the vertical part of diagonal moves
-ACTION_DX = np.array([-1, -1, -1, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0])
-ACTION_DY = np.array([0, 0, 0, -1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-# each move's procgen actions: left and right have three each, up and down one, noop seven
-MOVE_GROUPS: tuple[tuple[int, ...], ...] = tuple(
-    tuple(int(a) for a in np.flatnonzero((ACTION_DX == dx) & (ACTION_DY == dy)))
-    for dx, dy in ((-1, 0), (0, -1), (0, 1), (1, 0), (0, 0)))
-
-
-def greedy_move_actions(logits: torch.Tensor) -> torch.Tensor:
-    """The most likely *move* per row, as one of its procgen actions.
-
-    An argmax over the 15 raw actions favours up and down, whose probability sits on one action
-    each, over left and right, whose probability is split over three; a policy sure of "right"
-    at 0.5 (0.17 per action) would go up at 0.3.
-    """
-    probs = logits.float().softmax(-1)
-    moves = torch.stack([probs[..., list(group)].sum(-1) for group in MOVE_GROUPS], -1)
-    representative = torch.tensor([group[0] for group in MOVE_GROUPS], device=logits.device)
-    return representative[moves.argmax(-1)]
-
-
-@dataclass(frozen=True)
-class Episode:
-    """Statistics of one finished episode."""
-
-    ret: float
-    length: int
-    reached_cheese: bool
-    reached_corner: bool  # visited the inner top-right corner square
-    maze_dim: int
-    end_square: Optional[tuple[int, int]] = None  # the mouse's inner (x, y) when the episode ended
 
 
 def observation_shape(cfg: MazeEnvConfig) -> tuple[int, int, int]:
@@ -284,8 +253,6 @@ def make(cfg: MazeEnvConfig, rank: int = 0, device: Union[str, torch.device] = "
     if problem is not None:
         raise ValueError(problem)
     if cfg.backend == "native":
-        from shardlab.envs import maze_native  # it imports this module: a top-level import would be a cycle
-
         return maze_native.make(cfg, rank, device)
     if torch.device(device).type != "cpu":
         raise ValueError(f"the procgen maze backend runs on the CPU, not {device}; "

@@ -17,12 +17,12 @@ with the symbolic grid observation only (``cfg.obs == "grid"``). It matches proc
   :func:`envs.maze.cheese_candidates`'s squares, as the procgen backend re-places it.
   ``max_maze_size``/``min_maze_size`` make the side uniform over the odd sizes in range, the
   distribution the procgen backend gets by replacing out-of-range mazes.
-- **Dynamics.** The 15 actions move by :data:`envs.maze.ACTION_DX`/``ACTION_DY``; a move happens iff
+- **Dynamics.** The 15 actions move by :data:`envs.maze_actions.ACTION_DX`/``ACTION_DY``; a move happens iff
   the target is inside the world and not a wall. Landing on the cheese gives ``cheese_reward`` and
   ends the episode; so does procgen's step counter reaching its 500-step timeout (``cur_time``,
   incremented before the check, read from the state bytes by :meth:`NativeMazeEnv.load_states`).
   Done envs restart in a fresh maze, drawn from a pool generated in batches.
-- **Records.** :class:`envs.maze.Episode` records with ``MazeEnv.step``'s semantics, the corner flag
+- **Records.** :class:`envs.maze_episode.Episode` records with ``MazeEnv.step``'s semantics, the corner flag
   included (set only by squares reached on steps that did not end the episode).
 
 Procgen's level seeds (``start_level``/``num_levels``) cannot be reproduced, so only
@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from shardlab.envs import maze_state
-from shardlab.envs.maze import ACTION_DX, ACTION_DY, Episode
+from shardlab.envs.maze_actions import ACTION_DX, ACTION_DY
+from shardlab.envs.maze_episode import Episode
 from shardlab.envs.maze_config import DISTRIBUTION_MODES, OBSERVATIONS, WORLD_DIM, MazeEnvConfig
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
