@@ -48,6 +48,17 @@ def tiny_maze_checkpoint(tmp_path_factory) -> str:
     return str(run_dir / "checkpoints" / "last.ckpt")
 
 
+@pytest.fixture(scope="session")
+def warm_python(tmp_path_factory):
+    """Forks real `python -m shardlab` processes from an interpreter that has imported torch and
+    Lightning already (tests/warm_python.py): seconds less start-up per process."""
+    from warm_python import WarmPython
+
+    server = WarmPython(str(tmp_path_factory.mktemp("warm")))
+    yield server
+    server.close()
+
+
 SLOW_CATEGORIES = ("wheel", "ddp", "gpu-check", "ci-workflow", "benchmark", "browser")
 
 

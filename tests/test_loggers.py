@@ -33,7 +33,8 @@ def tb_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 
     events = EventAccumulator(os.path.join(folder, "tb"))
     events.Reload()
-    return {tag: [(s.step, s.value) for s in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # by step: two writers in one folder within one second get event files whose names sort either way
+    return {tag: sorted((s.step, s.value) for s in events.Scalars(tag)) for tag in events.Tags()["scalars"]}
 
 
 # -- config -------------------------------------------------------------------------------------------

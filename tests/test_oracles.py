@@ -30,6 +30,8 @@ from shardlab.trainers.restore import load_oracle
 from tiny_suites import assert_rows_have_intervals
 
 RECIPE = "configs/train/maze_demo.yaml"  # grid observation, 7×7 mazes, a small cheese region
+# The evals below play on the native env (3x quicker here); its dynamics are procgen's exactly, and the
+# uniform-policy test and the CLI test play the same episodes on procgen and compare every metric.
 pytestmark = pytest.mark.usefixtures("one_thread")
 MAZES, SEED, HORIZON = 24, 5, 500  # HORIZON: procgen maze's time limit
 STEPS = {(-1, 0), (1, 0), (0, -1), (0, 1)}
@@ -172,7 +174,7 @@ def test_bad_specs_and_rgb_input_are_refused():
 _RUNS: dict = {}  # (spec, recipe path, backend, config) → metrics: the same seeded eval is run once per session
 
 
-def run_eval(spec: str, recipe=RECIPE, backend: str = "procgen", **config) -> dict:
+def run_eval(spec: str, recipe=RECIPE, backend: str = "native", **config) -> dict:
     """The eval's metrics for ``spec`` on ``recipe`` (a path: played on env ``backend``)."""
     key = (spec, recipe, backend, tuple(sorted(config.items()))) if isinstance(recipe, str) else None
     if key in _RUNS:
@@ -254,7 +256,7 @@ def test_uniform_policy_matches_the_random_walk(maze_sets, backend):
         # every set is played from loaded states with the same seeded actions, and the dynamics are
         # exact: each metric, interval included, is procgen's (so it answers the random walk too)
         assert {name: repr(m) for name, m in metrics.items()} == \
-            {name: repr(m) for name, m in run_eval("uniform").items()}
+            {name: repr(m) for name, m in run_eval("uniform", backend="procgen").items()}
     for prefix, states in (("", maze_sets["outside"]), ("in_region/", maze_sets["inside"])):
         probs = np.array([uniform_walk(s) for s in states])
         for column, name in ((0, "p_cheese"), (1, "p_corner")):
@@ -382,7 +384,7 @@ def test_retargeting_takes_the_cheese_region_from_the_checkpoint_too():
 
 
 # -- P(cheese) by quadrant and maze size ---------------------------------------------------------
-SIZED = ["env.min_maze_size=3"]  # maze_demo's region 3 on 3×3 to 7×7 mazes: 5×5 and 7×7 have room outside it
+SIZED = ["env.min_maze_size=3", "env.backend=native"]  # region 3 on 3×3 to 7×7 mazes: 5×5 and 7×7 have room outside it
 
 
 def quadrant_of(square: tuple, size: int) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -62,11 +60,10 @@ def test_checkpoint_carries_resolved_config(tmp_path):
     torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
 
 
-def test_sigkill_then_resume(tmp_path):
+def test_sigkill_then_resume(tmp_path, warm_python):
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "shardlab", "train", RECIPE, *TINY,
-               "trainer.total_steps=1280", "--run-dir", str(run_dir)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # a real process, forked from a warm interpreter (tests/warm_python.py)
+    process = warm_python.start(["train", RECIPE, *TINY, "trainer.total_steps=1280", "--run-dir", str(run_dir)], ROOT)
     checkpoints = run_dir / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and len(step_checkpoints(str(checkpoints))) < 2:

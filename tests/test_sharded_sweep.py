@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -44,9 +42,10 @@ def _launcher_free_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sharded(run_dir, suite, tmp_path_factory) -> tuple[str, str]:
-    """The unsharded sweep (in this process) and the same sweep as three shard processes: one told
-    ``--shard 0/3``, one a SLURM array task, one a torchrun rank."""
+def sharded(run_dir, suite, tmp_path_factory, warm_python) -> tuple[str, str]:
+    """The unsharded sweep (in this process) and the same sweep as three shard processes (forked
+    from a warm interpreter, tests/warm_python.py): one told ``--shard 0/3``, one a SLURM array task,
+    one a torchrun rank."""
     whole = tmp_path_factory.mktemp("whole") / "out"
     assert shardlab.main(_args(run_dir, suite, whole)) == 0
     parts = tmp_path_factory.mktemp("parts") / "out"
@@ -57,12 +56,12 @@ def sharded(run_dir, suite, tmp_path_factory) -> tuple[str, str]:
                       "SLURM_ARRAY_TASK_STEP": "1", "SLURM_JOB_ID": "77", "SLURM_NTASKS": "1"}),
                 ([], {"RANK": "2", "WORLD_SIZE": "3", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                       "MASTER_PORT": "29555"})]
-    processes = [subprocess.Popen([sys.executable, "-m", "shardlab", *_args(run_dir, suite, parts), *extra],
-                                  cwd=ROOT, env={**env, **variables}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for extra, variables in launches]
-    outputs = [process.communicate(timeout=900) for process in processes]
-    for process, (_, err) in zip(processes, outputs):
-        assert process.returncode == 0, err[-3000:]
+    processes = [warm_python.start([*_args(run_dir, suite, parts), *extra], ROOT, {**env, **variables})
+                 for extra, variables in launches]
+    outputs = []
+    for process in processes:
+        assert process.wait(900) == 0, process.stderr[-3000:]
+        outputs.append((process.stdout, process.stderr))
     errs = [err for _, err in outputs]
     assert "sweep shard 0/3: 2 of 4 checkpoint(s)" in errs[0]
     assert "sweep shard 1/3 (from SLURM_ARRAY_TASK_ID=11 of SLURM_ARRAY_TASK_COUNT=3)" in errs[1]

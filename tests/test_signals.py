@@ -53,37 +53,57 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _stop_mid_iteration(tmp_path, signum: int, phase: str, progress_bar: bool = False,
+class _FreshProcess:
+    """`python -c SLOWED_RUN ARGV` in a fresh interpreter, with WarmProcess's interface (for DDP,
+    whose launcher starts rank 1 as a new process of the same command)."""
+
+    def __init__(self, argv: list[str], stderr_path):
+        self._stderr_path = stderr_path
+        with open(stderr_path, "wb") as stderr:
+            self._process = subprocess.Popen([sys.executable, "-c", SLOWED_RUN, *argv], cwd=ROOT, env=_env(),
+                                             stdout=subprocess.DEVNULL, stderr=stderr)
+        self.poll, self.send_signal, self.kill = self._process.poll, self._process.send_signal, self._process.kill
+
+    def wait(self, timeout: float = 600.0):
+        try:
+            return self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    @property
+    def stderr(self) -> str:
+        return self._stderr_path.read_text()
+
+
+def _stop_mid_iteration(tmp_path, warm_python, signum: int, phase: str, progress_bar: bool = False,
                         extra: tuple[str, ...] = ()) -> tuple[str, float, int, str]:
-    """Start a slowed run, signal it 1 s into its second iteration; (run dir, seconds to exit, exit code, stderr)."""
+    """Start a slowed run (forked from a warm interpreter, tests/warm_python.py, or given no
+    ``warm_python`` a fresh one), signal it 1 s into its second iteration; (run dir, seconds to exit,
+    exit code, stderr)."""
     run_dir = str(tmp_path / "run")
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
-    stderr_path = tmp_path / "stderr.txt"
-    command = [sys.executable, "-c", SLOWED_RUN, phase, str(SLEEP[phase]), last, "train", MAZE_RECIPE, *OVERRIDES,
-               f"trainer.progress_bar={str(progress_bar).lower()}", *extra, "--run-dir", run_dir]
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=stderr)
-        try:
-            deadline = time.time() + 120
-            while not os.path.exists(last) and process.poll() is None and time.time() < deadline:
-                time.sleep(0.05)
-            assert os.path.exists(last), f"no first checkpoint: {stderr_path.read_text()[-2000:]}"
-            time.sleep(1.0)  # well inside the second, slow iteration
-            assert process.poll() is None
-            sent = time.perf_counter()
-            process.send_signal(signum)
-            try:
-                code = process.wait(timeout=STOP_WITHIN + 20)
-            except subprocess.TimeoutExpired:
-                code = None
-            seconds = time.perf_counter() - sent
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    argv = [phase, str(SLEEP[phase]), last, "train", MAZE_RECIPE, *OVERRIDES,
+            f"trainer.progress_bar={str(progress_bar).lower()}", *extra, "--run-dir", run_dir]
+    process = (_FreshProcess(argv, tmp_path / "stderr.txt") if warm_python is None
+               else warm_python.start(argv, ROOT, _env(), code=SLOWED_RUN))
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(last) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(last), f"no first checkpoint: {process.stderr[-2000:]}"
+        time.sleep(1.0)  # well inside the second, slow iteration
+        assert process.poll() is None
+        sent = time.perf_counter()
+        process.send_signal(signum)
+        code = process.wait(timeout=STOP_WITHIN + 20)
+        seconds = time.perf_counter() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     print(f"{signal.Signals(signum).name} during the {phase}: exited {seconds:.2f} s after the signal")
     assert code is not None, "the run did not stop"
-    return run_dir, seconds, code, stderr_path.read_text()
+    return run_dir, seconds, code, process.stderr
 
 
 def _assert_last_complete_checkpoint(run_dir: str) -> None:
@@ -100,8 +120,9 @@ def _assert_last_complete_checkpoint(run_dir: str) -> None:
 
 @pytest.mark.parametrize(("signum", "phase", "code"), [(signal.SIGTERM, "rollout", 143), (signal.SIGINT, "update", 130)],
                          ids=["sigterm-rollout", "sigint-update"])
-def test_signal_stops_mid_iteration(tmp_path, signum, phase, code):
-    run_dir, seconds, exit_code, stderr = _stop_mid_iteration(tmp_path, signum, phase, progress_bar=phase == "rollout")
+def test_signal_stops_mid_iteration(tmp_path, warm_python, signum, phase, code):
+    run_dir, seconds, exit_code, stderr = _stop_mid_iteration(tmp_path, warm_python, signum, phase,
+                                                              progress_bar=phase == "rollout")
     assert exit_code == code, stderr[-3000:]
     assert seconds < STOP_WITHIN
     message = stderr.rstrip("\n").splitlines()[-1]
@@ -110,8 +131,7 @@ def test_signal_stops_mid_iteration(tmp_path, signum, phase, code):
     assert "Traceback" not in stderr
     _assert_last_complete_checkpoint(run_dir)
     if phase == "rollout":  # and the run continues from there
-        resumed = subprocess.run([sys.executable, "-m", "shardlab", "resume", run_dir, "trainer.total_steps=512"],
-                                 cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+        resumed = warm_python.run(["resume", run_dir, "trainer.total_steps=512"], ROOT, _env(), timeout=120)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         after = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.ckpt"))
         assert after["shardlab"]["env_steps"] == 512 and after["global_step"] == 16
@@ -124,7 +144,7 @@ def test_sigterm_stops_ddp_while_another_rank_waits_in_an_all_reduce(tmp_path):
     # rollout and waits in the first update's all-reduce while rank 0 is still in its slow rollout,
     # the case where Lightning's own SIGTERM handler (a broadcast inside the handler) would hang
     run_dir, seconds, exit_code, stderr = _stop_mid_iteration(
-        tmp_path, signal.SIGTERM, "rollout", extra=("trainer.accelerator=cpu", "trainer.devices=2"))
+        tmp_path, None, signal.SIGTERM, "rollout", extra=("trainer.accelerator=cpu", "trainer.devices=2"))
     assert exit_code == 143 and seconds < STOP_WITHIN, stderr[-3000:]
     assert "Traceback" not in stderr and stderr.rstrip("\n").splitlines()[-1].startswith("shardlab: stopped by SIGTERM; ")
     # 2 ranks × 256 env steps per iteration; the first complete iteration is the last checkpoint
