@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -169,7 +170,6 @@ def trajectory_file(tmp_path_factory) -> str:
 
 
 def _run_python(code: str) -> str:
-    import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -185,17 +185,28 @@ def test_importing_the_config_module_is_light():
     assert json.loads(_run_python(code)) == []
 
 
-def test_importing_the_trainers_and_evals_prints_nothing():
+@pytest.fixture(scope="module")
+def warm_torch(tmp_path_factory):
+    """Forks ``python -c`` programs from an interpreter that has imported torch and nothing else
+    (tests/warm_python.py): each child still imports all of shardlab and what it imports afresh."""
+    from warm_python import WarmPython
+
+    server = WarmPython(str(tmp_path_factory.mktemp("warm_torch")), preload=("torch",))
+    yield server
+    server.close()
+
+
+def _fork_python(warm_torch, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return warm_torch.run([], ROOT, env, timeout=900, code=code)  # imports take minutes on a loaded machine
+
+
+def test_importing_the_trainers_and_evals_prints_nothing(warm_torch):
     """gym prints a notice when first imported (procgen and torchrl import it); config loading used
     to import procgen quietly before anything else, now each importer silences it itself."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for code in ("import shardlab.trainers.ppo", "from shardlab.evals.suite.registry import available; available()",
                  "import shardlab.envs.maze_views"):  # available() imports every shipped eval
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=900)  # torch's import alone takes minutes on a loaded machine
+        out = _fork_python(warm_torch, code)
         assert out.returncode == 0 and out.stderr == "", (code, out.stderr[-2000:])
 
 
@@ -203,7 +214,7 @@ def test_importing_the_trainers_and_evals_prints_nothing():
 TRAINING_ONLY = ("pytorch_lightning", "lightning_fabric", "torchrl", "tensordict", "minigrid", "gymnasium")
 
 
-def test_evaluating_a_maze_checkpoint_imports_nothing_only_training_needs(tmp_path):
+def test_evaluating_a_maze_checkpoint_imports_nothing_only_training_needs(tmp_path, warm_torch):
     """`shardlab eval` on a maze checkpoint, TensorBoard scalars included, in a fresh interpreter:
     the checkpoint's network loads without its LightningModule, the suite imports only the evals
     it names, and the scalars are written with torch's SummaryWriter."""
@@ -214,7 +225,9 @@ def test_evaluating_a_maze_checkpoint_imports_nothing_only_training_needs(tmp_pa
             f"code = cli.main(['eval', {checkpoint!r}, '--suite', {str(suite)!r}, '--out', {str(tmp_path / 'out')!r}, "
             "'--no-progress', '--loggers', 'tensorboard'])\n"
             f"print(json.dumps([code, sorted(m for m in {TRAINING_ONLY!r} if m in sys.modules)]))")
-    code, imported = json.loads(_run_python(code).strip().splitlines()[-1])
+    out = _fork_python(warm_torch, code)
+    assert out.returncode == 0, out.stderr[-3000:]
+    code, imported = json.loads(out.stdout.strip().splitlines()[-1])
     assert code == 0 and imported == []
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "out" / "tb"))
 

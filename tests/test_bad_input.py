@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 from typing import Callable, Optional
 
@@ -447,46 +446,19 @@ def test_eval_config_checks_without_a_checkpoint(name, values, needle):
 
 # -- as a user runs them: a clean stderr and the process's own exit code ------------------------------------
 
-# One interpreter imports torch and Lightning (most of a process's start-up, the same for every case)
-# and prints nothing; each case is then a process forked from it that runs `python -m shardlab ARGV`
-# (runpy, as -m does) with its own stdout and stderr files, and exits as that command's process
-# does: SystemExit through the interpreter's own shutdown (atexit handlers, finalizers), whose exit
-# status the parent collects. shardlab itself is imported by each case, as a fresh process would.
-FORKED_SHARDLAB = """
-import json, os, runpy, sys
-cases, folder = json.loads(sys.argv[1]), sys.argv[2]
-import torch, pytorch_lightning  # noqa: E401,F401
-sys.stdout.flush()
-sys.stderr.flush()
-codes = []
-for index, argv in enumerate(cases):
-    pid = os.fork()
-    if pid == 0:
-        for fd, name in ((1, "out"), (2, "err")):
-            os.dup2(os.open(os.path.join(folder, f"{index}.{name}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-        sys.argv = ["shardlab", *argv]
-        runpy.run_module("shardlab", run_name="__main__", alter_sys=True)
-        sys.exit("shardlab/__main__.py returned without exiting")
-    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(codes))
-"""
-
-
-def _run_each(cases: list[list[str]], cwd: pathlib.Path, folder: pathlib.Path) -> list[tuple[int, str, str]]:
-    """(exit status, stdout, stderr) of `python -m shardlab ARGV` for each ARGV, run from ``cwd``."""
+def _run_each(warm_python, cases: list[list[str]], cwd: pathlib.Path) -> list[tuple[int, str, str]]:
+    """(exit status, stdout, stderr) of `python -m shardlab ARGV` for each ARGV, run from ``cwd``: each a
+    process of its own, forked from an interpreter that has imported torch and Lightning already (most
+    of a process's start-up, the same for every case; tests/warm_python.py). shardlab itself is
+    imported by each case, as a fresh process would."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     for name in ("LOCAL_RANK", "RANK", "NODE_RANK"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-c", FORKED_SHARDLAB, json.dumps(cases), str(folder)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]  # the shared imports print nothing
-    codes = json.loads(done.stdout)
-    assert len(codes) == len(cases), done.stdout
-    return [(code, (folder / f"{i}.out").read_text(), (folder / f"{i}.err").read_text())
-            for i, code in enumerate(codes)]
+    done = [warm_python.run(argv, str(cwd), env, timeout=600) for argv in cases]
+    return [(run.returncode, run.stdout, run.stderr) for run in done]
 
 
-def test_former_tracebacks_exit_2_in_a_real_process(tmp_path, tmp_path_factory, tiny_run):
+def test_former_tracebacks_exit_2_in_a_real_process(tmp_path, warm_python, tiny_run):
     """Cases that used to end in a traceback (or exit 1 after writing), each run as its own process."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -501,7 +473,7 @@ def test_former_tracebacks_exit_2_in_a_real_process(tmp_path, tmp_path_factory, 
         (["eval", str(run / "checkpoints" / "step-000000000128.ckpt"), "--suite", str(tmp_path / "suite.yaml"),
           "--out", str(tmp_path / "o")], "names no evals"),
     ]
-    ran = _run_each([argv for argv, _ in cases], tmp_path, tmp_path_factory.mktemp("streams"))
+    ran = _run_each(warm_python, [argv for argv, _ in cases], tmp_path)
     for (argv, needle), (returncode, _, stderr) in zip(cases, ran):
         lines = stderr.strip().splitlines()
         assert returncode == 2 and len(lines) == 1 and needle in lines[0], (argv, returncode, stderr)

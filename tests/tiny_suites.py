@@ -74,8 +74,10 @@ def record_finetune_episodes(monkeypatch) -> list:
 
 
 # overrides of MAZE_RECIPE for a run with a step checkpoint every 32 env steps (2 envs × 16 steps)
+# on the native env, so that the sweeps' evals play there too (quicker; procgen-exact, tests/test_maze_native.py)
 SWEEP_PPO = ["env.num_envs=2", "ppo.num_steps=16", "ppo.minibatch_size=32", "ppo.epochs=1",
-             "trainer.checkpoint_every=32", "trainer.keep_checkpoints=10", "trainer.progress_bar=false"]
+             "trainer.checkpoint_every=32", "trainer.keep_checkpoints=10", "trainer.progress_bar=false",
+             "env.backend=native"]
 
 
 def train_sweep_run(run, total_steps: int, *extra: str) -> str:

@@ -19,8 +19,9 @@ from typing import Optional, Sequence
 # The server reads one JSON request per line and answers one JSON line. Only it can reap its
 # children, so it also answers poll and wait. Nothing before the fork touches torch's thread pools.
 SERVER = r"""
-import json, os, runpy, sys, time
-import torch, pytorch_lightning  # noqa: E401,F401 (the start-up the children skip)
+import importlib, json, os, runpy, sys, time
+for name in sys.argv[1:]:  # the start-up the children skip
+    importlib.import_module(name)
 
 def reap(pid, timeout):
     deadline = time.monotonic() + timeout
@@ -98,13 +99,14 @@ class WarmProcess:
 
 
 class WarmPython:
-    """A server interpreter with torch and Lightning imported that forks ``python -m shardlab`` runs."""
+    """A server interpreter that has imported ``preload`` (by default torch and Lightning, nothing of
+    shardlab) and forks ``python -m shardlab`` runs or ``python -c`` programs."""
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, preload: Sequence[str] = ("torch", "pytorch_lightning")):
         self._folder, self._count = folder, 0
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self._server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        env=env, text=True, bufsize=1)
+        self._server = subprocess.Popen([sys.executable, "-c", SERVER, *preload], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
 
     def _ask(self, request: dict) -> dict:
         self._server.stdin.write(json.dumps(request) + "\n")
