@@ -421,6 +421,19 @@ def test_off_distribution_mazes_are_rejected():
 
 
 # -- grid and RGB observations agree -------------------------------------------------------------
+def test_a_big_batch_renders_in_threads_to_the_same_images(hard_states, monkeypatch):
+    """A batch from _PARALLEL_FROM states up is rendered by several threads at once; every image is
+    the one a batch of one renders, also with the threads racing on a batch twice the size."""
+    monkeypatch.setattr(maze_views, "_render_threads", lambda: 3)  # more threads than cores: more interleaving
+    states = hard_states[:150]
+    assert len(states) >= maze_views._PARALLEL_FROM
+    one_by_one = np.stack([maze_views.render_rgb([state])[0] for state in states])
+    assert len({image.tobytes() for image in one_by_one}) > 100  # the images differ: the test can see a mix-up
+    for batch in (states, states[::-1] + states):
+        expected = one_by_one if batch is states else np.concatenate([one_by_one[::-1], one_by_one])
+        np.testing.assert_array_equal(maze_views.render_rgb(batch), expected)
+
+
 @pytest.mark.parametrize("mode", ["hard", "easy"])
 def test_grid_and_rgb_observations_agree(mode, hard_states, easy_states):
     states = (hard_states if mode == "hard" else easy_states)[10:22]
