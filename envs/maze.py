@@ -6,7 +6,6 @@ module's :class:`MazeEnv` (procgen) or envs/maze_native.py's torch re-implementa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np

@@ -4,7 +4,6 @@ shortest paths, the decision square, and distances among cheese, decision square
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Optional
 

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import shutil
-import sys
 from typing import Callable, Optional
 
 import numpy as np

@@ -201,19 +201,18 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow("ddp")
-def test_ddp_two_cpu_processes(tmp_path):
+def test_ddp_two_cpu_processes(tmp_path, warm_python):
+    # rank 0 forks from a warm interpreter (tests/warm_python.py); Lightning starts rank 1 afresh
     run_dir = tmp_path / "ddp"
-    base = [sys.executable, "-m", "shardlab"]
     args = ["trainer.accelerator=cpu", "trainer.devices=2", *TINY]
-    result = subprocess.run([*base, "train", KWTA, *args, "trainer.total_steps=1024", "--run-dir", str(run_dir)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = warm_python.run(["train", KWTA, *args, "trainer.total_steps=1024", "--run-dir", str(run_dir)], ROOT,
+                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     # 2 ranks × 64 samples per optimizer step
     assert ckpt["global_step"] == 8 and ckpt["shardlab"]["samples"] == 1024
     assert ckpt["hyper_parameters"]["world_size"] == 2
-    result = subprocess.run([*base, "resume", str(run_dir), "trainer.total_steps=2048"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = warm_python.run(["resume", str(run_dir), "trainer.total_steps=2048"], ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 16
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 
 import os
-import subprocess
-import sys
 
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 from shardlab.trainers.checkpointing import load_checkpoint
@@ -16,23 +14,21 @@ RECIPE = os.path.join(ROOT, "configs", "train", "maze_ppo_cpu.yaml")
 
 
 @pytest.mark.slow("ddp")
-def test_ddp_two_cpu_processes_train_and_resume(tmp_path):
+def test_ddp_two_cpu_processes_train_and_resume(tmp_path, warm_python):
+    # rank 0 forks from a warm interpreter (tests/warm_python.py); Lightning starts rank 1 afresh
     run_dir = tmp_path / "ddp"
     tiny = ["env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64", "ppo.epochs=1",
             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.checkpoint_every=256",
             "trainer.progress_bar=false"]
-    base = [sys.executable, "-m", "shardlab"]
-    result = subprocess.run([*base, "train", RECIPE, *tiny, "trainer.total_steps=512",
-                             "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = warm_python.run(["train", RECIPE, *tiny, "trainer.total_steps=512", "--run-dir", str(run_dir)], ROOT,
+                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     # 2 ranks × 4 envs × 32 steps = 256 env steps per iteration, 2 optimizer steps each
     assert ckpt["shardlab"]["env_steps"] == 512 and ckpt["global_step"] == 4
     assert ckpt["hyper_parameters"]["world_size"] == 2
 
-    result = subprocess.run([*base, "resume", str(run_dir), "trainer.total_steps=1024"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = warm_python.run(["resume", str(run_dir), "trainer.total_steps=1024"], ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["shardlab"]["env_steps"] == 1024 and ckpt["global_step"] == 8

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -176,12 +175,12 @@ def test_onehot_encoding_needs_index_observations():
 
 
 @pytest.mark.slow("ddp")
-def test_ddp_two_cpu_processes(tmp_path):
+def test_ddp_two_cpu_processes(tmp_path, warm_python):
+    # rank 0 forks from a warm interpreter (tests/warm_python.py); Lightning starts rank 1 afresh
     data = tiny_dataset(tmp_path / "d.npz")
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "shardlab", "train", RECIPE, *tiny_args(data, steps=10),
-                             "trainer.accelerator=cpu", "trainer.devices=2", "--run-dir", str(run_dir)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = warm_python.run(["train", RECIPE, *tiny_args(data, steps=10), "trainer.accelerator=cpu",
+                              "trainer.devices=2", "--run-dir", str(run_dir)], ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 10 and ckpt["hyper_parameters"]["world_size"] == 2

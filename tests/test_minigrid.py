@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -318,12 +316,12 @@ def test_minigrid_return_rows_over_levels_against_known_answers(tmp_path, monkey
 
 
 @pytest.mark.slow("ddp")
-def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path):
+def test_ppo_minigrid_ddp_two_cpu_processes(tmp_path, warm_python):
+    # rank 0 forks from a warm interpreter (tests/warm_python.py); Lightning starts rank 1 afresh
     run_dir = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "shardlab", "train", RECIPE, *TINY,
-                             "trainer.accelerator=cpu", "trainer.devices=2", "trainer.total_steps=512",
-                             "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = warm_python.run(["train", RECIPE, *TINY, "trainer.accelerator=cpu", "trainer.devices=2",
+                              "trainer.total_steps=512", "--run-dir", str(run_dir)], ROOT,
+                             {**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     # 2 ranks × 4 envs × 32 steps = 256 env steps per iteration, 2 optimizer steps each
