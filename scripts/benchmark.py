@@ -2,8 +2,9 @@
 
 Each subcommand is a module of ``scripts/benchmarks/`` whose docstring explains what it measures
 and how to read it: ``ppo`` (Lightning trainer vs the plain loop of ``scripts/ppo_reference.py`` vs
-the network alone), ``learn``, ``maze``, ``evals``, ``demo``, ``dt`` and ``interp``. This file only
-finds them, parses the command line and runs one; ``--help`` lists them all.
+the network alone), ``learn``, ``maze``, ``native``, ``evals``, ``demo``, ``dt``, ``interp``,
+``explore`` and ``gpu``. This file only finds them, parses the command line and runs one; ``--help``
+lists them all.
 
 To add a benchmark, add a module to ``scripts/benchmarks/`` that defines
 

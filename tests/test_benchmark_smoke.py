@@ -60,5 +60,28 @@ def test_evals_benchmark_bad_argument_exits_2():
 def test_help_lists_every_subcommand():
     result = run_benchmark("--help")
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("ppo", "learn", "maze", "evals", "demo", "dt", "interp", "explore"):
+    for name in ("ppo", "learn", "maze", "native", "evals", "demo", "dt", "interp", "explore"):
         assert f"    {name} " in result.stdout, name
+
+
+@pytest.mark.slow("benchmark")
+def test_native_benchmark_times_both_backends_and_their_evals_agree(tmp_path):
+    out = tmp_path / "native.json"
+    result = run_benchmark("native", "--sizes", "4", "--seconds", "0.05", "--mazes", "3", "--repeats", "1",
+                           "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = report["env"]
+    assert row["num_envs"] == 4 and {"native_cpu", "procgen"} <= set(row["env_steps_per_sec"])
+    assert row["ratio"] == row["env_steps_per_sec"]["native_cpu"] / row["env_steps_per_sec"]["procgen"]
+    assert set(report["generation_mazes_per_sec"]["cpu"]) == {"easy", "hard"}
+    # the same episodes on both backends: every metric of the eval is identical
+    assert report["eval"]["metrics"] > 10 and report["eval"]["metrics_differing"] == []
+    assert report["eval"]["ratio"] > 0 and "speed-up" in result.stdout
+
+
+def test_native_benchmark_bad_options_exit_2(tmp_path):
+    result = run_benchmark("native", "--mazes", "1")
+    assert result.returncode == 2 and "--mazes" in result.stderr
+    result = run_benchmark("native", "--skip-env", "--checkpoint", str(tmp_path / "none.ckpt"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
