@@ -31,13 +31,18 @@ class Summary:
 
 def actor(policy: Optional[ImpalaPolicy], num_envs: int, generator: torch.Generator, greedy: bool = False,
           channels_last: bool = True, groups: Optional[Sequence[int]] = None,
-          ) -> Callable[[torch.Tensor], torch.Tensor]:
+          active: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The act function every maze episode uses: the greedy move, or an action sampled with the
     seeded ``generator`` (reproducible evaluations); ``policy=None`` acts uniformly at random.
 
     ``groups`` (sizes summing to ``num_envs``) splits the envs into consecutive groups, each
     sampling from its own generator in the state ``generator`` starts in: one forward for the whole
-    batch, and each group draws what it would draw played alone."""
+    batch, and each group draws what it would draw played alone.
+
+    ``active`` (a (num_envs,) bool tensor the caller updates) names the envs whose actions matter:
+    the policy sees only those rows, and the others get uniformly random actions. The active rows
+    draw exactly what they would with every row forwarded: torch samples one action per row from
+    its own exponential draws (``multinomial`` with one sample), whatever the other rows hold."""
     sizes = [num_envs] if groups is None else [int(size) for size in groups]
     if sum(sizes) != num_envs:
         raise ValueError(f"groups {list(sizes)} must add up to the {num_envs} envs")
@@ -56,7 +61,13 @@ def actor(policy: Optional[ImpalaPolicy], num_envs: int, generator: torch.Genera
         if policy is None:
             return sample(lambda size, _, stream: torch.randint(0, 15, (size,), generator=stream))
         device = next(policy.parameters()).device
-        logits, _ = policy(preprocess(obs.to(device), channels_last))
+        if active is None or bool(active.all()):
+            logits, _ = policy(preprocess(obs.to(device), channels_last))
+        else:  # envs past the episode that counts: no forward for them
+            rows = active.nonzero().flatten()
+            part, _ = policy(preprocess(obs[rows].to(device), channels_last))
+            logits = torch.zeros((num_envs, part.shape[-1]), dtype=part.dtype, device=part.device)
+            logits[rows.to(part.device)] = part
         if greedy:
             return greedy_move_actions(logits).cpu()
         return sample(lambda size, probs, stream: torch.multinomial(probs, 1, generator=stream).squeeze(-1),
@@ -86,11 +97,17 @@ def first_episodes(policy: Optional[ImpalaPolicy], env_cfg: MazeEnvConfig, greed
     if starts is not None:  # procgen reads a loaded state back byte for byte, so loaded states are the starts
         starts.extend(states if states is not None else (env.get_state(index) for index in range(env.num_envs)))
 
-    act = actor(policy, env.num_envs, generator, greedy, channels_last, groups)
+    # an env's first episode is the one that counts: once it is over, the policy stops seeing that env
+    active = torch.ones(env.num_envs, dtype=torch.bool)
+    act = actor(policy, env.num_envs, generator, greedy, channels_last, groups, active)
     bar = tqdm(total=env.num_envs, desc="episodes", disable=not progress, **progress_kwargs())
+
+    def finished(index: int, _episode: Episode) -> None:
+        active[index] = False
+        bar.update(1)
     try:
         with torch.inference_mode():
-            return rollout(env, act, obs=obs, steps=MAX_EPISODE_STEPS + 1, on_episode=lambda *_: bar.update(1))
+            return rollout(env, act, obs=obs, steps=MAX_EPISODE_STEPS + 1, on_episode=finished)
     finally:
         bar.close()
         env.close()

@@ -163,3 +163,45 @@ def test_maze_observations_match_the_hand_written_loop():
         obs, *_ = maze.step(torch.randint(0, 15, (num_envs,), generator=generator))
     maze.close()
     assert torch.equal(got, torch.cat(frames)[:n])
+
+
+@pytest.mark.parametrize("greedy", [False, True])
+def test_finished_envs_leave_the_forward_and_the_episodes_stay_the_same(greedy):
+    """first_episodes forwards only the envs still in their first episode; a plain loop that forwards
+    every env at every step (and samples from every row) plays the very same episodes."""
+    import os
+
+    from shardlab.envs.episodes import MAX_EPISODE_STEPS, first_episodes
+    from shardlab.envs.maze import greedy_move_actions, make
+    from shardlab.envs.maze_config import env_config
+    from shardlab.models.impala import preprocess
+    from shardlab.trainers.restore import load_trained
+
+    trained = load_trained(os.path.join(os.path.dirname(__file__), "fixtures", "ci_policy.ckpt"))
+    cfg = env_config(trained.config, num_envs=16, seed=5, backend="native")  # quicker; procgen-exact
+    policy = trained.model
+    rows_seen: list[int] = []
+    handle = policy.register_forward_hook(lambda module, args, out: rows_seen.append(args[0].shape[0]))
+    try:
+        got = first_episodes(policy, cfg, greedy=greedy, channels_last=trained.config.model.channels_last)
+    finally:
+        handle.remove()
+    assert rows_seen[0] == 16 and min(rows_seen) < 16  # envs left the batch as they finished
+
+    env, generator, expected = make(cfg), torch.Generator().manual_seed(cfg.seed), [None] * 16
+    obs = env.reset()
+    try:
+        with torch.inference_mode():
+            for _ in range(MAX_EPISODE_STEPS + 1):
+                logits, _ = policy(preprocess(obs, trained.config.model.channels_last))
+                actions = (greedy_move_actions(logits) if greedy else
+                           torch.multinomial(logits.float().softmax(-1), 1, generator=generator).squeeze(-1))
+                obs, _, done, finished = env.step(actions)
+                for index, episode in zip(done.nonzero().flatten().tolist(), finished):
+                    if expected[index] is None:
+                        expected[index] = episode
+                if all(e is not None for e in expected):
+                    break
+    finally:
+        env.close()
+    assert got == [e for e in expected if e is not None] and len(got) >= 8
