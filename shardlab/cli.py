@@ -186,10 +186,11 @@ def _train(args: argparse.Namespace) -> int:
     from shardlab.trainers.config import ConfigError, check_runnable, load_config
 
     try:
-        from shardlab.trainers import run  # heavy imports only after argument parsing
-        if args.command == "train":
+        if args.command == "train":  # a bad recipe or override is refused before Lightning's seconds of import
             cfg = load_config(_recipe(args.config), args.overrides)
             check_runnable(cfg)
+        from shardlab.trainers import run  # heavy imports only after the config is known to be good
+        if args.command == "train":
             run_dir = args.run_dir or os.path.join("runs", cfg.name)
             run.check_run_dir(run_dir, cfg.trainer.loggers)
             module = run.build_module(cfg)  # reads the data: its problems stop the run before the folder exists
