@@ -21,7 +21,7 @@ EVALS = ("probes", "activation_patching", "causal_scrubbing", "jacobian_svd", "s
 SUITE = """
 seed: 1
 evals:
-  probes: {mazes: 24, layers: [embedder.block1.maxpool_out, embedder.relufc_out]}
+  probes: {mazes: 24, layers: [embedder.block1.maxpool_out, embedder.relufc_out], regularization: [1.0], cv_folds: 2}
   activation_patching:
     pairs: 6
     min_logit_gap: 0.0
