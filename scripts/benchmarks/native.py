@@ -165,15 +165,16 @@ def format_report(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Both parts (unless skipped), printed and optionally written as JSON."""
-    import torch
-
-    from shardlab.evals.suite.registry import EvalError
     from shardlab.trainers.config import ConfigError
 
     if args.mazes < 2 or args.repeats < 1 or args.seconds <= 0 or min(args.sizes) < 1:
         raise ConfigError("--mazes must be >= 2, --repeats >= 1, --seconds > 0 and every --sizes >= 1")
     if not args.skip_eval and not os.path.isfile(args.checkpoint):
         raise ConfigError(f"--checkpoint {args.checkpoint} does not exist; pass a grid maze PPO checkpoint")
+    import torch
+
+    from shardlab.evals.suite.registry import EvalError
+
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"benchmark": "native", "threads": args.threads, "cpu_count": os.cpu_count()}
     if not args.skip_env:
