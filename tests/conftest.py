@@ -31,21 +31,44 @@ def template() -> bytes:
     env.close()
 
 
+def made_once(tmp_path_factory, name: str, make) -> str:
+    """``make(folder)`` run once per test session, also across pytest-xdist's worker processes (the
+    first worker makes it under a file lock, the others wait and reuse it); the folder's path. Only
+    for outputs the tests never change."""
+    import fcntl
+    import os
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one run's workers share it
+    folder = shared / name
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.exists():
+            partial = shared / f"{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir()
+            make(partial)
+            partial.rename(folder)  # whole or not at all: a worker that died half-way leaves no folder
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_maze_checkpoint(tmp_path_factory) -> str:
     """A 128-env-step checkpoint of configs/train/maze_ppo_cpu.yaml (4 envs × 32 steps), trained
-    once per test session for the eval tests, which only read it."""
+    once per test session (shared by the xdist workers) for the eval tests, which only read it."""
     import os
 
     from shardlab import cli as shardlab
 
     recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "configs", "train", "maze_ppo_cpu.yaml")
-    run_dir = tmp_path_factory.mktemp("tiny_maze") / "run"
-    assert shardlab.main(["train", recipe, "env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64",
-                          "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
-                          "--run-dir", str(run_dir)]) == 0
-    return str(run_dir / "checkpoints" / "last.ckpt")
+
+    def train(folder) -> None:
+        assert shardlab.main(["train", recipe, "env.num_envs=4", "ppo.num_steps=32", "ppo.minibatch_size=64",
+                              "ppo.epochs=1", "trainer.total_steps=128", "trainer.progress_bar=false",
+                              "--run-dir", str(folder / "run")]) == 0
+    return os.path.join(made_once(tmp_path_factory, "tiny_maze", train), "run", "checkpoints", "last.ckpt")
 
 
 @pytest.fixture(scope="session")
