@@ -21,7 +21,11 @@ from typing import Optional, Sequence
 SERVER = r"""
 import importlib, json, os, runpy, sys, time
 for name in sys.argv[1:]:  # the start-up the children skip
-    importlib.import_module(name)
+    if name == "procgen-assets":  # procgen loads its images on its first env (~2 s); no worker threads
+        from procgen import ProcgenGym3Env
+        ProcgenGym3Env(num=1, env_name="maze", num_threads=0).close()
+    else:
+        importlib.import_module(name)
 
 def reap(pid, timeout):
     deadline = time.monotonic() + timeout
@@ -99,10 +103,11 @@ class WarmProcess:
 
 
 class WarmPython:
-    """A server interpreter that has imported ``preload`` (by default torch and Lightning, nothing of
-    shardlab) and forks ``python -m shardlab`` runs or ``python -c`` programs."""
+    """A server interpreter that has imported ``preload`` (by default torch and Lightning, and procgen
+    with its images loaded; nothing of shardlab) and forks ``python -m shardlab`` runs or ``python -c``
+    programs."""
 
-    def __init__(self, folder: str, preload: Sequence[str] = ("torch", "pytorch_lightning")):
+    def __init__(self, folder: str, preload: Sequence[str] = ("torch", "pytorch_lightning", "procgen-assets")):
         self._folder, self._count = folder, 0
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self._server = subprocess.Popen([sys.executable, "-c", SERVER, *preload], stdin=subprocess.PIPE,
