@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -53,39 +51,15 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-class _FreshProcess:
-    """`python -c SLOWED_RUN ARGV` in a fresh interpreter, with WarmProcess's interface (for DDP,
-    whose launcher starts rank 1 as a new process of the same command)."""
-
-    def __init__(self, argv: list[str], stderr_path):
-        self._stderr_path = stderr_path
-        with open(stderr_path, "wb") as stderr:
-            self._process = subprocess.Popen([sys.executable, "-c", SLOWED_RUN, *argv], cwd=ROOT, env=_env(),
-                                             stdout=subprocess.DEVNULL, stderr=stderr)
-        self.poll, self.send_signal, self.kill = self._process.poll, self._process.send_signal, self._process.kill
-
-    def wait(self, timeout: float = 600.0):
-        try:
-            return self._process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    @property
-    def stderr(self) -> str:
-        return self._stderr_path.read_text()
-
-
 def _stop_mid_iteration(tmp_path, warm_python, signum: int, phase: str, progress_bar: bool = False,
                         extra: tuple[str, ...] = ()) -> tuple[str, float, int, str]:
-    """Start a slowed run (forked from a warm interpreter, tests/warm_python.py, or given no
-    ``warm_python`` a fresh one), signal it 1 s into its second iteration; (run dir, seconds to exit,
-    exit code, stderr)."""
+    """Start a slowed run (forked from a warm interpreter, tests/warm_python.py), signal it 1 s into
+    its second iteration; (run dir, seconds to exit, exit code, stderr)."""
     run_dir = str(tmp_path / "run")
     last = os.path.join(run_dir, "checkpoints", "last.ckpt")
     argv = [phase, str(SLEEP[phase]), last, "train", MAZE_RECIPE, *OVERRIDES,
             f"trainer.progress_bar={str(progress_bar).lower()}", *extra, "--run-dir", run_dir]
-    process = (_FreshProcess(argv, tmp_path / "stderr.txt") if warm_python is None
-               else warm_python.start(argv, ROOT, _env(), code=SLOWED_RUN))
+    process = warm_python.start(argv, ROOT, _env(), code=SLOWED_RUN)
     try:
         deadline = time.time() + 120
         while not os.path.exists(last) and process.poll() is None and time.time() < deadline:
@@ -139,12 +113,12 @@ def test_signal_stops_mid_iteration(tmp_path, warm_python, signum, phase, code):
 
 
 @pytest.mark.slow("ddp")
-def test_sigterm_stops_ddp_while_another_rank_waits_in_an_all_reduce(tmp_path):
+def test_sigterm_stops_ddp_while_another_rank_waits_in_an_all_reduce(tmp_path, warm_python):
     # Lightning starts rank 1 from shardlab/__main__.py, without SLOWED_RUN's patch: it finishes its
     # rollout and waits in the first update's all-reduce while rank 0 is still in its slow rollout,
     # the case where Lightning's own SIGTERM handler (a broadcast inside the handler) would hang
     run_dir, seconds, exit_code, stderr = _stop_mid_iteration(
-        tmp_path, None, signal.SIGTERM, "rollout", extra=("trainer.accelerator=cpu", "trainer.devices=2"))
+        tmp_path, warm_python, signal.SIGTERM, "rollout", extra=("trainer.accelerator=cpu", "trainer.devices=2"))
     assert exit_code == 143 and seconds < STOP_WITHIN, stderr[-3000:]
     assert "Traceback" not in stderr and stderr.rstrip("\n").splitlines()[-1].startswith("shardlab: stopped by SIGTERM; ")
     # 2 ranks × 256 env steps per iteration; the first complete iteration is the last checkpoint
