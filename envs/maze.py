@@ -2,7 +2,7 @@
 top-right r×r region at every episode start (the goal-misgeneralization training setup).
 
 :func:`make`, the one factory configs go through, builds the env of ``env.backend``: this
-module's :class:`MazeEnv` (procgen) or envs/maze_native.py's torch re-implementation (grid only)."""
+module's :class:`MazeEnv` (procgen) or envs/maze_native.py's torch re-implementation."""
 
 from __future__ import annotations
 

@@ -35,8 +35,8 @@ class MazeEnvConfig:
     max_maze_size: Optional[int] = None  # odd; larger procgen mazes are replaced by smaller random ones
     min_maze_size: Optional[int] = None  # odd; smaller procgen mazes are replaced by random ones in [min, max]
     cheese_reward: float = 10.0  # reward for reaching the cheese; negative penalises it (avoid_cheese)
-    # procgen: the real game (RGB or grid); native: envs/maze_native.py's torch re-implementation,
-    # grid only and fresh mazes only (num_levels: 0), with the same dynamics and maze distribution, faster
+    # procgen: the real game; native: envs/maze_native.py's torch re-implementation, fresh mazes only
+    # (num_levels: 0), with the same dynamics, maze distribution and observations (RGB pixel for pixel), faster
     backend: str = "procgen"
 
 
@@ -44,9 +44,6 @@ def backend_problem(backend: str, obs: str, num_levels: int) -> Optional[str]:
     """Why ``backend`` cannot run this env (one line naming the fix), or None when it can."""
     if backend not in BACKENDS:
         return f"env.backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
-    if backend == "native" and obs != "grid":
-        return (f"env.backend: native renders the grid observation only, but env.obs is {obs}; "
-                "use env.backend: procgen for RGB (or env.obs: grid)")
     if backend == "native" and num_levels != 0:
         return (f"env.backend: native draws fresh mazes only (procgen's level seeds cannot be reproduced), but "
                 f"env.num_levels is {num_levels}; use env.num_levels: 0 or env.backend: procgen")

@@ -1,7 +1,9 @@
 """Procgen's ``maze`` re-implemented in torch: batched, vectorised over envs, on any torch device.
 
 :class:`NativeMazeEnv` has :class:`envs.maze.MazeEnv`'s interface (an :class:`envs.batched.BatchedEnv`)
-with the symbolic grid observation only (``cfg.obs == "grid"``). It matches procgen
+and both observations: the symbolic grid view, and procgen's 64×64 RGB frames pixel for pixel
+(:mod:`envs.maze_native_rgb`: procgen renders each episode's level picture once, the mouse is
+composited in torch every step). It matches procgen
 (openai/procgen ``games/maze.cpp``, ``mazegen.cpp``, ``game.cpp``, ``basic-abstract-game.cpp``):
 
 - **Mazes.** The world is 15×15 (easy) or 25×25 (hard); the inner maze has an odd side uniform over
@@ -26,7 +28,7 @@ with the symbolic grid observation only (``cfg.obs == "grid"``). It matches proc
   included (set only by squares reached on steps that did not end the episode).
 
 Procgen's level seeds (``start_level``/``num_levels``) cannot be reproduced, so only
-``num_levels = 0`` (fresh mazes) is accepted, and there is no RGB render.
+``num_levels = 0`` (fresh mazes) is accepted.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ class MazeBatch:
     walls: torch.Tensor  # (B, W, W) bool
     cheese: torch.Tensor  # (B, 2) world (x, y)
     maze_dim: torch.Tensor  # (B,) int64, odd
+    # what only the RGB view shows (None unless asked for): the background image and its offset
+    background: Optional[torch.Tensor] = None  # (B,) int64 in 0..8
+    bg_pct_x: Optional[torch.Tensor] = None  # (B,) float32 in [0, 1)
 
     def __len__(self) -> int:
         """The number of mazes."""
@@ -90,15 +95,19 @@ class MazeBatch:
 
     def rows(self, start: int, stop: int) -> "MazeBatch":
         """Mazes ``start``..``stop`` (views)."""
-        return MazeBatch(self.walls[start:stop], self.cheese[start:stop], self.maze_dim[start:stop])
+        looks = (None, None) if self.background is None else (self.background[start:stop],
+                                                               self.bg_pct_x[start:stop])
+        return MazeBatch(self.walls[start:stop], self.cheese[start:stop], self.maze_dim[start:stop], *looks)
 
     @staticmethod
     def cat(parts: Sequence["MazeBatch"]) -> "MazeBatch":
         """The mazes of ``parts`` in order."""
         if len(parts) == 1:
             return parts[0]
+        looks = (None, None) if parts[0].background is None else (
+            torch.cat([p.background for p in parts]), torch.cat([p.bg_pct_x for p in parts]))
         return MazeBatch(torch.cat([p.walls for p in parts]), torch.cat([p.cheese for p in parts]),
-                         torch.cat([p.maze_dim for p in parts]))
+                         torch.cat([p.maze_dim for p in parts]), *looks)
 
 
 @dataclass(frozen=True)
@@ -194,8 +203,9 @@ def _place_cheese(open_: torch.Tensor, sizes: torch.Tensor, rand_region: Optiona
 
 def generate_mazes(count: int, world_dim: int, generator: torch.Generator, *, min_size: int = 3,
                    max_size: Optional[int] = None, rand_region: Optional[int] = None,
-                   device: Device = "cpu") -> MazeBatch:
-    """``count`` fresh procgen-distributed mazes: side uniform over odd sizes in [min_size, max_size]."""
+                   device: Device = "cpu", looks: bool = False) -> MazeBatch:
+    """``count`` fresh procgen-distributed mazes: side uniform over odd sizes in [min_size, max_size];
+    with ``looks``, also each level's background image and offset (drawn last, so the mazes are the same)."""
     high = min(max_size or world_dim, world_dim)
     if min_size < 3 or min_size % 2 == 0 or high % 2 == 0 or min_size > high:
         raise ValueError(f"maze sizes must be odd with 3 <= min <= max <= {world_dim}, "
@@ -204,7 +214,12 @@ def generate_mazes(count: int, world_dim: int, generator: torch.Generator, *, mi
                                          device=device)
     open_ = _centre(_kruskal(sizes, world_dim, generator), sizes)
     cheese = _place_cheese(open_, sizes, rand_region, generator)
-    return MazeBatch(~open_, cheese, sizes)
+    if not looks:
+        return MazeBatch(~open_, cheese, sizes)
+    # BasicAbstractGame::game_reset: background_index = randn(9), bg_pct_x = rand01()
+    background = torch.randint(0, maze_state.BACKGROUNDS, (count,), generator=generator, device=device)
+    bg_pct_x = torch.rand(count, generator=generator, device=device)
+    return MazeBatch(~open_, cheese, sizes, background, bg_pct_x)
 
 
 def _check_config(cfg: MazeEnvConfig) -> None:
@@ -214,9 +229,6 @@ def _check_config(cfg: MazeEnvConfig) -> None:
                          f"got {cfg.distribution_mode!r}")
     if cfg.obs not in OBSERVATIONS:
         raise ValueError(f"env.obs must be one of {OBSERVATIONS}, got {cfg.obs!r}")
-    if cfg.obs != "grid":
-        raise ValueError(f"the native maze backend renders the grid view only (env.obs: grid), got "
-                         f"env.obs: {cfg.obs}; use env.backend: procgen for RGB observations")
     if cfg.num_levels != 0:
         raise ValueError(f"the native maze backend draws fresh mazes only (env.num_levels: 0); procgen's "
                          f"level seeds cannot be reproduced natively, got env.num_levels: {cfg.num_levels}")
@@ -241,11 +253,12 @@ class _Loaded:
     cheese: tuple[int, int]  # (-1, -1): no cheese
     maze_dim: int
     cur_time: int
+    state: bytes  # the bytes themselves, which the RGB view renders
 
 
 class NativeMazeEnv:
     """``num_envs`` procgen mazes simulated in torch (see the module docstring); observations are
-    uint8 (N, W, W, 3) grid views on the env's device."""
+    uint8 (N, W, W, 3) grid views or (N, 64, 64, 3) RGB frames on the env's device."""
 
     num_actions = 15  # procgen's action set, which the policy's logits cover
 
@@ -271,6 +284,10 @@ class NativeMazeEnv:
         self._length = torch.zeros(n, dtype=torch.int64, device=self.device)
         self._corner = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._started = False
+        self._rgb = None
+        if cfg.obs == "rgb":  # imported here: the grid view needs neither procgen nor its renderer
+            from shardlab.envs.maze_native_rgb import RgbFrames
+            self._rgb = RgbFrames(n, w, self.device)
         # the pool of fresh mazes; rng_state is the generator's state before the pool was drawn and
         # how many were taken, so a restore regenerates the very same pool
         self._pool_size = max(_MIN_POOL, 2 * n)
@@ -285,7 +302,8 @@ class NativeMazeEnv:
         cfg = self.cfg
         self._pool = generate_mazes(self._pool_size, self.world_dim, self._generator,
                                     min_size=cfg.min_maze_size or 3, max_size=cfg.max_maze_size,
-                                    rand_region=cfg.rand_region, device=self.device)
+                                    rand_region=cfg.rand_region, device=self.device,
+                                    looks=self._rgb is not None)
         self._taken = 0
 
     def _take(self, count: int) -> MazeBatch:
@@ -327,6 +345,9 @@ class NativeMazeEnv:
         self._maze_dim[index] = mazes.maze_dim
         self._cur_time[index] = 0
         self._clear_counters(index)
+        if self._rgb is not None:
+            self._rgb.show_levels(index, mazes.walls, mazes.cheese, mazes.maze_dim, mazes.background,
+                                  mazes.bg_pct_x)
 
     def _clear_counters(self, index: torch.Tensor) -> None:
         """Restart the episode statistics of envs ``index``."""
@@ -352,7 +373,7 @@ class NativeMazeEnv:
         return _Loaded(maze_state.grid(state, where) == maze_state.WALL,
                        (mouse[0] + where.margin, mouse[1] + where.margin),
                        (cheese[0] + where.margin, cheese[1] + where.margin) if cheese is not None else (-1, -1),
-                       where.maze_dim, cur_time(state, where))
+                       where.maze_dim, cur_time(state, where), state)
 
     def _write(self, index: Sequence[int], loaded: Sequence[_Loaded]) -> None:
         """Put parsed states into envs ``index`` (their step counters come from the states)."""
@@ -365,6 +386,8 @@ class NativeMazeEnv:
         self._cheese[at] = as_tensor([item.cheese for item in loaded])
         self._maze_dim[at] = as_tensor([item.maze_dim for item in loaded])
         self._cur_time[at] = as_tensor([item.cur_time for item in loaded])
+        if self._rgb is not None:
+            self._rgb.show_states(at, [item.state for item in loaded])
 
     def set_state(self, index: int, state: bytes) -> None:
         """Replace env ``index``'s game by a procgen state, like ``MazeEnv.set_state`` (its episode
@@ -411,7 +434,10 @@ class NativeMazeEnv:
 
     def _move_mice(self, action: torch.Tensor) -> None:
         """Move each mouse by its action unless the target is outside the world or a wall."""
-        target = self._mouse + self._moves[action]
+        move = self._moves[action]
+        if self._rgb is not None:
+            self._rgb.turn(move[:, 0])
+        target = self._mouse + move
         inside = ((target >= 0) & (target < self.world_dim)).all(1)
         clipped = target.clamp(0, self.world_dim - 1)
         free = inside & ~self.walls[self._rows, clipped[:, 1], clipped[:, 0]]
@@ -430,7 +456,10 @@ class NativeMazeEnv:
                 for ret, length, got, top_right, dim, x, y in table]
 
     def _observation(self) -> torch.Tensor:
-        """Fresh grid views (N, W, W, 3) uint8 like ``maze_views.grid_view``: wall, mouse, cheese."""
+        """Fresh grid views (N, W, W, 3) uint8 like ``maze_views.grid_view`` (wall, mouse, cheese),
+        or procgen's RGB frames."""
+        if self._rgb is not None:
+            return self._rgb.frames(self._mouse)
         w = self.world_dim
         obs = torch.zeros(self.num_envs, w, w, 3, dtype=torch.uint8, device=self.device)
         obs[..., 0] = self._wall_image

@@ -21,6 +21,13 @@ _INT = struct.Struct("<i")
 # fields between the second RNG string and the entity list: 15 Game fields, grid_size, entity count
 _AFTER_RNG = 15 * 4 + 4 + 4
 _OPTION_INTS = 12 + 5  # options.* and grid_step .. game_n
+# Entity::serialize writes 31 four-byte fields; is_reflected is the 16th. BasicAbstractGame::serialize
+# then writes use_procgen_background, background_index, bg_tile_ratio, bg_pct_x after the entity list
+_ENTITY_BYTES = 31 * 4
+_REFLECTED = 15 * 4
+_BACKGROUND_INDEX = _ENTITY_BYTES + 4
+_BACKGROUND_PCT = _ENTITY_BYTES + 12
+BACKGROUNDS = 9  # maze draws one of procgen's 9 topdown background images, uniformly per level
 
 
 class StateError(ValueError):
@@ -130,6 +137,64 @@ def without_cheese(state: bytes, where: Layout | None = None) -> bytes:
     world = grid(state, where).copy()
     world[world == CHEESE] = EMPTY
     return with_grid(state, where, world)
+
+
+def is_reflected(state: bytes, where: Layout | None = None) -> bool:
+    """Whether the mouse sprite is drawn mirrored (it faces right after its last move right)."""
+    where = where or layout(state)
+    return bool(_INT.unpack_from(state, where.mouse_offset + _REFLECTED)[0])
+
+
+def background(state: bytes, where: Layout | None = None) -> tuple[int, float]:
+    """The level's background image index (0..8) and horizontal offset fraction ``bg_pct_x``."""
+    where = where or layout(state)
+    (index,) = _INT.unpack_from(state, where.mouse_offset + _BACKGROUND_INDEX)
+    (pct,) = struct.unpack_from("<f", state, where.mouse_offset + _BACKGROUND_PCT)
+    return index, pct
+
+
+def with_looks(state: bytes, background_index: int, bg_pct_x: float, reflected: bool = False,
+               where: Layout | None = None) -> bytes:
+    """A copy of ``state`` with the given background and mouse orientation (what the RGB view shows)."""
+    where = where or layout(state)
+    if not 0 <= background_index < BACKGROUNDS:
+        raise StateError(f"background index {background_index} is not one of procgen's 0..{BACKGROUNDS - 1}")
+    out = bytearray(state)
+    _INT.pack_into(out, where.mouse_offset + _BACKGROUND_INDEX, background_index)
+    struct.pack_into("<f", out, where.mouse_offset + _BACKGROUND_PCT, bg_pct_x)
+    _INT.pack_into(out, where.mouse_offset + _REFLECTED, int(reflected))
+    return bytes(out)
+
+
+def with_mouse_world(state: bytes, square: tuple[int, int], where: Layout | None = None) -> bytes:
+    """A copy of ``state`` with the mouse on world square ``square`` = (x, y), unchecked (for renders)."""
+    where = where or layout(state)
+    out = bytearray(state)
+    struct.pack_into("<ff", out, where.mouse_offset, square[0] + 0.5, square[1] + 0.5)
+    return bytes(out)
+
+
+def with_mice(state: bytes, squares: list[tuple[int, int]], reflected: bool, where: Layout | None = None) -> bytes:
+    """A copy of ``state`` with a copy of its mouse on each world square (x, y), all facing one way.
+    Only for rendering (procgen draws every entity, the mouse it moves is the last); not playable."""
+    where = where or layout(state)
+    mouse = bytearray(state[where.mouse_offset:where.mouse_offset + _ENTITY_BYTES])
+    _INT.pack_into(mouse, _REFLECTED, int(reflected))
+    copies = []
+    for x, y in squares:
+        struct.pack_into("<ff", mouse, 0, x + 0.5, y + 0.5)
+        copies.append(bytes(mouse))
+    (count,) = _INT.unpack_from(state, where.mouse_offset - 4)
+    if count != 1:
+        raise StateError(f"state holds {count} entities; a maze state holds the mouse only")
+    return (state[:where.mouse_offset - 4] + _INT.pack(len(squares)) + b"".join(copies)
+            + state[where.mouse_offset + _ENTITY_BYTES:])
+
+
+def with_mouse_hidden(state: bytes, where: Layout | None = None) -> bytes:
+    """A copy of ``state`` whose mouse stands outside the picture: renders show the level without it.
+    Only for rendering; such a state is not playable."""
+    return with_mouse_world(state, (-11, -11), where)
 
 
 def _check_open(state: bytes, where: Layout, square: tuple[int, int]) -> None:

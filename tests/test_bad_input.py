@@ -344,18 +344,24 @@ def test_eval_bad_input(case, tmp_path, tiny_maze_checkpoint, capsys):
                   tmp_path, capsys)
 
 
-def test_eval_env_backend_native_refuses_an_rgb_network(tmp_path, capsys):
-    """The native backend renders no RGB: an RGB network is refused before anything runs."""
+def test_eval_env_backend_native_refuses_a_network_of_a_fixed_level_set(tmp_path, capsys):
+    """The native backend draws fresh mazes only: a network trained on procgen's level seeds
+    (env.num_levels > 0) is refused before anything runs."""
+    from omegaconf import OmegaConf
+
     from shardlab.trainers.config import load_config
     from shardlab.trainers.kinds import get_kind
 
-    recipe = "maze_ppo_cpu_rgb"
-    network = get_kind("ppo").build_network(load_config(ROOT / "configs" / "train" / f"{recipe}.yaml"))
-    torch.save(network.state_dict(), tmp_path / "rgb.pth")
+    recipe = OmegaConf.load(ROOT / "configs" / "train" / "maze_ppo_cpu_rgb.yaml")
+    recipe.env.num_levels = 100
+    OmegaConf.save(recipe, tmp_path / "levels.yaml")
+    network = get_kind("ppo").build_network(load_config(tmp_path / "levels.yaml"))
+    torch.save(network.state_dict(), tmp_path / "levels.pth")
     _suite(tmp_path, GM)
-    check_refused(["eval", "--weights", str(tmp_path / "rgb.pth"), "--recipe", recipe, "--suite",
-                   str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "o"), "--no-progress", "--env-backend",
-                   "native"], ("--env-backend native", "env.obs: rgb", "drop --env-backend"), tmp_path, capsys)
+    check_refused(["eval", "--weights", str(tmp_path / "levels.pth"), "--recipe", str(tmp_path / "levels.yaml"),
+                   "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "o"), "--no-progress",
+                   "--env-backend", "native"], ("--env-backend native", "env.num_levels: 100", "drop --env-backend"),
+                  tmp_path, capsys)
 
 
 # -- eval: every maze eval's config, checked against the checkpoint before anything runs --------------------

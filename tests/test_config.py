@@ -80,8 +80,6 @@ BAD_TRAIN = {
     "devices-zero": (None, ["trainer.devices=0"], ["trainer.devices"]),
     "bad-distribution-mode": (None, ["env.distribution_mode=medium"], ["env.distribution_mode", "medium"]),
     "bad-backend": (None, ["env.backend=gym"], ["env.backend", "procgen, native", "'gym'"]),
-    "native-backend-rgb": (None, ["env.backend=native", "env.obs=rgb"],
-                           ["env.backend: native", "env.obs is rgb", "env.backend: procgen"]),
     "native-backend-levels": (None, ["env.backend=native", "env.num_levels=100"],
                               ["env.backend: native", "env.num_levels is 100", "env.num_levels: 0"]),
 }

@@ -70,8 +70,8 @@ def with_env_backend(trained: Trained, backend: str) -> Trained:
                         "checkpoint; drop --env-backend")
     env = trained.config.env
     if backend_problem(backend, env.obs, env.num_levels) is not None:
-        raise EvalError(f"--env-backend {backend} plays grid observations of fresh mazes only, but {trained.path} "
-                        f"was trained with env.obs: {env.obs}, env.num_levels: {env.num_levels}; "
+        raise EvalError(f"--env-backend {backend} plays fresh mazes only, but {trained.path} "
+                        f"was trained with env.num_levels: {env.num_levels}; "
                         "drop --env-backend (procgen plays it)")
     config = OmegaConf.merge(trained.config, {"env": {"backend": backend}})
     OmegaConf.set_readonly(config, True)  # as load_trained hands it out: evals read it, never change it

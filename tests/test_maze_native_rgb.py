@@ -1,0 +1,154 @@
+"""The native env's RGB view (envs/maze_native_rgb.py) against procgen's own frames: pixel for pixel
+along lock-step replays of both backends, on fresh native levels, and the background's distribution.
+
+Actions: LEFT 1, noop 4, RIGHT 7 (a move right mirrors procgen's mouse sprite, a move left unmirrors it).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from shardlab.envs import maze_native_rgb, maze_views
+from shardlab.envs import maze_state as ms
+from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+from shardlab.envs.maze_native import NativeMazeEnv, generate_mazes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LEFT, NOOP, RIGHT = 1, 4, 7
+ENVS, STEPS = 16, 160  # per mode: about 2,500 compared frames, each of 12,288 bytes
+
+
+def rgb_cfg(**overrides) -> MazeEnvConfig:
+    """An RGB-observation config with the cheese anywhere, ``overrides`` applied."""
+    return MazeEnvConfig(**{"num_envs": ENVS, "distribution_mode": "easy", "rand_region": None, "obs": "rgb",
+                            **overrides})
+
+
+def procgen_starts(mode: str, count: int, seed: int) -> list[bytes]:
+    """``count`` start states of fresh procgen levels, each with its own background and offset."""
+    env = MazeEnv(rgb_cfg(num_envs=64, distribution_mode=mode, seed=seed))
+    states: list[bytes] = []
+    try:
+        while len(states) < count:
+            states += [env.get_state(i) for i in range(env.num_envs)]
+            env._env.act(np.full(env.num_envs, -1, np.int32))  # action -1: procgen resets to a new level
+    finally:
+        env.close()
+    return states[:count]
+
+
+@pytest.fixture(scope="module")
+def starts() -> dict[str, list[bytes]]:
+    return {mode: procgen_starts(mode, 512, seed=21) for mode in ("easy", "hard")}
+
+
+@pytest.mark.parametrize("mode", ["easy", "hard"])
+def test_frames_equal_procgens_along_a_lock_step_replay(starts, mode):
+    """From the same states with the same random actions, every frame of a live episode is procgen's
+    frame byte for byte (mirrored sprites, every background and both world sizes included); finished
+    envs restart from the same next state in both backends."""
+    states = iter(starts[mode])
+    proc, native = MazeEnv(rgb_cfg(distribution_mode=mode)), NativeMazeEnv(rgb_cfg(distribution_mode=mode))
+    try:
+        first = [next(states) for _ in range(ENVS)]
+        assert torch.equal(proc.load_states(first), native.load_states(first))
+        actions_rng = torch.Generator().manual_seed(3)
+        compared = mirrored = 0
+        backgrounds = set()
+        for _ in range(STEPS):
+            actions = torch.randint(0, 15, (ENVS,), generator=actions_rng)
+            obs_p, reward_p, done_p, _ = proc.step(actions)
+            obs_n, reward_n, done_n, _ = native.step(actions)
+            assert torch.equal(done_p, done_n) and torch.equal(reward_p, reward_n)
+            live = ~done_p
+            differing = (obs_p[live] != obs_n[live]).any(-1).sum().item()
+            assert differing == 0, f"{differing} pixels differ from procgen's frames"
+            compared += int(live.sum())
+            mirrored += int(native._rgb.reflected[live].sum())
+            backgrounds |= set(native._rgb.background[live].tolist())
+            for i in torch.nonzero(done_p).flatten().tolist():
+                state = next(states)
+                proc.set_state(i, state)
+                native.set_state(i, state)
+        assert compared > 0.9 * ENVS * STEPS and 0.2 * compared < mirrored < 0.8 * compared
+        assert backgrounds == set(range(ms.BACKGROUNDS))
+    finally:
+        proc.close()
+        native.close()
+
+
+def test_the_sprite_turns_like_procgens_mouse(starts):
+    """A move right mirrors the sprite, a noop or a move up keeps it, a move left unmirrors it; the
+    orientation is read from and written to procgen's state bytes."""
+    native = NativeMazeEnv(rgb_cfg(num_envs=1))
+    state = next(s for s in starts["easy"] if sum(ms.cheese_square(s)) >= 8)  # no episode ends here
+    assert not ms.is_reflected(state)
+    native.load_states([state])
+    seen = []
+    for action in (RIGHT, NOOP, 5, LEFT, RIGHT):
+        native.step(torch.tensor([action]))
+        seen.append(bool(native._rgb.reflected[0]))
+    assert seen == [True, True, True, False, True]
+    turned = ms.with_looks(state, *ms.background(state), reflected=True)
+    native.load_states([turned])
+    assert bool(native._rgb.reflected[0])
+    assert torch.equal(native.load_states([turned]), torch.from_numpy(maze_views.render_rgb([turned])))
+
+
+@pytest.mark.parametrize("mode", ["easy", "hard"])
+def test_fresh_native_levels_render_as_procgen_renders_them(mode):
+    """Frames of native levels (reset, then steps) equal procgen's renders of the same levels written
+    as procgen states: walls, cheese, mouse square, orientation, background and offset."""
+    env = NativeMazeEnv(rgb_cfg(num_envs=8, distribution_mode=mode, seed=5))
+    obs = env.reset()
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        obs, *_ = env.step(torch.randint(0, 15, (8,), generator=rng))
+    rgb = env._rgb
+    levels = maze_native_rgb.level_states(env.walls.numpy(), env._cheese.numpy(), env.maze_dims,
+                                          rgb.background.numpy(), rgb.bg_pct_x.numpy())
+    shown = [ms.with_mouse_world(ms.with_looks(s, int(b), float(p), bool(r)), tuple(m))
+             for s, b, p, r, m in zip(levels, rgb.background, rgb.bg_pct_x, rgb.reflected, env._mouse.tolist())]
+    assert torch.equal(obs, torch.from_numpy(maze_views.render_rgb(shown)))
+
+
+def test_backgrounds_follow_procgens_distribution(starts):
+    """Fresh native levels draw the background uniformly over procgen's 9 and the offset uniformly
+    in [0, 1), as procgen's levels do (chi-square and Kolmogorov-Smirnov tests on both)."""
+    mazes = generate_mazes(4096, 15, torch.Generator().manual_seed(0), looks=True)
+    native_counts = np.bincount(mazes.background.numpy(), minlength=ms.BACKGROUNDS)
+    procgen_looks = [ms.background(s) for s in starts["easy"] + starts["hard"]]
+    procgen_counts = np.bincount([index for index, _ in procgen_looks], minlength=ms.BACKGROUNDS)
+    assert len(native_counts) == len(procgen_counts) == ms.BACKGROUNDS  # no index beyond procgen's 9
+    assert stats.chisquare(native_counts).pvalue > 1e-3 and stats.chisquare(procgen_counts).pvalue > 1e-3
+    assert stats.kstest(mazes.bg_pct_x.numpy(), "uniform").pvalue > 1e-3
+    assert stats.kstest([pct for _, pct in procgen_looks], "uniform").pvalue > 1e-3
+
+
+def test_looks_leave_the_mazes_and_the_rng_round_trip_alone():
+    """Drawing backgrounds does not change the mazes a seed gives, and rng_state restores the frames."""
+    plain = generate_mazes(64, 15, torch.Generator().manual_seed(4))
+    looks = generate_mazes(64, 15, torch.Generator().manual_seed(4), looks=True)
+    assert torch.equal(plain.walls, looks.walls) and torch.equal(plain.cheese, looks.cheese)
+    env = NativeMazeEnv(rgb_cfg(num_envs=4, seed=2))
+    env.reset()
+    saved = json.loads(json.dumps(env.rng_state()))
+    later = env.reset()
+    env.set_rng_state(saved)
+    assert torch.equal(env.reset(), later)
+
+
+def test_sprite_blend_is_qts_rounding():
+    """The blend's ``value · alpha / 255`` is Qt's shift-and-add approximation: exact at alpha 0 and
+    255 (a transparent sprite pixel leaves the picture alone), else within 0.51 of the true quotient."""
+    value = np.arange(256)[:, None]
+    alpha = np.arange(256)[None, :]
+    blended = maze_native_rgb._byte_mul(value, alpha)
+    assert (blended[:, 255] == value[:, 0]).all() and (blended[:, 0] == 0).all()
+    assert np.abs(blended - value * alpha / 255).max() < 0.51
