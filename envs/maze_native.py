@@ -271,13 +271,26 @@ class NativeMazeEnv:
         self.world_dim = w = WORLD_DIM[cfg.distribution_mode]
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(cfg.seed + RANK_SEED_STRIDE * rank)
-        self._moves = torch.tensor(np.stack([ACTION_DX, ACTION_DY], 1), dtype=torch.int64, device=self.device)
+        # squares are flat indices y·P + x' of the world padded with a ring of wall (P = W + 2, x' = x + 1,
+        # y' = y + 1): a move is one add and one gather, and the ring blocks moves out of the world
+        self._side = p = w + 2
+        self._delta = torch.tensor(np.asarray(ACTION_DY) * p + np.asarray(ACTION_DX), device=self.device)
+        self._dx = torch.tensor(np.asarray(ACTION_DX), device=self.device)
         self._cheese_reward = torch.tensor(cfg.cheese_reward, dtype=torch.float32, device=self.device)
         self._rows = torch.arange(n, device=self.device)
-        self.walls = torch.ones(n, w, w, dtype=torch.bool, device=self.device)  # [y, x], y = 0 at the bottom
-        self._wall_image = torch.full((n, w, w), 255, dtype=torch.uint8, device=self.device)  # rows flipped
-        self._mouse = torch.zeros(n, 2, dtype=torch.int64, device=self.device)  # world (x, y)
+        self._padded = torch.ones(n, p, p, dtype=torch.bool, device=self.device)
+        self.walls = self._padded[:, 1:-1, 1:-1]  # [y, x], y = 0 at the bottom (a view)
+        flat = torch.arange(p * p, device=self.device)
+        x, y = flat % p - 1, flat // p - 1
+        self._world_of = torch.stack([x, y], 1)  # padded flat -> world (x, y)
+        self._square_of = (y * w + x).clamp(0, w * w - 1)  # padded flat -> unpadded flat, y·W + x
+        self._grid_pixel_of = (((w - 1 - y) * w + x) * 3 + 1).clamp(0, w * w * 3 - 1)  # -> the mouse channel
+        self._base = torch.zeros(n, w, w, 3, dtype=torch.uint8, device=self.device)  # walls and cheese
+        self._mouse_at = torch.zeros(n, dtype=torch.int64, device=self.device)  # padded flat
         self._cheese = torch.full((n, 2), -1, dtype=torch.int64, device=self.device)  # world (x, y), -1: none
+        self._cheese_at = torch.full((n,), -1, dtype=torch.int64, device=self.device)  # padded flat, -1: none
+        self._corner_at = torch.zeros(n, dtype=torch.int64, device=self.device)  # the maze's top-right square
+        self._cheese_at_corner = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._maze_dim = torch.zeros(n, dtype=torch.int64, device=self.device)
         self._cur_time = torch.zeros(n, dtype=torch.int64, device=self.device)
         self._return = torch.zeros(n, dtype=torch.float32, device=self.device)
@@ -335,14 +348,33 @@ class NativeMazeEnv:
             self._taken = int(state["taken"])
 
     # -- episodes -------------------------------------------------------------------------
+    def _flat(self, world: torch.Tensor) -> torch.Tensor:
+        """Padded flat indices of world squares (K, 2) = (x, y); -1 for (-1, -1) (no cheese)."""
+        return torch.where(world[:, 0] >= 0, (world[:, 1] + 1) * self._side + world[:, 0] + 1, -1)
+
+    def _place(self, index: torch.Tensor, walls: torch.Tensor, mouse: torch.Tensor, cheese: torch.Tensor,
+               maze_dim: torch.Tensor) -> None:
+        """Envs ``index`` hold these world walls, mouse and cheese squares (x, y) and maze sizes."""
+        w = self.world_dim
+        self.walls[index] = walls
+        self._mouse_at[index] = self._flat(mouse)
+        self._cheese[index] = cheese
+        self._cheese_at[index] = self._flat(cheese)
+        self._maze_dim[index] = maze_dim
+        corner = ((w + maze_dim) // 2 - 1)[:, None].expand(-1, 2)  # margin + maze_dim - 1
+        self._corner_at[index] = self._flat(corner)
+        self._cheese_at_corner[index] = (cheese == corner).all(1)
+        base = torch.zeros(len(maze_dim), w, w, 3, dtype=torch.uint8, device=self.device)
+        base[..., 0] = walls.flip(1).to(torch.uint8) * 255
+        present = cheese[:, 0] >= 0
+        rows = torch.arange(len(maze_dim), device=self.device)
+        base[rows[present], w - 1 - cheese[present, 1], cheese[present, 0], 2] = 255
+        self._base[index] = base
+
     def _install(self, index: torch.Tensor, mazes: MazeBatch) -> None:
         """Put ``mazes`` into envs ``index`` with the mouse at the start and cur_time 0."""
         margin = (self.world_dim - mazes.maze_dim) // 2
-        self.walls[index] = mazes.walls
-        self._wall_image[index] = mazes.walls.flip(1).to(torch.uint8) * 255
-        self._mouse[index] = margin[:, None].expand(-1, 2)
-        self._cheese[index] = mazes.cheese
-        self._maze_dim[index] = mazes.maze_dim
+        self._place(index, mazes.walls, margin[:, None].expand(-1, 2), mazes.cheese, mazes.maze_dim)
         self._cur_time[index] = 0
         self._clear_counters(index)
         if self._rgb is not None:
@@ -379,12 +411,9 @@ class NativeMazeEnv:
         """Put parsed states into envs ``index`` (their step counters come from the states)."""
         at = torch.as_tensor(list(index), dtype=torch.int64, device=self.device)
         walls = torch.from_numpy(np.stack([item.walls for item in loaded])).to(self.device)
-        self.walls[at] = walls
-        self._wall_image[at] = walls.flip(1).to(torch.uint8) * 255
         as_tensor = lambda values: torch.tensor(values, dtype=torch.int64, device=self.device)  # noqa: E731
-        self._mouse[at] = as_tensor([item.mouse for item in loaded])
-        self._cheese[at] = as_tensor([item.cheese for item in loaded])
-        self._maze_dim[at] = as_tensor([item.maze_dim for item in loaded])
+        self._place(at, walls, as_tensor([item.mouse for item in loaded]).view(-1, 2),
+                    as_tensor([item.cheese for item in loaded]).view(-1, 2), as_tensor([item.maze_dim for item in loaded]))
         self._cur_time[at] = as_tensor([item.cur_time for item in loaded])
         if self._rgb is not None:
             self._rgb.show_states(at, [item.state for item in loaded])
@@ -415,43 +444,42 @@ class NativeMazeEnv:
         self._move_mice(action)
         self._cur_time += 1
         self._length += 1
-        reached = (self._mouse == self._cheese).all(1)  # an absent cheese (-1, -1) is never reached
+        reached = self._mouse_at == self._cheese_at  # an absent cheese (-1) is never reached
         reward = torch.where(reached, self._cheese_reward, 0.0)
         done = reached | (self._cur_time >= TIMEOUT)
         self._return += reward
-        last = self._maze_dim - 1
-        margin = (self.world_dim - self._maze_dim) // 2
-        square = self._mouse - margin[:, None]
-        cheese_at_corner = ((self._cheese - margin[:, None]) == last[:, None]).all(1)
         # MazeEnv's record counts the corner when visited before this step, or eaten on it
-        corner = self._corner | (reached & cheese_at_corner)
+        corner = self._corner | (reached & self._cheese_at_corner)
         done_index = done.nonzero().squeeze(1)
-        finished = self._records(done_index, reached, corner, square)
-        self._corner |= ~done & (square == last[:, None]).all(1)
+        finished = self._records(done_index, reached, corner)
+        self._corner |= ~done & (self._mouse_at == self._corner_at)
         if finished:
             self._install(done_index, self._take(len(finished)))
         return self._observation(), reward, done, finished
 
     def _move_mice(self, action: torch.Tensor) -> None:
         """Move each mouse by its action unless the target is outside the world or a wall."""
-        move = self._moves[action]
         if self._rgb is not None:
-            self._rgb.turn(move[:, 0])
-        target = self._mouse + move
-        inside = ((target >= 0) & (target < self.world_dim)).all(1)
-        clipped = target.clamp(0, self.world_dim - 1)
-        free = inside & ~self.walls[self._rows, clipped[:, 1], clipped[:, 0]]
-        self._mouse = torch.where(free[:, None], target, self._mouse)
+            self._rgb.turn(self._dx[action])
+        target = self._mouse_at + self._delta[action]
+        blocked = self._padded.view(self.num_envs, -1).gather(1, target[:, None])[:, 0]
+        self._mouse_at = torch.where(blocked, self._mouse_at, target)
 
-    def _records(self, index: torch.Tensor, reached: torch.Tensor, corner: torch.Tensor,
-                 square: torch.Tensor) -> list[Episode]:
+    @property
+    def _mouse(self) -> torch.Tensor:
+        """World squares (N, 2) = (x, y) of the mice."""
+        return self._world_of[self._mouse_at]
+
+    def _records(self, index: torch.Tensor, reached: torch.Tensor, corner: torch.Tensor) -> list[Episode]:
         """Episode records of the finished envs ``index``, in env order (one transfer off the device)."""
         if index.numel() == 0:
             return []
+        margin = (self.world_dim - self._maze_dim[index]) // 2
+        square = self._world_of[self._mouse_at[index]] - margin[:, None]  # inner (x, y)
         # every value is exact in float32 (returns are float32, counts small), so one stack suffices
         table = torch.stack([self._return[index], self._length[index].float(), reached[index].float(),
                              corner[index].float(), self._maze_dim[index].float(),
-                             square[index, 0].float(), square[index, 1].float()], 1).cpu().tolist()
+                             square[:, 0].float(), square[:, 1].float()], 1).cpu().tolist()
         return [Episode(ret, int(length), bool(got), bool(top_right), int(dim), (int(x), int(y)))
                 for ret, length, got, top_right, dim, x, y in table]
 
@@ -459,15 +487,9 @@ class NativeMazeEnv:
         """Fresh grid views (N, W, W, 3) uint8 like ``maze_views.grid_view`` (wall, mouse, cheese),
         or procgen's RGB frames."""
         if self._rgb is not None:
-            return self._rgb.frames(self._mouse)
-        w = self.world_dim
-        obs = torch.zeros(self.num_envs, w, w, 3, dtype=torch.uint8, device=self.device)
-        obs[..., 0] = self._wall_image
-        obs[self._rows, w - 1 - self._mouse[:, 1], self._mouse[:, 0], 1] = 255
-        # an absent cheese writes 0 into an all-zero channel, which avoids a data-dependent mask
-        present = (self._cheese[:, 0] >= 0).to(torch.uint8) * 255
-        cheese = self._cheese.clamp(min=0)
-        obs[self._rows, w - 1 - cheese[:, 1], cheese[:, 0], 2] = present
+            return self._rgb.frames(self._square_of[self._mouse_at])
+        obs = self._base.clone()
+        obs.view(self.num_envs, -1)[self._rows, self._grid_pixel_of[self._mouse_at]] = 255
         return obs
 
     # -- views ----------------------------------------------------------------------------

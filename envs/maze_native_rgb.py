@@ -165,9 +165,14 @@ class RgbFrames:
         table = sprite_table(world_dim)
         self.world_dim = world_dim
         self.device = device
-        self._pixels = torch.from_numpy(table.pixels).to(device)
-        self._colour = torch.from_numpy(table.colour).to(device)
-        self._alpha = torch.from_numpy(table.alpha).to(device)
+        # per (orientation, square) slot, flattened over (pixel, channel) so that one gather and one
+        # scatter on a (N, 64·64·3) picture do the blend
+        slots, width = 2 * world_dim * world_dim, table.pixels.shape[-1]
+        channels = table.pixels.reshape(slots, width, 1) * 3 + np.arange(3)
+        self._channels = torch.from_numpy(channels.reshape(slots, width * 3)).to(device)
+        self._colour = torch.from_numpy(table.colour.reshape(slots, width * 3)).to(device)
+        inverse = np.repeat(255 - table.alpha.reshape(slots, width, 1), 3, axis=2)
+        self._inverse_alpha = torch.from_numpy(inverse.reshape(slots, width * 3)).to(device)
         self._pictures = torch.zeros(num_envs, SIDE * SIDE, 3, dtype=torch.uint8, device=device)
         self.reflected = torch.zeros(num_envs, dtype=torch.bool, device=device)
         self.background = torch.zeros(num_envs, dtype=torch.int64, device=device)  # procgen's background_index
@@ -194,14 +199,12 @@ class RgbFrames:
         """Procgen's ``MazeGame::game_step``: a move right mirrors the sprite, a move left unmirrors it."""
         self.reflected = torch.where(dx > 0, True, torch.where(dx < 0, False, self.reflected))
 
-    def frames(self, mouse: torch.Tensor) -> torch.Tensor:
-        """(N, 64, 64, 3) uint8 frames with the mice at world squares ``mouse`` (N, 2) = (x, y)."""
-        square = mouse[:, 1] * self.world_dim + mouse[:, 0]
-        side = self.reflected.long()
-        pixels = self._pixels[side, square][..., None].expand(-1, -1, 3)  # (N, P, 3)
-        out = self._pictures.clone()
-        below = out.gather(1, pixels).int()
-        alpha = self._alpha[side, square][..., None]
-        blended = self._colour[side, square] + _byte_mul(below, 255 - alpha)
-        out.scatter_(1, pixels, blended.to(torch.uint8))
+    def frames(self, square: torch.Tensor) -> torch.Tensor:
+        """(N, 64, 64, 3) uint8 frames with the mice on world squares ``square`` (N,) = y·W + x."""
+        slot = self.reflected.long() * (self.world_dim * self.world_dim) + square
+        channels = self._channels[slot]
+        out = self._pictures.clone().view(len(slot), -1)
+        below = out.gather(1, channels).int()
+        blended = self._colour[slot] + _byte_mul(below, self._inverse_alpha[slot])
+        out.scatter_(1, channels, blended.to(torch.uint8))
         return out.view(-1, SIDE, SIDE, 3)

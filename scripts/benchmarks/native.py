@@ -1,10 +1,11 @@
 """``benchmark.py native``: the native torch maze env (``env.backend: native``) against procgen's,
 measured side by side in one run.
 
-1. Bare env: env steps/s with uniformly random actions drawn up front, grid view, hard mode, cheese
-   anywhere, for each ``--sizes`` batch (the recipes use 16-64 envs); native on the CPU (and CUDA
-   when available) and procgen, and their ratio (target: >= 20x at the recipes' batch sizes); then
-   the native generator's mazes/s (what a finished env's reset costs, paid in pool batches).
+1. Bare env: env steps/s with uniformly random actions drawn up front, hard mode, cheese anywhere,
+   for each ``--sizes`` batch (the recipes use 16-64 envs) and each ``--views`` observation; native
+   on the CPU (and CUDA when available) and procgen, and their ratio (targets at the recipes' batch
+   sizes: grid >= 20x, RGB >= 3x); then what a finished env's reset costs natively: the generator's
+   mazes/s (paid in pool batches) and, for the RGB view, procgen's renders of level pictures/s.
 2. Eval: the wall time of the goal_misgeneralization eval of ``--checkpoint`` (default: the committed
    CI fixture, a ``maze_demo`` grid policy) on each backend, repeats interleaved so drifting load
    hits both alike; both play the same mazes from loaded states with the same seeded actions, so
@@ -28,7 +29,7 @@ from benchmarks.common import finish_report, progress
 
 NAME = "native"
 HELP = "native torch maze env vs procgen: bare env steps/s by batch size and the eval's wall time, with ratios"
-ENV_TARGET, EVAL_TARGET = 20.0, 3.0
+ENV_TARGET, RGB_TARGET, EVAL_TARGET = 20.0, 3.0, 3.0
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CI_POLICY = os.path.join(REPO, "tests", "fixtures", "ci_policy.ckpt")
 
@@ -38,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024],
                         help="env batch sizes of the bare-env part (default 16 64 256 1024)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per bare-env measurement")
+    parser.add_argument("--views", nargs="+", choices=["grid", "rgb"], default=["grid", "rgb"],
+                        help="observations of the bare-env part (default: grid rgb)")
     parser.add_argument("--checkpoint", default=CI_POLICY, help="a grid maze PPO checkpoint (default: the CI fixture)")
     parser.add_argument("--mazes", type=int, default=100, help="test mazes per maze set of the eval (default 100)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved eval timings; medians reported")
@@ -69,8 +72,8 @@ def _steps_per_second(make: Callable[[], Any], num_envs: int, seconds: float, de
         env.close()
 
 
-def measure_env(sizes: list[int], seconds: float) -> list[dict[str, Any]]:
-    """One row per batch size: env steps/s of each backend and native-cpu / procgen."""
+def measure_env(sizes: list[int], seconds: float, views: list[str]) -> list[dict[str, Any]]:
+    """One row per view and batch size: env steps/s of each backend and native-cpu / procgen."""
     import torch
 
     from shardlab.envs.maze import MazeEnv, MazeEnvConfig
@@ -78,14 +81,34 @@ def measure_env(sizes: list[int], seconds: float) -> list[dict[str, Any]]:
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for n in sizes:
-        cfg = MazeEnvConfig(num_envs=n, distribution_mode="hard", obs="grid", rand_region=None)
-        progress(f"bare env, {n} envs")
-        rates = {f"native_{d}": _steps_per_second(lambda: NativeMazeEnv(cfg, device=d), n, seconds, d)
-                 for d in devices}
-        rates["procgen"] = _steps_per_second(lambda: MazeEnv(cfg), n, seconds, "cpu")
-        rows.append({"num_envs": n, "env_steps_per_sec": rates, "ratio": rates["native_cpu"] / rates["procgen"]})
+    for view in views:
+        for n in sizes:
+            cfg = MazeEnvConfig(num_envs=n, distribution_mode="hard", obs=view, rand_region=None)
+            progress(f"bare env, {view} view, {n} envs")
+            rates = {f"native_{d}": _steps_per_second(lambda: NativeMazeEnv(cfg, device=d), n, seconds, d)
+                     for d in devices}
+            rates["procgen"] = _steps_per_second(lambda: MazeEnv(cfg), n, seconds, "cpu")
+            rows.append({"obs": view, "num_envs": n, "env_steps_per_sec": rates,
+                         "ratio": rates["native_cpu"] / rates["procgen"]})
     return rows
+
+
+def picture_rate(count: int = 256) -> float:
+    """Level pictures/s procgen renders for the native RGB view (one per finished episode)."""
+    import torch
+
+    from shardlab.envs import maze_native_rgb
+    from shardlab.envs.maze_native import generate_mazes
+
+    mazes = generate_mazes(count, 25, torch.Generator().manual_seed(0), looks=True)
+    states = maze_native_rgb.level_states(mazes.walls.numpy(), mazes.cheese.numpy(), mazes.maze_dim.numpy(),
+                                          mazes.background.numpy(), mazes.bg_pct_x.numpy())
+    maze_native_rgb.level_pictures(states[:8])  # warm-up: the renderer env
+    start = time.perf_counter()
+    maze_native_rgb.level_pictures(maze_native_rgb.level_states(  # the states are built per episode too
+        mazes.walls.numpy(), mazes.cheese.numpy(), mazes.maze_dim.numpy(), mazes.background.numpy(),
+        mazes.bg_pct_x.numpy()))
+    return count / (time.perf_counter() - start)
 
 
 def generation_rates(batch: int = 2048) -> dict[str, dict[str, float]]:
@@ -141,16 +164,20 @@ def format_report(report: dict[str, Any]) -> str:
     lines = []
     if report.get("env"):
         columns = list(report["env"][0]["env_steps_per_sec"])
-        lines.append(f"bare env, hard mode, grid view, random actions, env steps/s ({report['threads']} torch threads)")
-        lines.append(f"{'envs':>6} " + " ".join(f"{c:>14}" for c in columns) + f" {'native/procgen':>15}")
+        lines.append(f"bare env, hard mode, random actions, env steps/s ({report['threads']} torch threads)")
+        lines.append(f"{'view':>5} {'envs':>6} " + " ".join(f"{c:>14}" for c in columns) + f" {'native/procgen':>15}")
         for row in report["env"]:
             rates = row["env_steps_per_sec"]
-            lines.append(f"{row['num_envs']:>6} " + " ".join(f"{rates[c]:>14,.0f}" for c in columns)
+            lines.append(f"{row['obs']:>5} {row['num_envs']:>6} " + " ".join(f"{rates[c]:>14,.0f}" for c in columns)
                          + f" {row['ratio']:>14.1f}x")
-        lines.append(f"target: native >= {ENV_TARGET:.0f}x procgen at the recipes' batch sizes (16-64 envs)")
+        lines.append(f"targets: native >= {ENV_TARGET:.0f}x procgen (grid), >= {RGB_TARGET:.0f}x (rgb) at the "
+                     "recipes' batch sizes (16-64 envs)")
         for device, rates in report["generation_mazes_per_sec"].items():
             lines.append(f"native maze generation on {device}: "
                          + ", ".join(f"{mode} {rate:,.0f} mazes/s" for mode, rate in rates.items()))
+        if "level_pictures_per_sec" in report:
+            lines.append(f"native RGB level pictures (procgen renders, one per episode): "
+                         f"{report['level_pictures_per_sec']:,.0f}/s")
     if report.get("eval"):
         ev = report["eval"]
         lines.append(f"goal_misgeneralization on {os.path.relpath(ev['checkpoint'])} ({ev['mazes_per_set']} mazes per set)")
@@ -178,12 +205,14 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"benchmark": "native", "threads": args.threads, "cpu_count": os.cpu_count()}
     if not args.skip_env:
-        report["env"] = measure_env(args.sizes, args.seconds)
+        report["env"] = measure_env(args.sizes, args.seconds, args.views)
         report["generation_mazes_per_sec"] = generation_rates()
+        if "rgb" in args.views:
+            report["level_pictures_per_sec"] = picture_rate()
     if not args.skip_eval:
         try:
             report["eval"] = measure_eval(args.checkpoint, args.mazes, args.repeats)
-        except EvalError as exc:  # e.g. an RGB checkpoint, which the native env cannot play
+        except EvalError as exc:  # e.g. a checkpoint of a fixed level set, which the native env cannot play
             raise ConfigError(str(exc)) from None
     report["load_average_after"] = os.getloadavg()[0]
     return finish_report(format_report(report), report, args.json)
