@@ -7,6 +7,7 @@ Actions: LEFT 1, noop 4, RIGHT 7 (a move right mirrors procgen's mouse sprite, a
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from shardlab.envs.maze_native import NativeMazeEnv, generate_mazes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+ROOT = Path(__file__).resolve().parent.parent
 LEFT, NOOP, RIGHT = 1, 4, 7
 ENVS, STEPS = 16, 160  # per mode: about 2,500 compared frames, each of 12,288 bytes
 
@@ -152,3 +154,22 @@ def test_sprite_blend_is_qts_rounding():
     blended = maze_native_rgb._byte_mul(value, alpha)
     assert (blended[:, 255] == value[:, 0]).all() and (blended[:, 0] == 0).all()
     assert np.abs(blended - value * alpha / 255).max() < 0.51
+
+
+def test_an_rgb_network_evaluates_identically_on_both_backends(tmp_path):
+    """goal_misgeneralization of an RGB network (the CPU RGB recipe's architecture, seeded weights)
+    plays the same episodes on the native env as on procgen: every metric is identical."""
+    import shardlab
+    from shardlab.trainers.config import load_config
+    from shardlab.trainers.kinds import get_kind
+
+    recipe = load_config(ROOT / "configs" / "train" / "maze_ppo_cpu_rgb.yaml")
+    torch.manual_seed(0)
+    network = get_kind("ppo").build_network(recipe)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("seed: 0\nevals:\n  goal_misgeneralization: {mazes: 2, decision_mazes: 2, max_size: 5, region: 2}\n")
+    results = {backend: shardlab.evaluate(network, suite=str(suite), recipe=recipe, device="cpu",
+                                          out=str(tmp_path / backend), env_backend=backend)
+               for backend in ("procgen", "native")}
+    procgen, native = (results[b]["goal_misgeneralization"] for b in ("procgen", "native"))
+    assert len(procgen) > 10 and procgen == native
