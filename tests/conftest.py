@@ -72,6 +72,50 @@ def tiny_maze_checkpoint(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def sweep_run(tmp_path_factory) -> tuple[str, str]:
+    """(run directory, suite file): a 128-env-step run of maze_ppo_cpu with a step checkpoint every
+    32 env steps (tests/tiny_suites.py SWEEP_PPO: four of them) and the goal_misgeneralization suite
+    the sweep tests evaluate it with; made once per test session for tests/test_sweep.py and
+    tests/test_sharded_sweep.py, which only read them."""
+    import os
+    import textwrap
+
+    from tiny_suites import GOAL_MISGENERALIZATION, train_sweep_run
+
+    def make(folder) -> None:
+        (folder / "suite.yaml").write_text(textwrap.dedent(GOAL_MISGENERALIZATION))
+        train_sweep_run(folder / "run", 128, "trainer.loggers=[]")
+    shared = made_once(tmp_path_factory, "sweep_run", make)
+    return os.path.join(shared, "run"), os.path.join(shared, "suite.yaml")
+
+
+@pytest.fixture(scope="session")
+def sweep_whole(tmp_path_factory, sweep_run) -> str:
+    """The out folder of the unsharded sweep of ``sweep_run`` (``shardlab eval RUN --suite SUITE
+    --limit 2``, in this process), made once per test session; tests that change it copy it.
+
+    sweep.json names its out folder (the rows' results paths), so the sweep writes straight into a
+    folder of its own beside made_once's, which only marks it finished (a worker that died half-way
+    leaves no marker, and the next one sweeps afresh)."""
+    import os
+    import shutil
+
+    from tiny_suites import sweep_args
+
+    run, suite = sweep_run
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "sweep_whole.out"
+
+    def make(folder) -> None:
+        from shardlab import cli
+
+        shutil.rmtree(out, ignore_errors=True)
+        assert cli.main(sweep_args(run, suite, out)) == 0
+    made_once(tmp_path_factory, "sweep_whole", make)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def warm_python(tmp_path_factory):
     """Forks real `python -m shardlab` processes from an interpreter that has imported torch and
     Lightning already (tests/warm_python.py): seconds less start-up per process."""

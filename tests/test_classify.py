@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -273,9 +271,10 @@ def test_sparsity_eval_on_a_sparse_maze_policy(tmp_path):
     assert {row["unit"] for row in document if row["kind"] == "estimate"} == {"envs"}
 
 
-def test_compare_sparse_script(runs, tmp_path):
+def test_compare_sparse_script(runs, tmp_path, warm_python):
     """The comparison through the script's main() in this process; the script as a user runs it
-    (its own process, exit 2 on bad input) at the end."""
+    (its own process, forked from a warm interpreter, tests/warm_python.py; exit 2 on bad input) at
+    the end."""
     import importlib.util
 
     script = os.path.join(ROOT, "scripts", "compare_sparse.py")
@@ -290,6 +289,6 @@ def test_compare_sparse_script(runs, tmp_path):
     both = json.loads((out / "comparison.json").read_text())
     assert both["sparse"]["density"] < both["dense"]["density"]
     assert (out / "density_per_layer.png").exists() and (out / "noise_curve.png").exists()
-    result = subprocess.run([sys.executable, script, runs["dense"], str(tmp_path / "none.ckpt"), "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = warm_python.run_script(script, [runs["dense"], str(tmp_path / "none.ckpt"), "--out", str(out)], ROOT,
+                                    timeout=300)
     assert result.returncode == 2 and "does not exist" in result.stderr

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import textwrap
 
 import pytest
 
 from shardlab import cli as shardlab
 from shardlab.evals.suite import base, evaluator
 from shardlab.evals.suite.request import EvalRequest, parse_shard, shard_from_env
-from tiny_suites import GOAL_MISGENERALIZATION, ROOT, throwaway_eval, train_sweep_run
+from tiny_suites import ROOT, sweep_args, throwaway_eval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,19 +20,20 @@ STEPS = [32, 64, 96, 128]  # four checkpoints: shard 0 of 3 takes two, shards 1 
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> str:
-    return train_sweep_run(tmp_path_factory.mktemp("sharded") / "run", 128, "trainer.loggers=[]")
+def run_dir(sweep_run) -> str:
+    """A 128-env-step run with four step checkpoints (conftest.py's sweep_run, shared with
+    tests/test_sweep.py; only read)."""
+    return sweep_run[0]
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("suite") / "suite.yaml"
-    path.write_text(textwrap.dedent(GOAL_MISGENERALIZATION))
-    return str(path)
+def suite(sweep_run) -> str:
+    """The goal_misgeneralization suite on 8 mazes (tiny_suites.GOAL_MISGENERALIZATION)."""
+    return sweep_run[1]
 
 
 def _args(run: str, suite: str, out) -> list[str]:
-    return ["eval", run, "--suite", suite, "--out", str(out), "--limit", "2", "--no-progress", "--loggers", "none"]
+    return sweep_args(run, suite, out)
 
 
 def _launcher_free_env() -> dict[str, str]:
@@ -42,12 +42,11 @@ def _launcher_free_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def sharded(run_dir, suite, tmp_path_factory, warm_python) -> tuple[str, str]:
-    """The unsharded sweep (in this process) and the same sweep as three shard processes (forked
-    from a warm interpreter, tests/warm_python.py): one told ``--shard 0/3``, one a SLURM array task,
-    one a torchrun rank."""
-    whole = tmp_path_factory.mktemp("whole") / "out"
-    assert shardlab.main(_args(run_dir, suite, whole)) == 0
+def sharded(run_dir, suite, tmp_path_factory, warm_python, request) -> tuple[str, str]:
+    """The unsharded sweep (in this process: conftest.py's sweep_whole, shared with
+    tests/test_sweep.py) and the same sweep as three shard processes (forked from a warm
+    interpreter, tests/warm_python.py): one told ``--shard 0/3``, one a SLURM array task, one a
+    torchrun rank."""
     parts = tmp_path_factory.mktemp("parts") / "out"
     env = {**_launcher_free_env(), "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
@@ -58,6 +57,7 @@ def sharded(run_dir, suite, tmp_path_factory, warm_python) -> tuple[str, str]:
                       "MASTER_PORT": "29555"})]
     processes = [warm_python.start([*_args(run_dir, suite, parts), *extra], ROOT, {**env, **variables})
                  for extra, variables in launches]
+    whole = request.getfixturevalue("sweep_whole")  # swept meanwhile, unless already done
     outputs = []
     for process in processes:
         assert process.wait(900) == 0, process.stderr[-3000:]

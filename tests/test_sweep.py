@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-import textwrap
 
 import pytest
 import torch
@@ -15,40 +14,37 @@ import torch
 from shardlab import cli as shardlab
 from shardlab.evals.suite import evaluator, sweep
 from shardlab.evals.suite.sweep import Point, run_checkpoints, select_every
-from tiny_suites import GOAL_MISGENERALIZATION, train_sweep_run
+from tiny_suites import sweep_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SUITE = GOAL_MISGENERALIZATION
-STEPS = [32, 64, 96]  # 2 envs × 16 steps per iteration, a checkpoint every 32 env steps
+STEPS = [32, 64, 96, 128]  # 2 envs × 16 steps per iteration, a checkpoint every 32 env steps
 HEADLINE = ["goal_misgeneralization.p_neither", "goal_misgeneralization.p_cheese",
             "goal_misgeneralization.in_region/p_cheese", "goal_misgeneralization.gap/p_cheese"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> str:
-    """A 96-env-step run of maze_ppo_cpu with three kept step checkpoints."""
-    return train_sweep_run(tmp_path_factory.mktemp("sweep") / "run", 96)
+def run_dir(sweep_run) -> str:
+    """A 128-env-step run of maze_ppo_cpu with four kept step checkpoints (conftest.py's sweep_run,
+    shared with tests/test_sharded_sweep.py; only read)."""
+    return sweep_run[0]
 
 
 @pytest.fixture(scope="module")
-def suite(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("suite") / "suite.yaml"
-    path.write_text(textwrap.dedent(SUITE))
-    return str(path)
+def suite(sweep_run) -> str:
+    """The goal_misgeneralization suite on 8 mazes (tiny_suites.GOAL_MISGENERALIZATION)."""
+    return sweep_run[1]
 
 
 def _sweep(run: str, suite: str, out, *extra: str) -> int:
-    return shardlab.main(["eval", run, "--suite", suite, "--out", str(out), "--limit", "2", "--no-progress",
-                          "--loggers", "none", *extra])
+    return shardlab.main(sweep_args(run, suite, out, *extra))
 
 
 @pytest.fixture(scope="module")
-def swept(run_dir, suite, tmp_path_factory) -> str:
-    """The sweep of every checkpoint of ``run_dir``, done once; tests that change it copy it."""
-    out = tmp_path_factory.mktemp("swept") / "out"
-    assert _sweep(run_dir, suite, out) == 0
-    return str(out)
+def swept(sweep_whole) -> str:
+    """The sweep of every checkpoint of ``run_dir``, done once (conftest.py's sweep_whole, shared
+    with tests/test_sharded_sweep.py); tests that change it copy it."""
+    return sweep_whole
 
 
 def _sha(path: str) -> str:
@@ -95,7 +91,7 @@ def test_an_interrupted_sweep_evaluates_only_what_is_missing(run_dir, suite, swe
     shutil.copytree(swept, out)
     # interrupted while evaluating the second checkpoint: its results.json never got written
     os.remove(out / "step-000000000064" / "results.json")
-    kept = {step: os.stat(out / f"step-{step:012d}" / "results.json").st_mtime_ns for step in (32, 96)}
+    kept = {step: os.stat(out / f"step-{step:012d}" / "results.json").st_mtime_ns for step in (32, 96, 128)}
     calls = _counting(monkeypatch)
     capsys.readouterr()
     assert _sweep(run_dir, suite, out) == 0
@@ -103,9 +99,9 @@ def test_an_interrupted_sweep_evaluates_only_what_is_missing(run_dir, suite, swe
     for step, mtime in kept.items():
         assert os.stat(out / f"step-{step:012d}" / "results.json").st_mtime_ns == mtime
     rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [(row["step"], row["evaluated"]) for row in rows] == [(32, False), (64, True), (96, False)]
+    assert [(row["step"], row["evaluated"]) for row in rows] == [(32, False), (64, True), (96, False), (128, False)]
     assert rows[1]["metrics"] == json.loads(open(os.path.join(swept, "sweep.json")).read())["rows"][1]["metrics"]
-    assert len([line for line in capsys.readouterr().err.splitlines() if line.startswith("sweep [")]) == 3
+    assert len([line for line in capsys.readouterr().err.splitlines() if line.startswith("sweep [")]) == 4
     # a complete sweep is not evaluated again at all; another checkpoint file at a step is
     calls.clear()
     assert _sweep(run_dir, suite, out) == 0 and calls == []
@@ -126,9 +122,9 @@ def test_every_takes_the_first_checkpoint_at_or_after_each_multiple(run_dir, sui
     shutil.copytree(swept, out)
     os.remove(out / "sweep.json")
     calls = _counting(monkeypatch)
-    assert _sweep(run_dir, suite, out, "--every", "64") == 0 and calls == []  # both are done already
+    assert _sweep(run_dir, suite, out, "--every", "64") == 0 and calls == []  # all three are done already
     document = json.loads((out / "sweep.json").read_text())
-    assert document["every"] == 64 and [row["step"] for row in document["rows"]] == [32, 64]
+    assert document["every"] == 64 and [row["step"] for row in document["rows"]] == [32, 64, 128]
 
 
 def test_last_ckpt_only_when_no_step_file_holds_its_step(run_dir, tmp_path):
@@ -136,24 +132,25 @@ def test_last_ckpt_only_when_no_step_file_holds_its_step(run_dir, tmp_path):
     shutil.copytree(run_dir, run)  # last.ckpt, a hard link to the newest step file, becomes a copy
     folder = run / "checkpoints"
     assert [(p.step, os.path.basename(p.path)) for p in run_checkpoints(str(run))] == \
-        [(step, f"step-{step:012d}.ckpt") for step in STEPS]  # same sha256 as step-96
+        [(step, f"step-{step:012d}.ckpt") for step in STEPS]  # same sha256 as step-128
     state = torch.load(folder / "last.ckpt", map_location="cpu", weights_only=True)
     torch.save({**state, "resaved": 1}, folder / "last.ckpt")  # other bytes, same stored step
     assert [p.step for p in run_checkpoints(str(run))] == STEPS
-    os.remove(folder / "step-000000000096.ckpt")  # pruned by hand: only last.ckpt holds step 96
+    os.remove(folder / "step-000000000128.ckpt")  # pruned by hand: only last.ckpt holds step 128
     points = run_checkpoints(str(run))
     assert [(p.step, os.path.basename(p.path)) for p in points] == \
-        [(32, "step-000000000032.ckpt"), (64, "step-000000000064.ckpt"), (96, "last.ckpt")]
-    assert points[-1].sha256 == _sha(str(folder / "last.ckpt")) and points[-1].folder == "step-000000000096"
+        [(32, "step-000000000032.ckpt"), (64, "step-000000000064.ckpt"), (96, "step-000000000096.ckpt"),
+         (128, "last.ckpt")]
+    assert points[-1].sha256 == _sha(str(folder / "last.ckpt")) and points[-1].folder == "step-000000000128"
 
 
 def test_exit_code_is_the_worst_checkpoints(run_dir, suite, tmp_path, monkeypatch, capsys):
-    codes = iter([0, 1, 2])  # the third checkpoint is refused: a failure once others have run
+    codes = iter([0, 1, 2, 0])  # the third checkpoint is refused: a failure once others have run
     monkeypatch.setattr(evaluator, "run", lambda request: next(codes))
     out = tmp_path / "out"
     assert _sweep(run_dir, suite, out) == 1
     rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [row["exit_code"] for row in rows] == [0, 1, 1] and all(row["results"] is None for row in rows)
+    assert [row["exit_code"] for row in rows] == [0, 1, 1, 0] and all(row["results"] is None for row in rows)
     # refused at the first evaluation: bad input, nothing written
     monkeypatch.setattr(evaluator, "run", lambda request: 2)
     assert _sweep(run_dir, suite, tmp_path / "refused") == 2 and not (tmp_path / "refused").exists()

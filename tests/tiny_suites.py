@@ -90,6 +90,12 @@ def train_sweep_run(run, total_steps: int, *extra: str) -> str:
     return str(run)
 
 
+def sweep_args(run: str, suite: str, out, *extra: str) -> list[str]:
+    """``shardlab eval RUN --suite SUITE --out OUT`` on 2 mazes, quietly: the sweep tests' command."""
+    return ["eval", str(run), "--suite", str(suite), "--out", str(out), "--limit", "2", "--no-progress",
+            "--loggers", "none", *extra]
+
+
 class throwaway_eval:
     """``with throwaway_eval("name", run) as cls:`` registers an eval whose ``run(ctx)`` is ``run``
     (a Result-returning function; ``kinds`` as for @register) and forgets it afterwards."""
