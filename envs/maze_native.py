@@ -292,9 +292,11 @@ class NativeMazeEnv:
         self._corner_at = torch.zeros(n, dtype=torch.int64, device=self.device)  # the maze's top-right square
         self._cheese_at_corner = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._maze_dim = torch.zeros(n, dtype=torch.int64, device=self.device)
-        self._cur_time = torch.zeros(n, dtype=torch.int64, device=self.device)
+        # procgen's step counter and the episode's length, side by side so that one add steps both
+        self._clock = torch.zeros(n, 2, dtype=torch.int64, device=self.device)
+        self._cur_time = self._clock[:, 0]
         self._return = torch.zeros(n, dtype=torch.float32, device=self.device)
-        self._length = torch.zeros(n, dtype=torch.int64, device=self.device)
+        self._length = self._clock[:, 1]
         self._corner = torch.zeros(n, dtype=torch.bool, device=self.device)
         self._started = False
         self._rgb = None
@@ -442,17 +444,15 @@ class NativeMazeEnv:
             raise RuntimeError("call reset() or load_states() before step()")
         action = torch.as_tensor(actions, device=self.device).to(torch.int64).reshape(self.num_envs)
         self._move_mice(action)
-        self._cur_time += 1
-        self._length += 1
+        self._clock += 1
         reached = self._mouse_at == self._cheese_at  # an absent cheese (-1) is never reached
         reward = torch.where(reached, self._cheese_reward, 0.0)
         done = reached | (self._cur_time >= TIMEOUT)
         self._return += reward
-        # MazeEnv's record counts the corner when visited before this step, or eaten on it
-        corner = self._corner | (reached & self._cheese_at_corner)
         done_index = done.nonzero().squeeze(1)
-        finished = self._records(done_index, reached, corner)
-        self._corner |= ~done & (self._mouse_at == self._corner_at)
+        finished = self._records(done_index, reached)
+        # a square reached on this step counts from the next; done envs restart with a clear flag
+        self._corner |= self._mouse_at == self._corner_at
         if finished:
             self._install(done_index, self._take(len(finished)))
         return self._observation(), reward, done, finished
@@ -470,10 +470,12 @@ class NativeMazeEnv:
         """World squares (N, 2) = (x, y) of the mice."""
         return self._world_of[self._mouse_at]
 
-    def _records(self, index: torch.Tensor, reached: torch.Tensor, corner: torch.Tensor) -> list[Episode]:
+    def _records(self, index: torch.Tensor, reached: torch.Tensor) -> list[Episode]:
         """Episode records of the finished envs ``index``, in env order (one transfer off the device)."""
         if index.numel() == 0:
             return []
+        # MazeEnv's record counts the corner when visited before this step, or eaten on it
+        corner = self._corner | (reached & self._cheese_at_corner)
         margin = (self.world_dim - self._maze_dim[index]) // 2
         square = self._world_of[self._mouse_at[index]] - margin[:, None]  # inner (x, y)
         # every value is exact in float32 (returns are float32, counts small), so one stack suffices
