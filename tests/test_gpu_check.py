@@ -13,7 +13,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "scripts", "benchmarks", "gpu.py")
-STAGES = ["ppo-fp32", "ppo-bf16", "dt", "classify", "eval"]
+STAGES = ["ppo-fp32", "ppo-bf16", "dt", "classify", "eval", "native", "ppo-native"]
 
 
 def _env(**extra: str) -> dict:
@@ -39,9 +39,9 @@ def test_cpu_smoke_through_the_shell_script_passes_every_stage(tmp_path):
     assert list(stages) == STAGES
     for name, stage in stages.items():
         # a CPU that cannot autocast to bfloat16 skips that stage and says why
-        allowed = ("ok", "skipped") if name == "ppo-bf16" else ("ok",)
+        allowed = ("ok", "skipped") if name in ("ppo-bf16", "ppo-native") else ("ok",)
         assert stage["status"] in allowed and stage["error"] is None, stage
-    for name in ("ppo-fp32", "ppo-bf16"):
+    for name in ("ppo-fp32", "ppo-bf16", "ppo-native"):
         ppo = stages[name]["result"]
         if stages[name]["status"] == "skipped":
             assert ppo["reason"]
@@ -52,6 +52,10 @@ def test_cpu_smoke_through_the_shell_script_passes_every_stage(tmp_path):
         assert split["env"] > 0 and split["forward"] > 0 and split["update"] > 0
         assert abs(sum(split.values()) - ppo["seconds_per_iteration"]) < 1e-6
         assert ppo["checkpoint_written"]
+    native = stages["native"]["result"]
+    for view in ("grid", "rgb"):  # the native env replayed against procgen: identical frames, rewards, dones
+        assert native["replays"][view]["frames"] > 0 and native["replays"][view]["differing_frames"] == 0
+        assert native["replays"][view]["differing_steps"] == 0 and native["env_steps_per_sec"][view]["8"] > 0
     assert stages["dt"]["result"]["optimizer_steps"] == 10 and stages["dt"]["result"]["episodes"] == 5
     assert set(stages["classify"]["result"]["runs"]) == {"digits_dense", "digits_kwta"}
     assert stages["eval"]["result"]["exit_code"] == 0 and os.path.isfile(stages["eval"]["result"]["results"])

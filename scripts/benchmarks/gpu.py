@@ -22,6 +22,13 @@ stage failed (2 for bad options), 0 otherwise:
   fresh process, as CI runs it (``--limit 50 --baseline tests/fixtures/ci_baseline.json``): exit code
   0 and a results.json are required; a missed CI threshold or a regression against the CPU
   baseline means the device computes something else, so it fails the check.
+* ``native`` — the native torch maze env (``env.backend: native``) with its tensors on the device:
+  lock-step replays against procgen from the same states with the same actions (grid and RGB, 64
+  envs × 200 steps; every frame, reward and done must be identical, else the stage fails), then
+  bare env steps/s with random actions by batch size for both views, and procgen's at 1024 envs
+  (target: >= 10M grid env steps/s on one GPU, reported, not enforced).
+* ``ppo-native`` — ``ppo-bf16`` on ``env.backend: native`` (the env's tensors on the CPU, as the
+  trainer builds it), for the native-vs-procgen ratio of the published recipe on the same GPU.
 
 Without ``--cpu-smoke`` the sizes are the full ones above and the device is the GPU; ``--device cpu``
 is refused then unless ``--stages`` leaves out the PPO stages (hours on a CPU).
@@ -57,8 +64,11 @@ HELP = ("GPU check: published PPO recipe in fp32 and bf16-mixed (env steps/s, en
         "DT and classifier training, CI eval suite; exit 1 on any failure")
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-STAGES = ("ppo-fp32", "ppo-bf16", "dt", "classify", "eval")
-PRECISIONS = {"ppo-fp32": "32-true", "ppo-bf16": "bf16-mixed"}
+STAGES = ("ppo-fp32", "ppo-bf16", "dt", "classify", "eval", "native", "ppo-native")
+PRECISIONS = {"ppo-fp32": "32-true", "ppo-bf16": "bf16-mixed", "ppo-native": "bf16-mixed"}
+NATIVE_TARGET = 10e6  # grid env steps/s of the bare native env on one GPU
+NATIVE_SIZES = {"full": {"grid": [1024, 16384, 65536], "rgb": [1024, 8192]}, "smoke": {"grid": [8], "rgb": [8]}}
+NATIVE_REPLAY = {"full": (64, 200), "smoke": (4, 10)}  # envs, steps
 PPO_RECIPE = os.path.join("configs", "train", "maze_ppo.yaml")
 DT_RECIPE = os.path.join("configs", "train", "dt_doorkey.yaml")
 CLASSIFY_RECIPES = (os.path.join("configs", "train", "digits_dense.yaml"),
@@ -206,7 +216,8 @@ class Check:
                       f"torchrl {environment['versions'].get('torchrl')}, out {self.out}")
         runners: dict[str, Callable[[], dict[str, Any]]] = {
             "ppo-fp32": lambda: self.ppo("ppo-fp32"), "ppo-bf16": lambda: self.ppo("ppo-bf16"),
-            "dt": self.dt, "classify": self.classify, "eval": self.eval}
+            "dt": self.dt, "classify": self.classify, "eval": self.eval, "native": self.native,
+            "ppo-native": lambda: self.ppo("ppo-native")}
         for name in self.stages:
             self.results.append(self.run_stage(name, runners[name]))
             gc.collect()
@@ -249,6 +260,35 @@ class Check:
                       + (f" — {entry['result'].get('reason')}" if entry["status"] == "skipped" else ""))
         return entry
 
+    # -- the native env -------------------------------------------------------------------------
+    def native(self) -> dict[str, Any]:
+        """Replays of the native env on the device against procgen (must match), then its bare speed."""
+        scripts = os.path.join(REPO, "scripts")
+        if scripts not in sys.path:  # run as scripts/benchmarks/gpu.py, the benchmarks package is not on the path
+            sys.path.insert(0, scripts)
+        from benchmarks import native
+
+        envs, steps = NATIVE_REPLAY[self.mode]
+        starts = native.procgen_starts(envs + 4 * envs, "hard", seed=7)
+        replays = {}
+        for view in ("grid", "rgb"):
+            self.progress(f"native: {view} replay against procgen, {envs} envs × {steps} steps on {self.device}")
+            replays[view] = native.replay(starts, steps, view, self.device, num_envs=envs)
+            if replays[view]["differing_frames"] or replays[view]["differing_steps"]:
+                raise StageError(f"the native env on {self.device} differs from procgen ({view}): {replays[view]}")
+        rates: dict[str, dict[int, float]] = {}
+        seconds = 0.2 if self.smoke else 2.0
+        for view, sizes in NATIVE_SIZES[self.mode].items():
+            rates[view] = {}
+            for n in sizes:
+                self.progress(f"native: bare {view} env, {n} envs on {self.device}")
+                rates[view][n] = native.env_steps_per_second(view, n, seconds, self.device)
+        procgen = {view: native.env_steps_per_second(view, min(1024, NATIVE_SIZES[self.mode][view][0]), seconds,
+                                                     "procgen") for view in rates}
+        best = max(rates["grid"].values())
+        return {"replays": replays, "env_steps_per_sec": rates, "procgen_env_steps_per_sec": procgen,
+                "best_grid_env_steps_per_sec": best, "meets_target": best >= NATIVE_TARGET, "target": NATIVE_TARGET}
+
     # -- (a) PPO ----------------------------------------------------------------------------------
     def ppo(self, name: str) -> dict[str, Any]:
         """The published recipe through PPOModule + trainers.run.fit at one precision, timed per phase."""
@@ -270,6 +310,8 @@ class Check:
                      "trainer.progress_bar=false", "trainer.checkpoint_every=1000000000", "trainer.keep_checkpoints=1"]
         if self.smoke:
             overrides += PPO_SMOKE
+        if name == "ppo-native":
+            overrides.append("env.backend=native")
         cfg = load_config(os.path.join(REPO, PPO_RECIPE), overrides)
         iterations = self.args.ppo_warmup + self.ppo_iterations
         steps = Schedule(cfg, world_size=1).steps_per_iteration
@@ -598,6 +640,13 @@ def _summary(stage: dict[str, Any]) -> str:
     if name == "eval":
         metrics = ", ".join(f"{k.split('.', 1)[1]} {v:.2f}" for k, v in r.get("metrics", {}).items())
         return f"exit {r['exit_code']}, results.json written; {metrics}"
+    if name == "native":
+        frames = sum(replay["frames"] for replay in r["replays"].values())
+        speeds = "; ".join(f"{view} " + ", ".join(f"{n}: {rate:,.0f}" for n, rate in by_size.items())
+                           for view, by_size in r["env_steps_per_sec"].items())
+        return (f"{frames} replayed frames identical to procgen; env steps/s {speeds} (procgen "
+                + ", ".join(f"{view} {rate:,.0f}" for view, rate in r["procgen_env_steps_per_sec"].items())
+                + f"); grid target {r['target']:,.0f}: {'met' if r['meets_target'] else 'not met'}")
     return ""
 
 
@@ -607,9 +656,9 @@ def format_table(report: dict[str, Any]) -> str:
     lines = ["", f"GPU check ({report['mode']}) on {report['device']} ({report['device_name']}): torch {v['torch']}"
              f" (CUDA {v['cuda']}), torchrl {v['torchrl']}, tensordict {v['tensordict']}, numpy {v['numpy']}, "
              f"python {v['python']}", "",
-             f"  {'stage':<10}{'status':<9}{'seconds':>8}  result"]
+             f"  {'stage':<12}{'status':<9}{'seconds':>8}  result"]
     for stage in report["stages"]:
-        lines.append(f"  {stage['name']:<10}{stage['status']:<9}{stage['seconds']:>8.1f}  {_summary(stage)}")
+        lines.append(f"  {stage['name']:<12}{stage['status']:<9}{stage['seconds']:>8.1f}  {_summary(stage)}")
     verdict = "all stages passed" if report["ok"] else f"FAILED: {', '.join(report['failed'])}"
     lines += ["", f"  total {report['seconds']:.0f} s; {verdict}; exit {report['exit_code']}"]
     return "\n".join(lines)

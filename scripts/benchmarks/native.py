@@ -72,25 +72,88 @@ def _steps_per_second(make: Callable[[], Any], num_envs: int, seconds: float, de
         env.close()
 
 
+def env_steps_per_second(view: str, num_envs: int, seconds: float, device: str) -> float:
+    """Bare env steps/s, hard mode, random actions: the native env on ``device``, or procgen's ("procgen")."""
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs.maze_native import NativeMazeEnv
+
+    cfg = MazeEnvConfig(num_envs=num_envs, distribution_mode="hard", obs=view, rand_region=None)
+    if device == "procgen":
+        return _steps_per_second(lambda: MazeEnv(cfg), num_envs, seconds, "cpu")
+    return _steps_per_second(lambda: NativeMazeEnv(cfg, device=device), num_envs, seconds, device)
+
+
 def measure_env(sizes: list[int], seconds: float, views: list[str]) -> list[dict[str, Any]]:
     """One row per view and batch size: env steps/s of each backend and native-cpu / procgen."""
     import torch
-
-    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
-    from shardlab.envs.maze_native import NativeMazeEnv
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for view in views:
         for n in sizes:
-            cfg = MazeEnvConfig(num_envs=n, distribution_mode="hard", obs=view, rand_region=None)
             progress(f"bare env, {view} view, {n} envs")
-            rates = {f"native_{d}": _steps_per_second(lambda: NativeMazeEnv(cfg, device=d), n, seconds, d)
-                     for d in devices}
-            rates["procgen"] = _steps_per_second(lambda: MazeEnv(cfg), n, seconds, "cpu")
+            rates = {f"native_{d}": env_steps_per_second(view, n, seconds, d) for d in devices}
+            rates["procgen"] = env_steps_per_second(view, n, seconds, "procgen")
             rows.append({"obs": view, "num_envs": n, "env_steps_per_sec": rates,
                          "ratio": rates["native_cpu"] / rates["procgen"]})
     return rows
+
+
+def procgen_starts(count: int, mode: str = "hard", seed: int = 0) -> list[bytes]:
+    """``count`` start states of fresh procgen levels (each with its own maze, background and offset)."""
+    from shardlab.envs.procgen_import import ProcgenGym3Env
+
+    states: list[bytes] = []
+    while len(states) < count:
+        env = ProcgenGym3Env(num=64, env_name="maze", distribution_mode=mode, rand_seed=seed + len(states))
+        try:
+            states += env.callmethod("get_state")
+        finally:
+            env.close()
+    return states[:count]
+
+
+def replay(states: list[bytes], steps: int, obs: str, device: str, num_envs: int = 16, seed: int = 0) -> dict[str, int]:
+    """Procgen's MazeEnv and the native env on ``device`` in lock step from the same states with the same
+    random actions (finished envs restart from the next state in both): how many live frames were
+    compared and how many differed anywhere, and on how many steps the rewards or dones differed."""
+    import torch
+
+    from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs.maze_native import NativeMazeEnv
+
+    mode = {15: "easy", 25: "hard"}[_world_dim(states[0])]
+    cfg = MazeEnvConfig(num_envs=num_envs, distribution_mode=mode, obs=obs, rand_region=None, seed=seed)
+    proc, native = MazeEnv(cfg), NativeMazeEnv(cfg, device=device)
+    supply = (states[k % len(states)] for k in range(10**9))
+    try:
+        first = [next(supply) for _ in range(num_envs)]
+        differ = lambda a, b: int((a != b.cpu()).flatten(1).any(1).sum())  # noqa: E731
+        frames, bad_frames = num_envs, differ(proc.load_states(first), native.load_states(first))
+        bad_steps = 0
+        actions_rng = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            actions = torch.randint(0, 15, (num_envs,), generator=actions_rng)
+            obs_p, reward_p, done_p, _ = proc.step(actions)
+            obs_n, reward_n, done_n, _ = native.step(actions.to(device))
+            bad_steps += not (torch.equal(reward_p, reward_n.cpu()) and torch.equal(done_p, done_n.cpu()))
+            live = ~done_p
+            frames += int(live.sum())
+            bad_frames += differ(obs_p[live], obs_n.cpu()[live])
+            for i in done_p.nonzero().flatten().tolist():
+                state = next(supply)
+                proc.set_state(i, state)
+                native.set_state(i, state)
+    finally:
+        proc.close()
+        native.close()
+    return {"frames": frames, "differing_frames": bad_frames, "differing_steps": bad_steps}
+
+
+def _world_dim(state: bytes) -> int:
+    from shardlab.envs import maze_state
+
+    return maze_state.layout(state).world_dim
 
 
 def picture_rate(count: int = 256) -> float:
