@@ -16,7 +16,10 @@ the mouse sprite on top. Everything but the mouse is fixed for a whole episode, 
   (the mouse on every square, both ways round, over five backgrounds) and solves them exactly.
 
 Fresh native levels draw their background (one of procgen's 9, uniformly) and offset (uniform in
-[0, 1)) like ``BasicAbstractGame::game_reset``; loaded procgen states keep their own.
+[0, 1)) like ``BasicAbstractGame::game_reset``; loaded procgen states keep their own. A batch of
+finished episodes is written as procgen states with array operations (:func:`envs.maze_state.levels`);
+procgen then renders them one C call each (over a few threads for big batches), the one per-env
+loop of the native env, paid once per episode.
 """
 
 from __future__ import annotations
@@ -143,18 +146,12 @@ def level_pictures(states: Sequence[bytes]) -> np.ndarray:
 def level_states(walls: np.ndarray, cheese: np.ndarray, maze_dim: np.ndarray, background: np.ndarray,
                  bg_pct_x: np.ndarray) -> list[bytes]:
     """Procgen states of native levels (world walls [y, x], world cheese (x, y) or (-1, -1)), for rendering."""
-    template = template_state(walls.shape[1])
-    where = maze_state.layout(template)
-    states = []
-    for k in range(walls.shape[0]):
-        world = np.where(walls[k], maze_state.WALL, maze_state.EMPTY).astype("<i4")
-        if cheese[k, 0] >= 0:
-            world[cheese[k, 1], cheese[k, 0]] = maze_state.CHEESE
-        margin = (walls.shape[1] - int(maze_dim[k])) // 2
-        inner = world[margin:margin + int(maze_dim[k]), margin:margin + int(maze_dim[k])]
-        state = maze_state.with_maze(template, inner)
-        states.append(maze_state.with_looks(state, int(background[k]), float(bg_pct_x[k]), where=where))
-    return states
+    count, world = walls.shape[0], walls.shape[1]
+    grids = np.where(walls, maze_state.WALL, maze_state.EMPTY).astype(np.int32)
+    present = np.flatnonzero(cheese[:, 0] >= 0)
+    grids[present, cheese[present, 1], cheese[present, 0]] = maze_state.CHEESE
+    return maze_state.levels(template_state(world), grids, np.asarray(maze_dim).reshape(count),
+                             np.asarray(background).reshape(count), np.asarray(bg_pct_x).reshape(count))
 
 
 class RgbFrames:

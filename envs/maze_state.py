@@ -166,6 +166,32 @@ def with_looks(state: bytes, background_index: int, bg_pct_x: float, reflected: 
     return bytes(out)
 
 
+def levels(template: bytes, worlds: np.ndarray, maze_dims: np.ndarray, backgrounds: np.ndarray,
+           bg_pct_x: np.ndarray) -> list[bytes]:
+    """Copies of ``template``, one per level: world grid (K, W, W) in procgen's codes, maze size, background
+    and its offset, the mouse on the maze's start square facing left; written for all K at once."""
+    where = layout(template)
+    count, world = len(worlds), where.world_dim
+    if worlds.shape[1:] != (world, world):
+        raise StateError(f"level grids must be {world}×{world} like the template's world, got {worlds.shape[1:]}")
+    if ((backgrounds < 0) | (backgrounds >= BACKGROUNDS)).any():
+        raise StateError(f"background indices must be procgen's 0..{BACKGROUNDS - 1}")
+    out = np.frombuffer(template, np.uint8)[None, :].repeat(count, 0)
+
+    def put(offset: int, values: np.ndarray, dtype: str) -> None:
+        raw = np.ascontiguousarray(values, dtype=dtype).view(np.uint8).reshape(count, -1)
+        out[:, offset:offset + raw.shape[1]] = raw
+
+    start = (world - maze_dims.astype(np.float32)) // 2 + 0.5  # the mouse starts at the maze's bottom-left
+    put(where.mouse_offset, np.stack([start, start], 1), "<f4")
+    put(where.mouse_offset + _REFLECTED, np.zeros(count), "<i4")
+    put(where.mouse_offset + _BACKGROUND_INDEX, backgrounds, "<i4")
+    put(where.mouse_offset + _BACKGROUND_PCT, bg_pct_x, "<f4")
+    put(where.grid_offset, worlds.reshape(count, -1), "<i4")
+    put(len(template) - 12, maze_dims, "<i4")  # maze_dim, before world_dim and the trailer
+    return [row.tobytes() for row in out]
+
+
 def with_mouse_world(state: bytes, square: tuple[int, int], where: Layout | None = None) -> bytes:
     """A copy of ``state`` with the mouse on world square ``square`` = (x, y), unchecked (for renders)."""
     where = where or layout(state)

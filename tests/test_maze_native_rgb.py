@@ -173,3 +173,22 @@ def test_an_rgb_network_evaluates_identically_on_both_backends(tmp_path):
                for backend in ("procgen", "native")}
     procgen, native = (results[b]["goal_misgeneralization"] for b in ("procgen", "native"))
     assert len(procgen) > 10 and procgen == native
+
+
+def test_level_states_are_written_like_one_edit_at_a_time():
+    """maze_state.levels (all levels at once) gives the bytes that with_maze and with_looks give level
+    by level, and refuses a background procgen does not have."""
+    mazes = generate_mazes(40, 15, torch.Generator().manual_seed(1), looks=True)
+    states = maze_native_rgb.level_states(mazes.walls.numpy(), mazes.cheese.numpy(), mazes.maze_dim.numpy(),
+                                          mazes.background.numpy(), mazes.bg_pct_x.numpy())
+    template = maze_native_rgb.template_state(15)
+    for k, state in enumerate(states):
+        world = np.where(mazes.walls[k].numpy(), ms.WALL, ms.EMPTY)
+        x, y = mazes.cheese[k].tolist()
+        world[y, x] = ms.CHEESE
+        size = int(mazes.maze_dim[k])
+        margin = (15 - size) // 2
+        one = ms.with_maze(template, world[margin:margin + size, margin:margin + size])
+        assert state == ms.with_looks(one, int(mazes.background[k]), float(mazes.bg_pct_x[k]))
+    with pytest.raises(ms.StateError, match="0..8"):
+        ms.levels(template, np.zeros((1, 15, 15), np.int32), np.array([3]), np.array([9]), np.array([0.5]))
