@@ -5,6 +5,11 @@ Trains ``configs/train/maze_demo.yaml`` (cheese only in the top-right region), r
 greedy actions, and what subtracting the cheese vector does at the decision square) and writes
 ``runs/demo/report.md`` with the learning curve, the tables, the PNGs and the targets.
 
+The suite plays its episodes on the native torch maze (``--env-backend native``, the default here):
+they are played from procgen's own maze states, so every metric equals procgen's (results.json records
+the backend; ``--env-backend procgen`` plays them on procgen, about 2.4× slower on two cores). A run
+the native env cannot play (``env.num_levels`` > 0) is evaluated on procgen.
+
 Running it again resumes runs/demo (finishing at once if it is complete) and rewrites the report.
 Stage wall times go to ``runs/demo/timings.json`` (``scripts/benchmark.py demo`` prints them).
 """
@@ -203,7 +208,8 @@ def write_report(run_dir: str, cfg, timings: dict[str, float]) -> tuple[str, lis
         "it anywhere outside; the paired drop is the mean difference over layouts. Decision mazes: held-out "
         "mazes with a decision square (the paths to the cheese and to the top-right corner part there); "
         "'corner first' = the agent reached the top-right corner before the cheese. Training mazes: the "
-        "training distribution itself (other mazes, so not paired).", "",
+        "training distribution itself (other mazes, so not paired). The episodes ran on the "
+        f"{document.get('env_backend') or 'procgen'} maze env (both play procgen's own maze states, episode for episode).", "",
         *table, "", *pictures, "",
         "## The cheese vector at the decision square", "",
         "Activations at `embedder.block2.res1.resadd_out` with the cheese minus without it (same maze), "
@@ -223,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", default="runs/demo")
     parser.add_argument("--steps", type=int, help="env steps to train (default: the recipe's)")
     parser.add_argument("--suite", default=SUITE)
+    parser.add_argument("--env-backend", choices=("native", "procgen"), default="native",
+                        help="env the suite's episodes play on (default native: the same episodes, faster)")
     parser.add_argument("overrides", nargs="*", help="recipe overrides for a new run, e.g. env.rand_region=2")
     args = parser.parse_args(argv)
     timings: dict[str, float] = {}
@@ -240,10 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     from shardlab.evals.suite.request import EvalRequest
     from shardlab.trainers.config import load_config
 
+    from shardlab.envs.maze_config import backend_problem
+
     checkpoint = os.path.join(args.run_dir, "checkpoints", "last.ckpt")
+    env = load_config(os.path.join(args.run_dir, "config.yaml")).env
+    backend = args.env_backend if backend_problem(args.env_backend, env.obs, env.num_levels) is None else "procgen"
     start = time.perf_counter()
     suite_code = evaluator.run(EvalRequest(checkpoint=checkpoint, suite=args.suite, out=os.path.join(args.run_dir, "evals"),
-                                           progress=True, loggers=("tensorboard",)))
+                                           progress=True, loggers=("tensorboard",), env_backend=backend))
     if suite_code == evaluator.EXIT_BAD_INPUT:
         return suite_code
     timings["evaluate"] = time.perf_counter() - start
