@@ -223,6 +223,14 @@ def write_report(run_dir: str, cfg, timings: dict[str, float]) -> tuple[str, lis
     return path, checks
 
 
+def eval_backend(requested: str, env: Any) -> str:
+    """The env backend the suite plays on: the one asked for, or procgen where the native env cannot play
+    the run (a fixed level set)."""
+    from shardlab.envs.maze_config import backend_problem
+
+    return requested if backend_problem(requested, env.obs, env.num_levels) is None else "procgen"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train (or resume), evaluate, report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,11 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     from shardlab.evals.suite.request import EvalRequest
     from shardlab.trainers.config import load_config
 
-    from shardlab.envs.maze_config import backend_problem
-
     checkpoint = os.path.join(args.run_dir, "checkpoints", "last.ckpt")
-    env = load_config(os.path.join(args.run_dir, "config.yaml")).env
-    backend = args.env_backend if backend_problem(args.env_backend, env.obs, env.num_levels) is None else "procgen"
+    backend = eval_backend(args.env_backend, load_config(os.path.join(args.run_dir, "config.yaml")).env)
     start = time.perf_counter()
     suite_code = evaluator.run(EvalRequest(checkpoint=checkpoint, suite=args.suite, out=os.path.join(args.run_dir, "evals"),
                                            progress=True, loggers=("tensorboard",), env_backend=backend))

@@ -89,3 +89,12 @@ def test_report_is_written_with_targets_tables_and_timings(tmp_path):
     assert "0.44 → 0.23" in report and "log P -1.50 vs -0.30" in report and "2 s.e. 0.028" in report and "total (after installation): 460 s" in report
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
     assert not (tmp_path / "report.md.tmp").exists()
+
+
+def test_the_suite_plays_on_the_native_env_unless_the_run_has_a_fixed_level_set():
+    from types import SimpleNamespace
+
+    assert demo.eval_backend("native", SimpleNamespace(obs="grid", num_levels=0)) == "native"
+    assert demo.eval_backend("native", SimpleNamespace(obs="rgb", num_levels=0)) == "native"
+    assert demo.eval_backend("native", SimpleNamespace(obs="grid", num_levels=100)) == "procgen"
+    assert demo.eval_backend("procgen", SimpleNamespace(obs="grid", num_levels=0)) == "procgen"
