@@ -143,6 +143,21 @@ def level_pictures(states: Sequence[bytes]) -> np.ndarray:
     return maze_views.render_rgb([maze_state.with_mouse_hidden(state) for state in states])
 
 
+def mouse_frames(state: bytes, squares: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Procgen's (K, 64, 64, 3) images of ``state`` with the mouse moved to each inner square (x, y), as
+    :func:`envs.maze_views.render_rgb` of the K edited states gives them, from one render of the level."""
+    where = maze_state.layout(state)
+    table = sprite_table(where.world_dim)
+    side = int(maze_state.is_reflected(state, where))
+    slots = np.array([(y + where.margin) * where.world_dim + x + where.margin for x, y in squares], np.int64)
+    picture = level_pictures([state])[0].reshape(SIDE * SIDE, 3).astype(np.int32)
+    out = np.repeat(picture[None], len(slots), 0)
+    rows, pixels = np.arange(len(slots))[:, None], table.pixels[side, slots]
+    below = out[rows, pixels]  # read before any write: a padded (repeated) entry blends the same pixel alike
+    out[rows, pixels] = table.colour[side, slots] + _byte_mul(below, 255 - table.alpha[side, slots][..., None])
+    return out.astype(np.uint8).reshape(len(slots), SIDE, SIDE, 3)
+
+
 def level_states(walls: np.ndarray, cheese: np.ndarray, maze_dim: np.ndarray, background: np.ndarray,
                  bg_pct_x: np.ndarray) -> list[bytes]:
     """Procgen states of native levels (world walls [y, x], world cheese (x, y) or (-1, -1)), for rendering."""

@@ -192,3 +192,17 @@ def test_level_states_are_written_like_one_edit_at_a_time():
         assert state == ms.with_looks(one, int(mazes.background[k]), float(mazes.bg_pct_x[k]))
     with pytest.raises(ms.StateError, match="0..8"):
         ms.levels(template, np.zeros((1, 15, 15), np.int32), np.array([3]), np.array([9]), np.array([0.5]))
+
+
+@pytest.mark.parametrize("mode", ["easy", "hard"])
+def test_mouse_frames_equal_procgens_renders_of_the_moved_mouse(starts, mode):
+    """A vector field's RGB images (one level render, the sprite composited per square) are the bytes
+    procgen renders for each edited state, mirrored sprites and the cheese square included."""
+    from shardlab.evals.maze.vector_field import mouse_squares
+
+    for k, state in enumerate(starts[mode][:6]):
+        if k % 2:
+            state = ms.with_looks(state, *ms.background(state), reflected=True)
+        squares = mouse_squares(ms.inner_grid(state), include_cheese=k % 3 == 0)
+        expected = maze_views.render_rgb([ms.with_mouse_at(state, square) for square in squares])
+        assert np.array_equal(maze_native_rgb.mouse_frames(state, squares), expected)
