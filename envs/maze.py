@@ -248,7 +248,7 @@ class MazeEnv:
 def make(cfg: MazeEnvConfig, rank: int = 0, device: Union[str, torch.device] = "cpu") -> BatchedEnv:
     """The batched maze env of ``cfg.backend`` for DDP rank ``rank`` (each rank gets distinct seeds);
     only the native backend can live on another ``device`` than the CPU."""
-    problem = backend_problem(cfg.backend, cfg.obs, cfg.num_levels)
+    problem = backend_problem(cfg.backend, cfg.num_levels)
     if problem is not None:
         raise ValueError(problem)
     if cfg.backend == "native":

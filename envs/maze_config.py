@@ -11,13 +11,14 @@ from omegaconf import OmegaConf
 
 from shardlab.envs.seeding import RANK_SEED_STRIDE
 
-__all__ = ["BACKENDS", "DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MAX_INT32", "RANK_SEED_STRIDE",
+__all__ = ["BACKENDS", "DISTRIBUTION_MODES", "OBSERVATIONS", "WORLD_DIM", "MODE_OF_WORLD", "MAX_INT32", "RANK_SEED_STRIDE",
            "MazeEnvConfig", "env_config", "backend_problem"]
 
 BACKENDS = ("procgen", "native")
 DISTRIBUTION_MODES = ("easy", "hard")
 OBSERVATIONS = ("rgb", "grid")
 WORLD_DIM = {"easy": 15, "hard": 25}
+MODE_OF_WORLD = {world: mode for mode, world in WORLD_DIM.items()}
 MAX_INT32 = 2**31 - 1  # procgen's seed and level options are signed 32-bit
 
 
@@ -40,7 +41,7 @@ class MazeEnvConfig:
     backend: str = "procgen"
 
 
-def backend_problem(backend: str, obs: str, num_levels: int) -> Optional[str]:
+def backend_problem(backend: str, num_levels: int) -> Optional[str]:
     """Why ``backend`` cannot run this env (one line naming the fix), or None when it can."""
     if backend not in BACKENDS:
         return f"env.backend must be one of {', '.join(BACKENDS)}, got {backend!r}"

@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from shardlab.envs import maze_state, maze_views
+from shardlab.envs.maze_config import MODE_OF_WORLD
 from shardlab.envs.procgen_import import ProcgenGym3Env
 
 SIDE = 64  # procgen's observation is 64×64 whatever the world size
-_MODE_OF_WORLD = {15: "easy", 25: "hard"}
 # level pictures the sprite table is measured over: (background index, bg_pct_x), spread out so
 # every sprite pixel lands on clearly different colours
 _PROBES = ((0, 0.1), (3, 0.5), (5, 0.9), (8, 0.3), (1, 0.7))
@@ -64,7 +64,7 @@ def _byte_mul(value: np.ndarray | torch.Tensor, alpha: np.ndarray | torch.Tensor
 @lru_cache(maxsize=None)
 def template_state(world_dim: int) -> bytes:
     """A procgen maze state of the world size, whose every other field the native levels reuse."""
-    mode = _MODE_OF_WORLD.get(world_dim)
+    mode = MODE_OF_WORLD.get(world_dim)
     if mode is None:
         raise maze_state.StateError(f"no procgen mode has a {world_dim}×{world_dim} world")
     env = ProcgenGym3Env(num=1, env_name="maze", distribution_mode=mode, rand_seed=0)

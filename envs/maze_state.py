@@ -125,10 +125,7 @@ def with_mouse_at(state: bytes, square: tuple[int, int], where: Layout | None = 
     """A copy of ``state`` with the mouse moved to the open inner square ``square`` = (x, y)."""
     where = where or layout(state)
     _check_open(state, where, square)
-    out = bytearray(state)
-    x, y = square
-    struct.pack_into("<ff", out, where.mouse_offset, where.margin + x + 0.5, where.margin + y + 0.5)
-    return bytes(out)
+    return with_mouse_world(state, (where.margin + square[0], where.margin + square[1]), where)
 
 
 def without_cheese(state: bytes, where: Layout | None = None) -> bytes:

@@ -10,11 +10,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from shardlab.envs import maze_state
+from shardlab.envs.maze_config import MODE_OF_WORLD
 from shardlab.envs.procgen_import import ProcgenGym3Env
 
 GRID_CHANNELS = ("wall", "mouse", "cheese")
 RGB_CHANNELS = ("red", "green", "blue")
-_MODE_OF_WORLD = {15: "easy", 25: "hard"}
 _renderers: dict[str, ProcgenGym3Env] = {}
 _render_lock = threading.Lock()  # the renderers are shared: one batch at a time
 # procgen renders inside set_state, in C with the GIL released: a big batch split over a few threads
@@ -37,7 +37,7 @@ def render_rgb(states: Sequence[bytes]) -> np.ndarray:
     if not states:
         return np.zeros((0, 64, 64, 3), np.uint8)
     world = maze_state.layout(states[0]).world_dim
-    mode = _MODE_OF_WORLD.get(world)
+    mode = MODE_OF_WORLD.get(world)
     if mode is None:
         raise maze_state.StateError(f"no procgen mode renders a {world}×{world} world")
     with _render_lock:

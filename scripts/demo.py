@@ -228,7 +228,7 @@ def eval_backend(requested: str, env: Any) -> str:
     the run (a fixed level set)."""
     from shardlab.envs.maze_config import backend_problem
 
-    return requested if backend_problem(requested, env.obs, env.num_levels) is None else "procgen"
+    return requested if backend_problem(requested, env.num_levels) is None else "procgen"
 
 
 def main(argv: list[str] | None = None) -> int:

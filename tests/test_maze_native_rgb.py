@@ -18,6 +18,7 @@ from shardlab.envs import maze_native_rgb, maze_views
 from shardlab.envs import maze_state as ms
 from shardlab.envs.maze import MazeEnv, MazeEnvConfig
 from shardlab.envs.maze_native import NativeMazeEnv, generate_mazes
+from test_maze_native import procgen_states
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,22 +33,10 @@ def rgb_cfg(**overrides) -> MazeEnvConfig:
                             **overrides})
 
 
-def procgen_starts(mode: str, count: int, seed: int) -> list[bytes]:
-    """``count`` start states of fresh procgen levels, each with its own background and offset."""
-    env = MazeEnv(rgb_cfg(num_envs=64, distribution_mode=mode, seed=seed))
-    states: list[bytes] = []
-    try:
-        while len(states) < count:
-            states += [env.get_state(i) for i in range(env.num_envs)]
-            env._env.act(np.full(env.num_envs, -1, np.int32))  # action -1: procgen resets to a new level
-    finally:
-        env.close()
-    return states[:count]
-
-
 @pytest.fixture(scope="module")
 def starts() -> dict[str, list[bytes]]:
-    return {mode: procgen_starts(mode, 512, seed=21) for mode in ("easy", "hard")}
+    """Start states of fresh procgen levels, each with its own maze, background and offset."""
+    return {mode: procgen_states(mode, 512, seed=21) for mode in ("easy", "hard")}
 
 
 @pytest.mark.parametrize("mode", ["easy", "hard"])

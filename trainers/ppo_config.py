@@ -67,7 +67,7 @@ def validate_ppo(cfg: DictConfig) -> None:
     need(env.num_levels >= 0 and env.start_level >= 0, "env.num_levels and env.start_level must be >= 0")
     need(env.num_levels <= MAX_INT32 and env.start_level <= MAX_INT32,
          f"env.num_levels and env.start_level must be <= {MAX_INT32} (procgen's levels are 32-bit)")
-    problem = backend_problem(env.backend, env.obs, env.num_levels)
+    problem = backend_problem(env.backend, env.num_levels)
     need(problem is None, problem or "")
     ranks = cfg.trainer.devices * cfg.trainer.num_nodes  # rank r's envs are seeded env.seed + r·stride
     need_seed(env.seed, "env.seed", MAX_INT32 - RANK_SEED_STRIDE * (ranks - 1))

@@ -172,9 +172,7 @@ def _mouse_observations(state: bytes, where: maze_state.Layout, squares: list[Sq
     if obs == "rgb":
         from shardlab.envs.maze_native_rgb import mouse_frames  # imports procgen, needed only here
 
-        for square in squares:
-            maze_state.with_mouse_at(state, square, where)  # the same checks as the grid path
-        return mouse_frames(state, squares)
+        return mouse_frames(state, squares)  # squares from mouse_squares: open, inside the maze
     return observations([maze_state.with_mouse_at(state, square, where) for square in squares], obs)
 
 

@@ -69,7 +69,7 @@ def with_env_backend(trained: Trained, backend: str) -> Trained:
         raise EvalError(f"--env-backend picks the procgen maze's env, but {trained.path} is a {trained.kind} "
                         "checkpoint; drop --env-backend")
     env = trained.config.env
-    if backend_problem(backend, env.obs, env.num_levels) is not None:
+    if backend_problem(backend, env.num_levels) is not None:
         raise EvalError(f"--env-backend {backend} plays fresh mazes only, but {trained.path} "
                         f"was trained with env.num_levels: {env.num_levels}; "
                         "drop --env-backend (procgen plays it)")

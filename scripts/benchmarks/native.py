@@ -119,10 +119,12 @@ def replay(states: list[bytes], steps: int, obs: str, device: str, num_envs: int
     compared and how many differed anywhere, and on how many steps the rewards or dones differed."""
     import torch
 
+    from shardlab.envs import maze_state
     from shardlab.envs.maze import MazeEnv, MazeEnvConfig
+    from shardlab.envs.maze_config import MODE_OF_WORLD
     from shardlab.envs.maze_native import NativeMazeEnv
 
-    mode = {15: "easy", 25: "hard"}[_world_dim(states[0])]
+    mode = MODE_OF_WORLD[maze_state.layout(states[0]).world_dim]
     cfg = MazeEnvConfig(num_envs=num_envs, distribution_mode=mode, obs=obs, rand_region=None, seed=seed)
     proc, native = MazeEnv(cfg), NativeMazeEnv(cfg, device=device)
     supply = (states[k % len(states)] for k in range(10**9))
@@ -150,12 +152,6 @@ def replay(states: list[bytes], steps: int, obs: str, device: str, num_envs: int
     return {"frames": frames, "differing_frames": bad_frames, "differing_steps": bad_steps}
 
 
-def _world_dim(state: bytes) -> int:
-    from shardlab.envs import maze_state
-
-    return maze_state.layout(state).world_dim
-
-
 def picture_rate(count: int = 256) -> float:
     """Level pictures/s procgen renders for the native RGB view (one per finished episode)."""
     import torch
@@ -164,13 +160,10 @@ def picture_rate(count: int = 256) -> float:
     from shardlab.envs.maze_native import generate_mazes
 
     mazes = generate_mazes(count, 25, torch.Generator().manual_seed(0), looks=True)
-    states = maze_native_rgb.level_states(mazes.walls.numpy(), mazes.cheese.numpy(), mazes.maze_dim.numpy(),
-                                          mazes.background.numpy(), mazes.bg_pct_x.numpy())
-    maze_native_rgb.level_pictures(states[:8])  # warm-up: the renderer env
+    levels = [field.numpy() for field in (mazes.walls, mazes.cheese, mazes.maze_dim, mazes.background, mazes.bg_pct_x)]
+    maze_native_rgb.level_pictures(maze_native_rgb.level_states(*(field[:8] for field in levels)))  # warm-up
     start = time.perf_counter()
-    maze_native_rgb.level_pictures(maze_native_rgb.level_states(  # the states are built per episode too
-        mazes.walls.numpy(), mazes.cheese.numpy(), mazes.maze_dim.numpy(), mazes.background.numpy(),
-        mazes.bg_pct_x.numpy()))
+    maze_native_rgb.level_pictures(maze_native_rgb.level_states(*levels))  # building the states is per episode too
     return count / (time.perf_counter() - start)
 
 
