@@ -84,6 +84,26 @@ def test_cluster_bootstrap_widens_the_interval_of_strongly_correlated_samples():
     assert clustered.value == pytest.approx(values.mean())
 
 
+@pytest.mark.parametrize("clustered", [False, True], ids=["one sample per unit", "clusters of four"])
+def test_the_weighted_bootstrap_is_the_index_bootstrap_of_the_same_resamples(clustered):
+    """weighted_bootstrap hands the statistic every resample's draw counts at once; the interval must
+    be the one the per-resample index bootstrap gives on the same resamples (a Python loop over
+    bincounts of the drawn indices), for a ratio statistic whose value depends on the weights."""
+    rng = np.random.default_rng(5)
+    clusters = np.repeat(rng.permutation(25) + 100, 4) if clustered else rng.permutation(60) + 7
+    x, y = rng.normal(1.0, 1.0, clusters.size), rng.uniform(0.5, 1.5, clusters.size)
+    ratio = lambda w: (w @ x) / (w @ y)
+    weighted = stats.weighted_bootstrap(ratio, np.arange(clusters.size) if not clustered else clusters, "units")
+    by_index = lambda idx: ratio(np.bincount(idx, minlength=clusters.size).astype(float))
+    looped = (stats.cluster_bootstrap(by_index, clusters, "units") if clustered
+              else stats.bootstrap(by_index, clusters.size, "units"))
+    assert weighted.method == looped.method == ("cluster bootstrap" if clustered else "bootstrap")
+    assert weighted.n == looped.n == (25 if clustered else 60)
+    assert weighted.value == pytest.approx(x.sum() / y.sum(), rel=1e-12)
+    for field in ("value", "stderr", "ci_low", "ci_high"):
+        assert getattr(weighted, field) == pytest.approx(getattr(looped, field), rel=1e-12, abs=1e-15), field
+
+
 def _coverage(draw, estimate, truth: float, runs: int = 400, seed: int = 0) -> float:
     rng = np.random.default_rng(seed)
     hits = 0

@@ -62,13 +62,20 @@ from shardlab.models.hooks import hooked
 from shardlab.trainers.kinds import Kind, get_kind
 
 BATCH = 256
-# a statistic of the batch given input weights: how often each input is drawn (all ones = the batch)
-Statistic = Callable[[np.ndarray], float]
+# a statistic of the batch given input weights: how often each input is drawn (all ones = the batch).
+# Estimate rows also take a (resamples, inputs) array of weights and return one value per row, so
+# that a bootstrap is a few array operations instead of a Python call per resample.
+Statistic = Callable[[np.ndarray], "float | np.ndarray"]
 
 
 def _or_ones(weights: Optional[np.ndarray], n: int) -> np.ndarray:
     """Per-input weights of a statistic: ``weights`` (how often each input is drawn), else all ones (the batch)."""
     return np.ones(n) if weights is None else weights
+
+
+def _value(x: "float | np.ndarray") -> "float | np.ndarray":
+    """A statistic's result: a float for one weight vector, an array for a (resamples, inputs) block."""
+    return float(x) if np.ndim(x) == 0 else np.asarray(x, dtype=float)
 
 
 @dataclass
@@ -129,7 +136,7 @@ class LayerStats:
     def density(self, weights: Optional[np.ndarray] = None) -> float:
         """Fraction of non-zero values."""
         w = _or_ones(weights, len(self.active))
-        return float(w @ self.totals / (w.sum() * self.active.shape[1] * self.positions))
+        return _value(w @ self.totals / (w.sum(-1) * self.active.shape[1] * self.positions))
 
     def unit_activity(self, weights: Optional[np.ndarray] = None) -> np.ndarray:
         """Per unit: how many of its values are non-zero over the (weighted) batch."""
@@ -137,16 +144,20 @@ class LayerStats:
 
     def dead_fraction(self, weights: Optional[np.ndarray] = None) -> float:
         """Fraction of units never non-zero on the batch."""
-        return float((self.unit_activity(weights) == 0).mean())
+        return _value((self.unit_activity(weights) == 0).mean(-1))
 
     def duty_entropy(self, weights: Optional[np.ndarray] = None) -> float:
         """Normalised entropy of the units' share of activity (1 = evenly used; NaN when nothing fires)."""
         activity = self.unit_activity(weights)
-        if activity.size < 2 or activity.sum() == 0:
-            return math.nan
-        share = activity / activity.sum()
-        share = share[share > 0]
-        return float(-(share * np.log(share)).sum() / math.log(activity.size))
+        units = activity.shape[-1]
+        if units < 2:
+            return _value(np.full(activity.shape[:-1], math.nan))
+        total = activity.sum(-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = activity / total
+            terms = np.where(share > 0, share * np.log(np.where(share > 0, share, 1.0)), 0.0)
+            entropy = -terms.sum(-1) / math.log(units)
+        return _value(np.where(total[..., 0] == 0, math.nan, entropy))
 
     def _class_weights(self, weights: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """The classes present in the (weighted) batch and (classes, inputs) weights of their inputs."""
@@ -240,28 +251,24 @@ class SparsityReport:
     def noise_auc(self, weights: Optional[np.ndarray] = None) -> float:
         """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
         w = _or_ones(weights, self.samples)
-        scores = self.noise_hits @ w / w.sum()
+        scores = w @ self.noise_hits.T / w.sum(-1)[..., None]  # (..., levels)
         if len(self.noise_levels) < 2:
-            return float(scores[0])
-        return float(np.trapz(scores, self.noise_levels) / (self.noise_levels[-1] - self.noise_levels[0]))
+            return _value(scores[..., 0])
+        return _value(np.trapz(scores, self.noise_levels, axis=-1) / (self.noise_levels[-1] - self.noise_levels[0]))
 
     def pixel_noise_score(self, weights: Optional[np.ndarray] = None) -> float:
         """Mean score over the pixel-noise levels (numenta's noise score per input and level)."""
         if self.pixel_hits is None or not len(self.pixel_hits):
             return math.nan
         w = _or_ones(weights, self.samples)
-        return float((self.pixel_hits @ w / w.sum()).mean())
+        return _value((w @ self.pixel_hits.T / w.sum(-1)[..., None]).mean(-1))
 
     def resampled(self, statistic: Statistic) -> stats.Estimate:
-        """``statistic(weights)`` with a bootstrap interval over the independent units."""
-        n = self.samples
-
-        def on(indices: np.ndarray) -> float:
-            return statistic(np.bincount(indices, minlength=n).astype(float))
-
-        if self.units == n:  # every input its own unit (test images; one frame per env)
-            return stats.bootstrap(on, n, self.unit)
-        return stats.cluster_bootstrap(on, self.clusters, self.unit)
+        """``statistic(weights)`` with a bootstrap interval over the independent units (a bootstrap over
+        images, or a cluster bootstrap over envs), all resamples' weights at once."""
+        # every input its own unit (test images; one frame per env): resample the inputs themselves
+        clusters = np.arange(self.samples) if self.units == self.samples else self.clusters
+        return stats.weighted_bootstrap(statistic, clusters, self.unit)
 
 
 @dataclass(frozen=True)
@@ -288,15 +295,18 @@ DATA_ROWS = ("dead_fraction", "class_selectivity", "class_density_spread")
 def _score_row(report: SparsityReport, hits: np.ndarray, draws: int) -> Row:
     """A score row: Wilson over units when each unit gave one 0/1 answer, else a bootstrap over units."""
     single = draws == 1 and report.units == report.samples
-    return Row(lambda w: float(hits @ w / w.sum()), flags=hits if single else None, higher_is_better=True)
+    return Row(lambda w: _value(w @ hits / w.sum(-1)), flags=hits if single else None, higher_is_better=True)
 
 
 def _mean_over_layers(report: SparsityReport, method: str) -> Statistic:
     """The mean over layers (those where it is defined) of a per-layer statistic of input weights."""
-    def statistic(w: np.ndarray) -> float:
-        values = [getattr(layer, method)(w) for layer in report.layers.values()]
-        values = [v for v in values if not math.isnan(v)]
-        return float(np.mean(values)) if values else math.nan
+    def statistic(w: np.ndarray) -> "float | np.ndarray":
+        values = np.stack([np.asarray(getattr(layer, method)(w), dtype=float) for layer in report.layers.values()])
+        defined = ~np.isnan(values)
+        count = defined.sum(0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(defined, values, 0.0).sum(0) / count
+        return _value(np.where(count > 0, mean, math.nan))
     return statistic
 
 
