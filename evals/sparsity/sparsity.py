@@ -133,7 +133,7 @@ class LayerStats:
         return self._totals
 
 
-    def density(self, weights: Optional[np.ndarray] = None) -> float:
+    def density(self, weights: Optional[np.ndarray] = None) -> "float | np.ndarray":
         """Fraction of non-zero values."""
         w = _or_ones(weights, len(self.active))
         return _value(w @ self.totals / (w.sum(-1) * self.active.shape[1] * self.positions))
@@ -142,11 +142,11 @@ class LayerStats:
         """Per unit: how many of its values are non-zero over the (weighted) batch."""
         return _or_ones(weights, len(self.active)) @ self.active
 
-    def dead_fraction(self, weights: Optional[np.ndarray] = None) -> float:
+    def dead_fraction(self, weights: Optional[np.ndarray] = None) -> "float | np.ndarray":
         """Fraction of units never non-zero on the batch."""
         return _value((self.unit_activity(weights) == 0).mean(-1))
 
-    def duty_entropy(self, weights: Optional[np.ndarray] = None) -> float:
+    def duty_entropy(self, weights: Optional[np.ndarray] = None) -> "float | np.ndarray":
         """Normalised entropy of the units' share of activity (1 = evenly used; NaN when nothing fires)."""
         activity = self.unit_activity(weights)
         units = activity.shape[-1]
@@ -155,8 +155,8 @@ class LayerStats:
         total = activity.sum(-1, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             share = activity / total
-            terms = np.where(share > 0, share * np.log(np.where(share > 0, share, 1.0)), 0.0)
-            entropy = -terms.sum(-1) / math.log(units)
+            # log(1) = 0 makes a unit that never fired add nothing, as 0·log 0 should
+            entropy = -(share * np.log(np.where(share > 0, share, 1.0))).sum(-1) / math.log(units)
         return _value(np.where(total[..., 0] == 0, math.nan, entropy))
 
     def _class_weights(self, weights: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +248,7 @@ class SparsityReport:
         """The score of always giving the commonest reference answer."""
         return float(self.majority_hits().mean())
 
-    def noise_auc(self, weights: Optional[np.ndarray] = None) -> float:
+    def noise_auc(self, weights: Optional[np.ndarray] = None) -> "float | np.ndarray":
         """Area under score-vs-σ divided by the σ range (the mean score over the noise levels)."""
         w = _or_ones(weights, self.samples)
         scores = w @ self.noise_hits.T / w.sum(-1)[..., None]  # (..., levels)
@@ -256,7 +256,7 @@ class SparsityReport:
             return _value(scores[..., 0])
         return _value(np.trapz(scores, self.noise_levels, axis=-1) / (self.noise_levels[-1] - self.noise_levels[0]))
 
-    def pixel_noise_score(self, weights: Optional[np.ndarray] = None) -> float:
+    def pixel_noise_score(self, weights: Optional[np.ndarray] = None) -> "float | np.ndarray":
         """Mean score over the pixel-noise levels (numenta's noise score per input and level)."""
         if self.pixel_hits is None or not len(self.pixel_hits):
             return math.nan

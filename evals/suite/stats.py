@@ -299,7 +299,7 @@ def weighted_bootstrap(statistic: Callable[[np.ndarray], ArrayLike], clusters: A
         return replace(_no_interval(value, groups, unit), method=method)
     chosen = _resampled_clusters(groups, seed, resamples)
     draws = np.empty(resamples)
-    block = max(1, _BATCH_ELEMENTS // max(samples, groups))
+    block = max(1, _BATCH_ELEMENTS // samples)  # a block's counts per sample, bounded however many samples
     for start in range(0, resamples, block):
         picked = chosen[start:start + block]
         rows = np.arange(len(picked))[:, None] * groups
